@@ -1,0 +1,100 @@
+"""One settings object that owns every path and switch, read from ``CONCEPTLENS_*`` variables.
+
+Nothing else in the project hard-codes a path: code asks ``load_settings()`` and derives
+its files from ``settings.data_dir``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PREFIX = "CONCEPTLENS_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(PREFIX + name, default)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(PREFIX + name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Paths and switches for one running instance.
+
+    data_dir     everything the product writes lives under here
+    db_path      the DuckDB file (default: data_dir/conceptlens.duckdb)
+    model_card   name of the model card in use (see model_zoo.cards)
+    device       "auto", "cpu" or "cuda[:N]"
+    show_phi     show patient name/ID in the UI (off: de-identified)
+    demo_seed    seed of the embedded synthetic demo set
+    demo_cases   number of synthetic cases in the embedded demo set
+    shared_data  optional folder with real data sets (tests, importers); never required
+    """
+
+    data_dir: Path
+    db_path: Path
+    model_card: str = "demo-lite0-synth"
+    device: str = "auto"
+    show_phi: bool = False
+    demo_seed: int = 1234
+    demo_cases: int = 120
+    shared_data: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.data_dir / "demo"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.data_dir / "journal"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def user_cards_dir(self) -> Path:
+        return self.data_dir / "model_cards"
+
+    def with_overrides(self, **kw) -> "Settings":
+        return replace(self, **kw)
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment (prefix ``CONCEPTLENS_``)."""
+    data_dir = Path(_env("DATA_DIR", str(PROJECT_ROOT / "data"))).expanduser().resolve()
+    db_path = Path(_env("DB_PATH", str(data_dir / "conceptlens.duckdb"))).expanduser().resolve()
+    shared_default = PROJECT_ROOT.parent / "shared" / "data"
+    shared_raw = os.environ.get(PREFIX + "SHARED_DATA")
+    shared = Path(shared_raw) if shared_raw else (shared_default if shared_default.is_dir() else None)
+    return Settings(
+        data_dir=data_dir,
+        db_path=db_path,
+        model_card=_env("MODEL_CARD", "demo-lite0-synth"),
+        device=_env("DEVICE", "auto"),
+        show_phi=_env_bool("SHOW_PHI", False),
+        demo_seed=int(_env("DEMO_SEED", "1234")),
+        demo_cases=int(_env("DEMO_CASES", "120")),
+        shared_data=shared,
+    )
+
+
+def pick_device(setting: str = "auto") -> str:
+    """Resolve the device string once; the GPU is used when present, never required."""
+    if setting != "auto":
+        return setting
+    import torch  # local: settings must import without torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,501 @@
+"""The DuckDB store: the only module that writes SQL.
+
+Every value goes in through ``?`` parameters, every call gets its own cursor, and every
+write runs inside a transaction. Database errors come out as the typed errors below so the
+pages can show a clear message.
+
+Durability: an annotation is first written to a JSON journal file under
+``settings.journal_dir``; the file is removed only after the transaction that stores it has
+committed. ``replay_journal`` (called by ``open_store``) stores whatever a crash left behind,
+so a drawing that was saved is never lost.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+
+# ---------------------------------------------------------------- errors
+class StoreError(Exception):
+    """Base class of every error the store raises; its message is fit to show a user."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the database file."""
+
+
+class UnknownConceptError(StoreError):
+    """An annotation names a concept the store does not know."""
+
+
+class NotFoundError(StoreError):
+    """A referenced row does not exist."""
+
+
+class ConflictError(StoreError):
+    """A write kept conflicting with concurrent writes and was given up."""
+
+
+class ValidationError(StoreError):
+    """A value is not acceptable (empty drawing, bad name, ...)."""
+
+
+# ---------------------------------------------------------------- built-in concept palette
+# BI-RADS lexicon groups plus normal structures. Colours are distinguishable on a grey image.
+BUILTIN_CONCEPTS: list[tuple[str, str, str, str]] = [
+    # name, colour, lexicon group, description
+    ("mass-round", "#e6194b", "mass shape", "Mass, round shape"),
+    ("mass-oval", "#f58231", "mass shape", "Mass, oval shape"),
+    ("mass-irregular", "#911eb4", "mass shape", "Mass, irregular shape"),
+    ("margin-circumscribed", "#ffe119", "mass margin", "Mass margin, circumscribed"),
+    ("margin-obscured", "#bcf60c", "mass margin", "Mass margin, obscured"),
+    ("margin-microlobulated", "#fabebe", "mass margin", "Mass margin, microlobulated"),
+    ("margin-indistinct", "#aaffc3", "mass margin", "Mass margin, indistinct"),
+    ("margin-spiculated", "#f032e6", "mass margin", "Mass margin, spiculated"),
+    ("calc-coarse", "#46f0f0", "calcification morphology", "Calcifications, coarse / typically benign"),
+    ("calc-amorphous", "#008080", "calcification morphology", "Calcifications, amorphous"),
+    ("calc-fine-pleomorphic", "#3cb44b", "calcification morphology", "Calcifications, fine pleomorphic"),
+    ("calc-fine-linear", "#808000", "calcification morphology", "Calcifications, fine linear / branching"),
+    ("calc-grouped", "#9a6324", "calcification distribution", "Calcifications, grouped / cluster"),
+    ("calc-segmental", "#800000", "calcification distribution", "Calcifications, segmental"),
+    ("architectural-distortion", "#000075", "architectural distortion", "Architectural distortion"),
+    ("asymmetry", "#808080", "asymmetry", "Asymmetry (focal, global or developing)"),
+    ("vessel", "#ff4500", "normal structure", "Blood vessel"),
+    ("fibroglandular", "#ffd8b1", "normal structure", "Fibroglandular tissue"),
+    ("fat", "#fffac8", "normal structure", "Fatty tissue"),
+    ("skin", "#e6beff", "normal structure", "Skin line"),
+    ("nipple", "#ff69b4", "normal structure", "Nipple"),
+    ("pectoral-muscle", "#4363d8", "normal structure", "Pectoral muscle"),
+]
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A reader's drawing of one concept on one patch (model-space pixels, see imaging.Frame)."""
+
+    annotation_id: str
+    image_id: str
+    concept: str
+    reader: str
+    patch_x0: int
+    patch_y0: int
+    patch_size: int
+    shape: str
+    geometry: list
+    mask_png: bytes
+    model_card: str = ""
+    created_at: Any = None
+    deleted_at: Any = None
+
+
+def _translate(exc: Exception) -> StoreError:
+    msg = str(exc)
+    if isinstance(exc, duckdb.IOException) and "lock" in msg.lower():
+        return StoreLockedError(
+            "The label database is open in another ConceptLens process. "
+            "Close it or point CONCEPTLENS_DB_PATH to another file. (" + msg.splitlines()[0] + ")"
+        )
+    if isinstance(exc, duckdb.ConstraintException):
+        return ValidationError("The store refused a value: " + msg.splitlines()[0])
+    if isinstance(exc, duckdb.TransactionException):
+        return ConflictError("A concurrent write conflicted: " + msg.splitlines()[0])
+    return StoreError("Database error: " + msg.splitlines()[0])
+
+
+class Store:
+    """A DuckDB file plus its journal folder. Thread-safe: one connection, a cursor per call."""
+
+    def __init__(self, db_path: Path, journal_dir: Path | None = None, *, read_only: bool = False):
+        self.db_path = Path(db_path)
+        self.journal_dir = Path(journal_dir) if journal_dir else self.db_path.parent / "journal"
+        self.read_only = read_only
+        self._write_lock = threading.RLock()
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = duckdb.connect(str(self.db_path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise _translate(exc) from exc
+        if not read_only:
+            self.migrate()
+
+    # ------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[dict]:
+        """Read rows as dicts. SQL stays in this module; callers use the named methods."""
+        cur = self._con.cursor()
+        try:
+            cur.execute(sql, list(params))
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+        except duckdb.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            cur.close()
+
+    @contextmanager
+    def transaction(self, retries: int = 5) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write transaction on a fresh cursor. Retried by ``_write`` on conflicts."""
+        cur = self._con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def _write(self, fn, *args, retries: int = 8, **kw):
+        """Run ``fn(cur, ...)`` in a transaction, retrying optimistic-concurrency conflicts."""
+        delay = 0.01
+        for attempt in range(retries):
+            try:
+                with self._write_lock, self.transaction() as cur:
+                    return fn(cur, *args, **kw)
+            except duckdb.TransactionException as exc:
+                if attempt == retries - 1:
+                    raise _translate(exc) from exc
+                time.sleep(delay)
+                delay *= 2
+            except duckdb.Error as exc:
+                raise _translate(exc) from exc
+
+    # ------------------------------------------------------------ schema
+    def schema_version(self) -> int:
+        rows = self.query(
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'schema_version'"
+        )
+        if not rows[0]["n"]:
+            return 0
+        return int(self.query("SELECT coalesce(max(version), 0) AS v FROM schema_version")[0]["v"])
+
+    def migrate(self) -> int:
+        """Apply every ``sql/NNN_*.sql`` newer than the recorded version, each in a transaction."""
+        files = sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+        cur = self._con.cursor()
+        try:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+                " applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+            )
+        finally:
+            cur.close()
+        current = self.schema_version()
+        for f in files:
+            version = int(f.name[:3])
+            if version <= current:
+                continue
+
+            def apply(cur, sql=f.read_text(), version=version, name=f.stem):
+                cur.execute(sql)
+                cur.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [version, name])
+
+            self._write(apply)
+            current = version
+        self._seed_concepts()
+        return current
+
+    def _seed_concepts(self) -> None:
+        def seed(cur):
+            for name, colour, group, desc in BUILTIN_CONCEPTS:
+                cur.execute(
+                    "INSERT INTO concepts (name, colour, lexicon_group, description, builtin)"
+                    " VALUES (?, ?, ?, ?, true) ON CONFLICT (name) DO NOTHING",
+                    [name, colour, group, desc],
+                )
+
+        self._write(seed)
+
+    # ------------------------------------------------------------ audit
+    @staticmethod
+    def _audit(cur, actor: str, action: str, entity: str, entity_id: str, payload: Any = None) -> None:
+        cur.execute(
+            "INSERT INTO audit_log (actor, action, entity, entity_id, payload) VALUES (?, ?, ?, ?, ?)",
+            [actor, action, entity, entity_id, json.dumps(payload, default=str)],
+        )
+
+    def audit_log(self, limit: int = 200) -> list[dict]:
+        return self.query("SELECT * FROM audit_log ORDER BY seq DESC LIMIT ?", [limit])
+
+    # ------------------------------------------------------------ cases and images
+    def save_case(self, case_id: str, source: str, *, split: str = "none", label: str = "unknown",
+                  description: str = "", patient_ref: str = "", actor: str = "system") -> None:
+        """Insert or update a case."""
+
+        def write(cur):
+            cur.execute(
+                "INSERT INTO cases (case_id, source, split, label, description, patient_ref)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (case_id) DO UPDATE SET"
+                " source = excluded.source, split = excluded.split, label = excluded.label,"
+                " description = excluded.description, patient_ref = excluded.patient_ref",
+                [case_id, source, split, label, description, patient_ref],
+            )
+            self._audit(cur, actor, "save", "case", case_id, {"source": source, "label": label})
+
+        self._write(write)
+
+    def save_image(self, image_id: str, case_id: str, path: str, sha256: str, *, laterality: str = "",
+                   view: str = "", rows: int, cols: int, pixel_spacing_mm: float | None = None,
+                   modality: str = "", meta: dict | None = None, actor: str = "system") -> bool:
+        """Insert an image unless one with the same content hash exists. Returns True if added."""
+
+        def write(cur):
+            cur.execute("SELECT image_id FROM images WHERE sha256 = ? OR image_id = ?", [sha256, image_id])
+            if cur.fetchone():
+                return False
+            cur.execute(
+                "INSERT INTO images (image_id, case_id, path, sha256, laterality, view, rows, cols,"
+                " pixel_spacing_mm, modality, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [image_id, case_id, str(path), sha256, laterality, view, int(rows), int(cols),
+                 pixel_spacing_mm, modality, json.dumps(meta or {}, default=str)],
+            )
+            self._audit(cur, actor, "save", "image", image_id, {"path": str(path), "sha256": sha256})
+            return True
+
+        return self._write(write)
+
+    def save_finding(self, finding_id: str, image_id: str, concept: str, *, pathology: str = "unknown",
+                     mask_path: str | None = None, bbox: tuple[int, int, int, int] | None = None,
+                     circle: tuple[float, float, float] | None = None, attributes: dict | None = None,
+                     source: str = "") -> None:
+        """Insert or replace a ground-truth finding (bbox and circle in source pixels)."""
+        x0, y0, x1, y1 = bbox if bbox else (None, None, None, None)
+        cx, cy, r = circle if circle else (None, None, None)
+
+        def write(cur):
+            cur.execute("DELETE FROM findings WHERE finding_id = ?", [finding_id])
+            cur.execute(
+                "INSERT INTO findings (finding_id, image_id, concept, pathology, mask_path, x0, y0, x1, y1,"
+                " cx, cy, radius, attributes, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [finding_id, image_id, concept, pathology, mask_path, x0, y0, x1, y1, cx, cy, r,
+                 json.dumps(attributes or {}, default=str), source],
+            )
+
+        self._write(write)
+
+    def list_cases(self) -> list[dict]:
+        """Cases with their image count and label status (drawings, concepts)."""
+        return self.query(
+            "SELECT c.*, count(DISTINCT i.image_id) AS n_images,"
+            " count(DISTINCT a.annotation_id) AS n_annotations,"
+            " coalesce(string_agg(DISTINCT a.concept, ', ' ORDER BY a.concept), '') AS concepts"
+            " FROM cases c LEFT JOIN images i ON i.case_id = c.case_id"
+            " LEFT JOIN annotations a ON a.image_id = i.image_id AND a.deleted_at IS NULL"
+            " GROUP BY ALL ORDER BY c.case_id"
+        )
+
+    def get_case(self, case_id: str) -> dict:
+        rows = self.query("SELECT * FROM cases WHERE case_id = ?", [case_id])
+        if not rows:
+            raise NotFoundError(f"No case {case_id!r} in the store.")
+        return rows[0]
+
+    def list_images(self, case_id: str | None = None, split: str | None = None,
+                    source: str | None = None) -> list[dict]:
+        sql = ("SELECT i.*, c.split, c.label AS case_label, c.source FROM images i"
+               " JOIN cases c ON c.case_id = i.case_id WHERE true")
+        params: list = []
+        if case_id is not None:
+            sql += " AND i.case_id = ?"
+            params.append(case_id)
+        if split is not None:
+            sql += " AND c.split = ?"
+            params.append(split)
+        if source is not None:
+            sql += " AND c.source = ?"
+            params.append(source)
+        return self.query(sql + " ORDER BY i.case_id, i.laterality DESC, i.view", params)
+
+    def get_image(self, image_id: str) -> dict:
+        rows = self.query("SELECT * FROM images WHERE image_id = ?", [image_id])
+        if not rows:
+            raise NotFoundError(f"No image {image_id!r} in the store.")
+        return rows[0]
+
+    def list_findings(self, image_id: str | None = None) -> list[dict]:
+        if image_id is None:
+            return self.query("SELECT * FROM findings ORDER BY image_id, finding_id")
+        return self.query("SELECT * FROM findings WHERE image_id = ? ORDER BY finding_id", [image_id])
+
+    # ------------------------------------------------------------ readers and concepts
+    def save_reader(self, reader: str) -> str:
+        name = (reader or "").strip()
+        if not name or len(name) > 80:
+            raise ValidationError("A reader name is required (1 to 80 characters).")
+
+        def write(cur):
+            cur.execute("INSERT INTO readers (reader) VALUES (?) ON CONFLICT (reader) DO NOTHING", [name])
+
+        self._write(write)
+        return name
+
+    def list_concepts(self) -> list[dict]:
+        return self.query("SELECT * FROM concepts ORDER BY builtin DESC, lexicon_group, name")
+
+    def get_concept(self, name: str) -> dict:
+        rows = self.query("SELECT * FROM concepts WHERE name = ?", [name])
+        if not rows:
+            raise UnknownConceptError(
+                f"Unknown concept {name!r}. Pick one from the palette or add it as a custom concept first."
+            )
+        return rows[0]
+
+    def save_concept(self, name: str, colour: str = "#00bcd4", lexicon_group: str = "custom",
+                     description: str = "", actor: str = "system") -> str:
+        """Add a custom concept. Names are lower-case words joined by hyphens."""
+        clean = "-".join((name or "").strip().lower().split())
+        if not clean or len(clean) > 60 or not all(ch.isalnum() or ch == "-" for ch in clean):
+            raise ValidationError("A concept name is 1 to 60 letters, digits or hyphens.")
+
+        def write(cur):
+            cur.execute(
+                "INSERT INTO concepts (name, colour, lexicon_group, description, builtin)"
+                " VALUES (?, ?, ?, ?, false) ON CONFLICT (name) DO NOTHING",
+                [clean, colour, lexicon_group, description],
+            )
+            self._audit(cur, actor, "save", "concept", clean, {"group": lexicon_group})
+
+        self._write(write)
+        return clean
+
+    # ------------------------------------------------------------ annotations
+    def _journal_path(self, annotation_id: str) -> Path:
+        return self.journal_dir / f"{annotation_id}.json"
+
+    def save_annotation(self, *, image_id: str, concept: str, reader: str, patch_x0: int, patch_y0: int,
+                        patch_size: int, shape: str, geometry: list, mask_png: bytes,
+                        model_card: str = "", annotation_id: str | None = None,
+                        extra_writes=None) -> str:
+        """Store one drawing. Journaled first, so a crash mid-write loses nothing.
+
+        ``extra_writes(cur, annotation_id)`` runs in the same transaction (the concept engine
+        stores the unit IoUs of the drawing there), so the drawing and its labels land together.
+        """
+        if not mask_png:
+            raise ValidationError("The drawing is empty: draw a region before saving.")
+        self.get_concept(concept)  # raises UnknownConceptError with a clear message
+        annotation_id = annotation_id or uuid.uuid4().hex
+        record = dict(annotation_id=annotation_id, image_id=image_id, concept=concept, reader=reader,
+                      patch_x0=int(patch_x0), patch_y0=int(patch_y0), patch_size=int(patch_size),
+                      shape=shape, geometry=geometry, mask_png=mask_png.hex(), model_card=model_card)
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        jpath = self._journal_path(annotation_id)
+        tmp = jpath.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, jpath)
+        self._store_annotation(record, extra_writes)
+        jpath.unlink(missing_ok=True)
+        return annotation_id
+
+    def _store_annotation(self, record: dict, extra_writes=None) -> None:
+        def write(cur):
+            cur.execute("SELECT 1 FROM annotations WHERE annotation_id = ?", [record["annotation_id"]])
+            if cur.fetchone():
+                return  # already stored (journal replay after a commit)
+            cur.execute("SELECT 1 FROM images WHERE image_id = ?", [record["image_id"]])
+            if not cur.fetchone():
+                raise NotFoundError(f"No image {record['image_id']!r} in the store.")
+            cur.execute("INSERT INTO readers (reader) VALUES (?) ON CONFLICT (reader) DO NOTHING",
+                        [record["reader"]])
+            cur.execute(
+                "INSERT INTO annotations (annotation_id, image_id, concept, reader, patch_x0, patch_y0,"
+                " patch_size, shape, geometry, mask_png, model_card) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [record["annotation_id"], record["image_id"], record["concept"], record["reader"],
+                 record["patch_x0"], record["patch_y0"], record["patch_size"], record["shape"],
+                 json.dumps(record["geometry"]), bytes.fromhex(record["mask_png"]), record["model_card"]],
+            )
+            self._audit(cur, record["reader"], "create", "annotation", record["annotation_id"],
+                        {"image_id": record["image_id"], "concept": record["concept"]})
+            if extra_writes is not None:
+                extra_writes(cur, record["annotation_id"])
+
+        self._write(write)
+
+    def replay_journal(self) -> list[str]:
+        """Store annotations a crash left in the journal. Returns their ids."""
+        done = []
+        if not self.journal_dir.is_dir():
+            return done
+        for jpath in sorted(self.journal_dir.glob("*.json")):
+            try:
+                record = json.loads(jpath.read_text())
+            except (OSError, json.JSONDecodeError):
+                # a torn journal write happened before save_annotation returned: nothing was promised
+                jpath.rename(jpath.with_suffix(".corrupt"))
+                continue
+            self._store_annotation(record)
+            jpath.unlink(missing_ok=True)
+            done.append(record["annotation_id"])
+        return done
+
+    def list_annotations(self, *, image_id: str | None = None, concept: str | None = None,
+                         include_deleted: bool = False, model_card: str | None = None) -> list[Annotation]:
+        sql = "SELECT * FROM annotations WHERE true"
+        params: list = []
+        if not include_deleted:
+            sql += " AND deleted_at IS NULL"
+        if image_id is not None:
+            sql += " AND image_id = ?"
+            params.append(image_id)
+        if concept is not None:
+            sql += " AND concept = ?"
+            params.append(concept)
+        if model_card is not None:
+            sql += " AND model_card = ?"
+            params.append(model_card)
+        rows = self.query(sql + " ORDER BY created_at, annotation_id", params)
+        out = []
+        for r in rows:
+            r["geometry"] = json.loads(r["geometry"]) if isinstance(r["geometry"], str) else r["geometry"]
+            r["mask_png"] = bytes(r["mask_png"])
+            out.append(Annotation(**r))
+        return out
+
+    def delete_annotation(self, annotation_id: str, actor: str, extra_writes=None) -> None:
+        """Soft-delete a drawing (it stays in the table with ``deleted_at`` set)."""
+
+        def write(cur):
+            cur.execute("SELECT deleted_at FROM annotations WHERE annotation_id = ?", [annotation_id])
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"No annotation {annotation_id!r}.")
+            if row[0] is not None:
+                return
+            cur.execute("UPDATE annotations SET deleted_at = current_timestamp WHERE annotation_id = ?",
+                        [annotation_id])
+            self._audit(cur, actor, "delete", "annotation", annotation_id)
+            if extra_writes is not None:
+                extra_writes(cur, annotation_id)
+
+        self._write(write)
+
+
+def open_store(settings) -> Store:
+    """Open (and migrate) the store named by the settings, then replay any journaled drawing."""
+    store = Store(settings.db_path, settings.journal_dir)
+    store.replay_journal()
+    return store
