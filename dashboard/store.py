@@ -55,6 +55,8 @@ class ValidationError(StoreError):
 # BI-RADS lexicon groups plus normal structures. Colours are distinguishable on a grey image.
 BUILTIN_CONCEPTS: list[tuple[str, str, str, str]] = [
     # name, colour, lexicon group, description
+    ("mass", "#ff1744", "mass", "Mass (any shape or margin)"),
+    ("calcification", "#00e5ff", "calcification", "Calcifications (any morphology)"),
     ("mass-round", "#e6194b", "mass shape", "Mass, round shape"),
     ("mass-oval", "#f58231", "mass shape", "Mass, oval shape"),
     ("mass-irregular", "#911eb4", "mass shape", "Mass, irregular shape"),
