@@ -55,6 +55,8 @@ PHI_KEYWORDS = frozenset({
     "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientWeight", "PatientSize",
 })
 
+PHI_KEYS = PHI_KEYWORDS  # the name dashboard.importers uses
+
 # Header attributes summarised into ``Mammogram.meta`` (non-identifying ones always kept).
 _META_KEYWORDS = (
     "Modality", "SOPClassUID", "Manufacturer", "ManufacturerModelName", "SecondaryCaptureDeviceManufacturer", "ImageType",
@@ -659,6 +661,8 @@ _MAGIC = (
 )
 PLAIN_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+#: File name endings the importers pick up (DICOM files without an ending are found by folder ingest).
+IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", *PLAIN_SUFFIXES})
 
 
 def sniff_format(head: bytes, suffix: str = "") -> str | None:
