@@ -177,7 +177,7 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
           out_card: str | None = None, cards_dir: str | Path | None = None,
           weights_dir: str | Path | None = None, max_train: int | None = None, eval_split: str = "test",
           data_description: str | None = None, licence: str | None = None, command: str | None = None,
-          freeze: str = "auto", progress: bool = True) -> ModelCard:
+          freeze: str = "auto", notes: dict | None = None, progress: bool = True) -> ModelCard:
     """Fine-tune, evaluate on ``eval_split``, write fp16 weights and the card; return the written card.
 
     The threshold for sensitivity/specificity is picked at 90 % specificity on "val" (when it holds
@@ -255,6 +255,7 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
     metrics = evaluate(model, written, patches, labels, split, eval_split=eval_split, device=dev)
     metrics.update(train_final_loss=float(np.mean(losses[-20:])))
     meta = str(data["meta"]) if "meta" in data else ""
+    patchset = _patchset_params(meta)
     training = {
         "data": data_description or _describe(patches_path, data, meta),
         "licence": licence or _licence(meta),
@@ -266,7 +267,10 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
         "steps": total, "device": str(dev), "train_seconds": round(train_seconds, 1),
         "trained_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": torch.__version__,
+        **(notes or {}),
     }
+    if patchset:
+        training["patchset"] = patchset
     written = replace(written, training=training, metrics=metrics)
     return save_card(written, card_path)
 
@@ -320,6 +324,37 @@ def _describe(path, data: dict, meta: str) -> str:
     return desc + (f"; patch set meta: {meta}" if meta else "")
 
 
+PATCHSET_KEYS = ("card", "patch_size", "pixel_spacing_mm", "seed", "splits", "sources", "per_image_lesion",
+                 "per_image_normal", "jitter", "exclusion_margin", "min_breast_fraction", "n_images")
+
+
+def _patchset_params(meta: str) -> dict:
+    """How the patch set was cut (from its meta), so a test can cut the same patches again."""
+    import json
+
+    try:
+        d = json.loads(meta) if meta else {}
+    except ValueError:
+        return {}
+    return {k: d[k] for k in PATCHSET_KEYS if k in d and d[k] is not None} if isinstance(d, dict) else {}
+
+
+def _parse_notes(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ModelZooError(f"--note needs KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            try:
+                out[key.strip()] = float(value)
+            except ValueError:
+                out[key.strip()] = value
+    return out
+
+
 def _licence(meta: str) -> str:
     import json
 
@@ -350,9 +385,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freeze", default="auto",
                     help="modules kept fixed: auto (stem + early blocks when starting pretrained), none, "
                          "or names like conv_stem,bn1,blocks.0")
+    ap.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra facts for the card's [training] table, e.g. demo_seed=1234 (repeatable)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's choice); on a shared machine also "
+                         "set OMP_WAIT_POLICY=PASSIVE")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
+        notes = _parse_notes(args.note)
         card = load_card(args.card, extra_dirs=[args.cards_dir] if args.cards_dir else ())
         written = train(card, args.patches, epochs=args.epochs, batch=args.batch, lr=args.lr,
                         weight_decay=args.weight_decay, seed=args.seed, device=args.device, init=args.init,
@@ -360,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_train=args.max_train, eval_split=args.eval_split,
                         data_description=args.data_description, licence=args.licence,
                         command="python -m model_zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv),
-                        freeze=args.freeze, progress=not args.no_progress)
+                        freeze=args.freeze, notes=notes, progress=not args.no_progress)
     except ModelZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

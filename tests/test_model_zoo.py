@@ -218,3 +218,46 @@ def test_fine_tuning_start_keeps_the_backbone_and_replaces_the_classifier(lite0_
     assert two.classifier.out_features == 2
     torch.testing.assert_close(two.conv_head.weight, lite0_imagenet.conv_head.weight)
     torch.testing.assert_close(two.bn2.running_var, lite0_imagenet.bn2.running_var)
+
+
+# ---------------------------------------------------------------- the committed demo model
+def test_demo_model_weights_load_and_match_their_card():
+    card = mz.load_card("demo-lite0-synth")
+    assert card.weights_path is not None and card.weights_path.is_file()
+    assert mz.sha256_file(card.weights_path) == card.weights_sha256 and card.weights_dtype == "float16"
+    model = mz.create_model(card)
+    with torch.no_grad():
+        out = model(card.preprocess(torch.rand(2, 224, 224)))  # (2, 2) logits
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+    m = card.metrics
+    assert {"auroc", "sensitivity", "specificity", "threshold", "n_train", "n_val", "n_test"} <= set(m)
+    assert m["n_test"] == m["n_eval_lesion"] + m["n_eval_normal"]
+
+
+@pytest.mark.slow
+def test_demo_model_reproduces_its_carded_auroc_on_held_out_cases(settings, store):
+    """Re-render a few held-out demo cases with the card's seed, cut the same patches, predict, compare."""
+    from dashboard import demo, patchset, phantom
+    from model_zoo.metrics import compute_auroc
+    from model_zoo.train import predict_patches
+
+    card = mz.load_card("demo-lite0-synth")
+    seed, n_cases, split = card.training["demo_seed"], card.training["demo_cases"], card.metrics["eval_split"]
+    plans = [phantom.plan_case(seed, i) for i in range(n_cases)]
+    splits = demo.assign_splits(plans, seed)
+    held = [p for p in plans if splits[p.case_id] == split]
+    pick = [p for p in held if p.label != "normal"][:4] + [p for p in held if p.label == "normal"][:3]
+    for plan in pick:
+        rec = demo.render_case(str(settings.demo_dir), seed, plan.index)
+        demo._store_case(store, rec, split)  # the same rows build_demo writes
+    params = card.training["patchset"]
+    ps = patchset.build_patchset(store, card, source="synthetic", splits=(split,), seed=params["seed"],
+                                 per_image_lesion=params["per_image_lesion"],
+                                 per_image_normal=params["per_image_normal"], jitter=params["jitter"],
+                                 exclusion_margin=params["exclusion_margin"])
+    y = ps.labels == card.positive_index
+    assert 20 <= y.sum() and 20 <= (~y).sum()
+    p = predict_patches(mz.create_model(card), card, ps.patches)
+    auroc = compute_auroc(y, p)
+    print(f"held-out subset: {len(y)} patches, AUROC {auroc:.4f}, card {card.metrics['auroc']}")
+    assert auroc == pytest.approx(card.metrics["auroc"], abs=0.05)

@@ -34,7 +34,7 @@ def _toy_patchset(path, n_per_split=(64, 16, 24), seed=0):
     n = len(labels)
     np.savez_compressed(path, patches=np.stack(patches), labels=np.array(labels), split=np.array(split),
                         image_id=np.array([f"img{i // 4}" for i in range(n)]), x0=np.zeros(n, int),
-                        y0=np.zeros(n, int), meta=np.array(json.dumps({"licence": "toy, CC0"})))
+                        y0=np.zeros(n, int), meta=np.array(json.dumps({"licence": "toy, CC0", "seed": 9, "per_image_lesion": 2})))
     return path
 
 
@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
     patches = _toy_patchset(tmp / "toy.npz")
     argv = ["--card", "toy-lite0", "--patches", str(patches), "--epochs", "3", "--batch", "16", "--lr", "2e-3",
             "--seed", "3", "--device", "cpu", "--out-card", "toy-lite0-ft", "--cards-dir", str(cards),
-            "--no-progress"]
+            "--note", "demo_seed=77", "--note", "origin=toy blobs", "--no-progress"]
     assert train.main(argv) == 0
     return dict(cards=cards, patches=patches, argv=argv)
 
@@ -71,6 +71,8 @@ def test_training_writes_fp16_weights_and_a_loadable_card_whose_sha_matches(trai
     assert card.training["command"] == "python -m model_zoo.train " + shlex.join(trained["argv"])
     assert card.training["init"] == "imagenet-lite0" and card.training["seed"] == 3
     assert card.training["licence"] == "toy, CC0"
+    assert card.training["demo_seed"] == 77 and card.training["origin"] == "toy blobs"
+    assert card.training["patchset"] == {"seed": 9, "per_image_lesion": 2}
     assert card.training["patches_sha256"] == mz.sha256_file(trained["patches"])
     assert (card.metrics["n_train"], card.metrics["n_val"], card.metrics["n_test"]) == (64, 16, 24)
     assert (card.metrics["n_eval_lesion"], card.metrics["n_eval_normal"]) == (12, 12)
