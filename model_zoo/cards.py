@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import tomllib
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -116,6 +116,8 @@ class ModelCard:
         import torch
 
         x = torch.as_tensor(gray)
+        if not x.is_floating_point():
+            raise ValueError(f"preprocess expects floats in [0, 1], got {x.dtype} (divide uint8 by 255)")
         if x.ndim != 3:
             raise ValueError(f"preprocess expects (N, H, W) grey images, got shape {tuple(x.shape)}")
         x = x.to(torch.float32)
@@ -297,10 +299,7 @@ def list_cards(extra_dirs: Iterable[str | Path] = ()) -> list[ModelCard]:
 
 # ---------------------------------------------------------------- writing
 def _card_to_dict(card: ModelCard) -> dict:
-    d = asdict(card)
-    out: dict[str, Any] = {}
-    for key in ("name", "description", "arch"):
-        out[key] = d[key]
+    out: dict[str, Any] = {"name": card.name, "description": card.description, "arch": card.arch}
     out["classes"] = list(card.classes)
     if card.positive_class is not None:
         out["positive_class"] = card.positive_class
@@ -335,11 +334,6 @@ def save_card(card: ModelCard, path: str | Path) -> ModelCard:
     tmp.write_text(card.to_toml(), encoding="utf-8")
     tmp.replace(path)
     return read_card(path)
-
-
-def with_updates(card: ModelCard, **kw) -> ModelCard:
-    """A copy of the card with some fields changed (dataclasses.replace, re-exported for callers)."""
-    return replace(card, **kw)
 
 
 def _toml_str(s: str) -> str:

@@ -30,7 +30,7 @@ from torch import nn
 
 from .cards import CARDS_DIR, WEIGHTS_DIR, ModelCard, load_card, save_card
 from .errors import CardError, ModelZooError
-from .factory import create_model, load_state_dict, save_weights, sha256_file
+from .factory import create_model, save_weights, sha256_file
 from .metrics import apply_threshold, compute_auroc, compute_operating_point
 
 TARGET_SPECIFICITY = 0.9

@@ -72,6 +72,8 @@ def test_preprocess_repeats_grey_and_normalises_with_the_cards_mean_std():
     assert not torch.allclose(x[:, 0], x[:, 1])  # channels were normalised differently
     with pytest.raises(ValueError):
         card.preprocess(gray[0])
+    with pytest.raises(ValueError, match="uint8"):
+        card.preprocess((gray * 255).astype(np.uint8))
 
 
 def test_toml_writer_round_trips_a_card_with_awkward_strings(tmp_path):
