@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                          "set OMP_WAIT_POLICY=PASSIVE")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -407,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModelZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads_before)  # main() may run inside another process (tests)
     m = written.metrics
     print(f"wrote {written.path} and {written.weights_path}")
     print(f"{m['eval_split']}: AUROC {m['auroc']:.4f}, sensitivity {m['sensitivity']:.3f} at specificity "

@@ -51,8 +51,10 @@ def trained(tmp_path_factory):
     patches = _toy_patchset(tmp / "toy.npz")
     argv = ["--card", "toy-lite0", "--patches", str(patches), "--epochs", "3", "--batch", "16", "--lr", "2e-3",
             "--seed", "3", "--device", "cpu", "--out-card", "toy-lite0-ft", "--cards-dir", str(cards),
-            "--note", "demo_seed=77", "--note", "origin=toy blobs", "--no-progress"]
+            "--note", "demo_seed=77", "--note", "origin=toy blobs", "--threads", "1", "--no-progress"]
+    threads = torch.get_num_threads()
     assert train.main(argv) == 0
+    assert torch.get_num_threads() == threads  # --threads does not leak into the caller
     return dict(cards=cards, patches=patches, argv=argv)
 
 
