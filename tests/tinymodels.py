@@ -8,6 +8,7 @@ model branch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import timm
@@ -120,3 +121,13 @@ def breast_image(shape=(192, 256), blob_at=(100, 150), seed: int = 3, sigma: flo
     if blob_at is not None:
         img = np.clip(img + blob(shape, blob_at[0], blob_at[1], sigma) * mask, 0, 1)
     return img.astype(np.float32), mask
+
+
+@lru_cache(maxsize=4)
+def blob_detector(arch: str = "resnet10t", size: int = 64, seed: int = 0) -> torch.nn.Module:
+    """A cached ``fit_blob_head`` model shared by the test files of one pytest run.
+
+    Tests must leave it as they found it (which is what they check anyway).
+    """
+    card = TinyCard(input_size=size)
+    return fit_blob_head(make_model(arch, seed=seed), card)
