@@ -55,6 +55,8 @@ class ValidationError(StoreError):
 # BI-RADS lexicon groups plus normal structures. Colours are distinguishable on a grey image.
 BUILTIN_CONCEPTS: list[tuple[str, str, str, str]] = [
     # name, colour, lexicon group, description
+    ("mass", "#ff1744", "mass", "Mass (any shape or margin)"),
+    ("calcification", "#00e5ff", "calcification", "Calcifications (any morphology)"),
     ("mass-round", "#e6194b", "mass shape", "Mass, round shape"),
     ("mass-oval", "#f58231", "mass shape", "Mass, oval shape"),
     ("mass-irregular", "#911eb4", "mass shape", "Mass, irregular shape"),
@@ -396,6 +398,7 @@ class Store:
         if not mask_png:
             raise ValidationError("The drawing is empty: draw a region before saving.")
         self.get_concept(concept)  # raises UnknownConceptError with a clear message
+        self.get_image(image_id)  # raises NotFoundError before anything is journaled
         annotation_id = annotation_id or uuid.uuid4().hex
         record = dict(annotation_id=annotation_id, image_id=image_id, concept=concept, reader=reader,
                       patch_x0=int(patch_x0), patch_y0=int(patch_y0), patch_size=int(patch_size),
@@ -440,14 +443,21 @@ class Store:
         done = []
         if not self.journal_dir.is_dir():
             return done
-        for jpath in sorted(self.journal_dir.glob("*.json")):
+        pending = (p for p in self.journal_dir.glob("*.json") if not p.name.endswith(".rejected.json"))
+        for jpath in sorted(pending):
             try:
                 record = json.loads(jpath.read_text())
             except (OSError, json.JSONDecodeError):
                 # a torn journal write happened before save_annotation returned: nothing was promised
                 jpath.rename(jpath.with_suffix(".corrupt"))
                 continue
-            self._store_annotation(record)
+            try:
+                self._store_annotation(record)
+            except StoreError as exc:
+                # kept on disk beside the journal with the reason, never silently dropped
+                jpath.with_suffix(".rejected.json").write_text(json.dumps({"record": record, "reason": str(exc)}))
+                jpath.unlink(missing_ok=True)
+                continue
             jpath.unlink(missing_ok=True)
             done.append(record["annotation_id"])
         return done
@@ -492,6 +502,52 @@ class Store:
                 extra_writes(cur, annotation_id)
 
         self._write(write)
+
+    # ------------------------------------------------------------ predictions (worklist scores)
+    def save_prediction(self, model_card: str, weights_sha: str, image_id: str, score: float,
+                        top_patches: list) -> None:
+        def write(cur):
+            cur.execute(
+                "INSERT INTO predictions (model_card, weights_sha, image_id, score, top_patches)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_card, weights_sha, image_id) DO UPDATE SET"
+                " score = excluded.score, top_patches = excluded.top_patches,"
+                " computed_at = now()",
+                [model_card, weights_sha, image_id, float(score), json.dumps(top_patches)],
+            )
+
+        self._write(write)
+
+    def get_prediction(self, model_card: str, weights_sha: str, image_id: str) -> dict | None:
+        rows = self.query(
+            "SELECT * FROM predictions WHERE model_card = ? AND weights_sha = ? AND image_id = ?",
+            [model_card, weights_sha, image_id],
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        row["top_patches"] = json.loads(row["top_patches"])
+        return row
+
+    def list_worklist(self, model_card: str, weights_sha: str) -> list[dict]:
+        """One row per case: source, split, truth label, description, max image score under this
+        model (NULL when not scored yet), drawings and concepts so far."""
+        return self.query(
+            "WITH ann AS (SELECT i.case_id, count(*) AS n_annotations,"
+            "   string_agg(DISTINCT a.concept, ', ' ORDER BY a.concept) AS concepts"
+            "   FROM annotations a JOIN images i ON i.image_id = a.image_id"
+            "   WHERE a.deleted_at IS NULL GROUP BY i.case_id),"
+            " img AS (SELECT i.case_id, count(*) AS n_images,"
+            "   string_agg(i.laterality || ' ' || i.view, ', ' ORDER BY i.laterality DESC, i.view) AS views,"
+            "   max(p.score) AS score, count(p.score) AS n_scored"
+            "   FROM images i LEFT JOIN predictions p ON p.image_id = i.image_id"
+            "   AND p.model_card = ? AND p.weights_sha = ? GROUP BY i.case_id)"
+            " SELECT c.case_id, c.source, c.split, c.label, c.description, img.views,"
+            "   coalesce(img.n_images, 0) AS n_images, img.score, coalesce(img.n_scored, 0) AS n_scored,"
+            "   coalesce(ann.n_annotations, 0) AS n_annotations, coalesce(ann.concepts, '') AS concepts"
+            " FROM cases c LEFT JOIN img ON img.case_id = c.case_id LEFT JOIN ann ON ann.case_id = c.case_id"
+            " ORDER BY c.case_id",
+            [model_card, weights_sha],
+        )
 
 
 def open_store(settings) -> Store:
