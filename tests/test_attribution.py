@@ -19,7 +19,7 @@ from dashboard.attribution import (
     overlay,
 )
 from dashboard.model_state import HOOK_DICTS
-from tests.tinymodels import TinyCard, blob_detector, breast_image, make_model
+from tests.tinymodels import TinyCard, blob_detector, breast_image, demo_card_detector, make_model
 
 S = 64
 BLOB = (100, 150)
@@ -225,3 +225,18 @@ def test_overlay(image):
     assert signed[100, 150, 0] > 200 and signed[10, 10, 2] > 200
     with pytest.raises(ValueError):
         overlay(img, heat[:10])
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ig"])
+def test_real_model_card(patch, method):
+    """model_zoo's demo card (default layer bn2) with its efficientnet_lite0."""
+    card, model = demo_card_detector(S)
+    before = _state(model)
+    att = attribute(model, card, patch, method=method, **FAST)
+    assert att.map.shape == (S, S) and np.isfinite(att.map).all() and att.map.std() > 1e-4
+    assert att.target == card.positive_index
+    if method == "gradcam":
+        assert att.layer == card.default_layer
+    for k, v in before.items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert _no_hooks(model)

@@ -16,7 +16,7 @@ from dashboard.inference import (
     predict_patches,
 )
 from dashboard.model_state import HOOK_DICTS, hook_counts
-from tests.tinymodels import TinyCard, blob, blob_detector, breast_image, make_model
+from tests.tinymodels import TinyCard, blob, blob_detector, breast_image, demo_card_detector, make_model
 
 S = 64
 BLOB = (100, 150)  # (y, x) of the planted blob in breast_image()
@@ -218,3 +218,17 @@ def test_patch_activations_leave_model_unchanged(detector, card, image):
     for module in detector.modules():
         for name in HOOK_DICTS:
             assert len(getattr(module, name, ())) == 0
+
+
+def test_real_model_card_end_to_end(image):
+    """model_zoo's ModelCard and create_model (demo card, lite0, no weights, head fitted to blobs)."""
+    card, model = demo_card_detector(S)
+    img, mask = image
+    assert patch_size(card) == S and positive_index(card) == card.positive_index
+    on_blob = _crops(img, np.array([[BLOB[1] - S // 2, BLOB[0] - S // 2], [20, 60]]), S)
+    p = predict_patches(model, card, on_blob)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    assert p[0, card.positive_index] > p[1, card.positive_index]
+    lm = compute_lesion_map(model, card, img, mask, method="fcn")
+    assert lm.method == "fcn" and lm.prob.shape == img.shape and np.isfinite(lm.prob).all()
+    assert lm.grid_prob.std() > 0
