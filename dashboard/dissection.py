@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from dashboard.activations import compute_activations
+from dashboard.activations import compute_activations, model_fingerprint
 from dashboard.store import ValidationError
 from dashboard.unit_iou import compute_unit_ious, compute_unit_ious_reference
 
@@ -131,16 +131,6 @@ def load_dataset_stats(directory: Path) -> DissectionStats:
     meta["feature_shape"] = tuple(meta["feature_shape"])
     meta["path"] = str(Path(directory))
     return DissectionStats(**meta, **arrays)
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over the model's state dict (names, dtypes, shapes, bytes): changes with any weight."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def dataset_stats_key(card, weights_sha: str, layer: str, data_key: str, *, quantile: float, top_k: int,
@@ -567,7 +557,7 @@ def mask_to_png(mask: np.ndarray) -> bytes:
 def mask_from_png(data: bytes) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(data)).convert("1"), dtype=bool)
+    return np.array(Image.open(io.BytesIO(data)).convert("1"), dtype=bool)
 
 
 @dataclass
