@@ -1,4 +1,4 @@
--- Migration 3: records of dissection runs (dataset statistics on disk) and TCAV runs.
+-- Migration 4: records of dissection runs (dataset statistics on disk) and TCAV runs.
 
 -- one row per finished dataset-statistics computation; the numbers live in `path` (safetensors)
 CREATE TABLE IF NOT EXISTS dissection_runs (
