@@ -55,6 +55,8 @@ class ValidationError(StoreError):
 # BI-RADS lexicon groups plus normal structures. Colours are distinguishable on a grey image.
 BUILTIN_CONCEPTS: list[tuple[str, str, str, str]] = [
     # name, colour, lexicon group, description
+    ("mass", "#ff1744", "mass", "Mass (any shape or margin)"),
+    ("calcification", "#00e5ff", "calcification", "Calcifications (any morphology)"),
     ("mass-round", "#e6194b", "mass shape", "Mass, round shape"),
     ("mass-oval", "#f58231", "mass shape", "Mass, oval shape"),
     ("mass-irregular", "#911eb4", "mass shape", "Mass, irregular shape"),
@@ -113,6 +115,16 @@ def _translate(exc: Exception) -> StoreError:
     return StoreError("Database error: " + msg.splitlines()[0])
 
 
+_PATH_LOCKS: dict[str, threading.RLock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.RLock:
+    key = str(Path(path).resolve())
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(key, threading.RLock())
+
+
 class Store:
     """A DuckDB file plus its journal folder. Thread-safe: one connection, a cursor per call."""
 
@@ -120,7 +132,9 @@ class Store:
         self.db_path = Path(db_path)
         self.journal_dir = Path(journal_dir) if journal_dir else self.db_path.parent / "journal"
         self.read_only = read_only
-        self._write_lock = threading.RLock()
+        # one lock per database file in this process: two Store objects on one file (one DuckDB
+        # instance) would otherwise race, e.g. on unit_labels' recompute, into key conflicts
+        self._write_lock = _lock_for(self.db_path)
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(self.db_path), read_only=read_only)
@@ -339,6 +353,28 @@ class Store:
             return self.query("SELECT * FROM findings ORDER BY image_id, finding_id")
         return self.query("SELECT * FROM findings WHERE image_id = ? ORDER BY finding_id", [image_id])
 
+    def find_image_by_sha256(self, sha256: str) -> dict | None:
+        """The image row whose file content hash is ``sha256``, or None (ingest's duplicate check)."""
+        rows = self.query("SELECT * FROM images WHERE sha256 = ?", [sha256])
+        return rows[0] if rows else None
+
+    def ensure_case(self, case_id: str, source: str, *, description: str = "", patient_ref: str = "",
+                    actor: str = "system") -> bool:
+        """Insert a case unless it exists; an existing case keeps its split and label. True if added."""
+
+        def write(cur):
+            cur.execute("SELECT 1 FROM cases WHERE case_id = ?", [case_id])
+            if cur.fetchone():
+                return False
+            cur.execute(
+                "INSERT INTO cases (case_id, source, description, patient_ref) VALUES (?, ?, ?, ?)",
+                [case_id, source, description, patient_ref],
+            )
+            self._audit(cur, actor, "create", "case", case_id, {"source": source})
+            return True
+
+        return self._write(write)
+
     # ------------------------------------------------------------ readers and concepts
     def save_reader(self, reader: str) -> str:
         name = (reader or "").strip()
@@ -399,6 +435,7 @@ class Store:
         if not mask_png:
             raise ValidationError("The drawing is empty: draw a region before saving.")
         self.get_concept(concept)  # raises UnknownConceptError with a clear message
+        self.get_image(image_id)  # raises NotFoundError before anything is journaled
         annotation_id = annotation_id or uuid.uuid4().hex
         record = dict(annotation_id=annotation_id, image_id=image_id, concept=concept, reader=reader,
                       patch_x0=int(patch_x0), patch_y0=int(patch_y0), patch_size=int(patch_size),
@@ -455,14 +492,21 @@ class Store:
         done = []
         if not self.journal_dir.is_dir():
             return done
-        for jpath in sorted(self.journal_dir.glob("*.json")):
+        pending = (p for p in self.journal_dir.glob("*.json") if not p.name.endswith(".rejected.json"))
+        for jpath in sorted(pending):
             try:
                 record = json.loads(jpath.read_text())
             except (OSError, json.JSONDecodeError):
                 # a torn journal write happened before save_annotation returned: nothing was promised
                 jpath.rename(jpath.with_suffix(".corrupt"))
                 continue
-            self._store_annotation(record)
+            try:
+                self._store_annotation(record)
+            except StoreError as exc:
+                # kept on disk beside the journal with the reason, never silently dropped
+                jpath.with_suffix(".rejected.json").write_text(json.dumps({"record": record, "reason": str(exc)}))
+                jpath.unlink(missing_ok=True)
+                continue
             jpath.unlink(missing_ok=True)
             done.append(record["annotation_id"])
         return done
@@ -674,6 +718,52 @@ class Store:
         row = rows[0]
         row["results"] = json.loads(row["results"]) if isinstance(row["results"], str) else row["results"]
         return row
+
+    # ------------------------------------------------------------ predictions (worklist scores)
+    def save_prediction(self, model_card: str, weights_sha: str, image_id: str, score: float,
+                        top_patches: list) -> None:
+        def write(cur):
+            cur.execute(
+                "INSERT INTO predictions (model_card, weights_sha, image_id, score, top_patches)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_card, weights_sha, image_id) DO UPDATE SET"
+                " score = excluded.score, top_patches = excluded.top_patches,"
+                " computed_at = now()",
+                [model_card, weights_sha, image_id, float(score), json.dumps(top_patches)],
+            )
+
+        self._write(write)
+
+    def get_prediction(self, model_card: str, weights_sha: str, image_id: str) -> dict | None:
+        rows = self.query(
+            "SELECT * FROM predictions WHERE model_card = ? AND weights_sha = ? AND image_id = ?",
+            [model_card, weights_sha, image_id],
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        row["top_patches"] = json.loads(row["top_patches"])
+        return row
+
+    def list_worklist(self, model_card: str, weights_sha: str) -> list[dict]:
+        """One row per case: source, split, truth label, description, max image score under this
+        model (NULL when not scored yet), drawings and concepts so far."""
+        return self.query(
+            "WITH ann AS (SELECT i.case_id, count(*) AS n_annotations,"
+            "   string_agg(DISTINCT a.concept, ', ' ORDER BY a.concept) AS concepts"
+            "   FROM annotations a JOIN images i ON i.image_id = a.image_id"
+            "   WHERE a.deleted_at IS NULL GROUP BY i.case_id),"
+            " img AS (SELECT i.case_id, count(*) AS n_images,"
+            "   string_agg(i.laterality || ' ' || i.view, ', ' ORDER BY i.laterality DESC, i.view) AS views,"
+            "   max(p.score) AS score, count(p.score) AS n_scored"
+            "   FROM images i LEFT JOIN predictions p ON p.image_id = i.image_id"
+            "   AND p.model_card = ? AND p.weights_sha = ? GROUP BY i.case_id)"
+            " SELECT c.case_id, c.source, c.split, c.label, c.description, img.views,"
+            "   coalesce(img.n_images, 0) AS n_images, img.score, coalesce(img.n_scored, 0) AS n_scored,"
+            "   coalesce(ann.n_annotations, 0) AS n_annotations, coalesce(ann.concepts, '') AS concepts"
+            " FROM cases c LEFT JOIN img ON img.case_id = c.case_id LEFT JOIN ann ON ann.case_id = c.case_id"
+            " ORDER BY c.case_id",
+            [model_card, weights_sha],
+        )
 
 
 def open_store(settings) -> Store:
