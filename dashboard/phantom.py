@@ -444,31 +444,43 @@ def _anatomy(rng, view: str, breast: BreastSpec, shape) -> _Anatomy:
 def _place(rng, spec: FindingSpec, view: str, anat: _Anatomy, extent: float, taken) -> tuple[float, float]:
     """Centre of a lesion: at the spec's nipple distance, the angle nearest the preferred one
     that keeps the whole lesion (radius ``extent`` px) inside the breast, off the pectoral muscle
-    and away from lesions already placed (``taken``: list of (x, y, r))."""
+    and away from lesions already placed (``taken``: list of (x, y, r)).
+
+    Candidates are tried in order: the given distance first (angles by closeness to the preferred
+    one), then shorter distances; then the same with only the lesion core required to fit; last,
+    the candidate deepest inside the breast. Never fails, so a plan always renders.
+    """
     h, w = anat.breast.shape
     d_px = spec.nipple_distance_mm / PIXEL_SPACING_MM
     pref = np.deg2rad(spec.angle_cc_deg if view == "CC" else spec.angle_mlo_deg)
     ax, ay = anat.axis
     nx, ny = anat.nipple_xy
+    offsets = np.deg2rad(np.arange(0, 85, 2.5))
+    phis = np.concatenate([[pref], (pref + offsets[1:, None] * np.array([1, -1])).ravel()])
+    shrink = np.array([1.0, 0.92, 0.84, 0.76, 0.68, 0.6, 0.5, 0.4, 0.3])
+    d = (d_px * shrink)[:, None]                                   # (S, 1) x (1, A) -> (S, A)
+    cx = (nx + d * (np.cos(phis) * ax - np.sin(phis) * ay)).ravel()
+    cy = (ny + d * (np.cos(phis) * ay + np.sin(phis) * ax)).ravel()
+    xi = np.clip(np.rint(cx).astype(int), 0, w - 1)
+    yi = np.clip(np.rint(cy).astype(int), 0, h - 1)
+    in_img = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+    depth = np.where(in_img, anat.dist[yi, xi], 0.0)
     ring = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-    for shrink in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4):
-        d = d_px * shrink
-        offsets = np.deg2rad(np.arange(0, 80, 2.5))
-        cands = np.concatenate([[pref], (pref + offsets[1:, None] * np.array([1, -1])).ravel()])
-        for phi in cands:
-            cx = nx + d * (np.cos(phi) * ax - np.sin(phi) * ay)
-            cy = ny + d * (np.cos(phi) * ay + np.sin(phi) * ax)
-            xi, yi = int(round(cx)), int(round(cy))
-            if not (0 <= xi < w and 0 <= yi < h) or anat.dist[yi, xi] < extent + 15:
-                continue
-            px = np.clip(np.rint(cx + (extent + 8) * np.cos(ring)).astype(int), 0, w - 1)
-            py = np.clip(np.rint(cy + (extent + 8) * np.sin(ring)).astype(int), 0, h - 1)
-            if anat.pectoral[py, px].any() or cx < extent + 20:
-                continue
-            if any(np.hypot(cx - tx, cy - ty) < extent + tr + 20 for tx, ty, tr in taken):
-                continue
-            return float(cx), float(cy)
-    raise ValueError(f"no room for a {spec.size_mm:.0f} mm {spec.kind} in this breast")
+    sep = np.full(cx.shape, np.inf)
+    for tx, ty, tr in taken:
+        sep = np.minimum(sep, np.hypot(cx - tx, cy - ty) - tr)
+    core = extent / {"mass": 2.7 if spec.margin == "spiculated" else 1.25}.get(spec.kind, 1.0)
+    for need in (extent, core * 1.1):
+        px = np.clip(np.rint(cx[:, None] + (need + 8) * np.cos(ring)).astype(int), 0, w - 1)
+        py = np.clip(np.rint(cy[:, None] + (need + 8) * np.sin(ring)).astype(int), 0, h - 1)
+        ok = (in_img & (depth >= need + 15) & ~anat.pectoral[py, px].any(axis=1)
+              & (cx >= need + 20) & (sep >= need + 20))
+        if ok.any():
+            i = int(np.argmax(ok))
+            return float(cx[i]), float(cy[i])
+    score = np.where(in_img & ~anat.pectoral[yi, xi], depth + np.minimum(sep, 1e4) * 1e-3, -np.inf)
+    i = int(np.argmax(score))
+    return float(cx[i]), float(cy[i])
 
 
 def _extent_px(spec: FindingSpec) -> float:
