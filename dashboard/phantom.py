@@ -45,7 +45,7 @@ CALC_DISTRIBUTIONS = ("grouped", "linear")
 KINDS = ("mass", "calcification", "distortion")
 
 # Density offset of the soft threshold that turns the texture into glandular fraction.
-_DENSITY_OFFSET = {"fatty": -1.75, "scattered": -0.95, "heterogeneous": -0.25, "dense": 0.55}
+_DENSITY_OFFSET = {"fatty": -2.0, "scattered": -0.95, "heterogeneous": -0.25, "dense": 0.55}
 
 
 # ----------------------------------------------------------------------------- specs
@@ -531,8 +531,8 @@ def _mass_geometry(lrng, spec, view):
     micro_k = np.arange(10, 18)
     micro_a = lrng.normal(0, 0.007, micro_k.size) * (spec.margin == "microlobulated")
     micro_p = lrng.uniform(0, 2 * np.pi, micro_k.size)
-    spic = _spicules(lrng, int(lrng.integers(18, 34)), 0.6 * r, r * lrng.uniform(1.4, 2.0),
-                     lrng.uniform(0.9, 1.5), rot, wiggle=0.04)
+    spic = _spicules(lrng, int(lrng.integers(12, 26)), 0.85 * r, r * lrng.uniform(1.3, 1.9),
+                     lrng.uniform(1.3, 2.2), rot, wiggle=0.012)
     return dict(r=r, rot=rot, squash=squash, aspect=aspect, harm=(harm_k, harm_a, harm_p),
                 micro=(micro_k, micro_a, micro_p), spic=spic, obscured_dir=lrng.uniform(0, 2 * np.pi),
                 contrast=lrng.uniform(0.6, 0.85), edge_px=lrng.uniform(5, 9))
@@ -576,16 +576,16 @@ def _render_mass(atten, boost, mask, lrng, spec, view, cx, cy):
         soft = _sigmoid((1 - rho) * r / geo["edge_px"] * 2.2) * (0.6 + 0.4 * core ** 0.5)
         dome = dome * (1 - side) + soft * side
         contrast *= 0.75
-    atten[y0:y1, x0:x1] += contrast * dome
     local = rho < 1.0
     if spec.margin == "spiculated":
+        # spicules grow out of the margin: the mass body hides the part of them inside it
         sub = np.zeros_like(dome)
         smask = np.zeros(dome.shape, bool)
         for path, width, amp in geo["spic"]:
-            _stamp(sub, path[:, 0] + cx - x0, path[:, 1] + cy - y0, width, 0.4 * geo["contrast"] * amp,
-                   mask=smask)
-        atten[y0:y1, x0:x1] += sub
+            _stamp(sub, path[:, 0] + cx - x0, path[:, 1] + cy - y0, width, 0.55 * amp, mask=smask)
+        dome = np.maximum(dome, sub)
         local |= ndimage.binary_dilation(smask, iterations=1)
+    atten[y0:y1, x0:x1] += contrast * dome
     mask[y0:y1, x0:x1] |= local
 
 
@@ -595,7 +595,7 @@ def _render_distortion(g, atten, mask, lrng, spec, view, cx, cy):
     rr = spec.size_mm / 2 / PIXEL_SPACING_MM
     rot, _ = _view_rotation(lrng, view)
     n = int(lrng.integers(9, 16))
-    spic = _spicules(lrng, n, 3.0, rr, lrng.uniform(0.9, 1.4), rot, wiggle=0.05)
+    spic = _spicules(lrng, n, 3.0, rr, lrng.uniform(0.9, 1.4), rot, wiggle=0.02)
     ext = int(_extent_px(spec)) + 12
     x0, x1 = max(0, int(cx) - ext), min(w, int(cx) + ext + 1)
     y0, y1 = max(0, int(cy) - ext), min(h, int(cy) + ext + 1)
