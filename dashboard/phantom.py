@@ -45,7 +45,7 @@ CALC_DISTRIBUTIONS = ("grouped", "linear")
 KINDS = ("mass", "calcification", "distortion")
 
 # Density offset of the soft threshold that turns the texture into glandular fraction.
-_DENSITY_OFFSET = {"fatty": -1.75, "scattered": -0.95, "heterogeneous": -0.25, "dense": 0.55}
+_DENSITY_OFFSET = {"fatty": -2.0, "scattered": -0.95, "heterogeneous": -0.25, "dense": 0.55}
 
 
 # ----------------------------------------------------------------------------- specs
@@ -444,31 +444,43 @@ def _anatomy(rng, view: str, breast: BreastSpec, shape) -> _Anatomy:
 def _place(rng, spec: FindingSpec, view: str, anat: _Anatomy, extent: float, taken) -> tuple[float, float]:
     """Centre of a lesion: at the spec's nipple distance, the angle nearest the preferred one
     that keeps the whole lesion (radius ``extent`` px) inside the breast, off the pectoral muscle
-    and away from lesions already placed (``taken``: list of (x, y, r))."""
+    and away from lesions already placed (``taken``: list of (x, y, r)).
+
+    Candidates are tried in order: the given distance first (angles by closeness to the preferred
+    one), then shorter distances; then the same with only the lesion core required to fit; last,
+    the candidate deepest inside the breast. Never fails, so a plan always renders.
+    """
     h, w = anat.breast.shape
     d_px = spec.nipple_distance_mm / PIXEL_SPACING_MM
     pref = np.deg2rad(spec.angle_cc_deg if view == "CC" else spec.angle_mlo_deg)
     ax, ay = anat.axis
     nx, ny = anat.nipple_xy
+    offsets = np.deg2rad(np.arange(0, 85, 2.5))
+    phis = np.concatenate([[pref], (pref + offsets[1:, None] * np.array([1, -1])).ravel()])
+    shrink = np.array([1.0, 0.92, 0.84, 0.76, 0.68, 0.6, 0.5, 0.4, 0.3])
+    d = (d_px * shrink)[:, None]                                   # (S, 1) x (1, A) -> (S, A)
+    cx = (nx + d * (np.cos(phis) * ax - np.sin(phis) * ay)).ravel()
+    cy = (ny + d * (np.cos(phis) * ay + np.sin(phis) * ax)).ravel()
+    xi = np.clip(np.rint(cx).astype(int), 0, w - 1)
+    yi = np.clip(np.rint(cy).astype(int), 0, h - 1)
+    in_img = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+    depth = np.where(in_img, anat.dist[yi, xi], 0.0)
     ring = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-    for shrink in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4):
-        d = d_px * shrink
-        offsets = np.deg2rad(np.arange(0, 80, 2.5))
-        cands = np.concatenate([[pref], (pref + offsets[1:, None] * np.array([1, -1])).ravel()])
-        for phi in cands:
-            cx = nx + d * (np.cos(phi) * ax - np.sin(phi) * ay)
-            cy = ny + d * (np.cos(phi) * ay + np.sin(phi) * ax)
-            xi, yi = int(round(cx)), int(round(cy))
-            if not (0 <= xi < w and 0 <= yi < h) or anat.dist[yi, xi] < extent + 15:
-                continue
-            px = np.clip(np.rint(cx + (extent + 8) * np.cos(ring)).astype(int), 0, w - 1)
-            py = np.clip(np.rint(cy + (extent + 8) * np.sin(ring)).astype(int), 0, h - 1)
-            if anat.pectoral[py, px].any() or cx < extent + 20:
-                continue
-            if any(np.hypot(cx - tx, cy - ty) < extent + tr + 20 for tx, ty, tr in taken):
-                continue
-            return float(cx), float(cy)
-    raise ValueError(f"no room for a {spec.size_mm:.0f} mm {spec.kind} in this breast")
+    sep = np.full(cx.shape, np.inf)
+    for tx, ty, tr in taken:
+        sep = np.minimum(sep, np.hypot(cx - tx, cy - ty) - tr)
+    core = extent / {"mass": 2.7 if spec.margin == "spiculated" else 1.25}.get(spec.kind, 1.0)
+    for need in (extent, core * 1.1):
+        px = np.clip(np.rint(cx[:, None] + (need + 8) * np.cos(ring)).astype(int), 0, w - 1)
+        py = np.clip(np.rint(cy[:, None] + (need + 8) * np.sin(ring)).astype(int), 0, h - 1)
+        ok = (in_img & (depth >= need + 15) & ~anat.pectoral[py, px].any(axis=1)
+              & (cx >= need + 20) & (sep >= need + 20))
+        if ok.any():
+            i = int(np.argmax(ok))
+            return float(cx[i]), float(cy[i])
+    score = np.where(in_img & ~anat.pectoral[yi, xi], depth + np.minimum(sep, 1e4) * 1e-3, -np.inf)
+    i = int(np.argmax(score))
+    return float(cx[i]), float(cy[i])
 
 
 def _extent_px(spec: FindingSpec) -> float:
@@ -519,8 +531,8 @@ def _mass_geometry(lrng, spec, view):
     micro_k = np.arange(10, 18)
     micro_a = lrng.normal(0, 0.007, micro_k.size) * (spec.margin == "microlobulated")
     micro_p = lrng.uniform(0, 2 * np.pi, micro_k.size)
-    spic = _spicules(lrng, int(lrng.integers(18, 34)), 0.6 * r, r * lrng.uniform(1.4, 2.0),
-                     lrng.uniform(0.9, 1.5), rot, wiggle=0.04)
+    spic = _spicules(lrng, int(lrng.integers(12, 26)), 0.85 * r, r * lrng.uniform(1.3, 1.9),
+                     lrng.uniform(1.3, 2.2), rot, wiggle=0.012)
     return dict(r=r, rot=rot, squash=squash, aspect=aspect, harm=(harm_k, harm_a, harm_p),
                 micro=(micro_k, micro_a, micro_p), spic=spic, obscured_dir=lrng.uniform(0, 2 * np.pi),
                 contrast=lrng.uniform(0.6, 0.85), edge_px=lrng.uniform(5, 9))
@@ -564,16 +576,16 @@ def _render_mass(atten, boost, mask, lrng, spec, view, cx, cy):
         soft = _sigmoid((1 - rho) * r / geo["edge_px"] * 2.2) * (0.6 + 0.4 * core ** 0.5)
         dome = dome * (1 - side) + soft * side
         contrast *= 0.75
-    atten[y0:y1, x0:x1] += contrast * dome
     local = rho < 1.0
     if spec.margin == "spiculated":
+        # spicules grow out of the margin: the mass body hides the part of them inside it
         sub = np.zeros_like(dome)
         smask = np.zeros(dome.shape, bool)
         for path, width, amp in geo["spic"]:
-            _stamp(sub, path[:, 0] + cx - x0, path[:, 1] + cy - y0, width, 0.4 * geo["contrast"] * amp,
-                   mask=smask)
-        atten[y0:y1, x0:x1] += sub
+            _stamp(sub, path[:, 0] + cx - x0, path[:, 1] + cy - y0, width, 0.55 * amp, mask=smask)
+        dome = np.maximum(dome, sub)
         local |= ndimage.binary_dilation(smask, iterations=1)
+    atten[y0:y1, x0:x1] += contrast * dome
     mask[y0:y1, x0:x1] |= local
 
 
@@ -583,7 +595,7 @@ def _render_distortion(g, atten, mask, lrng, spec, view, cx, cy):
     rr = spec.size_mm / 2 / PIXEL_SPACING_MM
     rot, _ = _view_rotation(lrng, view)
     n = int(lrng.integers(9, 16))
-    spic = _spicules(lrng, n, 3.0, rr, lrng.uniform(0.9, 1.4), rot, wiggle=0.05)
+    spic = _spicules(lrng, n, 3.0, rr, lrng.uniform(0.9, 1.4), rot, wiggle=0.02)
     ext = int(_extent_px(spec)) + 12
     x0, x1 = max(0, int(cx) - ext), min(w, int(cx) + ext + 1)
     y0, y1 = max(0, int(cy) - ext), min(h, int(cy) + ext + 1)
@@ -758,7 +770,7 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
     # --- vessels: tortuous curves from the chest wall towards the nipple
     vessel_amp = np.zeros((h, w), np.float32)
     vessel_mask = np.zeros((h, w), bool)
-    for _ in range(int(rng.integers(3, 7))):
+    for _ in range(int(rng.integers(2, 6))):
         for _try in range(20):
             sx = rng.uniform(5, 0.25 * anat.depth)
             sy = ny + rng.uniform(-0.9, 0.9) * 0.38 * h
@@ -766,9 +778,9 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
                 break
         target = np.arctan2(ny + rng.normal(0, 0.15 * h) - sy, nx - sx)
         length = rng.uniform(0.45, 0.9) * anat.depth
-        path = _curve(rng, sx, sy, target + rng.normal(0, 0.2), length, step=0.7, wiggle=0.025,
-                      pull=target, pull_gain=0.6)
-        r0 = rng.uniform(1.6, 3.2)
+        path = _curve(rng, sx, sy, target + rng.normal(0, 0.15), length, step=0.7, wiggle=0.014,
+                      pull=target, pull_gain=0.7)
+        r0 = rng.uniform(3.0, 5.5)
         radii = r0 * np.linspace(1.0, 0.45, len(path), dtype=np.float32)
         keep = (path[:, 0] >= 0) & (path[:, 0] < w) & (path[:, 1] >= 0) & (path[:, 1] < h)
         path, radii = path[keep], radii[keep]
@@ -777,7 +789,7 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
         if not ok.any():
             continue
         stop = int(np.argmin(ok)) if not ok.all() else ok.size
-        _stamp(vessel_amp, path[:stop, 0], path[:stop, 1], radii[:stop], 1.0, mask=vessel_mask)
+        _stamp(vessel_amp, path[:stop, 0], path[:stop, 1], radii[:stop], 1.0, mask=vessel_mask, profile="gauss")
     vessel_mask &= inside & ~anat.pectoral
 
     # --- Cooper's ligaments: thin curved lines (zero crossings of a smooth field) in the fat
@@ -787,17 +799,18 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
 
     # --- compose: tissue in glandular units, tone-mapped, then thickness, skin, calcifications
     # fat is not flat: a faint copy of the texture gives lobular mottle
-    tissue = g + 0.08 * n_tex * inside + 0.16 * vessel_amp + 0.08 * ligament + atten
+    # vessels add density, but overlying glandular tissue hides most of their contrast
+    tissue = g + 0.08 * n_tex * inside + 0.14 * vessel_amp * (1 - 0.5 * g) + 0.08 * ligament + atten
     tissue = 1.25 * np.tanh(tissue / 1.25)
     fat_level = rng.uniform(1450, 1650)
     gland_level = rng.uniform(3050, 3300)
     value = fat_level + (gland_level - fat_level) * tissue
     if view == "MLO":
         # the muscle thickens away from its free border and towards the axilla; fibres run along it
-        pect_level = fat_level + (gland_level - fat_level) * rng.uniform(0.62, 0.8)
+        pect_level = fat_level + (gland_level - fat_level) * rng.uniform(0.42, 0.56)
         streak = power_noise(rng, shape, 3.0, stretch=5.0, angle=2.0)  # along the muscle fibres
-        ramp = 0.72 + 0.28 * _smoothstep(-anat.pect_dist, 0, 90)
-        pect = pect_level * ramp + 60 * streak + 100 * (1 - _smoothstep(xx + yy, 0, 600))
+        ramp = 0.8 + 0.2 * _smoothstep(-anat.pect_dist, 0, 150)
+        pect = pect_level * ramp + 110 * streak + 100 * (1 - _smoothstep(xx + yy, 0, 600))
         del streak
         blend = _smoothstep(-anat.pect_dist, -2, 4)
         value = value * (1 - blend) + pect * blend
@@ -870,6 +883,9 @@ def _draw_finding(rng, pathology: str, breast: BreastSpec) -> FindingSpec:
     return FindingSpec("distortion", float(rng.uniform(16, 28)), **common)
 
 
+_LABEL_BLOCK = np.array(["normal"] * 4 + ["benign"] * 3 + ["malignant"] * 3)
+
+
 def case_id_for(seed: int, case_index: int) -> str:
     """Stable case id of the synthetic case ``case_index`` of the set with ``seed``."""
     return f"syn{int(seed)}-{int(case_index):04d}"
@@ -878,11 +894,14 @@ def case_id_for(seed: int, case_index: int) -> str:
 def plan_case(seed: int, case_index: int, *, label: str | None = None) -> SyntheticCase:
     """The case without pixels: label, breasts, densities and finding specs (cheap, deterministic).
 
-    Mix: ~40% normal, 30% benign, 30% malignant; ~25% of cases show both breasts.
+    Mix: 40% normal, 30% benign, 30% malignant (exact in every block of ten consecutive indices);
+    ~25% of cases show both breasts.
     """
     rng = _case_rng(seed, case_index)
-    u = rng.random()
-    target = label or ("normal" if u < 0.4 else "benign" if u < 0.7 else "malignant")
+    # labels are dealt in shuffled blocks of ten (4 normal, 3 benign, 3 malignant), so any run of
+    # cases has the intended mix, and each case still depends on (seed, case_index) alone
+    block = np.random.default_rng([int(seed), int(case_index) // 10, 0xB10C]).permutation(_LABEL_BLOCK)
+    target = label or str(block[int(case_index) % 10])
     both = rng.random() < 0.25
     first = str(rng.choice(LATERALITIES))
     lats = ["L", "R"] if both else [first]
