@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 bench: setup
 	$(BIN)/python -m bench.run_all
 
-# Retrain the demo model (~10 min on 2 CPU cores): its own demo set and patch set under TRAIN_DIR,
+# Retrain the demo model (~20-30 min on 2 CPU cores: demo set, patches, training): its own demo set and patch set under TRAIN_DIR,
 # then fp16 weights + card into model_zoo/ (see the card's [training] table for the run that was committed).
 TRAIN_DIR ?= data/train-demo
 train-demo: $(STAMP)
