@@ -72,16 +72,26 @@ def synthetic_source(rows: int = 3000, cols: int = 2400, seed: int = 0) -> np.nd
     return (np.clip(img, 0, 1) * 4095).astype(np.float32)
 
 
-def timed(fn, reps: int, sync) -> tuple[float, float, object]:
-    """(best seconds, median seconds, last result) over ``reps`` runs after one warm-up."""
+CPU_SECONDS: dict[str, float] = {}
+
+
+def timed(fn, reps: int, sync, name: str = "") -> tuple[float, float, object]:
+    """(best wall seconds, median wall seconds, last result) over ``reps`` runs after one warm-up.
+
+    Also records the process CPU seconds of the fastest run under ``name`` in CPU_SECONDS: on a
+    shared machine CPU time / threads approximates the wall time the run would take alone.
+    """
     out = fn()
     sync()
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         sync()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    if name:
+        CPU_SECONDS[name] = cpu[int(np.argmin(times))]
     return min(times), statistics.median(times), out
 
 
@@ -109,18 +119,20 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     rng = np.random.default_rng(0)
     patches = rng.uniform(0.1, 0.6, size=(32, s, s)).astype(np.float32)  # (32, S, S)
 
-    best, med, _ = timed(lambda: predict_patches(model, card, patches[:1], device=device), max(reps, 10), sync)
+    best, med, _ = timed(lambda: predict_patches(model, card, patches[:1], device=device), max(reps, 10), sync, "patch_forward_b1")
     res["patch_forward_b1_ms"] = 1000 * best
-    best, med, _ = timed(lambda: predict_patches(model, card, patches, batch_size=32, device=device), reps, sync)
+    best, med, _ = timed(lambda: predict_patches(model, card, patches, batch_size=32, device=device), reps, sync,
+                         "patch_forward_b32")
     res["patch_forward_b32_ms_per_patch"] = 1000 * best / 32
     print(f"  patch forward {s}px: batch 1 {res['patch_forward_b1_ms']:.1f} ms/patch, "
           f"batch 32 {res['patch_forward_b32_ms_per_patch']:.1f} ms/patch")
 
-    best, _, _ = timed(lambda: attribute(model, card, patches[0], method="gradcam", device=device), reps, sync)
+    best, _, _ = timed(lambda: attribute(model, card, patches[0], method="gradcam", device=device), reps, sync,
+                       "gradcam")
     res["gradcam_ms_per_patch"] = 1000 * best
     res["peak_rss_mib_after_patches"] = rss_mib()
     best, _, att = timed(lambda: attribute(model, card, patches[0], method="ig", n_steps=32,
-                                           internal_batch_size=ig_batch, device=device), reps, sync)
+                                           internal_batch_size=ig_batch, device=device), reps, sync, "ig32")
     res["ig32_ms_per_patch"] = 1000 * best
     res["ig_internal_batch_size"] = ig_batch
     res["peak_rss_mib_after_ig"] = rss_mib()
@@ -139,11 +151,12 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     print(f"  source {src.shape} at 0.05 mm -> model {img.shape} at {card.pixel_spacing_mm} mm "
           f"({res['prepare_model_image_s']:.2f} s to prepare)")
     wreps = max(1, reps - 1)
-    best, _, fcn = timed(lambda: compute_lesion_map(model, card, img, mask, method="fcn", device=device), wreps, sync)
+    best, _, fcn = timed(lambda: compute_lesion_map(model, card, img, mask, method="fcn", device=device), wreps, sync,
+                         "lesion_map_fcn")
     res["lesion_map_fcn_s"] = best
     res["peak_rss_mib_after_fcn"] = rss_mib()
     best, _, tiles = timed(lambda: compute_lesion_map(model, card, img, mask, method="tiles", stride=s // 2,
-                                                      device=device), wreps, sync)
+                                                      device=device), wreps, sync, "lesion_map_tiles")
     res["lesion_map_tiles_s"] = best
     res["lesion_map_tiles_n"] = int((tiles.grid_prob > 0).sum())
     corr = float(np.corrcoef(fcn.prob[mask], tiles.prob[mask])[0, 1]) if mask.any() else float("nan")
@@ -154,7 +167,8 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     print(f"  lesion map: FCN {res['lesion_map_fcn_s']:.2f} s, tiles (stride {s // 2}, "
           f"{res['lesion_map_tiles_n']} tiles) {res['lesion_map_tiles_s']:.2f} s (target <= 3 s on CPU); "
           f"FCN~tiles corr {corr:.2f}, peaks {res['fcn_vs_tiles']['peak_distance_px']:.0f} px apart")
-    best, _, _ = timed(lambda: attribute_image(model, card, img, mask, method="gradcam", device=device), wreps, sync)
+    best, _, _ = timed(lambda: attribute_image(model, card, img, mask, method="gradcam", device=device), wreps, sync,
+                       "gradcam_image")
     res["gradcam_image_s"] = best
     print(f"  whole-image Grad-CAM {best:.2f} s")
 
@@ -165,6 +179,10 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     print(f"  peak RSS {res['peak_rss_mib']:.0f} MiB"
           + (f", CUDA max allocated {res['cuda_max_allocated_mib']:.0f} MiB" if cuda else ""))
     res["positive_index"] = positive_index(card)
+    res["cpu_seconds_of_best_run"] = dict(CPU_SECONDS)
+    res["load_average_1min"] = __import__("os").getloadavg()[0]
+    print("  CPU seconds of the fastest run (/threads ~ wall time alone): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in CPU_SECONDS.items()))
     return res
 
 
