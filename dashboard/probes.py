@@ -98,6 +98,17 @@ class ProbeData:
     feature_shape: tuple[int, int]
 
 
+def _cell_coverage(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Fraction of each feature cell covered by each mask: (M, S, S) bool -> (M, h, w) float32.
+
+    Exact block means when the patch divides into the grid (the usual case), else area pooling."""
+    m, hh, ww = masks.shape
+    if hh % h == 0 and ww % w == 0:
+        blocks = masks.view(m, h, hh // h, w, ww // w)
+        return blocks.sum(dim=(2, 4), dtype=torch.int32).float() / float((hh // h) * (ww // w))
+    return F.adaptive_avg_pool2d(masks.float()[:, None], (h, w))[:, 0]
+
+
 def collect_probe_data(model, card, layer: str, annotations: list, load_patch: Callable, *, cache_dir=None,
                        device=None, seed: int = 0, progress: Progress | None = None) -> ProbeData:
     """Feature vectors of drawn positions and sampled background (see module doc).
@@ -126,11 +137,10 @@ def collect_probe_data(model, card, layer: str, annotations: list, load_patch: C
         a_map = acts[pi]  # (C, h, w)
         c, h, w = a_map.shape
         members = groups[k]
-        masks = np.stack([mask_from_png(annotations[i].mask_png) for i in members])  # (M, S, S)
-        if masks.shape[1:] != patches[pi].shape:
-            raise ValidationError(f"drawing mask {masks.shape[1:]} does not match its patch {patches[pi].shape}")
-        frac = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[:, None], (h, w))[:, 0]  # (M, h, w)
-        frac = frac.reshape(len(members), -1)  # (M, h*w)
+        masks = torch.from_numpy(np.stack([mask_from_png(annotations[i].mask_png) for i in members]))  # (M, S, S)
+        if tuple(masks.shape[1:]) != patches[pi].shape:
+            raise ValidationError(f"drawing mask {tuple(masks.shape[1:])} does not match its patch {patches[pi].shape}")
+        frac = _cell_coverage(masks, h, w).reshape(len(members), -1)  # (M, h*w)
         pos = frac >= 0.5
         # a drawing smaller than half a cell still marks its best-covered cell
         tiny = ~pos.any(1) & (frac.amax(1) > 0)
@@ -157,8 +167,8 @@ def collect_probe_data(model, card, layer: str, annotations: list, load_patch: C
                      annotation_concepts=[a.concept for a in annotations], feature_shape=(h, w))
 
 
-def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Tensor, *, l2: float = 1e-2,
-               max_iter: int = 100):
+def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Tensor, *, l2: float = 0.1,
+               max_iter: int = 50):
     """Several class-balanced multinomial logistic regressions at once (validation folds + final).
 
     X (N, C) raw features; y (N,) in [0, n_classes), or (F, N) when each model labels the samples
@@ -187,7 +197,7 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
     W = torch.zeros(nf, n_classes, c, requires_grad=True)
     b = torch.zeros(nf, n_classes, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
-                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+                            tolerance_change=1e-8, line_search_fn="strong_wolfe")
     inv = 1.0 / std  # (F, C)
 
     def closure():
@@ -205,7 +215,7 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
     return W.detach(), b.detach(), mean, std
 
 
-def fit_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-2, max_iter: int = 100):
+def fit_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 0.1, max_iter: int = 50):
     """One probe on all of X (see ``fit_probes``). Returns W (K, C), b (K,), mean (C,), std (C,)."""
     W, b, mean, std = fit_probes(X, y, n_classes, torch.ones(1, X.shape[0], dtype=torch.bool), l2=l2,
                                  max_iter=max_iter)
@@ -264,7 +274,7 @@ def _metrics(data: ProbeData, oof: np.ndarray | None, min_drawings: int, min_ima
 
 def train_probes(store, model, card, layer: str | None = None, *, load_patch: Callable,
                  progress: Progress | None = None, device=None, cache_dir=None, annotations: list | None = None,
-                 folds: int = 5, l2: float = 1e-2, max_iter: int = 100, min_drawings: int = 3,
+                 folds: int = 5, l2: float = 0.1, max_iter: int = 50, min_drawings: int = 3,
                  min_images: int = 2, seed: int = 0, save: bool = True, actor: str = "system") -> ProbeVersion:
     """Train (and store) a new probe version on the live drawings made under this model card.
 

@@ -104,7 +104,7 @@ def compute_unit_ious_reference(activation, thresholds, drawing_mask) -> np.ndar
     return out
 
 
-def _rect_sum(integral: torch.Tensor, r0, r1, c0, c1) -> torch.Tensor:
+def _rect_sum(integral: np.ndarray, r0, r1, c0, c1) -> np.ndarray:
     return integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
 
 
@@ -115,98 +115,111 @@ def compute_unit_ious(activation, thresholds, drawing_mask) -> np.ndarray:
     thresholds: (C,) per-unit activation thresholds (dataset quantiles), strict ``>``.
     drawing_mask: (H, W) bool, the drawing in patch pixels (usually H = W = S).
     Returns (C,) float64 IoUs, equal to ``compute_unit_ious_reference`` (see module doc).
+
+    Runs in numpy on the CPU: the arrays are small and many (tens of thousands of blocks per
+    level), where torch's intra-op threads cost more in synchronisation than they save.
     """
-    a, t, m = _as_inputs(activation, thresholds, drawing_mask)
+    a_t, t_t, m_t = _as_inputs(activation, thresholds, drawing_mask)
+    a, t, m = a_t.numpy(), t_t.numpy(), m_t.numpy()
     c_units, h, w = a.shape
     hh, ww = m.shape
-    ax_h, ax_w = _axis(hh, h), _axis(ww, w)
-    integral = torch.zeros(hh + 1, ww + 1, dtype=torch.int64)
-    integral[1:, 1:] = m.to(torch.int64).cumsum(0).cumsum(1)  # (H+1, W+1)
+    ax_h, ax_w = _axis_np(hh, h), _axis_np(ww, w)
+    integral = np.zeros((hh + 1, ww + 1), dtype=np.int32)
+    integral[1:, 1:] = m.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)  # (H+1, W+1)
 
-    # ---- level 0: whole cells, bounded by their 2x2 feature values
-    x00 = a
-    x01 = a[:, :, ax_w.cell_i1]
-    x10 = a[:, ax_h.cell_i1, :]
-    x11 = x10[:, :, ax_w.cell_i1]  # each (C, h, w)
-    cmax = torch.maximum(torch.maximum(x00, x01), torch.maximum(x10, x11))
-    cmin = torch.minimum(torch.minimum(x00, x01), torch.minimum(x10, x11))
-    rng = torch.maximum(t.abs(), a.abs().flatten(1).amax(1)).clamp_min(1e-30)
+    # ---- level 0: whole cells, bounded by their 2x2 feature values (cell i uses rows i, min(i+1, h-1))
+    def pair(f, x, axis):
+        nxt = np.concatenate([np.take(x, np.arange(1, x.shape[axis]), axis=axis),
+                              np.take(x, [x.shape[axis] - 1], axis=axis)], axis=axis)
+        return f(x, nxt)
+
+    cmax = pair(np.maximum, pair(np.maximum, a, 2), 1)  # (C, h, w)
+    cmin = pair(np.minimum, pair(np.minimum, a, 2), 1)
+    rng = np.maximum(np.abs(t), np.maximum(cmax.reshape(c_units, -1).max(1),
+                                           -cmin.reshape(c_units, -1).min(1))).clip(1e-30)
     tol = _TOL * rng  # (C,)
     tt, tl = t[:, None, None], tol[:, None, None]
     # a plateau (all four equal) is exact if it is zero, or if the weights are short dyadics
-    plateau = (cmax == cmin) & ((cmax == 0) | (ax_h.dyadic and ax_w.dyadic))
+    plateau = (cmax == cmin) & ((cmax == 0) | (ax_h["dyadic"] and ax_w["dyadic"]))
     above = (cmin > tt + tl) | (plateau & (cmin > tt))
     below = (cmax < tt - tl) | (plateau & (cmax <= tt))
-    rows = (ax_h.stop - ax_h.start)  # (h,) pixels per cell row
-    cols = (ax_w.stop - ax_w.start)  # (w,)
-    cell_px = (rows[:, None] * cols[None, :]).to(torch.float64)  # (h, w)
-    cell_m = _rect_sum(integral, ax_h.start[:, None], ax_h.stop[:, None],
-                       ax_w.start[None, :], ax_w.stop[None, :]).to(torch.float64)  # (h, w)
-    above_f = above.to(torch.float64)
-    seg = torch.einsum("chw,hw->c", above_f, cell_px)  # (C,) pixels above threshold
-    inter = torch.einsum("chw,hw->c", above_f, cell_m)  # (C,) of which inside the drawing
+    rows = ax_h["stop"] - ax_h["start"]  # (h,) pixels per cell row
+    cols = ax_w["stop"] - ax_w["start"]  # (w,)
+    cell_px = (rows[:, None] * cols[None, :]).astype(np.float64)  # (h, w)
+    cell_m = _rect_sum(integral, ax_h["start"][:, None], ax_h["stop"][:, None],
+                       ax_w["start"][None, :], ax_w["stop"][None, :]).astype(np.float64)  # (h, w)
+    above_f = above.reshape(c_units, -1).astype(np.float64)
+    seg = above_f @ cell_px.reshape(-1)  # (C,) pixels above threshold (counts: exact in float64)
+    inter = above_f @ cell_m.reshape(-1)  # (C,) of which inside the drawing
     mixed = ~(above | below) & (cell_px > 0)
 
-    u, ch, cw = mixed.nonzero(as_tuple=True)  # (K,) each
-    corners = torch.stack([x00[u, ch, cw], x01[u, ch, cw], x10[u, ch, cw], x11[u, ch, cw]], 1)  # (K, 4)
-    cid = torch.arange(u.numel())  # each block points at its cell's corner values
-    r0, r1 = ax_h.start[ch], ax_h.stop[ch]
-    c0, c1 = ax_w.start[cw], ax_w.stop[cw]
-    l0h, l1h, l0w, l1w = ax_h.l0, ax_h.l1, ax_w.l0, ax_w.l1
+    u, ch, cw = np.nonzero(mixed)  # (K,) each
+    ch1, cw1 = ax_h["cell_i1"][ch], ax_w["cell_i1"][cw]
+    corners = np.stack([a[u, ch, cw], a[u, ch, cw1], a[u, ch1, cw], a[u, ch1, cw1]], 1)  # (K, 4)
+    cid = np.arange(u.size)  # each block points at its cell's corner values
+    r0, r1 = ax_h["start"][ch], ax_h["stop"][ch]
+    c0, c1 = ax_w["start"][cw], ax_w["stop"][cw]
+    l0h, l1h, l0w, l1w = ax_h["l0"], ax_h["l1"], ax_w["l0"], ax_w["l1"]
+    m_flat = m.reshape(-1)
 
     def values(x, rr, cc):
         # x (K, 4) cell corners, rr (K, R) pixel rows, cc (K, Q) pixel cols -> (K, R, Q), in ATen's
         # order: (x00*w0 + x01*w1)*h0 + (x10*w0 + x11*w1)*h1, separable so weights are gathered once
-        w0 = l0w.index_select(0, cc.reshape(-1)).view(cc.shape)
-        w1 = l1w.index_select(0, cc.reshape(-1)).view(cc.shape)
+        w0, w1 = l0w[cc], l1w[cc]
         top = x[:, 0:1] * w0 + x[:, 1:2] * w1  # (K, Q)
         bot = x[:, 2:3] * w0 + x[:, 3:4] * w1
-        h0 = l0h.index_select(0, rr.reshape(-1)).view(rr.shape)
-        h1 = l1h.index_select(0, rr.reshape(-1)).view(rr.shape)
-        return top[:, None, :] * h0[:, :, None] + bot[:, None, :] * h1[:, :, None]
+        return top[:, None, :] * l0h[rr][:, :, None] + bot[:, None, :] * l1h[rr][:, :, None]
 
-    m_flat = m.reshape(-1)
+    def add(target, idx, vals):
+        target += np.bincount(idx, weights=vals, minlength=c_units)
+
     # ---- quadtree levels over (unit, block) pairs whose block straddles the threshold
-    off = torch.arange(_DENSE)
-    while u.numel():
+    off = np.arange(_DENSE)
+    while u.size:
         nr, nc = r1 - r0, c1 - c0
         dense = (nr <= _DENSE) & (nc <= _DENSE)
-        if dense.any():  # small blocks: compare every pixel exactly
-            s = dense.nonzero(as_tuple=True)[0]
-            # pad with the last row/col (clamp) and mask the padding out
-            rr = torch.minimum(r0[s, None] + off, r1[s, None] - 1)  # (k, D)
-            cc = torch.minimum(c0[s, None] + off, c1[s, None] - 1)  # (k, D)
-            ok = (off < nr[s, None])[:, :, None] & (off < nc[s, None])[:, None, :]  # (k, D, D)
-            v = values(corners.index_select(0, cid[s]), rr, cc)  # (k, D, D)
-            us = u[s]
-            hit = (v > t.index_select(0, us)[:, None, None]) & ok
-            inside = m_flat.index_select(0, (rr[:, :, None] * ww + cc[:, None, :]).reshape(-1)).view(hit.shape)
-            seg.index_add_(0, us, hit.sum((1, 2)).to(torch.float64))
-            inter.index_add_(0, us, (hit & inside).sum((1, 2)).to(torch.float64))
-        s = (~dense).nonzero(as_tuple=True)[0]
+        if dense.any():  # small blocks: compare every pixel exactly, grouped by block shape
+            shape_id = np.where(dense, nr * (_DENSE + 1) + nc, -1)
+            for sid in np.unique(shape_id[dense]):  # at most _DENSE**2 shapes, not units
+                s = np.nonzero(shape_id == sid)[0]
+                br, bc = divmod(int(sid), _DENSE + 1)
+                rr = r0[s, None] + off[:br]  # (k, br)
+                cc = c0[s, None] + off[:bc]  # (k, bc)
+                v = values(corners[cid[s]], rr, cc)  # (k, br, bc)
+                us = u[s]
+                hit = v > t[us][:, None, None]
+                inside = m_flat[rr[:, :, None] * ww + cc[:, None, :]]  # (k, br, bc)
+                add(seg, us, hit.sum((1, 2)))
+                add(inter, us, (hit & inside).sum((1, 2)))
+        s = np.nonzero(~dense)[0]
         u, cid, r0, r1, c0, c1 = u[s], cid[s], r0[s], r1[s], c0[s], c1[s]
-        if not u.numel():
+        if not u.size:
             break
-        v = values(corners.index_select(0, cid), torch.stack([r0, r1 - 1], 1),
-                   torch.stack([c0, c1 - 1], 1)).reshape(-1, 4)  # (K, 4) the block's corner pixels
-        tu, tolu = t.index_select(0, u), tol.index_select(0, u)
-        vmin, vmax = v.amin(1), v.amax(1)
+        v = values(corners[cid], np.stack([r0, r1 - 1], 1), np.stack([c0, c1 - 1], 1)).reshape(-1, 4)  # (K, 4)
+        tu, tolu = t[u], tol[u]
+        vmin, vmax = v.min(1), v.max(1)
         blk_above = vmin > tu + tolu
         if blk_above.any():
-            s = blk_above.nonzero(as_tuple=True)[0]
-            seg.index_add_(0, u[s], ((r1[s] - r0[s]) * (c1[s] - c0[s])).to(torch.float64))
-            inter.index_add_(0, u[s], _rect_sum(integral, r0[s], r1[s], c0[s], c1[s]).to(torch.float64))
-        s = (~blk_above & ~(vmax < tu - tolu)).nonzero(as_tuple=True)[0]
+            s = np.nonzero(blk_above)[0]
+            add(seg, u[s], (r1[s] - r0[s]) * (c1[s] - c0[s]))
+            add(inter, u[s], _rect_sum(integral, r0[s], r1[s], c0[s], c1[s]))
+        s = np.nonzero(~blk_above & ~(vmax < tu - tolu))[0]
         u, cid, r0, r1, c0, c1 = u[s], cid[s], r0[s], r1[s], c0[s], c1[s]
-        rm = torch.where(r1 - r0 > 1, (r0 + r1) // 2, r1)
-        cm = torch.where(c1 - c0 > 1, (c0 + c1) // 2, c1)
+        rm = np.where(r1 - r0 > 1, (r0 + r1) // 2, r1)
+        cm = np.where(c1 - c0 > 1, (c0 + c1) // 2, c1)
         # four children per block; empty ones (a side of one pixel) are dropped
-        u, cid = u.repeat(4), cid.repeat(4)
-        r0, r1 = torch.cat([r0, r0, rm, rm]), torch.cat([rm, rm, r1, r1])
-        c0, c1 = torch.cat([c0, cm, c0, cm]), torch.cat([cm, c1, cm, c1])
-        keep = ((r1 > r0) & (c1 > c0)).nonzero(as_tuple=True)[0]
+        u, cid = np.tile(u, 4), np.tile(cid, 4)
+        r0, r1 = np.concatenate([r0, r0, rm, rm]), np.concatenate([rm, rm, r1, r1])
+        c0, c1 = np.concatenate([c0, cm, c0, cm]), np.concatenate([cm, c1, cm, c1])
+        keep = np.nonzero((r1 > r0) & (c1 > c0))[0]
         u, cid, r0, r1, c0, c1 = u[keep], cid[keep], r0[keep], r1[keep], c0[keep], c1[keep]
 
     union = seg + float(m.sum()) - inter
-    iou = torch.where(union > 0, inter / union.clamp_min(1.0), torch.zeros_like(union))
-    return iou.numpy()
+    return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+
+
+@lru_cache(maxsize=64)
+def _axis_np(size: int, n: int) -> dict:
+    ax = _axis(size, n)
+    return {"l0": ax.l0.numpy(), "l1": ax.l1.numpy(), "start": ax.start.numpy(), "stop": ax.stop.numpy(),
+            "cell_i1": ax.cell_i1.numpy(), "dyadic": ax.dyadic}
