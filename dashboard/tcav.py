@@ -110,7 +110,7 @@ def _target_index(card, target) -> tuple[int, str]:
 
 
 def compute_cavs(data: ProbeData, *, concepts: list[str] | None = None, n_runs: int = 10,
-                 random_size: int = 500, l2: float = 1e-2, seed: int = 0, max_iter: int = 100) -> CAVSet:
+                 random_size: int = 500, l2: float = 0.1, seed: int = 0, max_iter: int = 50) -> CAVSet:
     """Concept-vs-random and random-vs-random CAVs from drawn positions (see module doc)."""
     concepts = [c for c in (concepts or data.classes[1:]) if c in data.classes[1:]]
     y = data.y

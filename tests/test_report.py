@@ -25,16 +25,32 @@ def card():
     return TinyCard(name="probe-card")
 
 
-@pytest.fixture
-def setup(store, model, card, tmp_path):
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, model, card):
+    """One store with drawings, a probe and unit labels, shared by the module's tests (read-only use)."""
+    from dashboard.store import Store
+
+    tmp = tmp_path_factory.mktemp("report")
+    store = Store(tmp / "db.duckdb", tmp / "journal")
     patches = _populate(store, n_images=4, vessel_drawings=0)
-    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches), cache_dir=tmp_path, folds=2)
+    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches), cache_dir=tmp, folds=2)
     rng = np.random.default_rng(0)
     for concept in ("mass-round", "fat", "mass-round"):  # unit labels at the head's layer (bn2)
         label_units_from_drawing(store, image_id="im0", concept=concept, reader="r", patch_x0=0, patch_y0=0,
                                  patch_size=S, shape="rect", geometry=[10, 10, 60, 60], model_card=card.name,
                                  layer="bn2", ious=rng.uniform(0, 0.5, 1280))
-    return patches, probe
+    yield store, patches, probe, tmp
+    store.close()
+
+
+@pytest.fixture
+def setup(env):
+    return env[1], env[2]
+
+
+@pytest.fixture
+def store(env):
+    return env[0]
 
 
 def _truth(model, card, patch):
@@ -107,7 +123,7 @@ def test_logit_decomposition_groups():
 
 def test_json_round_trip_and_figures(setup, store, model, card, tmp_path):
     patches, probe = setup
-    inputs = np.stack([_scene(50 + i)[0] for i in range(4)])
+    inputs = np.stack([_scene(50 + i)[0][32:96, 32:96] for i in range(4)])
     tc = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches), n_runs=3, cache_dir=tmp_path)
     rep = build_report(model, card, _scene(9)[0], probe, attribution_map=np.ones((S, S), np.float32), store=store,
                        tcav=tc, image_id="im0", patch_xy=(5, 6))
