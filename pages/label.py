@@ -1,0 +1,5 @@
+"""Placeholder until its dashboard library lands."""
+import streamlit as st
+
+st.title("label")
+st.info("This screen is being built.")
