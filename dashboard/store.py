@@ -341,6 +341,28 @@ class Store:
             return self.query("SELECT * FROM findings ORDER BY image_id, finding_id")
         return self.query("SELECT * FROM findings WHERE image_id = ? ORDER BY finding_id", [image_id])
 
+    def find_image_by_sha256(self, sha256: str) -> dict | None:
+        """The image row whose file content hash is ``sha256``, or None (ingest's duplicate check)."""
+        rows = self.query("SELECT * FROM images WHERE sha256 = ?", [sha256])
+        return rows[0] if rows else None
+
+    def ensure_case(self, case_id: str, source: str, *, description: str = "", patient_ref: str = "",
+                    actor: str = "system") -> bool:
+        """Insert a case unless it exists; an existing case keeps its split and label. True if added."""
+
+        def write(cur):
+            cur.execute("SELECT 1 FROM cases WHERE case_id = ?", [case_id])
+            if cur.fetchone():
+                return False
+            cur.execute(
+                "INSERT INTO cases (case_id, source, description, patient_ref) VALUES (?, ?, ?, ?)",
+                [case_id, source, description, patient_ref],
+            )
+            self._audit(cur, actor, "create", "case", case_id, {"source": source})
+            return True
+
+        return self._write(write)
+
     # ------------------------------------------------------------ readers and concepts
     def save_reader(self, reader: str) -> str:
         name = (reader or "").strip()
