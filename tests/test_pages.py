@@ -82,3 +82,66 @@ def test_worklist_filters_and_opens_a_case(data):
 def test_worklist_on_an_empty_store_says_what_to_do(settings):
     at = run_page("pages/worklist.py")
     assert "no cases yet" in at.info[0].value
+
+
+@pytest.fixture
+def model_data(data, monkeypatch):
+    """``data`` plus a tiny real model card the app loads (CONCEPTLENS_MODEL_CARD)."""
+    settings = data["settings"]
+    app_data.make_tiny_card(settings)
+    monkeypatch.setenv("CONCEPTLENS_MODEL_CARD", app_data.TINY_CARD)
+    settings = settings.with_overrides(model_card=app_data.TINY_CARD)
+    loaded = context_mod.load_model(app_data.TINY_CARD, settings.user_cards_dir, "cpu")
+    assert loaded.error is None, loaded.error
+    return {**data, "settings": settings, "weights_sha": loaded.weights_sha}
+
+
+def test_read_hangs_the_case_with_presets_and_suspicious_patches(model_data):
+    at = run_page("pages/read.py", {state.CASE_ID: "SYN-0001"})
+    assert at.title[0].value == "Read · SYN-0001"
+    images = at.get("image")
+    assert len(images) == 4  # RCC | LCC over RMLO | LMLO
+    labels = [img.proto.imgs[0].caption for img in images]
+    assert [lb.split(" ·")[0] for lb in labels] == ["R CC", "L CC", "R MLO", "L MLO"]
+    assert all("STANDARD C 2000 / W 3000" in lb for lb in labels)
+    # the file's own windows are offered as presets
+    assert [o for o in at.selectbox(key="read.preset").options] == [
+        "1: STANDARD (C 2000 / W 3000)", "2: DENSE (C 2400 / W 1200)"]
+    at.selectbox(key="read.preset").set_value(1).run()
+    labels = [img.proto.imgs[0].caption for img in at.get("image")]
+    assert all("DENSE C 2400 / W 1200" in lb for lb in labels)
+    at.radio(key="read.window_mode").set_value("manual").run()
+    at.number_input(key="read.center").set_value(1500).run()
+    at.number_input(key="read.width").set_value(800).run()
+    labels = [img.proto.imgs[0].caption for img in at.get("image")]
+    assert all("MANUAL C 1500 / W 800" in lb for lb in labels)
+    # every image was scored and its suspicious patches listed, best first
+    patches = at.dataframe[0].value
+    assert set(patches["view"]) == {"R CC", "L CC", "R MLO", "L MLO"}
+    assert list(patches["probability"]) == sorted(patches["probability"], reverse=True)
+    assert all(lb.split(" · ")[1].startswith("P(lesion) ") for lb in labels)
+
+
+def test_read_overlays_and_opening_a_patch(model_data):
+    at = run_page("pages/read.py", {state.CASE_ID: "SYN-0001"})
+    plain = [img.proto.imgs[0].url for img in at.get("image")]
+    at.radio(key="read.overlay").set_value("lesion map").run()
+    assert not at.exception
+    with_map = [img.proto.imgs[0].url for img in at.get("image")]
+    at.radio(key="read.overlay").set_value("attribution").run()
+    assert not at.exception
+    with_attr = [img.proto.imgs[0].url for img in at.get("image")]
+    assert plain != with_map and with_map != with_attr
+    at.selectbox(key="read.patch").set_value(0).run()
+    first = at.dataframe[0].value.iloc[0]
+    at.button(key="read.open_patch").click().run()
+    assert at.session_state[state.PATCH] == (first["image_id"], first["x0"], first["y0"], first["size"])
+
+
+def test_read_without_a_model_still_shows_images_and_says_why(data):
+    at = run_page("pages/read.py", {state.CASE_ID: "MIAS-mdb001"})
+    assert at.title[0].value == "Read · MIAS-mdb001"
+    assert len(at.get("image")) == 1
+    at.radio(key="read.overlay").set_value("lesion map").run()
+    assert any("Overlays need the model" in w.value for w in at.warning)
+    assert any("model is not available" in i.value for i in at.info)
