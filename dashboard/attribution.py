@@ -23,6 +23,7 @@ are as before.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,9 @@ def _raw_attribution(
         up = LayerAttribution.interpolate(cam, (h, w), interpolate_mode="bilinear")  # (1, 1, H, W)
         return up[0, 0], extra
     if method == "guided-gradcam":
-        attr = GuidedGradCam(model, layer).attribute(x, target=target, interpolate_mode="bilinear")  # (1, 3, H, W)
+        with warnings.catch_warnings():  # captum announces its (temporary) ReLU hooks every call
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            attr = GuidedGradCam(model, layer).attribute(x, target=target, interpolate_mode="bilinear")  # (1, 3, H, W)
     elif method == "saliency":
         attr = Saliency(model).attribute(x, target=target, abs=True)  # (1, 3, H, W)
     elif method == "ig":

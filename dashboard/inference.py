@@ -296,7 +296,8 @@ def compute_lesion_map(
                the classifier as a 1x1 convolution, averaged over a window of S/stride cells,
                so each position gets what the S-pixel patch centred there would get (up to
                padding effects); evaluated every feature stride (32 px for most backbones)
-               and bilinearly interpolated. Needs a pool-linear head; otherwise "tiles" runs
+               and bilinearly interpolated. Needs a pool-linear head (``card.head`` and a numeric
+               check of ``forward_head``); otherwise "tiles" runs
                (with a warning) and ``LesionMap.method`` says so.
       "tiles"  overlapping S-pixel tiles every ``stride`` px (default S/2), batched; each
                pixel gets the mean probability of the tiles covering it.
@@ -311,7 +312,8 @@ def compute_lesion_map(
         raise ValueError(f"mask {mask_np.shape} does not match image {img_np.shape}")
     size = patch_size(card)
     h, w = img_np.shape
-    if method == "fcn" and not is_pool_linear(model):
+    if method == "fcn" and (getattr(card, "head", "pool-linear") not in (None, "pool-linear")
+                            or not is_pool_linear(model)):
         warnings.warn("classifier head is not pool-linear; lesion map falls back to tiles", stacklevel=2)
         method = "tiles"
     device = torch.device(device) if device is not None else model_device(model)
@@ -383,7 +385,7 @@ def compute_patch_activations(
     with lock_for(model), model_state_guard(model), torch.inference_mode():
         for start in range(0, len(x), batch_size):
             gray = x[start : start + batch_size].to(device=device, dtype=torch.float32)  # (B, S, S)
-            acts = compute_activations(model, list(layers), preprocess(card, gray))
+            acts = compute_activations(model, list(layers), preprocess(card, gray), out_device="cpu")
             for name in layers:
-                chunks[name].append(acts[name].float().cpu())  # (B, C, h, w)
+                chunks[name].append(acts[name].float())  # (B, C, h, w)
     return {name: torch.cat(parts) for name, parts in chunks.items()}

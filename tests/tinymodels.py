@@ -8,6 +8,7 @@ model branch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import timm
@@ -27,7 +28,7 @@ class TinyCard:
     pixel_spacing_mm: float = 0.2
     concept_layers: tuple[str, ...] = ("layer3", "layer4")
     default_layer: str = "layer4"
-    head: str = "fc"
+    head: str = "pool-linear"
 
     def preprocess(self, gray):
         """(N, H, W) in [0, 1] -> (N, 3, H, W) normalised (grey repeated on 3 channels)."""
@@ -67,7 +68,7 @@ def fit_blob_head(model: torch.nn.Module, card: TinyCard, n: int = 96, seed: int
     backbone frozen); a weak penalty lets the head lean on patch-border features that a
     fully convolutional pass does not reproduce.
     """
-    s = card.input_size
+    s = int(card.input_size if isinstance(card.input_size, int) else card.input_size[-1])
     rng = np.random.default_rng(seed)
     shape = (3 * s, 4 * s)
     pos, neg = [], []
@@ -120,3 +121,29 @@ def breast_image(shape=(192, 256), blob_at=(100, 150), seed: int = 3, sigma: flo
     if blob_at is not None:
         img = np.clip(img + blob(shape, blob_at[0], blob_at[1], sigma) * mask, 0, 1)
     return img.astype(np.float32), mask
+
+
+@lru_cache(maxsize=4)
+def blob_detector(arch: str = "resnet10t", size: int = 64, seed: int = 0) -> torch.nn.Module:
+    """A cached ``fit_blob_head`` model shared by the test files of one pytest run.
+
+    Tests must leave it as they found it (which is what they check anyway).
+    """
+    card = TinyCard(input_size=size)
+    return fit_blob_head(make_model(arch, seed=seed), card)
+
+
+@lru_cache(maxsize=1)
+def demo_card_detector(size: int = 64):
+    """The real ``demo-lite0-synth`` ModelCard (input size shrunk to ``size``) and its
+    efficientnet_lite0 built by ``model_zoo.create_model`` without weights, head fitted to blobs.
+
+    Returns (card, model); shared by the test files of one pytest run.
+    """
+    import dataclasses
+
+    from model_zoo import create_model, load_card
+
+    card = dataclasses.replace(load_card("demo-lite0-synth"), input_size=(3, size, size))
+    torch.manual_seed(0)
+    return card, fit_blob_head(create_model(card, weights=False), card)

@@ -1,0 +1,132 @@
+"""Feature maps of named layers, captured with forward hooks that are always removed.
+
+``compute_activations`` is the one way the concept engine (and inference) reads a layer:
+hooks are registered, one no-grad forward pass runs in eval mode, and the hooks are removed
+and the model's train/eval flags restored in a ``finally`` whatever happens. Hooks return
+``None``, so the model's outputs are exactly those of a hook-free pass.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class _StopForward(Exception):
+    """Raised by the last hook when the rest of the network is not needed."""
+
+
+def list_layers(model: nn.Module, *, leaves_only: bool = False) -> list[str]:
+    """Names of the model's sub-modules in registration order (the root '' excluded).
+
+    ``leaves_only`` keeps modules without children (convs, norms, activations); otherwise
+    blocks such as ``blocks.6`` or ``layer4`` are listed too, which are the usual concept layers.
+    """
+    names = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        if leaves_only and any(True for _ in mod.children()):
+            continue
+        names.append(name)
+    return names
+
+
+def layer_shapes(model: nn.Module, layers: list[str], input_size: int | tuple[int, int],
+                 *, device: str | torch.device | None = None) -> dict[str, tuple[int, ...]]:
+    """Output shape ``(C, h, w)`` of each layer for one ``(1, 3, H, W)`` zero input."""
+    hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    dev = _model_device(model) if device is None else torch.device(device)
+    x = torch.zeros(1, 3, *hw, device=dev)  # (1, 3, H, W)
+    acts = compute_activations(model, layers, x, device=dev)
+    return {k: tuple(v.shape[1:]) for k, v in acts.items()}
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then every module's own ``training`` flag put back."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def compute_activations(model: nn.Module, layers: list[str], x: torch.Tensor, *,
+                        device: str | torch.device | None = None, batch_size: int | None = None,
+                        with_output: bool = False, out_device: str | torch.device | None = None):
+    """Feature maps of ``layers`` for a batch of preprocessed inputs.
+
+    x: ``(N, 3, H, W)`` float, already normalised (``card.preprocess``).
+    device: where the forward pass runs; default the model's own device (the model is not moved).
+    batch_size: forward ``x`` in chunks of this many images (memory bound); default all at once.
+    with_output: also return the model output ``(N, K)``; otherwise the forward pass stops right
+        after the last requested layer (cheaper for early layers).
+    out_device: where the returned tensors live; default the compute device.
+
+    Returns ``{layer: (N, C, h, w)}`` (or the layer's own output shape), plus the output if asked:
+    ``(acts, logits)``. Values are copies (safe against later in-place ops such as ReLU(inplace)).
+    """
+    if not layers:
+        raise ValueError("compute_activations needs at least one layer name")
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if name not in modules or name == ""]
+    if missing:
+        raise KeyError(f"unknown layer(s) {missing}; see list_layers(model)")
+    dev = _model_device(model) if device is None else torch.device(device)
+    odev = dev if out_device is None else torch.device(out_device)
+    layers = list(dict.fromkeys(layers))  # unique, ordered
+    n = x.shape[0]
+    step = n if not batch_size else int(batch_size)
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    outputs: list[torch.Tensor] = []
+    captured: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(_mod, _inp, out):
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            # clone: a following inplace activation would otherwise rewrite what we captured
+            captured[name] = t.detach().to(odev, copy=True)
+            if not with_output and len(captured) == len(layers):
+                raise _StopForward
+            return None
+
+        return hook
+
+    handles = []
+    try:
+        for name in layers:
+            handles.append(modules[name].register_forward_hook(make_hook(name)))
+        with torch.no_grad(), _eval_mode(model):
+            for start in range(0, n, step):
+                xb = x[start:start + step].to(dev)  # (B, 3, H, W)
+                captured.clear()
+                try:
+                    out = model(xb)
+                    if with_output:
+                        outputs.append(out.detach().to(odev))
+                except _StopForward:
+                    pass
+                not_run = [name for name in layers if name not in captured]
+                if not_run:
+                    raise RuntimeError(f"layer(s) {not_run} did not run in the forward pass")
+                for name in layers:
+                    chunks[name].append(captured[name])
+    finally:
+        for h in handles:
+            h.remove()
+        captured.clear()
+    acts = {name: (c[0] if len(c) == 1 else torch.cat(c)) for name, c in chunks.items()}
+    if with_output:
+        return acts, (outputs[0] if len(outputs) == 1 else torch.cat(outputs))
+    return acts
