@@ -1,5 +1,82 @@
-"""Placeholder until its dashboard library lands."""
+"""Label concepts: draw a concept on the patch; the matching units show at once; Save labels them."""
 import streamlit as st
 
-st.title("label")
-st.info("This screen is being built.")
+from dashboard import resources, state
+from dashboard.screens import labeling as lb
+from dashboard.screens.reading import PatchRef
+
+ctx = resources.get_context()
+st.title("Label concepts")
+
+# ------------------------------------------------------------------ the reader, once per session
+reader = st.session_state.get(state.READER)
+if not reader:
+    st.info("Who is reading? Your name is recorded with every drawing you save.")
+    c1, c2 = st.columns([3, 1])
+    name = c1.text_input("Reader name", key="label.reader_name")
+    if c2.button("Start labeling", key="label.start", type="primary"):
+        try:
+            st.session_state[state.READER] = lb.start_session(ctx, name)
+            st.rerun()
+        except Exception as exc:  # noqa: BLE001 - the store's ValidationError says what is wrong
+            st.error(str(exc))
+    st.stop()
+
+raw = st.session_state.get(state.PATCH)
+view = lb.load_patch(ctx, PatchRef.from_tuple(raw) if raw else None)
+if view is None:
+    st.info("No patch is open. Pick a suspicious patch or a point on the Read page.")
+    st.page_link("pages/read.py", label="Go to Read", icon=":material/visibility:")
+    st.stop()
+
+r = view.ref
+st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size {r.size} model px"
+           + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
+for note in view.notes:
+    st.warning(note)
+
+left, right = st.columns([1.1, 1], gap="large")
+with right:
+    st.subheader("Concept")
+    groups = list(view.palette)
+    group = st.selectbox("Lexicon group", groups, key="label.group")
+    concepts = view.palette[group]
+    names = [c["name"] for c in concepts]
+    concept = st.radio("Concept", names, key="label.concept",
+                       captions=[c["description"] for c in concepts])
+    colour = next(c["colour"] for c in concepts if c["name"] == concept)
+    with st.expander("Add custom concept"):
+        new_name = st.text_input("Name", key="label.new_name", placeholder="e.g. skin-thickening")
+        new_group = st.text_input("Lexicon group", value="custom", key="label.new_group")
+        new_colour = st.color_picker("Colour", "#00bcd4", key="label.new_colour")
+        new_desc = st.text_input("Description", key="label.new_desc")
+        if st.button("Add concept", key="label.add_concept"):
+            try:
+                added = lb.add_concept(ctx, new_name, new_group, new_colour, new_desc, reader)
+                st.success(f"Added {added!r} to {new_group!r}.")
+            except Exception as exc:  # noqa: BLE001
+                st.error(str(exc))
+
+with left:
+    tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key="label.tool")
+    st.caption("Polygon: click the vertices, then click the first vertex again to close it. "
+               "Undo, redo and clear are on the canvas toolbar (hover the canvas).")
+    from PIL import Image
+    from streamlit_drawable_canvas import st_canvas
+
+    nonce = st.session_state.get(state.CANVAS_NONCE, 0)
+    result = st_canvas(
+        fill_color=colour + "55", stroke_color=colour, stroke_width=2, drawing_mode=tool,
+        background_image=Image.fromarray(view.background), width=view.canvas_size, height=view.canvas_size,
+        key=f"label.canvas.{r.image_id}.{r.x0}.{r.y0}.{r.size}.{nonce}")
+
+drawings = None
+try:
+    drawings = lb.drawings_from_canvas(view, result.json_data, result.background_fit)
+except Exception as exc:  # noqa: BLE001 - DrawingError: empty, degenerate or unsupported drawing
+    with right:
+        st.info(str(exc))
+
+with right:
+    if drawings:
+        st.success(f"{len(drawings)} drawing(s), {sum(d.area for d in drawings):.0f} model px²")
