@@ -97,11 +97,12 @@ class FindingSpec:
 
     @property
     def concepts(self) -> tuple[str, ...]:
-        """Built-in concept names (dashboard.store.BUILTIN_CONCEPTS) that describe the finding."""
+        """Built-in concept names (dashboard.store.BUILTIN_CONCEPTS), the generic one first
+        (as the importers do): mass + shape + margin; calcification + morphology + distribution."""
         if self.kind == "mass":
-            return (f"mass-{self.shape}", f"margin-{self.margin}")
+            return ("mass", f"mass-{self.shape}", f"margin-{self.margin}")
         if self.kind == "calcification":
-            return (f"calc-{self.morphology}", "calc-grouped")
+            return ("calcification", f"calc-{self.morphology}", "calc-grouped")
         return ("architectural-distortion",)
 
     @property
@@ -612,14 +613,16 @@ def _render_calcs(calc_img, particles, mask, lrng, spec, view, cx, cy):
     h, w = calc_img.shape
     rr = spec.size_mm / 2 / PIXEL_SPACING_MM
     coarse = spec.morphology == "coarse"
-    n = int(lrng.integers(3, 8)) if coarse else int(lrng.integers(12, 36))
+    n = int(lrng.integers(3, 8)) if coarse else int(lrng.integers(15, 40))
     if spec.distribution == "linear":
+        # along a duct: mostly in the image planes, so the line shows in both views
+        n = n // 2
         t = lrng.uniform(-1, 1, n)
-        direction = lrng.normal(0, 1, 3)
+        direction = lrng.normal(0, 1, 3) * np.array([1.0, 1.0, 0.35])
         direction /= np.linalg.norm(direction)
         pts = t[:, None] * direction[None, :] * rr + lrng.normal(0, 0.08 * rr, (n, 3))
     else:
-        pts = lrng.normal(0, 0.45 * rr, (n, 3))
+        pts = lrng.normal(0, 0.5 * rr, (n, 3))
         pts = pts / np.maximum(1, np.linalg.norm(pts, axis=1, keepdims=True) / rr)
     # CC projects out z (cranio-caudal), MLO at ~45 degrees between y and z
     if view == "CC":
@@ -805,10 +808,9 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
     value += 420 * np.exp(-((dist - 0.35 * skin_w) / (0.35 * skin_w)) ** 2) * inside
     value = np.maximum(value, fat_level * 0.35 * thick) * inside
     value += calc * 1700 * inside
-    # quantum noise inside (grows with signal), a faint dark-current floor in the air
-    white = rng.standard_normal((h, w), dtype=np.float32)
-    value += white * (9 + 0.005 * value)
-    value = np.where(inside, value, np.abs(white) * 6)
+    # quantum noise inside (grows with signal); the air is 0, as in processed images
+    value += rng.standard_normal((h, w), dtype=np.float32) * (9 + 0.005 * value)
+    value *= inside
     pixels = np.clip(np.rint(value), 0, MAX_VALUE).astype(np.uint16)
 
     lesion_any = np.zeros((h, w), bool)
