@@ -7,7 +7,8 @@ The patch set is the ``.npz`` written by ``dashboard.patchset`` (patches uint8 (
 with 1 = lesion, split (N,) of "train"/"val"/"test"). Training starts from the offline ImageNet
 EfficientNet-Lite0 (``--init imagenet``), the card's own weights (``--init card``) or timm's random
 initialisation (``--init random``); ``auto`` picks ImageNet for efficientnet_lite0, else the card's
-weights when it has some. Batches are class-balanced; augmentation is flips, 90-degree rotations
+weights when it has some. From a pretrained start the stem and first blocks stay frozen
+(``--freeze auto``; their BatchNorm statistics too). Batches are class-balanced; augmentation is flips, 90-degree rotations
 and a small gamma/contrast change (mammogram patches have no up or left at the patch scale).
 The held-out split gives AUROC and the sensitivity at 90 % specificity, computed from the
 fp16 weights as written, so the card describes the file on disk.
@@ -33,6 +34,12 @@ from .factory import create_model, load_state_dict, save_weights, sha256_file
 from .metrics import apply_threshold, compute_auroc, compute_operating_point
 
 TARGET_SPECIFICITY = 0.9
+# "auto" freezing: the stem and the first blocks keep their ImageNet filters (edges, blobs, texture);
+# it also halves the step time on a 2-core CPU, since their backward pass is skipped
+AUTO_FREEZE = {
+    "efficientnet": ("conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2"),
+    "resnet": ("conv1", "bn1", "layer1"),
+}
 
 
 def resolve_device(setting: str = "auto") -> torch.device:
@@ -89,7 +96,7 @@ def predict_patches(model: nn.Module, card: ModelCard, patches: np.ndarray, *, b
     out = []
     for i in range(0, len(patches), batch):
         x = torch.from_numpy(patches[i:i + batch]).to(device, torch.float32) / 255.0  # (B, S, S)
-        logits = model(card.preprocess(x))  # (B, classes)
+        logits = model(card.preprocess(x).contiguous(memory_format=torch.channels_last))  # (B, classes)
         out.append(logits.float().softmax(-1)[:, card.positive_index].cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
@@ -122,6 +129,32 @@ def initial_model(card: ModelCard, init: str) -> tuple[nn.Module, str]:
     raise CardError(f"unknown --init {init!r} (auto, imagenet, card, random)")
 
 
+def resolve_freeze(card: ModelCard, freeze: str, init_used: str) -> tuple[str, ...]:
+    """Module names whose parameters stay fixed: "auto" (early layers, only for a pretrained start),
+    "none", or a comma-separated list."""
+    if freeze == "none":
+        return ()
+    if freeze == "auto":
+        if init_used == "random":
+            return ()
+        family = next((k for k in AUTO_FREEZE if card.arch.startswith(k)), None)
+        return AUTO_FREEZE[family] if family else ()
+    return tuple(x.strip() for x in freeze.split(",") if x.strip())
+
+
+def freeze_modules(model: nn.Module, names: tuple[str, ...]) -> list[nn.Module]:
+    """Stop gradients into the named modules; returns them (callers keep them in eval mode,
+    so their BatchNorm statistics stay those of the start weights)."""
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise CardError(f"cannot freeze {missing}: {type(model).__name__} has no such modules")
+    for n in names:
+        for p in modules[n].parameters():
+            p.requires_grad_(False)
+    return [modules[n] for n in names]
+
+
 def balanced_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """n indices drawn with replacement so every class is drawn equally often on average."""
     classes, counts = np.unique(labels, return_counts=True)
@@ -144,7 +177,7 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
           out_card: str | None = None, cards_dir: str | Path | None = None,
           weights_dir: str | Path | None = None, max_train: int | None = None, eval_split: str = "test",
           data_description: str | None = None, licence: str | None = None, command: str | None = None,
-          progress: bool = True) -> ModelCard:
+          freeze: str = "auto", progress: bool = True) -> ModelCard:
     """Fine-tune, evaluate on ``eval_split``, write fp16 weights and the card; return the written card.
 
     The threshold for sensitivity/specificity is picked at 90 % specificity on "val" (when it holds
@@ -173,11 +206,16 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     model, init_used = initial_model(card, init)
-    model = model.to(dev).train()
+    frozen_names = resolve_freeze(card, freeze, init_used)
+    frozen = freeze_modules(model, frozen_names)
+    # channels-last convolutions are about twice as fast on CPU (oneDNN) and no slower on CUDA
+    model = model.to(dev, memory_format=torch.channels_last).train()
+    for mod in frozen:
+        mod.eval()
 
     steps_per_epoch = max(1, math.ceil(min(len(train_idx), max_train or len(train_idx)) / batch))
     total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, total // 20)))
     loss_fn = nn.CrossEntropyLoss()
     bar = tqdm(total=total, desc=f"train {card.name}", unit="step", disable=not progress)
@@ -189,8 +227,8 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
             x = torch.from_numpy(patches[idx]).to(dev, torch.float32) / 255.0  # (B, S, S)
             y = torch.from_numpy(labels[idx]).to(dev)  # (B,)
             x = augment_batch(x, gen)
-            logits = model(card.preprocess(x))  # (B, 3, S, S) -> (B, classes)
-            loss = loss_fn(logits, y)
+            x = card.preprocess(x).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
+            loss = loss_fn(model(x), y)  # logits (B, classes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -213,7 +251,7 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
     rel = Path(_relpath(weights_path, card_path.parent))
     written = replace(card, name=name, weights_file=rel.as_posix(), weights_sha256=sha, weights_dtype="float16",
                       path=card_path.resolve())
-    model = create_model(written, weights=True, device=dev)
+    model = create_model(written, weights=True, device=dev).to(memory_format=torch.channels_last)
     metrics = evaluate(model, written, patches, labels, split, eval_split=eval_split, device=dev)
     metrics.update(train_final_loss=float(np.mean(losses[-20:])))
     meta = str(data["meta"]) if "meta" in data else ""
@@ -222,6 +260,7 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
         "licence": licence or _licence(meta),
         "command": command or "python -m model_zoo.train " + shlex.join(sys.argv[1:]),
         "init": init_used,
+        "frozen": list(frozen_names),
         "patches_sha256": sha256_file(patches_path),
         "seed": seed, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
         "steps": total, "device": str(dev), "train_seconds": round(train_seconds, 1),
@@ -308,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--data-description", default=None)
     ap.add_argument("--licence", default=None)
+    ap.add_argument("--freeze", default="auto",
+                    help="modules kept fixed: auto (stem + early blocks when starting pretrained), none, "
+                         "or names like conv_stem,bn1,blocks.0")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -318,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_train=args.max_train, eval_split=args.eval_split,
                         data_description=args.data_description, licence=args.licence,
                         command="python -m model_zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv),
-                        progress=not args.no_progress)
+                        freeze=args.freeze, progress=not args.no_progress)
     except ModelZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -105,6 +105,9 @@ def test_unknown_card_and_file_name_mismatch(tmp_path):
     (tmp_path / "other.toml").write_text(dumps_toml(_user_card(tmp_path, name="mine")))
     with pytest.raises(mz.CardError, match="differs from its file name"):
         mz.load_card("other", extra_dirs=[tmp_path])
+    with pytest.warns(UserWarning, match="other.toml"):
+        assert "mine" not in [c.name for c in mz.list_cards(extra_dirs=[tmp_path])]
+    (tmp_path / "other.toml").unlink()
     (tmp_path / "broken.toml").write_text("name = ")
     with pytest.warns(UserWarning, match="broken.toml"):
         names = [c.name for c in mz.list_cards(extra_dirs=[tmp_path])]

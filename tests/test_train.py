@@ -88,13 +88,17 @@ def test_carded_metrics_are_those_of_the_weights_on_disk(trained):
     assert card.metrics["auroc"] > 0.8
 
 
-def test_training_changed_the_imagenet_backbone(trained):
+def test_training_tuned_the_late_layers_and_kept_the_frozen_stem(trained):
     from model_zoo.imagenet import imagenet_lite0_state_dict
 
     card = mz.load_card("toy-lite0-ft", extra_dirs=[trained["cards"]])
-    start = imagenet_lite0_state_dict()["conv_head.weight"]
-    tuned = mz.load_state_dict(card)["conv_head.weight"]
-    assert tuned.shape == start.shape and not torch.allclose(tuned, start, atol=1e-3)
+    start, tuned = imagenet_lite0_state_dict(), mz.load_state_dict(card)
+    assert tuned["conv_head.weight"].shape == start["conv_head.weight"].shape
+    assert not torch.allclose(tuned["conv_head.weight"], start["conv_head.weight"], atol=1e-3)
+    assert not torch.allclose(tuned["bn2.running_var"], start["bn2.running_var"], rtol=0.01)
+    assert card.training["frozen"] == ["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2"]
+    for key in ("conv_stem.weight", "bn1.running_mean", "bn1.running_var", "blocks.2.0.conv_pwl.weight"):
+        torch.testing.assert_close(tuned[key], start[key].half().float())  # only the fp16 rounding
 
 
 def test_patch_size_must_match_the_card(trained, tmp_path):
