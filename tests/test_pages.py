@@ -36,6 +36,15 @@ def run_page(page: str, session: dict | None = None) -> AppTest:
     return at
 
 
+def frame_with(at: AppTest, *columns: str):
+    """The first st.dataframe whose value has these columns (AppTest does not expose their keys)."""
+    for df in at.dataframe:
+        value = df.value
+        if all(c in value.columns for c in columns):
+            return value
+    raise AssertionError(f"no dataframe with columns {columns}")
+
+
 def store_of(at_settings) -> Store:
     from dashboard import resources
 
@@ -145,3 +154,36 @@ def test_read_without_a_model_still_shows_images_and_says_why(data):
     at.radio(key="read.overlay").set_value("lesion map").run()
     assert any("Overlays need the model" in w.value for w in at.warning)
     assert any("model is not available" in i.value for i in at.info)
+
+
+def test_model_data_shows_the_card_switches_and_ingests_with_failures(model_data, tmp_path):
+    at = run_page("pages/model_data.py")
+    assert at.subheader[0].value == f"Model card · {app_data.TINY_CARD}"
+    card = frame_with(at, "field", "value").set_index("field")["value"]
+    assert card["arch"] == "resnet10t" and card["input_size"] == "3x64x64"
+    metrics = frame_with(at, "metric", "value").set_index("metric")["value"]
+    assert metrics["auroc"] == "0.5" and metrics["threshold"] == "0.5"
+    listed = frame_with(at, "name", "arch", "weights")
+    assert {"demo-lite0-synth", "imagenet-lite0", app_data.TINY_CARD} <= set(listed["name"])
+    sources = frame_with(at, "source", "cases", "images").set_index("source")
+    assert sources.loc["synthetic", "cases"] == 2 and sources.loc["mini-mias", "images"] == 1
+    # switch to another card: the page now describes it
+    at.selectbox(key="model.pick").select("imagenet-lite0").run()
+    at.button(key="model.use").click().run()
+    assert at.session_state[state.MODEL_CARD] == "imagenet-lite0"
+    assert at.subheader[0].value == "Model card · imagenet-lite0"
+    # ingest: one readable PNG, one broken file -> reported, not fatal
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    from PIL import Image
+    Image.fromarray((app_data.breast_pixels(5, "L") >> 4).astype("uint8")).save(folder / "good.png")
+    (folder / "broken.dcm").write_bytes(b"not a dicom at all")
+    at.text_input(key="data.folder").input(str(folder)).run()
+    at.button(key="data.ingest").click().run()
+    assert not at.exception
+    assert "Added 1, duplicates 0, failed 1" in at.success[0].value
+    failures = frame_with(at, "file", "reason")
+    assert failures["file"].str.endswith("broken.dcm").all()
+    at.text_input(key="data.folder").input(str(tmp_path / "nowhere")).run()
+    at.button(key="data.ingest").click().run()
+    assert "is not a folder" in at.error[-1].value
