@@ -254,7 +254,8 @@ def build_patchset(store, card, *, source: str | None = None, splits: Iterable[s
         except imaging.ImagingError as exc:
             failed.append((row["image_id"], str(exc)))
             continue
-        lesion_rows = [f for f in store.list_findings(row["image_id"]) if f["concept"] in lesion_names]
+        lesion_rows = [f for f in store.list_findings(row["image_id"])
+                       if f["concept"] in lesion_names and f.get("pathology") != "normal"]
         regions, unlocated = finding_regions(lesion_rows, frame, base_dir=base_dir)
         if unlocated:
             skipped_unlocated.append(row["image_id"])
