@@ -299,8 +299,12 @@ def compute_lesion_map(
                and bilinearly interpolated. Needs a pool-linear head (``card.head`` and a numeric
                check of ``forward_head``); otherwise "tiles" runs
                (with a warning) and ``LesionMap.method`` says so.
-      "tiles"  overlapping S-pixel tiles every ``stride`` px (default S/2), batched; each
-               pixel gets the mean probability of the tiles covering it.
+      "tiles"  overlapping S-pixel tiles every ``stride`` px (default S/2) from (0, 0), batched
+               by ``batch_size``; tiles under ``min_fraction`` breast are skipped; each pixel
+               gets the mean probability of the kept tiles covering it.
+    stride     tiles only (FCN steps by the backbone's feature stride in its one pass)
+    top_k      how many suspicious patches to return
+    Runs on the model's device (``device`` must be where the model is).
     """
     if method not in ("fcn", "tiles"):
         raise ValueError(f"unknown lesion-map method {method!r}")

@@ -78,8 +78,9 @@ def model_state_guard(
     """
     modules = list(model.modules())
     training = [m.training for m in modules]
+    # only non-empty hook dicts are copied; on exit every dict not recorded must be empty
     hooks = [
-        {name: OrderedDict(getattr(m, name)) for name in HOOK_DICTS if isinstance(getattr(m, name, None), dict)}
+        {name: OrderedDict(d) for name in HOOK_DICTS if (d := getattr(m, name, None))}
         for m in modules
     ]
     inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]
@@ -100,10 +101,12 @@ def model_state_guard(
         for m, flag in zip(modules, training):
             m.training = flag
         for m, saved in zip(modules, hooks):
-            for name, entries in saved.items():
-                current = getattr(m, name)
+            for name in HOOK_DICTS:
+                current = getattr(m, name, None)
+                if current is None or (not current and name not in saved):
+                    continue
                 current.clear()
-                current.update(entries)
+                current.update(saved.get(name, ()))
         for m, flag in inplace:
             m.inplace = flag
         with torch.no_grad():

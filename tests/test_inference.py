@@ -155,6 +155,12 @@ def test_fcn_equals_patches_and_agrees_with_tiles(detector, card, image):
     xy = fcn.grid_xy.reshape(-1, 2)
     exact = predict_patches(detector, card, _crops(img, xy, S))[:, 1].reshape(fcn.grid_prob.shape)
     assert np.corrcoef(exact.ravel(), fcn.grid_prob.ravel())[0, 1] > 0.95
+    # the upsampled map passes through the grid values at the patch centres
+    centres = fcn.grid_xy + S // 2  # (rows, cols, 2) = (x, y)
+    inside = (centres[..., 0] < img.shape[1]) & (centres[..., 1] < img.shape[0])
+    cx, cy = centres[inside][:, 0], centres[inside][:, 1]
+    keep = mask[cy, cx]
+    np.testing.assert_allclose(fcn.prob[cy[keep], cx[keep]], fcn.grid_prob[inside][keep], atol=1e-5)
     # tiles: grid values are exactly the tile probabilities
     txy = tiles.grid_xy.reshape(-1, 2)
     run = (tiles.grid_prob.ravel() > 0)
