@@ -7,9 +7,14 @@ and the model's train/eval flags restored in a ``finally`` whatever happens. Hoo
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import weakref
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -130,3 +135,81 @@ def compute_activations(model: nn.Module, layers: list[str], x: torch.Tensor, *,
     if with_output:
         return acts, (outputs[0] if len(outputs) == 1 else torch.cat(outputs))
     return acts
+
+
+# ---------------------------------------------------------------- fingerprints and a disk cache
+_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the model's state dict (names, dtypes, shapes, bytes); changes with any weight.
+
+    Memoised per model object and invalidated by any in-place change of a tensor (``_version``),
+    which is how ``load_state_dict`` and optimisers write weights.
+    """
+    sd = model.state_dict()
+    stamp = tuple((k, t.data_ptr(), t._version) for k, t in sd.items())
+    hit = _FINGERPRINTS.get(model)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    h = hashlib.sha256()
+    for name, t in sd.items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    digest = h.hexdigest()
+    _FINGERPRINTS[model] = (stamp, digest)
+    return digest
+
+
+def patch_key(patch: np.ndarray) -> str:
+    """Content hash of a grey patch (float32 bytes and shape)."""
+    p = np.ascontiguousarray(np.asarray(patch, dtype=np.float32))
+    return hashlib.sha256(str(p.shape).encode() + p.tobytes()).hexdigest()[:32]
+
+
+def compute_patch_activations(model: nn.Module, card, layer: str, patches: list[np.ndarray], *,
+                              cache_dir: Path | str | None = None, device=None,
+                              batch_size: int = 8) -> list[torch.Tensor]:
+    """Activations ``(C, h, w)`` of ``layer`` for grey patches ``(S, S)`` in [0, 1], disk-cached.
+
+    The cache file is keyed by the model's weights, the card's preprocessing, the layer and the
+    patch content, so a changed model or patch never reads stale numbers. Missing patches are
+    computed in batches (patches of one size per batch). Returned tensors are float32 on the CPU.
+    """
+    fp = model_fingerprint(model)
+    prep = hashlib.sha256(repr((getattr(card, "name", ""), getattr(card, "mean", None),
+                                getattr(card, "std", None))).encode()).hexdigest()[:8]
+    folder = Path(cache_dir) / "activations" / f"{fp[:16]}-{prep}" / layer if cache_dir else None
+    keys = [patch_key(p) for p in patches]
+    out: list[torch.Tensor | None] = [None] * len(patches)
+    if folder is not None:
+        from safetensors.torch import load_file
+
+        for i, k in enumerate(keys):
+            f = folder / f"{k}.safetensors"
+            if f.is_file():
+                try:
+                    out[i] = load_file(str(f))["a"]
+                except Exception:  # a torn file is recomputed
+                    out[i] = None
+    todo: dict[tuple, list[int]] = {}
+    for i, a in enumerate(out):
+        if a is None:
+            todo.setdefault(np.shape(patches[i]), []).append(i)
+    for _shape, idx in todo.items():
+        for s in range(0, len(idx), batch_size):
+            sel = idx[s:s + batch_size]
+            g = np.stack([np.asarray(patches[i], dtype=np.float32) for i in sel])  # (B, S, S)
+            x = torch.as_tensor(np.asarray(card.preprocess(g)), dtype=torch.float32)  # (B, 3, S, S)
+            acts = compute_activations(model, [layer], x, device=device, out_device="cpu")[layer]
+            for j, i in enumerate(sel):
+                out[i] = acts[j].contiguous()
+                if folder is not None:
+                    from safetensors.torch import save_file
+
+                    folder.mkdir(parents=True, exist_ok=True)
+                    tmp = folder / f"{keys[i]}.{os.getpid()}.tmp"
+                    save_file({"a": out[i]}, str(tmp))
+                    os.replace(tmp, folder / f"{keys[i]}.safetensors")
+    return out  # type: ignore[return-value]

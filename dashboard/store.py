@@ -411,11 +411,14 @@ class Store:
     def save_annotation(self, *, image_id: str, concept: str, reader: str, patch_x0: int, patch_y0: int,
                         patch_size: int, shape: str, geometry: list, mask_png: bytes,
                         model_card: str = "", annotation_id: str | None = None,
-                        extra_writes=None) -> str:
+                        extra_writes=None, unit_ious: dict | None = None) -> str:
         """Store one drawing. Journaled first, so a crash mid-write loses nothing.
 
-        ``extra_writes(cur, annotation_id)`` runs in the same transaction (the concept engine
-        stores the unit IoUs of the drawing there), so the drawing and its labels land together.
+        ``extra_writes(cur, annotation_id)`` runs in the same transaction, so the drawing and
+        whatever depends on it land together. ``unit_ious`` (``{"model_card", "layer", "units",
+        "ious"}``, the units whose IoU with the drawing passed the labeling threshold) is journaled
+        with the drawing and written in the same transaction as ``annotation_units`` rows, after
+        which ``unit_labels`` of that model and layer are recomputed (see ``_relabel_units``).
         """
         if not mask_png:
             raise ValidationError("The drawing is empty: draw a region before saving.")
@@ -425,6 +428,14 @@ class Store:
         record = dict(annotation_id=annotation_id, image_id=image_id, concept=concept, reader=reader,
                       patch_x0=int(patch_x0), patch_y0=int(patch_y0), patch_size=int(patch_size),
                       shape=shape, geometry=geometry, mask_png=mask_png.hex(), model_card=model_card)
+        if unit_ious is not None:
+            record["unit_ious"] = {
+                "model_card": str(unit_ious["model_card"]), "layer": str(unit_ious["layer"]),
+                "units": [int(u) for u in unit_ious["units"]],
+                "ious": [float(v) for v in unit_ious["ious"]],
+            }
+            if len(record["unit_ious"]["units"]) != len(record["unit_ious"]["ious"]):
+                raise ValidationError("unit_ious needs one IoU per unit.")
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         jpath = self._journal_path(annotation_id)
         tmp = jpath.with_suffix(".tmp")
@@ -455,6 +466,10 @@ class Store:
             )
             self._audit(cur, record["reader"], "create", "annotation", record["annotation_id"],
                         {"image_id": record["image_id"], "concept": record["concept"]})
+            if record.get("unit_ious"):
+                ui = record["unit_ious"]
+                self._write_annotation_units(cur, record["annotation_id"], ui["model_card"], ui["layer"],
+                                             ui["units"], ui["ious"])
             if extra_writes is not None:
                 extra_writes(cur, record["annotation_id"])
 
@@ -520,6 +535,11 @@ class Store:
             cur.execute("UPDATE annotations SET deleted_at = current_timestamp WHERE annotation_id = ?",
                         [annotation_id])
             self._audit(cur, actor, "delete", "annotation", annotation_id)
+            # the drawing's unit labels go with it: recompute from the drawings still live
+            cur.execute("SELECT DISTINCT model_card, layer FROM annotation_units WHERE annotation_id = ?",
+                        [annotation_id])
+            for model_card, layer in cur.fetchall():
+                self._relabel_units(cur, model_card, layer)
             if extra_writes is not None:
                 extra_writes(cur, annotation_id)
 
@@ -570,6 +590,168 @@ class Store:
             " ORDER BY c.case_id",
             [model_card, weights_sha],
         )
+
+    # ------------------------------------------------------------ concept engine: unit labels
+    def _write_annotation_units(self, cur, annotation_id: str, model_card: str, layer: str,
+                                units: list[int], ious: list[float]) -> None:
+        """Insert a drawing's unit IoUs, then recompute that model/layer's unit labels."""
+        if units:
+            cur.execute(
+                "INSERT INTO annotation_units (annotation_id, model_card, layer, unit, iou)"
+                " SELECT ?, ?, ?, unnest(?::INTEGER[]), unnest(?::DOUBLE[])",
+                [annotation_id, model_card, layer, [int(u) for u in units], [float(v) for v in ious]],
+            )
+        self._relabel_units(cur, model_card, layer)
+
+    @staticmethod
+    def _relabel_units(cur, model_card: str, layer: str) -> None:
+        """Keep-best rule over live drawings: each unit takes the concept of its highest IoU.
+
+        Ties go to the earlier drawing (a later one must *beat* the best IoU), so replaying the
+        drawings one by one with the seed's incremental rule gives the same table.
+        """
+        cur.execute("DELETE FROM unit_labels WHERE model_card = ? AND layer = ?", [model_card, layer])
+        cur.execute(
+            "INSERT INTO unit_labels (model_card, layer, unit, concept, iou, annotation_id, labeled_at)"
+            " SELECT model_card, layer, unit, concept, iou, annotation_id, created_at FROM ("
+            "  SELECT au.model_card, au.layer, au.unit, a.concept, au.iou, au.annotation_id, a.created_at,"
+            "   row_number() OVER (PARTITION BY au.unit"
+            "                      ORDER BY au.iou DESC, a.created_at, au.annotation_id) AS rn"
+            "  FROM annotation_units au JOIN annotations a ON a.annotation_id = au.annotation_id"
+            "  WHERE au.model_card = ? AND au.layer = ? AND a.deleted_at IS NULL"
+            " ) WHERE rn = 1",
+            [model_card, layer],
+        )
+
+    def list_unit_labels(self, model_card: str, layer: str) -> list[dict]:
+        """Current unit labels of a model layer, with the drawing that earned each."""
+        return self.query(
+            "SELECT ul.unit, ul.concept, ul.iou, ul.annotation_id, a.image_id, a.reader, ul.labeled_at"
+            " FROM unit_labels ul JOIN annotations a ON a.annotation_id = ul.annotation_id"
+            " WHERE ul.model_card = ? AND ul.layer = ? ORDER BY ul.unit",
+            [model_card, layer],
+        )
+
+    def list_annotation_units(self, *, annotation_id: str | None = None, model_card: str | None = None,
+                              layer: str | None = None, include_deleted: bool = False) -> list[dict]:
+        """Stored unit IoUs of drawings (above the labeling threshold), with the drawing's concept."""
+        sql = ("SELECT au.*, a.concept, a.image_id, a.reader, a.deleted_at FROM annotation_units au"
+               " JOIN annotations a ON a.annotation_id = au.annotation_id WHERE true")
+        params: list = []
+        if not include_deleted:
+            sql += " AND a.deleted_at IS NULL"
+        for col, val in (("au.annotation_id", annotation_id), ("au.model_card", model_card),
+                         ("au.layer", layer)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        return self.query(sql + " ORDER BY au.annotation_id, au.unit", params)
+
+    # ------------------------------------------------------------ concept engine: probes
+    def save_probe(self, *, model_card: str, layer: str, concepts: list[str], weights: bytes,
+                   metrics: dict, annotation_ids: list[str], readers: list[str],
+                   actor: str = "system") -> int:
+        """Store a trained probe version (weights as safetensors bytes). Returns its version."""
+
+        def write(cur):
+            cur.execute(
+                "INSERT INTO probes (model_card, layer, concepts, weights, metrics, annotation_ids, readers)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING version",
+                [model_card, layer, json.dumps(list(concepts)), weights, json.dumps(metrics, default=float),
+                 json.dumps(list(annotation_ids)), json.dumps(list(readers))],
+            )
+            version = int(cur.fetchone()[0])
+            self._audit(cur, actor, "train", "probe", str(version),
+                        {"model_card": model_card, "layer": layer, "concepts": list(concepts)})
+            return version
+
+        return self._write(write)
+
+    @staticmethod
+    def _probe_row(row: dict) -> dict:
+        for key in ("concepts", "metrics", "annotation_ids", "readers"):
+            if key in row and isinstance(row[key], str):
+                row[key] = json.loads(row[key])
+        if row.get("weights") is not None:
+            row["weights"] = bytes(row["weights"])
+        return row
+
+    def get_probe(self, version: int | None = None, *, model_card: str | None = None,
+                  layer: str | None = None) -> dict:
+        """One probe version (the latest matching one when ``version`` is None)."""
+        sql = "SELECT * FROM probes WHERE true"
+        params: list = []
+        for col, val in (("version", version), ("model_card", model_card), ("layer", layer)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        rows = self.query(sql + " ORDER BY version DESC LIMIT 1", params)
+        if not rows:
+            raise NotFoundError("No trained concept probe" + (f" version {version}" if version else "")
+                                + ". Train the probes first.")
+        return self._probe_row(rows[0])
+
+    def list_probes(self, *, model_card: str | None = None, layer: str | None = None) -> list[dict]:
+        """Probe versions, newest first, without their weights."""
+        sql = ("SELECT version, model_card, layer, concepts, metrics, annotation_ids, readers, created_at"
+               " FROM probes WHERE true")
+        params: list = []
+        for col, val in (("model_card", model_card), ("layer", layer)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        return [self._probe_row(r) for r in self.query(sql + " ORDER BY version DESC", params)]
+
+    # ------------------------------------------------------------ concept engine: runs
+    def save_dissection_run(self, *, key: str, model_card: str, weights_sha: str, layer: str,
+                            data_key: str, quantile: float, top_k: int, n_patches: int, n_units: int,
+                            sample_rate: float, path: str) -> None:
+        """Record a finished dataset-statistics computation (idempotent on its key)."""
+
+        def write(cur):
+            cur.execute(
+                "INSERT INTO dissection_runs (key, model_card, weights_sha, layer, data_key, quantile,"
+                " top_k, n_patches, n_units, sample_rate, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET path = excluded.path",
+                [key, model_card, weights_sha, layer, data_key, float(quantile), int(top_k),
+                 int(n_patches), int(n_units), float(sample_rate), str(path)],
+            )
+
+        self._write(write)
+
+    def list_dissection_runs(self, *, model_card: str | None = None, layer: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM dissection_runs WHERE true"
+        params: list = []
+        for col, val in (("model_card", model_card), ("layer", layer)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        return self.query(sql + " ORDER BY created_at DESC", params)
+
+    def save_tcav_run(self, *, probe_version: int, model_card: str, layer: str, target: int,
+                      results: dict) -> int:
+        def write(cur):
+            cur.execute(
+                "INSERT INTO tcav_runs (probe_version, model_card, layer, target, results)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING run_id",
+                [int(probe_version), model_card, layer, int(target), json.dumps(results, default=float)],
+            )
+            return int(cur.fetchone()[0])
+
+        return self._write(write)
+
+    def latest_tcav_run(self, probe_version: int, target: int | None = None) -> dict | None:
+        sql = "SELECT * FROM tcav_runs WHERE probe_version = ?"
+        params: list = [int(probe_version)]
+        if target is not None:
+            sql += " AND target = ?"
+            params.append(int(target))
+        rows = self.query(sql + " ORDER BY run_id DESC LIMIT 1", params)
+        if not rows:
+            return None
+        row = rows[0]
+        row["results"] = json.loads(row["results"]) if isinstance(row["results"], str) else row["results"]
+        return row
 
 
 def open_store(settings) -> Store:
