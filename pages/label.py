@@ -77,6 +77,42 @@ except Exception as exc:  # noqa: BLE001 - DrawingError: empty, degenerate or un
     with right:
         st.info(str(exc))
 
-with right:
-    if drawings:
-        st.success(f"{len(drawings)} drawing(s), {sum(d.area for d in drawings):.0f} model px²")
+saved = st.session_state.pop("label.saved", None)
+if saved:
+    st.success(f"Saved {saved['concept']!r}: labeled {saved['n_labeled']} unit(s) "
+               f"({saved['n_above']} above IoU {saved['tau']:g}).", icon=":material/check:")
+
+match = None
+if drawings:
+    try:
+        with st.spinner("Matching units…"):
+            match = lb.match(ctx, view, drawings)
+    except Exception as exc:  # noqa: BLE001 - no model / no dataset statistics / empty mask
+        st.error(str(exc))
+
+if match is not None:
+    with right:
+        st.subheader("Best matching unit")
+        c1, c2 = st.columns([1, 1])
+        c1.image(match.best_rgb, caption=f"unit {match.best_unit}: activation (heat), above threshold (yellow), "
+                                         "your drawing (blue outline)", width="stretch")
+        c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
+        c2.metric("IoU", f"{match.best_iou:.2f}")
+        c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
+        if st.button(f"Save as {concept}", key="label.save", type="primary"):
+            try:
+                res = lb.save(ctx, view, match, concept, reader)
+            except Exception as exc:  # noqa: BLE001 - UnknownConceptError, ValidationError, StoreError
+                st.error(str(exc))
+            else:
+                st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled,
+                                                   "n_above": res.n_above, "tau": match.tau}
+                st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
+                st.rerun()
+    st.plotly_chart(match.figure, key="label.units_map", width="stretch")
+    if match.table:
+        st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")
+
+if view.annotations:
+    with st.expander(f"Drawings on this image ({len(view.annotations)})"):
+        st.dataframe(view.annotations, hide_index=True, width="stretch", key="label.previous")

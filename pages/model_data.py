@@ -53,13 +53,15 @@ st.caption(f"Label store: `{s['db_path']}`")
 
 st.markdown("**Dataset statistics** (activation quantiles and the unit map of the concept layer)")
 if view.stats:
-    st.json(view.stats, expanded=False)
+    st.dataframe([view.stats], hide_index=True, width="stretch", key="data.stats_table")
 else:
-    st.caption("Not computed for this model yet.")
-if st.button("Compute dataset statistics", key="data.stats", disabled=not ctx.model_ready):
+    st.caption("Not computed for this model yet: the Label and Units pages need them.")
+c1, c2 = st.columns([1, 2])
+n_patches = c1.number_input("Patches (at most)", 16, 20000, 600, step=100, key="data.stats_patches")
+if c2.button("Compute dataset statistics", key="data.stats", disabled=not ctx.model_ready):
     try:
         with resources.progress("Computing dataset statistics", done="Dataset statistics ready") as cb:
-            md.compute_dataset_stats(ctx, cb)
+            md.compute_dataset_stats(ctx, int(n_patches), cb)
         st.rerun()
     except Exception as exc:  # noqa: BLE001
         st.error(str(exc))

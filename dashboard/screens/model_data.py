@@ -105,21 +105,20 @@ def build_demo(ctx: AppContext, n_cases: int, progress: Callable[[float, str], N
 
 
 def dataset_stats_status(ctx: AppContext) -> dict | None:
-    """What the concept engine knows about this card's dataset statistics (None before it lands)."""
-    try:
-        from .. import dissection
-    except ImportError:
+    """A summary of the concept layer's dataset statistics for this model (None when not computed)."""
+    from . import concepts
+
+    stats = concepts.find_stats(ctx)
+    if stats is None:
         return None
-    return dissection_status(ctx, dissection)
+    return {"layer": stats.layer, "units": stats.n_units, "patches": stats.n_patches,
+            "quantile": stats.quantile, "feature map": "x".join(map(str, stats.feature_shape)),
+            "sample rate": round(float(stats.sample_rate), 4), "key": stats.key}
 
 
-def dissection_status(ctx: AppContext, dissection) -> dict | None:  # filled in with the engine's API
-    return None
+def compute_dataset_stats(ctx: AppContext, max_patches: int,
+                          progress: Callable[[float, str], None] | None = None):
+    """Activation quantiles, exemplars and the unit map of the card's concept layer."""
+    from . import concepts
 
-
-def compute_dataset_stats(ctx: AppContext, progress: Callable[[float, str], None] | None = None):
-    """Activation quantiles and the unit map over the dataset, for the card's concept layer."""
-    ctx.require_model()
-    from .. import dissection
-
-    raise NotImplementedError(dissection)
+    return concepts.compute_stats(ctx, int(max_patches), progress)
