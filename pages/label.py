@@ -34,11 +34,16 @@ st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size 
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
 for note in view.notes:
     st.warning(note)
+flash = st.session_state.pop("label.flash", None)
+if flash:
+    st.success(flash)
 
 left, right = st.columns([1.1, 1], gap="large")
 with right:
     st.subheader("Concept")
     groups = list(view.palette)
+    if "label.group_next" in st.session_state:  # a concept was just added: show its group
+        st.session_state["label.group"] = st.session_state.pop("label.group_next")
     group = st.selectbox("Lexicon group", groups, key="label.group")
     concepts = view.palette[group]
     names = [c["name"] for c in concepts]
@@ -52,10 +57,13 @@ with right:
         new_desc = st.text_input("Description", key="label.new_desc")
         if st.button("Add concept", key="label.add_concept"):
             try:
-                added = lb.add_concept(ctx, new_name, new_group, new_colour, new_desc, reader)
-                st.success(f"Added {added!r} to {new_group!r}.")
+                added, added_group = lb.add_concept(ctx, new_name, new_group, new_colour, new_desc, reader)
             except Exception as exc:  # noqa: BLE001
                 st.error(str(exc))
+            else:
+                st.session_state["label.flash"] = f"Added {added!r} to {added_group!r}."
+                st.session_state["label.group_next"] = added_group
+                st.rerun()
 
 with left:
     tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key="label.tool")

@@ -187,3 +187,87 @@ def test_model_data_shows_the_card_switches_and_ingests_with_failures(model_data
     at.text_input(key="data.folder").input(str(tmp_path / "nowhere")).run()
     at.button(key="data.ingest").click().run()
     assert "is not a folder" in at.error[-1].value
+
+
+def app_ctx(settings):
+    """A context on the store the app itself uses (one DuckDB connection per file in a process)."""
+    return context_mod.build_context(settings, store_of(settings),
+                                     context_mod.load_model(settings.model_card, settings.user_cards_dir, "cpu"))
+
+
+@pytest.fixture
+def labeled(model_data):
+    """``model_data`` with dataset statistics and one saved drawing of 'mass'."""
+    import json as _json
+
+    from dashboard.screens import concepts as cx
+    from dashboard.screens import labeling as lb
+    from dashboard.screens.reading import PatchRef
+
+    ctx = app_ctx(model_data["settings"])
+    cx.compute_stats(ctx, 120)
+    view = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 20, 70, 64))
+    rec = _json.loads((PROJECT_ROOT / "tests/fixtures/fabric/polygon_448.json").read_text())
+    m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
+    res = lb.save(ctx, view, m, "mass", "Dr Test")
+    return {**model_data, "ctx": ctx, "match": m, "annotation_id": res.annotation_id}
+
+
+def test_label_asks_the_reader_once_then_shows_patch_and_palette(model_data):
+    at = run_page("pages/label.py", {state.PATCH: ("SYN-0001-RCC", 30, 60, 64)})
+    assert "Who is reading?" in at.info[0].value
+    at.button(key="label.start").click().run()
+    assert "reader name is required" in at.error[0].value
+    at.text_input(key="label.reader_name").input("Dr Who").run()
+    at.button(key="label.start").click().run()
+    assert at.session_state[state.READER] == "Dr Who"
+    assert "Reader **Dr Who** · R CC · SYN-0001 · patch (30, 60) size 64" in at.caption[0].value
+    assert "mirrored" in at.caption[0].value
+    groups = at.selectbox(key="label.group").options
+    assert {"mass shape", "mass margin", "calcification morphology", "normal structure"} <= set(groups)
+    at.selectbox(key="label.group").select("mass margin").run()
+    assert "margin-spiculated" in at.radio(key="label.concept").options
+    # nothing drawn yet: a clear hint, no Save
+    assert any("Nothing is drawn yet" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key == "label.save"]
+    # a custom concept joins the palette under its group
+    at.text_input(key="label.new_name").input("Skin Thickening").run()
+    at.text_input(key="label.new_group").input("skin").run()
+    at.button(key="label.add_concept").click().run()
+    assert "Added 'skin-thickening'" in at.success[0].value
+    at.selectbox(key="label.group").select("skin").run()
+    assert at.radio(key="label.concept").options == ["skin-thickening"]
+    at.text_input(key="label.new_name").input("bad name!").run()
+    at.button(key="label.add_concept").click().run()
+    assert "letters, digits or hyphens" in at.error[0].value
+
+
+def test_label_without_a_patch_points_to_the_read_page(model_data):
+    at = run_page("pages/label.py", {state.READER: "Dr Who"})
+    assert "No patch is open" in at.info[0].value
+
+
+def test_units_map_detail_and_undo(labeled):
+    m = labeled["match"]
+    at = run_page("pages/units.py")
+    counts = frame_with(at, "concept", "units")
+    assert counts.set_index("concept").loc["mass", "units"] == len(m.units_above)
+    labels = frame_with(at, "unit", "concept", "iou")
+    assert set(labels["unit"]) == set(m.units_above)
+    unit = m.best_unit
+    at.number_input(key="units.unit_input").set_value(unit).run()
+    at.button(key="units.show").click().run()
+    assert at.subheader[0].value.startswith(f"Unit {unit} · mass (IoU ")
+    assert len(at.get("image")) >= 1  # exemplars
+    drawings = frame_with(at, "annotation_id", "status")
+    assert list(drawings["status"]) == ["labels this unit"]
+    at.button(key="units.undo").click().run()
+    assert f"{unit}: unlabeled" in at.success[0].value
+    assert "No unit is labeled yet" in at.info[0].value
+    assert frame_with(at, "annotation_id", "status")["status"].tolist() == ["undone"]
+    assert labeled["ctx"].store.list_unit_labels(labeled["settings"].model_card, "layer4") == []
+
+
+def test_units_without_statistics_says_where_to_compute_them(model_data):
+    at = run_page("pages/units.py")
+    assert "Model and data page" in at.error[0].value

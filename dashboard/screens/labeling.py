@@ -97,10 +97,13 @@ def drawings_from_canvas(view: PatchView, json_data: dict | None, fit: dict | No
     return canvas.validate(drawings, view.ref.size)
 
 
-def add_concept(ctx: AppContext, name: str, group: str, colour: str, description: str, reader: str) -> str:
-    """Add a custom concept to the palette; returns its stored (normalised) name."""
-    return ctx.store.save_concept(name, colour=colour, lexicon_group=(group or "custom").strip() or "custom",
-                                  description=description, actor=reader or "unknown")
+def add_concept(ctx: AppContext, name: str, group: str, colour: str, description: str,
+                reader: str) -> tuple[str, str]:
+    """Add a custom concept to the palette; returns its stored (normalised) name and its group
+    (an existing concept of that name keeps its own group)."""
+    added = ctx.store.save_concept(name, colour=colour, lexicon_group=(group or "custom").strip() or "custom",
+                                   description=description, actor=reader or "unknown")
+    return added, ctx.store.get_concept(added)["lexicon_group"]
 
 
 def start_session(ctx: AppContext, reader: str) -> str:
