@@ -758,7 +758,7 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
     # --- vessels: tortuous curves from the chest wall towards the nipple
     vessel_amp = np.zeros((h, w), np.float32)
     vessel_mask = np.zeros((h, w), bool)
-    for _ in range(int(rng.integers(3, 7))):
+    for _ in range(int(rng.integers(2, 6))):
         for _try in range(20):
             sx = rng.uniform(5, 0.25 * anat.depth)
             sy = ny + rng.uniform(-0.9, 0.9) * 0.38 * h
@@ -766,9 +766,9 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
                 break
         target = np.arctan2(ny + rng.normal(0, 0.15 * h) - sy, nx - sx)
         length = rng.uniform(0.45, 0.9) * anat.depth
-        path = _curve(rng, sx, sy, target + rng.normal(0, 0.2), length, step=0.7, wiggle=0.025,
-                      pull=target, pull_gain=0.6)
-        r0 = rng.uniform(1.6, 3.2)
+        path = _curve(rng, sx, sy, target + rng.normal(0, 0.15), length, step=0.7, wiggle=0.014,
+                      pull=target, pull_gain=0.7)
+        r0 = rng.uniform(3.0, 5.5)
         radii = r0 * np.linspace(1.0, 0.45, len(path), dtype=np.float32)
         keep = (path[:, 0] >= 0) & (path[:, 0] < w) & (path[:, 1] >= 0) & (path[:, 1] < h)
         path, radii = path[keep], radii[keep]
@@ -777,7 +777,7 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
         if not ok.any():
             continue
         stop = int(np.argmin(ok)) if not ok.all() else ok.size
-        _stamp(vessel_amp, path[:stop, 0], path[:stop, 1], radii[:stop], 1.0, mask=vessel_mask)
+        _stamp(vessel_amp, path[:stop, 0], path[:stop, 1], radii[:stop], 1.0, mask=vessel_mask, profile="gauss")
     vessel_mask &= inside & ~anat.pectoral
 
     # --- Cooper's ligaments: thin curved lines (zero crossings of a smooth field) in the fat
@@ -787,17 +787,18 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
 
     # --- compose: tissue in glandular units, tone-mapped, then thickness, skin, calcifications
     # fat is not flat: a faint copy of the texture gives lobular mottle
-    tissue = g + 0.08 * n_tex * inside + 0.16 * vessel_amp + 0.08 * ligament + atten
+    # vessels add density, but overlying glandular tissue hides most of their contrast
+    tissue = g + 0.08 * n_tex * inside + 0.14 * vessel_amp * (1 - 0.5 * g) + 0.08 * ligament + atten
     tissue = 1.25 * np.tanh(tissue / 1.25)
     fat_level = rng.uniform(1450, 1650)
     gland_level = rng.uniform(3050, 3300)
     value = fat_level + (gland_level - fat_level) * tissue
     if view == "MLO":
         # the muscle thickens away from its free border and towards the axilla; fibres run along it
-        pect_level = fat_level + (gland_level - fat_level) * rng.uniform(0.62, 0.8)
+        pect_level = fat_level + (gland_level - fat_level) * rng.uniform(0.42, 0.56)
         streak = power_noise(rng, shape, 3.0, stretch=5.0, angle=2.0)  # along the muscle fibres
-        ramp = 0.72 + 0.28 * _smoothstep(-anat.pect_dist, 0, 90)
-        pect = pect_level * ramp + 60 * streak + 100 * (1 - _smoothstep(xx + yy, 0, 600))
+        ramp = 0.8 + 0.2 * _smoothstep(-anat.pect_dist, 0, 150)
+        pect = pect_level * ramp + 110 * streak + 100 * (1 - _smoothstep(xx + yy, 0, 600))
         del streak
         blend = _smoothstep(-anat.pect_dist, -2, 4)
         value = value * (1 - blend) + pect * blend
@@ -870,6 +871,9 @@ def _draw_finding(rng, pathology: str, breast: BreastSpec) -> FindingSpec:
     return FindingSpec("distortion", float(rng.uniform(16, 28)), **common)
 
 
+_LABEL_BLOCK = np.array(["normal"] * 4 + ["benign"] * 3 + ["malignant"] * 3)
+
+
 def case_id_for(seed: int, case_index: int) -> str:
     """Stable case id of the synthetic case ``case_index`` of the set with ``seed``."""
     return f"syn{int(seed)}-{int(case_index):04d}"
@@ -878,11 +882,14 @@ def case_id_for(seed: int, case_index: int) -> str:
 def plan_case(seed: int, case_index: int, *, label: str | None = None) -> SyntheticCase:
     """The case without pixels: label, breasts, densities and finding specs (cheap, deterministic).
 
-    Mix: ~40% normal, 30% benign, 30% malignant; ~25% of cases show both breasts.
+    Mix: 40% normal, 30% benign, 30% malignant (exact in every block of ten consecutive indices);
+    ~25% of cases show both breasts.
     """
     rng = _case_rng(seed, case_index)
-    u = rng.random()
-    target = label or ("normal" if u < 0.4 else "benign" if u < 0.7 else "malignant")
+    # labels are dealt in shuffled blocks of ten (4 normal, 3 benign, 3 malignant), so any run of
+    # cases has the intended mix, and each case still depends on (seed, case_index) alone
+    block = np.random.default_rng([int(seed), int(case_index) // 10, 0xB10C]).permutation(_LABEL_BLOCK)
+    target = label or str(block[int(case_index) % 10])
     both = rng.random() < 0.25
     first = str(rng.choice(LATERALITIES))
     lats = ["L", "R"] if both else [first]
