@@ -161,7 +161,8 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
                max_iter: int = 100):
     """Several class-balanced multinomial logistic regressions at once (validation folds + final).
 
-    X (N, C) raw features; y (N,) in [0, n_classes); train (F, N) bool, the samples of each model.
+    X (N, C) raw features; y (N,) in [0, n_classes), or (F, N) when each model labels the samples
+    its own way (TCAV's concept-vs-random CAVs); train (F, N) bool, the samples of each model.
     Each model f standardises with its own training mean/std and minimises
     ``sum_i w_fi CE(x_i) + l2/2 ||W_f||^2`` (w_f class-balanced over its training samples, summing
     to 1). All F models share every pass over X: one matmul X @ V^T (N, F*K) per evaluation, where
@@ -176,11 +177,12 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
     mean = (tw @ X) / cnt  # (F, C)
     var = (tw @ (X * X)) / cnt - mean * mean
     std = (var * cnt / (cnt - 1).clamp_min(1)).clamp_min(0).sqrt().clamp_min(1e-6)  # (F, C)
-    onehot = F.one_hot(y, n_classes).float()  # (N, K)
-    counts = tw @ onehot  # (F, K) training samples per class and model
+    yf = y.expand(nf, n) if y.dim() == 1 else y  # (F, N)
+    onehot = F.one_hot(yf, n_classes).float()  # (F, N, K)
+    counts = torch.einsum("fn,fnk->fk", tw, onehot)  # (F, K) training samples per class and model
     present = (counts > 0).float()
     cw = present * counts.sum(1, keepdim=True) / (counts.clamp_min(1) * present.sum(1, keepdim=True))  # (F, K)
-    sw = tw * (cw @ onehot.T)  # (F, N) class-balanced sample weights
+    sw = tw * torch.einsum("fk,fnk->fn", cw, onehot)  # (F, N) class-balanced sample weights
     sw = sw / sw.sum(1, keepdim=True).clamp_min(1e-12)
     W = torch.zeros(nf, n_classes, c, requires_grad=True)
     b = torch.zeros(nf, n_classes, requires_grad=True)
@@ -193,8 +195,8 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
         V = W * inv[:, None, :]  # (F, K, C) raw-space weights
         bias = b - (V * mean[:, None, :]).sum(2)  # (F, K)
         logits = (X @ V.reshape(nf * n_classes, c).T).view(n, nf, n_classes) + bias[None]  # (N, F, K)
-        nll = -(torch.log_softmax(logits, 2) * onehot[:, None, :]).sum(2)  # (N, F)
-        loss = (nll.T * sw).sum() + 0.5 * l2 * (W * W).sum()
+        nll = -(torch.log_softmax(logits, 2).transpose(0, 1) * onehot).sum(2)  # (F, N)
+        loss = (nll * sw).sum() + 0.5 * l2 * (W * W).sum()
         loss.backward()
         return loss
 

@@ -115,6 +115,16 @@ def _translate(exc: Exception) -> StoreError:
     return StoreError("Database error: " + msg.splitlines()[0])
 
 
+_PATH_LOCKS: dict[str, threading.RLock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.RLock:
+    key = str(Path(path).resolve())
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(key, threading.RLock())
+
+
 class Store:
     """A DuckDB file plus its journal folder. Thread-safe: one connection, a cursor per call."""
 
@@ -122,7 +132,9 @@ class Store:
         self.db_path = Path(db_path)
         self.journal_dir = Path(journal_dir) if journal_dir else self.db_path.parent / "journal"
         self.read_only = read_only
-        self._write_lock = threading.RLock()
+        # one lock per database file in this process: two Store objects on one file (one DuckDB
+        # instance) would otherwise race, e.g. on unit_labels' recompute, into key conflicts
+        self._write_lock = _lock_for(self.db_path)
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(self.db_path), read_only=read_only)
@@ -545,52 +557,6 @@ class Store:
 
         self._write(write)
 
-    # ------------------------------------------------------------ predictions (worklist scores)
-    def save_prediction(self, model_card: str, weights_sha: str, image_id: str, score: float,
-                        top_patches: list) -> None:
-        def write(cur):
-            cur.execute(
-                "INSERT INTO predictions (model_card, weights_sha, image_id, score, top_patches)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_card, weights_sha, image_id) DO UPDATE SET"
-                " score = excluded.score, top_patches = excluded.top_patches,"
-                " computed_at = now()",
-                [model_card, weights_sha, image_id, float(score), json.dumps(top_patches)],
-            )
-
-        self._write(write)
-
-    def get_prediction(self, model_card: str, weights_sha: str, image_id: str) -> dict | None:
-        rows = self.query(
-            "SELECT * FROM predictions WHERE model_card = ? AND weights_sha = ? AND image_id = ?",
-            [model_card, weights_sha, image_id],
-        )
-        if not rows:
-            return None
-        row = rows[0]
-        row["top_patches"] = json.loads(row["top_patches"])
-        return row
-
-    def list_worklist(self, model_card: str, weights_sha: str) -> list[dict]:
-        """One row per case: source, split, truth label, description, max image score under this
-        model (NULL when not scored yet), drawings and concepts so far."""
-        return self.query(
-            "WITH ann AS (SELECT i.case_id, count(*) AS n_annotations,"
-            "   string_agg(DISTINCT a.concept, ', ' ORDER BY a.concept) AS concepts"
-            "   FROM annotations a JOIN images i ON i.image_id = a.image_id"
-            "   WHERE a.deleted_at IS NULL GROUP BY i.case_id),"
-            " img AS (SELECT i.case_id, count(*) AS n_images,"
-            "   string_agg(i.laterality || ' ' || i.view, ', ' ORDER BY i.laterality DESC, i.view) AS views,"
-            "   max(p.score) AS score, count(p.score) AS n_scored"
-            "   FROM images i LEFT JOIN predictions p ON p.image_id = i.image_id"
-            "   AND p.model_card = ? AND p.weights_sha = ? GROUP BY i.case_id)"
-            " SELECT c.case_id, c.source, c.split, c.label, c.description, img.views,"
-            "   coalesce(img.n_images, 0) AS n_images, img.score, coalesce(img.n_scored, 0) AS n_scored,"
-            "   coalesce(ann.n_annotations, 0) AS n_annotations, coalesce(ann.concepts, '') AS concepts"
-            " FROM cases c LEFT JOIN img ON img.case_id = c.case_id LEFT JOIN ann ON ann.case_id = c.case_id"
-            " ORDER BY c.case_id",
-            [model_card, weights_sha],
-        )
-
     # ------------------------------------------------------------ concept engine: unit labels
     def _write_annotation_units(self, cur, annotation_id: str, model_card: str, layer: str,
                                 units: list[int], ious: list[float]) -> None:
@@ -752,6 +718,52 @@ class Store:
         row = rows[0]
         row["results"] = json.loads(row["results"]) if isinstance(row["results"], str) else row["results"]
         return row
+
+    # ------------------------------------------------------------ predictions (worklist scores)
+    def save_prediction(self, model_card: str, weights_sha: str, image_id: str, score: float,
+                        top_patches: list) -> None:
+        def write(cur):
+            cur.execute(
+                "INSERT INTO predictions (model_card, weights_sha, image_id, score, top_patches)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_card, weights_sha, image_id) DO UPDATE SET"
+                " score = excluded.score, top_patches = excluded.top_patches,"
+                " computed_at = now()",
+                [model_card, weights_sha, image_id, float(score), json.dumps(top_patches)],
+            )
+
+        self._write(write)
+
+    def get_prediction(self, model_card: str, weights_sha: str, image_id: str) -> dict | None:
+        rows = self.query(
+            "SELECT * FROM predictions WHERE model_card = ? AND weights_sha = ? AND image_id = ?",
+            [model_card, weights_sha, image_id],
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        row["top_patches"] = json.loads(row["top_patches"])
+        return row
+
+    def list_worklist(self, model_card: str, weights_sha: str) -> list[dict]:
+        """One row per case: source, split, truth label, description, max image score under this
+        model (NULL when not scored yet), drawings and concepts so far."""
+        return self.query(
+            "WITH ann AS (SELECT i.case_id, count(*) AS n_annotations,"
+            "   string_agg(DISTINCT a.concept, ', ' ORDER BY a.concept) AS concepts"
+            "   FROM annotations a JOIN images i ON i.image_id = a.image_id"
+            "   WHERE a.deleted_at IS NULL GROUP BY i.case_id),"
+            " img AS (SELECT i.case_id, count(*) AS n_images,"
+            "   string_agg(i.laterality || ' ' || i.view, ', ' ORDER BY i.laterality DESC, i.view) AS views,"
+            "   max(p.score) AS score, count(p.score) AS n_scored"
+            "   FROM images i LEFT JOIN predictions p ON p.image_id = i.image_id"
+            "   AND p.model_card = ? AND p.weights_sha = ? GROUP BY i.case_id)"
+            " SELECT c.case_id, c.source, c.split, c.label, c.description, img.views,"
+            "   coalesce(img.n_images, 0) AS n_images, img.score, coalesce(img.n_scored, 0) AS n_scored,"
+            "   coalesce(ann.n_annotations, 0) AS n_annotations, coalesce(ann.concepts, '') AS concepts"
+            " FROM cases c LEFT JOIN img ON img.case_id = c.case_id LEFT JOIN ann ON ann.case_id = c.case_id"
+            " ORDER BY c.case_id",
+            [model_card, weights_sha],
+        )
 
 
 def open_store(settings) -> Store:
