@@ -271,3 +271,27 @@ def test_units_map_detail_and_undo(labeled):
 def test_units_without_statistics_says_where_to_compute_them(model_data):
     at = run_page("pages/units.py")
     assert "Model and data page" in at.error[0].value
+
+
+def test_report_retrains_the_probe_and_maps_concepts(labeled):
+    at = run_page("pages/report.py", {state.CASE_ID: "SYN-0001", state.READER: "Dr Test"})
+    assert any("No concept probe is trained yet" in i.value for i in at.info)
+    at.button(key="report.retrain").click().run()
+    assert not at.exception
+    assert "Concept probe v1 trained on 1 drawing(s)." in at.success[0].value
+    metrics = frame_with(at, "concept", "auroc", "note")
+    assert metrics["concept"].tolist() == ["mass"]
+    assert "only 1 drawing" in metrics["note"].iloc[0]  # honest: too few drawings for a validated AUROC
+    assert "Concept probe v1" in at.markdown[0].value and "Dr Test" in at.markdown[0].value
+    legend = frame_with(at, "concept", "colour", "area_%")
+    assert legend["concept"].tolist() == ["mass"]
+    assert len(at.get("image")) == 2  # the composite map and the selected concept's map
+    # another image of the case
+    at.selectbox(key="report.image").select("SYN-0001-RMLO").run()
+    assert at.caption[0].value.startswith("R MLO · SYN-0001")
+
+
+def test_report_retrain_without_drawings_says_so(model_data):
+    at = run_page("pages/report.py", {state.CASE_ID: "SYN-0001"})
+    at.button(key="report.retrain").click().run()
+    assert "No drawings to train concept probes on" in at.error[0].value
