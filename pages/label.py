@@ -34,16 +34,16 @@ st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size 
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
 for note in view.notes:
     st.warning(note)
-flash = st.session_state.pop("label.flash", None)
-if flash:
-    st.success(flash)
+if "label.group_next" in st.session_state:  # a concept was just added: show its group
+    st.session_state["label.group"] = st.session_state.pop("label.group_next")
+flash = st.session_state.get("label.flash")
+if flash and flash[1] == st.session_state.get("label.group"):
+    st.success(flash[0])
 
 left, right = st.columns([1.1, 1], gap="large")
 with right:
     st.subheader("Concept")
     groups = list(view.palette)
-    if "label.group_next" in st.session_state:  # a concept was just added: show its group
-        st.session_state["label.group"] = st.session_state.pop("label.group_next")
     group = st.selectbox("Lexicon group", groups, key="label.group")
     concepts = view.palette[group]
     names = [c["name"] for c in concepts]
@@ -61,7 +61,7 @@ with right:
             except Exception as exc:  # noqa: BLE001
                 st.error(str(exc))
             else:
-                st.session_state["label.flash"] = f"Added {added!r} to {added_group!r}."
+                st.session_state["label.flash"] = (f"Added {added!r} to {added_group!r}.", added_group)
                 st.session_state["label.group_next"] = added_group
                 st.rerun()
 
@@ -85,8 +85,9 @@ except Exception as exc:  # noqa: BLE001 - DrawingError: empty, degenerate or un
     with right:
         st.info(str(exc))
 
-saved = st.session_state.pop("label.saved", None)
-if saved:
+# kept until the next drawing: the fresh canvas reports itself with a rerun of its own
+saved = st.session_state.get("label.saved")
+if saved and saved["nonce"] == nonce and not drawings:
     st.success(f"Saved {saved['concept']!r}: labeled {saved['n_labeled']} unit(s) "
                f"({saved['n_above']} above IoU {saved['tau']:g}).", icon=":material/check:")
 
@@ -114,7 +115,7 @@ if match is not None:
                 st.error(str(exc))
             else:
                 st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled,
-                                                   "n_above": res.n_above, "tau": match.tau}
+                                                   "n_above": res.n_above, "tau": match.tau, "nonce": nonce + 1}
                 st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
                 st.rerun()
     st.plotly_chart(match.figure, key="label.units_map", width="stretch")

@@ -6,6 +6,13 @@ from dashboard.screens import reading as rd
 
 ctx = resources.get_context()
 
+TILE_HEIGHT = 430  # px: the four views fit on a laptop screen
+
+# the manual centre/width start from the window in use (set before the widgets exist)
+shown = st.session_state.get("read.window_shown")
+if shown and st.session_state.get("read.window_mode", "file") != "manual":
+    st.session_state["read.center"], st.session_state["read.width"] = float(shown[0]), float(shown[1])
+
 # ------------------------------------------------------------------ controls
 with st.sidebar:
     st.subheader("Window / level")
@@ -29,6 +36,9 @@ with st.sidebar:
 window = rd.WindowChoice(mode, int(preset or 0), float(center), float(width))
 with st.spinner("Preparing the images…"):
     view = rd.load_reading(ctx, st.session_state.get(state.CASE_ID), window, overlay, method, opacity)
+first = next((t for t in view.tiles if t.error is None), None)
+if first is not None:
+    st.session_state["read.window_shown"] = first.window[:2]
 if view.presets != presets:  # first view of a case: offer its own windows at once
     st.session_state["read.presets"] = view.presets
     st.rerun()
@@ -49,27 +59,36 @@ for note in view.notes:
     st.warning(note)
 
 # ------------------------------------------------------------------ the hanging
-for row in view.rows:
-    cols = st.columns(2, gap="small")
-    for col, tile in zip(cols, row):
-        with col:
+# each row R | L side by side and centred, so the two chest walls meet in the middle
+def tile_width(tile) -> int:
+    h, w = tile.rgb.shape[:2]
+    return max(120, int(TILE_HEIGHT * w / h))
+
+
+for r, row in enumerate(view.rows):
+    shown_tiles = [t for t in row if t is not None and t.error is None]
+    slot_w = tile_width(shown_tiles[0]) if shown_tiles else 300
+    with st.container(horizontal=True, horizontal_alignment="center", gap="small", key=f"read.row{r}"):
+        for slot, tile in zip(("R", "L"), row):
             if tile is None:
-                st.caption("(no image in this slot)")
+                with st.container(width=slot_w, height=TILE_HEIGHT, border=True):
+                    st.caption(f"no {slot} image for this view")
             elif tile.error:
-                st.error(f"{tile.label}: {tile.error}")
+                with st.container(width=slot_w):
+                    st.error(f"{tile.label}: {tile.error}")
             else:
                 score = "" if tile.score is None else f" · P(lesion) {tile.score:.2f}"
                 st.image(tile.rgb, caption=f"{tile.label}{score} · window {tile.window[2] or ''} "
-                                           f"C {tile.window[0]:g} / W {tile.window[1]:g}", width="stretch")
+                                           f"C {tile.window[0]:g} / W {tile.window[1]:g}",
+                         width=tile_width(tile))
 if view.extra:
     st.subheader("Other views")
-    cols = st.columns(max(2, len(view.extra)))
-    for col, tile in zip(cols, view.extra):
-        with col:
+    with st.container(horizontal=True, horizontal_alignment="center", gap="small", key="read.extra"):
+        for tile in view.extra:
             if tile.error:
                 st.error(f"{tile.label}: {tile.error}")
             else:
-                st.image(tile.rgb, caption=tile.label, width="stretch")
+                st.image(tile.rgb, caption=tile.label, width=tile_width(tile))
 
 # ------------------------------------------------------------------ pick a region to label
 st.subheader("Suspicious patches")

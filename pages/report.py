@@ -14,7 +14,7 @@ if flash:
 view = rp.load_report(ctx, st.session_state.get(state.CASE_ID), st.session_state.get(state.IMAGE_ID))
 if view.image_ids:
     st.session_state["report.image"] = view.image_id
-    st.selectbox("Image", view.image_ids, key="report.image",
+    st.selectbox("Image", view.image_ids, key="report.image", format_func=view.image_names.get,
                  on_change=lambda: st.session_state.update({state.IMAGE_ID: st.session_state["report.image"]}))
 score = "" if view.score is None else f" · P(lesion) {view.score:.2f}"
 st.caption(f"{view.image_label}{score} · model {ctx.card_name}")

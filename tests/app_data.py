@@ -63,8 +63,9 @@ def populate(settings: Settings, store: Store) -> list[str]:
     return ids
 
 
-def make_tiny_card(settings: Settings, name: str = TINY_CARD, seed: int = 0) -> Path:
-    """A real model card for a seeded, randomly initialised timm resnet10t (64 px patches)."""
+def make_tiny_card(settings: Settings, name: str = TINY_CARD, seed: int = 0, patch: int = 64,
+                   description: str = "A tiny random resnet10t for the page tests.") -> Path:
+    """A real model card for a seeded, randomly initialised timm resnet10t (``patch`` px patches)."""
     import timm
     import torch
 
@@ -75,11 +76,11 @@ def make_tiny_card(settings: Settings, name: str = TINY_CARD, seed: int = 0) -> 
     cards = settings.user_cards_dir
     sha = model_zoo.save_weights(model, cards / f"{name}.safetensors")
     text = f'''name = "{name}"
-description = "A tiny random resnet10t for the page tests."
+description = "{description}"
 arch = "resnet10t"
 classes = ["normal", "lesion"]
 positive_class = "lesion"
-input_size = [3, 64, 64]
+input_size = [3, {patch}, {patch}]
 pixel_spacing_mm = 0.2
 concept_layers = ["layer4", "layer3"]
 default_layer = "layer4"

@@ -151,6 +151,7 @@ def test_read_without_a_model_still_shows_images_and_says_why(data):
     at = run_page("pages/read.py", {state.CASE_ID: "MIAS-mdb001"})
     assert at.title[0].value == "Read · MIAS-mdb001"
     assert len(at.get("image")) == 1
+    assert any(c.value == "no R image for this view" for c in at.caption)  # the empty slot keeps its side
     at.radio(key="read.overlay").set_value("lesion map").run()
     assert any("Overlays need the model" in w.value for w in at.warning)
     assert any("model is not available" in i.value for i in at.info)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..context import AppContext
 from ..memo import Memo
+from .worklist import operating_threshold
 
 OVERLAYS = ("none", "lesion map", "attribution")
 #: Attribution methods offered in the viewer (fast enough on a whole image on 2 CPU cores).
@@ -212,12 +213,15 @@ def draw_boxes(rgb: np.ndarray, boxes: list[tuple[int, int, int, str, str]]) -> 
     """Numbered rectangles (x0, y0, size, label, colour) in display pixels."""
     from PIL import Image, ImageDraw
 
+    from PIL import ImageFont
+
     im = Image.fromarray(rgb)
     d = ImageDraw.Draw(im)
-    lw = max(1, min(im.size) // 250)
+    lw = max(2, min(im.size) // 250)
+    font = ImageFont.load_default(size=max(12, min(im.size) // 28))
     for x0, y0, size, label, colour in boxes:
         d.rectangle([x0, y0, x0 + size - 1, y0 + size - 1], outline=colour, width=lw)
-        d.text((x0 + 3 * lw, y0 + 2 * lw), label, fill=colour)
+        d.text((x0 + 3 * lw, y0 + 2 * lw), label, fill=colour, font=font, stroke_width=1, stroke_fill="#000000")
     return np.asarray(im)
 
 
@@ -296,7 +300,9 @@ def load_reading(ctx: AppContext, case_id: str | None, window: WindowChoice = Wi
                     lm = lesion_map_for(ctx, row["image_id"])
                     score, tops = lm.score, lm.top_patches
                     if overlay == "lesion map":
-                        heat = lm.prob
+                        # only what the model calls suspicious is coloured: above its operating point
+                        thr = operating_threshold(ctx.card)
+                        heat = np.clip((lm.prob - thr) / max(1.0 - thr, 1e-6), 0.0, 1.0)
                 else:
                     score, tops = pred["score"], pred["top_patches"]
                 if overlay == "attribution":

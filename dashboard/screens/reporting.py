@@ -46,6 +46,7 @@ class ReportView:
     report: dict | None = None                   # JSON-ready report
     score: float | None = None
     notes: list[str] = field(default_factory=list)
+    image_names: dict = field(default_factory=dict)   # image id -> "R CC · case"
 
 
 def annotation_patch(ctx: AppContext):
@@ -133,6 +134,7 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
 
     imgs = report_images(ctx, case_id)
     ids = [i["image_id"] for i in imgs]
+    names = {i["image_id"]: f"{i['laterality']} {i['view']} · {i['case_id']}" for i in imgs}
     if not ids:
         return ReportView([], None, "", None, None, [], [], notes=["The store has no images yet."])
     image_id = image_id if image_id in ids else ids[0]
@@ -140,14 +142,14 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     label = f"{row['laterality']} {row['view']} · {row['case_id']}"
     notes: list[str] = []
     if not ctx.model_ready:
-        return ReportView(ids, image_id, label, None, None, [], [],
+        return ReportView(ids, image_id, label, None, None, [], [], image_names=names,
                           notes=[f"The report needs the model: {ctx.model_error}"])
     info = probe_info(ctx)
     pred = ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, image_id)
     score = None if pred is None else float(pred["score"])
     if info is None:
         notes.append("No concept probe is trained yet: label some concepts, then press Retrain probes.")
-        return ReportView(ids, image_id, label, None, None, [], [], score=score, notes=notes)
+        return ReportView(ids, image_id, label, None, None, [], [], score=score, notes=notes, image_names=names)
     if info.stale:
         notes.append("Drawings were added or undone since this probe was trained: retrain to include them.")
     concepts, maps = image_concept_maps(ctx, info.version, image_id)
@@ -167,4 +169,4 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
         over = over[:, ::-1]
         per = [(c, m[:, ::-1]) for c, m in per]
     return ReportView(ids, image_id, label, info, np.ascontiguousarray(over), legend,
-                      [(c, np.ascontiguousarray(m)) for c, m in per], score=score, notes=notes)
+                      [(c, np.ascontiguousarray(m)) for c, m in per], score=score, notes=notes, image_names=names)

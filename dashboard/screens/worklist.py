@@ -73,7 +73,7 @@ def load_worklist(ctx: AppContext, flt: WorklistFilter = WorklistFilter()) -> Wo
             "truth": r["label"],
             "views": r["views"] or "",
             "n_images": r["n_images"],
-            "prediction": None if score is None else (positive if score >= threshold else negative),
+            "prediction": "not scored" if score is None else (positive if score >= threshold else negative),
             "probability": None if score is None else float(score),
             "scored": f"{r['n_scored']}/{r['n_images']}",
             "n_annotations": r["n_annotations"],

@@ -71,7 +71,7 @@ def open_first_patch(page, url: str, case_id: str) -> None:
     select_option(page, "Case", case_id)
     click_button(page, "Open case")
     heading(page, f"Read · {case_id}")
-    page.locator("[data-testid='stImage']").nth(3).wait_for(state="visible", timeout=LONG)
+    page.locator("[data-testid='stImage']").first.wait_for(state="visible", timeout=LONG)
     click_button(page, "Label this patch")
     heading(page, "Label concepts")
 
@@ -84,3 +84,47 @@ def sign_in(page, reader: str) -> None:
         wait_idle(page)
         click_button(page, "Start labeling")
         label_canvas(page)
+
+
+def fill_number(page, label: str, value) -> None:
+    box = page.get_by_label(label, exact=True).first
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def open_patch_at_point(page, image_label: str, x: int, y: int) -> None:
+    """Read page: pick an image and a display point, open the patch centred there for labeling."""
+    expander = page.locator("[data-testid='stExpander']", has_text="Pick a point instead").first
+    if not expander.get_by_label("x (display px)").is_visible():
+        expander.locator("summary").click()
+    select_option(page, "Image", image_label)
+    fill_number(page, "x (display px)", x)
+    fill_number(page, "y (display px)", y)
+    click_button(page, "Label patch here")
+    heading(page, "Label concepts")
+
+
+MEDIA_READY = """() => {
+  const imgs = [...document.querySelectorAll("[data-testid='stMain'] img")];
+  const plots = [...document.querySelectorAll("[data-testid='stPlotlyChart']")];
+  return imgs.every(i => i.complete && i.naturalWidth > 0)
+      && plots.every(p => p.querySelector('.main-svg'));
+}"""
+
+
+def settle(page, timeout: int = LONG) -> None:
+    """Until the app is idle and every image and plotly chart on the page has rendered."""
+    wait_idle(page, timeout)
+    page.wait_for_function(MEDIA_READY, timeout=timeout)
+
+
+def screenshot(page, path, width: int = 1440) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to fit it."""
+    settle(page)
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    old = page.viewport_size
+    page.set_viewport_size({"width": width, "height": int(min(max(height, 800), 4000))})
+    settle(page)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(old)
