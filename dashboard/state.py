@@ -8,3 +8,5 @@ CANVAS_NONCE = "label.canvas_nonce"
 LAST_MATCH = "label.last_match"
 SELECTED_UNIT = "units.selected"
 PROBE_VERSION = "report.probe_version"
+MODEL_CARD = "model.card"
+WINDOW = "read.window"       # (center, width, function) or a preset name, per session

@@ -1,0 +1,53 @@
+"""A small thread-safe LRU keyed by explicit inputs: no work is repeated on a rerun that did not
+change them (image loads, lesion maps, attribution maps, unit matches).
+
+Keys must name everything the result depends on (model card, weights SHA-256, layer, image
+SHA-256, parameters), so a changed model never reuses stale numbers. Concurrent callers asking
+for the same key wait for the first one instead of computing twice.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Hashable
+
+
+class Memo:
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = maxsize
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self.misses = 0
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._data:
+                    return self._data[key]
+            value = compute()
+            with self._lock:
+                self.misses += 1
+                self._data[key] = value
+                self._data.move_to_end(key)
+                while len(self._data) > self.maxsize:
+                    self._data.popitem(last=False)
+                self._key_locks.pop(key, None)
+            return value
+
+    def clear(self, predicate: Callable[[Hashable], bool] | None = None) -> None:
+        with self._lock:
+            for k in [k for k in self._data if predicate is None or predicate(k)]:
+                del self._data[k]
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)

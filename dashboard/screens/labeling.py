@@ -1,0 +1,245 @@
+"""Label concepts: a patch on the drawing canvas, the concept palette, unit matching and saving.
+
+The canvas shows the patch in display orientation (a right breast mirrored, as on the Read page)
+at ``CANVAS_SCALE`` times its model size; ``dashboard.canvas`` maps drawings back to model-space
+patch pixels. As soon as a drawing arrives, every unit of the card's concept layer is matched
+against it (the engine's IoU); Save stores the annotation and labels the units in one transaction.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import canvas
+from ..context import AppContext
+from ..memo import Memo
+from .reading import PatchRef, WindowChoice, display_gray
+
+#: Canvas pixels per model pixel when the patch is small; the canvas is at most MAX_CANVAS wide.
+MAX_CANVAS = 448
+DRAW_TOOLS = {"polygon": "Polygon", "freedraw": "Freehand", "rect": "Rectangle"}
+
+_MATCHES = Memo(64)  # (card, weights, layer, image sha, patch, drawing geometry) -> MatchView
+
+
+class LabelingError(ValueError):
+    """The patch or drawing cannot be used; the message says what to do."""
+
+
+@dataclass
+class PatchView:
+    ref: PatchRef
+    image: dict
+    label: str                      # "R CC · SYN-0001"
+    background: np.ndarray          # (C, C, 3) uint8 shown under the canvas, display orientation
+    canvas_size: int                # C, canvas pixels per side
+    mirrored: bool
+    palette: "OrderedDict[str, list[dict]]"   # lexicon group -> concepts (name, colour, description)
+    annotations: list[dict]         # drawings already saved on this image
+    layer: str
+    notes: list[str] = field(default_factory=list)
+
+
+def canvas_side(size: int) -> int:
+    """Canvas side in pixels for a patch of ``size`` model pixels: an integer zoom, at most MAX_CANVAS."""
+    return int(size * max(1, MAX_CANVAS // max(size, 1))) if size <= MAX_CANVAS else MAX_CANVAS
+
+
+def palette(ctx: AppContext) -> "OrderedDict[str, list[dict]]":
+    """The store's concepts grouped by BI-RADS lexicon group (built-in groups first, custom last)."""
+    groups: OrderedDict[str, list[dict]] = OrderedDict()
+    for c in ctx.store.list_concepts():
+        groups.setdefault(c["lexicon_group"], []).append(
+            {"name": c["name"], "colour": c["colour"], "description": c["description"], "builtin": c["builtin"]})
+    return groups
+
+
+def concept_layer(ctx: AppContext) -> str:
+    return str(getattr(ctx.card, "default_layer", "") or "")
+
+
+def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = WindowChoice()) -> PatchView | None:
+    """The patch to draw on, the palette, and what was drawn before on this image."""
+    from PIL import Image
+
+    from .. import imaging
+
+    if ref is None:
+        return None
+    row = ctx.store.get_image(ref.image_id)
+    gray, _ = display_gray(ctx, row, window)                    # (h, w) uint8, model orientation
+    patch = imaging.crop_patch(gray, ref.x0, ref.y0, ref.size)  # (S, S), zero outside the image
+    mirrored = imaging.display_flip(row["laterality"])
+    if mirrored:
+        patch = patch[:, ::-1]
+    side = canvas_side(ref.size)
+    big = Image.fromarray(np.ascontiguousarray(patch)).resize((side, side), Image.NEAREST).convert("RGB")
+    anns = [a for a in ctx.store.list_annotations(image_id=ref.image_id)]
+    notes = []
+    if not ctx.model_ready:
+        notes.append(f"Units cannot be matched without the model: {ctx.model_error}")
+    return PatchView(
+        ref=ref, image=row, label=f"{row['laterality']} {row['view']} · {row['case_id']}",
+        background=np.asarray(big), canvas_size=side, mirrored=mirrored, palette=palette(ctx),
+        annotations=[{"annotation_id": a.annotation_id, "concept": a.concept, "reader": a.reader,
+                      "patch": (a.patch_x0, a.patch_y0, a.patch_size), "shape": a.shape,
+                      "created_at": a.created_at} for a in anns],
+        layer=concept_layer(ctx), notes=notes)
+
+
+def drawings_from_canvas(view: PatchView, json_data: dict | None, fit: dict | None) -> list[canvas.Drawing]:
+    """The canvas JSON as usable drawings in model-space patch pixels (DrawingError if none)."""
+    drawings = canvas.parse_canvas(json_data, patch_size=view.ref.size, fit=fit,
+                                   canvas_size=(view.canvas_size, view.canvas_size), mirror=view.mirrored)
+    return canvas.validate(drawings, view.ref.size)
+
+
+def add_concept(ctx: AppContext, name: str, group: str, colour: str, description: str,
+                reader: str) -> tuple[str, str]:
+    """Add a custom concept to the palette; returns its stored (normalised) name and its group
+    (an existing concept of that name keeps its own group)."""
+    added = ctx.store.save_concept(name, colour=colour, lexicon_group=(group or "custom").strip() or "custom",
+                                   description=description, actor=reader or "unknown")
+    return added, ctx.store.get_concept(added)["lexicon_group"]
+
+
+def start_session(ctx: AppContext, reader: str) -> str:
+    """Record the reader's name (asked once per session); ValidationError on an empty name."""
+    return ctx.store.save_reader(reader)
+
+
+# ---------------------------------------------------------------- drawings -> the engine
+def engine_geometry(d: canvas.Drawing) -> tuple[str, object]:
+    """(shape, geometry) in the engine's ``drawing_to_mask`` format.
+
+    The engine rasterises polygons and strokes with pixel (c, r) at integer coordinates (pixel
+    centres), ours are continuous (pixel corners at integers), hence the half-pixel shift.
+    Axis-aligned rectangles use the engine's rect (continuous, pixel centres inside); a rotated
+    rectangle is a polygon.
+    """
+    pts = np.asarray(d.points, dtype=float)
+    centred = (pts - 0.5).round(3).tolist()
+    if d.shape == "rect":
+        xs, ys = np.unique(pts[:, 0].round(6)), np.unique(pts[:, 1].round(6))
+        if len(xs) == 2 and len(ys) == 2:
+            return "rect", {"x0": float(xs[0]), "y0": float(ys[0]), "x1": float(xs[1]), "y1": float(ys[1])}
+        return "polygon", {"points": centred}
+    if d.shape == "freehand":
+        return "freehand", {"points": centred, "width": max(float(d.stroke_width), 1.0), "closed": bool(d.closed)}
+    return "polygon", {"points": centred}
+
+
+def drawings_mask(drawings: list[canvas.Drawing], size: int) -> tuple[np.ndarray, str, object]:
+    """Union mask (S, S) bool of the drawings, with the (shape, geometry) to store.
+
+    One drawing is stored in the engine's format (``drawing_to_mask(shape, geometry)`` gives the
+    mask back); several as {"drawings": [{"shape", "geometry"}, ...]} under the largest one's shape.
+    """
+    from .. import dissection
+    from ..store import ValidationError
+
+    mask = np.zeros((size, size), dtype=bool)
+    parts = []
+    for d in drawings:
+        shape, geo = engine_geometry(d)
+        try:
+            mask |= dissection.drawing_to_mask(shape, geo, size)
+        except ValidationError:
+            continue  # this piece covers no pixel; the others may
+        parts.append({"shape": shape, "geometry": geo})
+    if not mask.any():
+        raise canvas.DrawingError("The drawing covers no pixel of the patch: draw it again, larger.")
+    if len(parts) == 1:
+        return mask, parts[0]["shape"], parts[0]["geometry"]
+    shape = engine_geometry(max(drawings, key=lambda d: d.area))[0]
+    return mask, shape, {"drawings": parts}
+
+
+@dataclass
+class MatchView:
+    """What one drawing picks out of the concept layer."""
+
+    drawings: list[canvas.Drawing]
+    mask: np.ndarray                 # (S, S) bool, model space
+    shape: str
+    geometry: object
+    ious: np.ndarray                 # (C,)
+    best_unit: int
+    best_iou: float
+    units_above: list[int]           # IoU > tau, best first
+    tau: float
+    best_rgb: np.ndarray             # (S, S, 3) the best unit's activation over the patch, display orientation
+    table: list[dict]                # unit, IoU, current label
+    figure: object                   # plotly unit map with the matched units highlighted
+
+
+def match(ctx: AppContext, view: PatchView, drawings: list[canvas.Drawing], tau: float | None = None) -> MatchView:
+    """IoU of every unit of the concept layer with the drawing (cached by patch and geometry)."""
+    from .. import dissection
+    from . import concepts as cx
+
+    tau = cx.TAU if tau is None else float(tau)
+    stats = cx.require_stats(ctx)
+    ref = view.ref
+    mask, shape, geometry = drawings_mask(drawings, ref.size)
+    key = (ctx.card_name, ctx.weights_sha, stats.key, view.image["sha256"], ref.as_tuple(),
+           json.dumps(geometry, sort_keys=True), tau)
+
+    def compute() -> MatchView:
+        act = cx.patch_activation(ctx, ref)                                   # (C, h, w)
+        m = dissection.match_drawing(act, stats.thresholds, mask, tau=tau)
+        labels = {int(r["unit"]): r["concept"] for r in ctx.store.list_unit_labels(ctx.card_name, cx.layer_of(ctx))}
+        best_map = cx.upsample(np.asarray(act[m.best_unit]), ref.size)     # (S, S)
+        on = best_map > float(stats.thresholds[m.best_unit])
+        gray = display_patch(ctx, view)                                       # (S, S) uint8, model orientation
+        vmax = max(float(best_map.max()), 1e-6)
+        rgb = cx.heat_rgb(gray, np.clip(best_map, 0, None) / vmax, outline=mask)
+        rgb[on & ~mask] = (0.5 * rgb[on & ~mask] + 0.5 * np.array([255, 213, 79])).astype(np.uint8)
+        if view.mirrored:
+            rgb = rgb[:, ::-1]
+        above = [int(u) for u in m.units_above]
+        table = [{"unit": u, "iou": round(float(m.ious[u]), 3), "label now": labels.get(u, "")} for u in above[:50]]
+        fig = cx.unit_scatter(ctx, stats, labels, highlight={u: float(m.ious[u]) for u in above},
+                              selected=m.best_unit, title=f"{len(above)} unit(s) with IoU > {tau:g}")
+        return MatchView(drawings=drawings, mask=mask, shape=shape, geometry=geometry, ious=m.ious,
+                         best_unit=m.best_unit, best_iou=m.best_iou, units_above=above, tau=tau,
+                         best_rgb=np.ascontiguousarray(rgb), table=table, figure=fig)
+
+    return _MATCHES.get(key, compute)
+
+
+def display_patch(ctx: AppContext, view: PatchView) -> np.ndarray:
+    """The windowed patch, model orientation, (S, S) uint8."""
+    from .. import imaging
+
+    gray, _ = display_gray(ctx, view.image, WindowChoice())
+    return imaging.crop_patch(gray, view.ref.x0, view.ref.y0, view.ref.size)
+
+
+@dataclass
+class SaveResult:
+    annotation_id: str
+    concept: str
+    n_above: int
+    n_labeled: int
+    replaced: dict
+
+
+def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: str) -> SaveResult:
+    """Store the drawing and label its units in one transaction (the engine's rule)."""
+    from .. import dissection
+    from . import concepts as cx
+
+    if not reader:
+        raise LabelingError("Enter your reader name first.")
+    ref = view.ref
+    res = dissection.label_units_from_drawing(
+        ctx.store, image_id=ref.image_id, concept=concept, reader=reader, patch_x0=ref.x0, patch_y0=ref.y0,
+        patch_size=ref.size, shape=m.shape, geometry=m.geometry, model_card=ctx.card_name,
+        layer=cx.layer_of(ctx), ious=m.ious, tau=m.tau, mask=m.mask)
+    _MATCHES.clear()  # the "label now" column and the unit map changed
+    return SaveResult(annotation_id=res.annotation_id, concept=concept, n_above=int(len(res.units_above)),
+                      n_labeled=int(len(res.labeled_units)), replaced=dict(res.replaced))

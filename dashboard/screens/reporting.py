@@ -1,0 +1,172 @@
+"""Report: which concepts carry the evidence for an image's prediction, where they are, how sure.
+
+The probe (a logistic regression over the concept layer, trained on the readers' drawings) gives
+concept maps over the whole image; the engine's report (``dashboard.report``) turns probe, TCAV
+and unit labels into figures and exports. "Retrain probes" fits a new probe version.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..context import AppContext
+from ..memo import Memo
+from . import concepts as cx
+from .reading import PatchRef, WindowChoice, display_gray, model_image
+
+_MAPS = Memo(16)   # (card, weights, probe version, image sha) -> (K, H, W) concept probabilities
+#: A pixel is painted with a concept's colour where that concept's probability is at least this.
+MAP_LEVEL = 0.5
+
+
+@dataclass
+class ProbeInfo:
+    version: int
+    layer: str
+    created_at: object
+    concepts: list[str]
+    metrics: list[dict]           # concept, auroc, drawings, images, note
+    readers: list[str]
+    n_drawings: int
+    stale: bool                   # drawings were added or undone since it was trained
+
+
+@dataclass
+class ReportView:
+    image_ids: list[str]
+    image_id: str | None
+    image_label: str
+    probe: ProbeInfo | None
+    overlay: np.ndarray | None         # (H, W, 3) concept map composite, display orientation
+    legend: list[dict]                 # concept, colour, area (% of breast above MAP_LEVEL), max prob
+    concept_maps: list[tuple[str, np.ndarray]]  # per concept heat over the image, display orientation
+    figures: list = field(default_factory=list)  # the engine's plotly figures, when available
+    report: dict | None = None                   # JSON-ready report
+    score: float | None = None
+    notes: list[str] = field(default_factory=list)
+    image_names: dict = field(default_factory=dict)   # image id -> "R CC · case"
+
+
+def annotation_patch(ctx: AppContext):
+    """The ``load_patch`` the engine's probe trainer needs: annotation -> (S, S) grey patch."""
+    return lambda a: cx.patch_gray(ctx, PatchRef(a.image_id, a.patch_x0, a.patch_y0, a.patch_size))
+
+
+def probe_info(ctx: AppContext) -> ProbeInfo | None:
+    from .. import probes
+    from ..store import NotFoundError
+
+    try:
+        p = probes.load_probe(ctx.store, model_card=ctx.card_name, layer=cx.layer_of(ctx))
+    except NotFoundError:
+        return None
+    live = {a.annotation_id for a in ctx.store.list_annotations(model_card=ctx.card_name)}
+    rows = []
+    for c in p.concepts:
+        m = p.metrics.get(c, {}) if isinstance(p.metrics, dict) else {}
+        rows.append({"concept": c, "auroc": m.get("auroc"), "drawings": m.get("n_drawings"),
+                     "images": m.get("n_images"), "note": m.get("reason") or m.get("note") or ""})
+    return ProbeInfo(version=int(p.version), layer=p.layer, created_at=p.created_at, concepts=list(p.concepts),
+                     metrics=rows, readers=list(p.readers), n_drawings=len(p.annotation_ids),
+                     stale=set(p.annotation_ids) != live)
+
+
+def retrain(ctx: AppContext, reader: str = "", progress: Callable[[float, str], None] | None = None) -> ProbeInfo:
+    """Train a new probe version on every live drawing made under this model card."""
+    ctx.require_model()
+    from .. import probes
+
+    def cb(done: int, total: int, message: str) -> None:
+        if progress:
+            progress(done / max(total, 1), message)
+
+    probes.train_probes(ctx.store, ctx.model, ctx.card, cx.layer_of(ctx), load_patch=annotation_patch(ctx),
+                        progress=cb, device=ctx.device, cache_dir=ctx.settings.cache_dir, actor=reader or "system")
+    _MAPS.clear()
+    return probe_info(ctx)
+
+
+def image_concept_maps(ctx: AppContext, probe_version: int, image_id: str) -> tuple[list[str], np.ndarray]:
+    """(concepts, (K, H, W) probabilities) of the probe over a whole model-space image (cached)."""
+    from .. import probes
+
+    row = ctx.store.get_image(image_id)
+    p = probes.load_probe(ctx.store, probe_version)
+
+    def compute():
+        img, mask, _ = model_image(ctx, row)
+        maps = probes.compute_image_concept_maps(p, ctx.model, ctx.card, img, device=ctx.device)
+        return maps * mask[None]
+
+    return list(p.concepts), _MAPS.get((ctx.card_name, ctx.weights_sha, probe_version, row["sha256"]), compute)
+
+
+def _hex_rgb(colour: str) -> np.ndarray:
+    c = colour.lstrip("#")[:6]
+    return np.array([int(c[i:i + 2], 16) for i in (0, 2, 4)], dtype=np.float32)
+
+
+def composite(gray: np.ndarray, maps: np.ndarray, colours: list[str], level: float = MAP_LEVEL) -> np.ndarray:
+    """Paint each pixel with its most probable concept's colour where that probability >= level."""
+    rgb = np.repeat(gray[..., None].astype(np.float32), 3, axis=2)
+    if len(maps):
+        best = maps.argmax(0)
+        p = maps.max(0)
+        cols = np.stack([_hex_rgb(c) for c in colours])  # (K, 3)
+        a = np.where(p >= level, 0.35 + 0.4 * (p - level) / max(1 - level, 1e-6), 0.0)[..., None]
+        rgb = (1 - a) * rgb + a * cols[best]
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def report_images(ctx: AppContext, case_id: str | None) -> list[dict]:
+    if case_id:
+        imgs = ctx.store.list_images(case_id=case_id)
+        if imgs:
+            return imgs
+    return ctx.store.list_images()
+
+
+def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> ReportView:
+    """The report of one image (default: the case's first image) under the latest probe."""
+    from .. import imaging
+
+    imgs = report_images(ctx, case_id)
+    ids = [i["image_id"] for i in imgs]
+    names = {i["image_id"]: f"{i['laterality']} {i['view']} · {i['case_id']}" for i in imgs}
+    if not ids:
+        return ReportView([], None, "", None, None, [], [], notes=["The store has no images yet."])
+    image_id = image_id if image_id in ids else ids[0]
+    row = next(i for i in imgs if i["image_id"] == image_id)
+    label = f"{row['laterality']} {row['view']} · {row['case_id']}"
+    notes: list[str] = []
+    if not ctx.model_ready:
+        return ReportView(ids, image_id, label, None, None, [], [], image_names=names,
+                          notes=[f"The report needs the model: {ctx.model_error}"])
+    info = probe_info(ctx)
+    pred = ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, image_id)
+    score = None if pred is None else float(pred["score"])
+    if info is None:
+        notes.append("No concept probe is trained yet: label some concepts, then press Retrain probes.")
+        return ReportView(ids, image_id, label, None, None, [], [], score=score, notes=notes, image_names=names)
+    if info.stale:
+        notes.append("Drawings were added or undone since this probe was trained: retrain to include them.")
+    concepts, maps = image_concept_maps(ctx, info.version, image_id)
+    gray, _ = display_gray(ctx, row, WindowChoice())
+    colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
+    cols = [colours.get(c, "#00bcd4") for c in concepts]
+    _, mask, _ = model_image(ctx, row)
+    mirrored = imaging.display_flip(row["laterality"])
+    over = composite(gray, maps, cols)
+    breast = max(int(mask.sum()), 1)
+    legend = [{"concept": c, "colour": col, "area_%": round(100.0 * float((maps[k] >= MAP_LEVEL).sum()) / breast, 2),
+               "max_p": round(float(maps[k].max()), 3)} for k, (c, col) in enumerate(zip(concepts, cols))]
+    from .reading import blend
+
+    per = [(c, blend(gray, maps[k], 0.75)) for k, c in enumerate(concepts)]
+    if mirrored:
+        over = over[:, ::-1]
+        per = [(c, m[:, ::-1]) for c, m in per]
+    return ReportView(ids, image_id, label, info, np.ascontiguousarray(over), legend,
+                      [(c, np.ascontiguousarray(m)) for c, m in per], score=score, notes=notes, image_names=names)

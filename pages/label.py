@@ -1,0 +1,127 @@
+"""Label concepts: draw a concept on the patch; the matching units show at once; Save labels them."""
+import streamlit as st
+
+from dashboard import resources, state
+from dashboard.screens import labeling as lb
+from dashboard.screens.reading import PatchRef
+
+ctx = resources.get_context()
+st.title("Label concepts")
+
+# ------------------------------------------------------------------ the reader, once per session
+reader = st.session_state.get(state.READER)
+if not reader:
+    st.info("Who is reading? Your name is recorded with every drawing you save.")
+    c1, c2 = st.columns([3, 1])
+    name = c1.text_input("Reader name", key="label.reader_name")
+    if c2.button("Start labeling", key="label.start", type="primary"):
+        try:
+            st.session_state[state.READER] = lb.start_session(ctx, name)
+            st.rerun()
+        except Exception as exc:  # noqa: BLE001 - the store's ValidationError says what is wrong
+            st.error(str(exc))
+    st.stop()
+
+raw = st.session_state.get(state.PATCH)
+view = lb.load_patch(ctx, PatchRef.from_tuple(raw) if raw else None)
+if view is None:
+    st.info("No patch is open. Pick a suspicious patch or a point on the Read page.")
+    st.page_link("pages/read.py", label="Go to Read", icon=":material/visibility:")
+    st.stop()
+
+r = view.ref
+st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size {r.size} model px"
+           + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
+for note in view.notes:
+    st.warning(note)
+if "label.group_next" in st.session_state:  # a concept was just added: show its group
+    st.session_state["label.group"] = st.session_state.pop("label.group_next")
+flash = st.session_state.get("label.flash")
+if flash and flash[1] == st.session_state.get("label.group"):
+    st.success(flash[0])
+
+left, right = st.columns([1.1, 1], gap="large")
+with right:
+    st.subheader("Concept")
+    groups = list(view.palette)
+    group = st.selectbox("Lexicon group", groups, key="label.group")
+    concepts = view.palette[group]
+    names = [c["name"] for c in concepts]
+    concept = st.radio("Concept", names, key="label.concept",
+                       captions=[c["description"] for c in concepts])
+    colour = next(c["colour"] for c in concepts if c["name"] == concept)
+    with st.expander("Add custom concept"):
+        new_name = st.text_input("Name", key="label.new_name", placeholder="e.g. skin-thickening")
+        new_group = st.text_input("Lexicon group", value="custom", key="label.new_group")
+        new_colour = st.color_picker("Colour", "#00bcd4", key="label.new_colour")
+        new_desc = st.text_input("Description", key="label.new_desc")
+        if st.button("Add concept", key="label.add_concept"):
+            try:
+                added, added_group = lb.add_concept(ctx, new_name, new_group, new_colour, new_desc, reader)
+            except Exception as exc:  # noqa: BLE001
+                st.error(str(exc))
+            else:
+                st.session_state["label.flash"] = (f"Added {added!r} to {added_group!r}.", added_group)
+                st.session_state["label.group_next"] = added_group
+                st.rerun()
+
+with left:
+    tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key="label.tool")
+    st.caption("Polygon: click the vertices, then click the first vertex again to close it. "
+               "Undo, redo and clear are on the canvas toolbar (hover the canvas).")
+    from PIL import Image
+    from streamlit_drawable_canvas import st_canvas
+
+    nonce = st.session_state.get(state.CANVAS_NONCE, 0)
+    result = st_canvas(
+        fill_color=colour + "55", stroke_color=colour, stroke_width=2, drawing_mode=tool,
+        background_image=Image.fromarray(view.background), width=view.canvas_size, height=view.canvas_size,
+        key=f"label.canvas.{r.image_id}.{r.x0}.{r.y0}.{r.size}.{nonce}")
+
+drawings = None
+try:
+    drawings = lb.drawings_from_canvas(view, result.json_data, result.background_fit)
+except Exception as exc:  # noqa: BLE001 - DrawingError: empty, degenerate or unsupported drawing
+    with right:
+        st.info(str(exc))
+
+# kept until the next drawing: the fresh canvas reports itself with a rerun of its own
+saved = st.session_state.get("label.saved")
+if saved and saved["nonce"] == nonce and not drawings:
+    st.success(f"Saved {saved['concept']!r}: labeled {saved['n_labeled']} unit(s) "
+               f"({saved['n_above']} above IoU {saved['tau']:g}).", icon=":material/check:")
+
+match = None
+if drawings:
+    try:
+        with st.spinner("Matching units…"):
+            match = lb.match(ctx, view, drawings)
+    except Exception as exc:  # noqa: BLE001 - no model / no dataset statistics / empty mask
+        st.error(str(exc))
+
+if match is not None:
+    with right:
+        st.subheader("Best matching unit")
+        c1, c2 = st.columns([1, 1])
+        c1.image(match.best_rgb, caption=f"unit {match.best_unit}: activation (heat), above threshold (yellow), "
+                                         "your drawing (blue outline)", width="stretch")
+        c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
+        c2.metric("IoU", f"{match.best_iou:.2f}")
+        c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
+        if st.button(f"Save as {concept}", key="label.save", type="primary"):
+            try:
+                res = lb.save(ctx, view, match, concept, reader)
+            except Exception as exc:  # noqa: BLE001 - UnknownConceptError, ValidationError, StoreError
+                st.error(str(exc))
+            else:
+                st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled,
+                                                   "n_above": res.n_above, "tau": match.tau, "nonce": nonce + 1}
+                st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
+                st.rerun()
+    st.plotly_chart(match.figure, key="label.units_map", width="stretch")
+    if match.table:
+        st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")
+
+if view.annotations:
+    with st.expander(f"Drawings on this image ({len(view.annotations)})"):
+        st.dataframe(view.annotations, hide_index=True, width="stretch", key="label.previous")

@@ -1,0 +1,144 @@
+"""Read: the case hung RCC | LCC over RMLO | LMLO, window/level, overlays, suspicious patches."""
+import streamlit as st
+
+from dashboard import resources, state
+from dashboard.screens import reading as rd
+
+ctx = resources.get_context()
+
+TILE_HEIGHT = 430  # px: the four views fit on a laptop screen
+
+# the manual centre/width start from the window in use (set before the widgets exist)
+shown = st.session_state.get("read.window_shown")
+if shown and st.session_state.get("read.window_mode", "file") != "manual":
+    st.session_state["read.center"], st.session_state["read.width"] = float(shown[0]), float(shown[1])
+
+# ------------------------------------------------------------------ controls
+with st.sidebar:
+    st.subheader("Window / level")
+    mode = st.radio("Window", ["file", "auto", "manual"], key="read.window_mode", horizontal=True,
+                    format_func={"file": "File presets", "auto": "Auto", "manual": "Manual"}.get)
+    presets = st.session_state.get("read.presets", [])
+    preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key="read.preset",
+                          format_func=lambda i: presets[i] if i < len(presets) else "file default",
+                          disabled=mode != "file")
+    c1, c2 = st.columns(2)
+    center = c1.number_input("Centre", value=2048.0, step=50.0, key="read.center", disabled=mode != "manual")
+    width = c2.number_input("Width", value=4096.0, min_value=1.0, step=50.0, key="read.width",
+                            disabled=mode != "manual")
+    st.subheader("Overlay")
+    overlay = st.radio("Overlay", rd.OVERLAYS, key="read.overlay", horizontal=True,
+                       format_func={"none": "None", "lesion map": "Lesion map", "attribution": "Attribution"}.get)
+    method = st.selectbox("Attribution method", rd.VIEWER_METHODS, key="read.method",
+                          disabled=overlay != "attribution")
+    opacity = st.slider("Opacity", 0.0, 1.0, 0.55, 0.05, key="read.opacity", disabled=overlay == "none")
+
+window = rd.WindowChoice(mode, int(preset or 0), float(center), float(width))
+with st.spinner("Preparing the images…"):
+    view = rd.load_reading(ctx, st.session_state.get(state.CASE_ID), window, overlay, method, opacity)
+first = next((t for t in view.tiles if t.error is None), None)
+if first is not None:
+    st.session_state["read.window_shown"] = first.window[:2]
+if view.presets != presets:  # first view of a case: offer its own windows at once
+    st.session_state["read.presets"] = view.presets
+    st.rerun()
+
+if view.case is None:
+    st.title("Read")
+    st.info("The store has no cases yet. Build the demo set or ingest a folder on the Model and data page.")
+    st.stop()
+
+case = view.case
+st.session_state["read.case"] = case["case_id"]
+head, pick = st.columns([3, 1])
+head.title(f"Read · {case['case_id']}")
+head.caption(f"{case['source']} · truth: {case['label']} · {case['description']}")
+pick.selectbox("Case", view.case_ids, key="read.case",
+               on_change=lambda: st.session_state.update({state.CASE_ID: st.session_state["read.case"]}))
+for note in view.notes:
+    st.warning(note)
+
+# ------------------------------------------------------------------ the hanging
+# each row R | L side by side and centred, so the two chest walls meet in the middle
+def tile_width(tile) -> int:
+    h, w = tile.rgb.shape[:2]
+    return max(120, int(TILE_HEIGHT * w / h))
+
+
+for r, row in enumerate(view.rows):
+    shown_tiles = [t for t in row if t is not None and t.error is None]
+    slot_w = tile_width(shown_tiles[0]) if shown_tiles else 300
+    with st.container(horizontal=True, horizontal_alignment="center", gap="small", key=f"read.row{r}"):
+        for slot, tile in zip(("R", "L"), row):
+            if tile is None:
+                with st.container(width=slot_w, height=TILE_HEIGHT, border=True):
+                    st.caption(f"no {slot} image for this view")
+            elif tile.error:
+                with st.container(width=slot_w):
+                    st.error(f"{tile.label}: {tile.error}")
+            else:
+                score = "" if tile.score is None else f" · P(lesion) {tile.score:.2f}"
+                st.image(tile.rgb, caption=f"{tile.label}{score} · window {tile.window[2] or ''} "
+                                           f"C {tile.window[0]:g} / W {tile.window[1]:g}",
+                         width=tile_width(tile))
+if view.extra:
+    st.subheader("Other views")
+    with st.container(horizontal=True, horizontal_alignment="center", gap="small", key="read.extra"):
+        for tile in view.extra:
+            if tile.error:
+                st.error(f"{tile.label}: {tile.error}")
+            else:
+                st.image(tile.rgb, caption=tile.label, width=tile_width(tile))
+
+# ------------------------------------------------------------------ pick a region to label
+st.subheader("Suspicious patches")
+st.caption("Patch coordinates are model pixels (chest wall left). Pick one to label its concepts, "
+           "or choose a point on an image below.")
+tiles = [t for t in view.tiles if t.error is None]
+if view.patches:
+    st.dataframe(view.patches, key="read.patches", hide_index=True, width="stretch",
+                 column_order=["view", "rank", "x0", "y0", "size", "probability", "image_id"],
+                 column_config={"probability": st.column_config.ProgressColumn(
+                     "P(lesion)", min_value=0.0, max_value=1.0, format="%.2f")})
+    labels = [f"{p['view']} #{p['rank']} at ({p['x0']}, {p['y0']}) · {p['probability']:.2f}" for p in view.patches]
+    c1, c2 = st.columns([3, 1])
+    idx = c1.selectbox("Patch", range(len(labels)), format_func=labels.__getitem__, key="read.patch")
+    if c2.button("Label this patch", key="read.open_patch", type="primary"):
+        p = view.patches[idx]
+        st.session_state[state.PATCH] = (p["image_id"], p["x0"], p["y0"], p["size"])
+        st.switch_page("pages/label.py")
+elif not ctx.model_ready:
+    st.info(f"No suspicious patches: the model is not available ({ctx.model_error}).")
+
+if tiles:
+    with st.expander("Pick a point instead", expanded=not view.patches):
+        names = [t.label for t in tiles]
+        ti = st.selectbox("Image", range(len(tiles)), format_func=names.__getitem__, key="read.point_image")
+        tile = tiles[ti]
+        h, w = tile.model_shape
+        c1, c2, c3 = st.columns([1, 1, 1])
+        px = c1.number_input("x (display px)", 0, w, w // 2, key="read.x")
+        py = c2.number_input("y (display px)", 0, h, h // 2, key="read.y")
+        st.caption("Or click the image (point tool); the last click wins.")
+        from PIL import Image
+        from streamlit_drawable_canvas import st_canvas
+
+        from dashboard.canvas import parse_points
+
+        cw = min(520, w * 2)
+        ch = int(round(cw * h / w))
+        res = st_canvas(drawing_mode="point", background_image=Image.fromarray(tile.rgb), width=cw, height=ch,
+                        stroke_color="#ffd54f", fill_color="#ffd54f", point_display_radius=4,
+                        key=f"read.point_canvas.{tile.image_id}")
+        clicks = parse_points(res.json_data, image_size=(w, h), fit=res.background_fit, canvas_size=(cw, ch))
+        if clicks:
+            px, py = clicks[-1]
+            st.caption(f"Clicked at ({px:.0f}, {py:.0f}) display px.")
+        if c3.button("Label patch here", key="read.open_point"):
+            try:
+                ref = rd.patch_at(ctx, tile.image_id, float(px), float(py))
+            except Exception as exc:  # noqa: BLE001
+                st.error(str(exc))
+            else:
+                st.session_state[state.PATCH] = ref.as_tuple()
+                st.switch_page("pages/label.py")

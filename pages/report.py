@@ -1,0 +1,57 @@
+"""Report: the concepts behind an image's prediction, their maps, the probe and its metrics."""
+import streamlit as st
+
+from dashboard import resources, state
+from dashboard.screens import reporting as rp
+
+ctx = resources.get_context()
+st.title("Report")
+
+flash = st.session_state.pop("report.flash", None)
+if flash:
+    st.success(flash)
+
+view = rp.load_report(ctx, st.session_state.get(state.CASE_ID), st.session_state.get(state.IMAGE_ID))
+if view.image_ids:
+    st.session_state["report.image"] = view.image_id
+    st.selectbox("Image", view.image_ids, key="report.image", format_func=view.image_names.get,
+                 on_change=lambda: st.session_state.update({state.IMAGE_ID: st.session_state["report.image"]}))
+score = "" if view.score is None else f" · P(lesion) {view.score:.2f}"
+st.caption(f"{view.image_label}{score} · model {ctx.card_name}")
+for note in view.notes:
+    st.info(note)
+
+# ------------------------------------------------------------------ probe version and retraining
+p = view.probe
+c1, c2 = st.columns([3, 1])
+if p is not None:
+    c1.markdown(f"**Concept probe v{p.version}** · layer `{p.layer}` · trained {p.created_at} on "
+                f"{p.n_drawings} drawing(s) by {', '.join(p.readers) or '—'}")
+if c2.button("Retrain probes", key="report.retrain", disabled=not ctx.model_ready, type="primary"):
+    try:
+        with resources.progress("Training concept probes", done="Probes trained") as cb:
+            info = rp.retrain(ctx, st.session_state.get(state.READER, ""), cb)
+        st.session_state["report.flash"] = f"Concept probe v{info.version} trained on {info.n_drawings} drawing(s)."
+        st.rerun()
+    except Exception as exc:  # noqa: BLE001 - e.g. ValidationError: no drawings yet
+        st.error(str(exc))
+
+if p is not None:
+    st.dataframe(p.metrics, hide_index=True, width="stretch", key="report.metrics",
+                 column_config={"auroc": st.column_config.NumberColumn("AUROC (by image)", format="%.3f")})
+
+# ------------------------------------------------------------------ where the concepts are
+if view.overlay is not None:
+    left, right = st.columns([1, 1], gap="large")
+    left.image(view.overlay, caption=f"Concept map (probability ≥ {rp.MAP_LEVEL:g})", width="stretch")
+    with right:
+        st.dataframe(view.legend, hide_index=True, width="stretch", key="report.legend",
+                     column_config={"colour": st.column_config.TextColumn("colour"),
+                                    "area_%": st.column_config.NumberColumn("area of breast %", format="%.2f")})
+        names = [c for c, _ in view.concept_maps]
+        if names:
+            pick = st.selectbox("Concept map", names, key="report.concept")
+            st.image(dict(view.concept_maps)[pick], caption=f"P({pick})", width="stretch")
+
+for fig in view.figures:
+    st.plotly_chart(fig, width="stretch")

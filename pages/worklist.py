@@ -1,0 +1,74 @@
+"""Worklist: every case with the model's score and the label status; open one to read it."""
+import streamlit as st
+
+from dashboard import resources, state
+from dashboard.screens import worklist as wl
+
+ctx = resources.get_context()
+st.title("Worklist")
+
+f1, f2, f3, f4 = st.columns([2, 2, 1.2, 1.2])
+kinds = f1.multiselect("Source", ["synthetic", "real"], key="worklist.kinds", placeholder="all")
+truths = f2.multiselect("Truth", ["normal", "benign", "malignant", "unknown"], key="worklist.truths",
+                        placeholder="all")
+status = f3.selectbox("Label status", wl.STATUSES, key="worklist.status")
+scored = f4.selectbox("Scored", wl.SCORED, key="worklist.scored")
+s1, s2, s3 = st.columns([3, 1.5, 1])
+search = s1.text_input("Search case or description", key="worklist.search")
+sort = s2.selectbox("Sort by", list(wl.SORTS), format_func=wl.SORTS.get, key="worklist.sort")
+descending = s3.toggle("Descending", value=True, key="worklist.descending")
+
+if st.session_state.pop("worklist.score_clicked", False):
+    try:
+        with resources.progress("Scoring unscored cases", done="Scoring finished") as cb:
+            report = wl.score_unscored(ctx, cb)
+        st.success(f"Scored {report.n_scored} of {report.n_images} image(s).")
+        for image_id, msg in report.failures:
+            st.error(f"{image_id}: {msg}")
+    except Exception as exc:  # noqa: BLE001 - the typed error's text is the message
+        st.error(str(exc))
+
+view = wl.load_worklist(ctx, wl.WorklistFilter(tuple(kinds), tuple(truths), status, scored, search, sort,
+                                               descending))
+
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Cases", view.total)
+m2.metric("Shown", len(view.rows))
+m3.metric("Not scored", view.n_unscored_cases)
+m4.metric("Model", view.model_card, help=f"weights SHA-256 {view.weights_sha[:12] or 'n/a'}; "
+                                         f"positive above {view.threshold:.2f}")
+if view.model_error:
+    st.warning(f"The model is not available, so cases cannot be scored: {view.model_error}")
+st.button("Score unscored cases", key="worklist.score", disabled=not view.n_unscored_cases or bool(view.model_error),
+          on_click=lambda: st.session_state.update({"worklist.score_clicked": True}))
+
+if not view.rows:
+    st.info("No case matches these filters." if view.total else
+            "The store has no cases yet. Build the demo set (`make demo`) or ingest a folder on "
+            "the Model and data page.")
+else:
+    table = st.dataframe(
+        view.rows, key="worklist.table", hide_index=True, width="stretch", on_select="rerun",
+        selection_mode="single-row",
+        column_order=["case_id", "kind", "source", "truth", "views", "prediction", "probability", "scored",
+                      "n_annotations", "concepts", "status", "description"],
+        column_config={
+            "case_id": "Case", "kind": "Kind", "source": "Source", "truth": "Truth", "views": "Views",
+            "prediction": "Prediction", "scored": "Scored",
+            "probability": st.column_config.ProgressColumn("P(lesion)", min_value=0.0, max_value=1.0, format="%.2f"),
+            "n_annotations": st.column_config.NumberColumn("Drawings"), "concepts": "Concepts",
+            "status": "Label status", "description": "Description",
+        })
+    ids = [r["case_id"] for r in view.rows]
+    picked = table.selection.rows if table is not None and hasattr(table, "selection") else []
+    if picked:
+        st.session_state["worklist.case"] = ids[picked[0]]
+    elif st.session_state.get("worklist.case") not in ids:
+        current = st.session_state.get(state.CASE_ID)
+        st.session_state["worklist.case"] = current if current in ids else ids[0]
+    c1, c2 = st.columns([3, 1])
+    case_id = c1.selectbox("Case", ids, key="worklist.case")
+    if c2.button("Open case", key="worklist.open", type="primary"):
+        st.session_state[state.CASE_ID] = case_id
+        st.session_state.pop(state.IMAGE_ID, None)
+        st.switch_page("pages/read.py")

@@ -1,0 +1,130 @@
+"""Page steps shared by the browser test and the browser benchmark (Playwright sync API).
+
+Waits are for states (the app's script state, an element, a text), never fixed timings that
+an assertion depends on.
+"""
+from __future__ import annotations
+
+import re
+
+APP_IDLE = "[data-testid='stApp'][data-test-script-state='notRunning'][data-test-connection-state='CONNECTED']"
+LONG = 240_000  # ms: a cold model load on 2 shared cores
+
+
+def wait_idle(page, timeout: int = LONG) -> None:
+    """Until the script run triggered by the last interaction has finished."""
+    page.wait_for_timeout(250)  # let the rerun request reach the server before checking the state
+    page.wait_for_selector(APP_IDLE, timeout=timeout)
+
+
+def wait_text(page, text: str | re.Pattern, timeout: int = LONG):
+    loc = page.get_by_text(text).first
+    loc.wait_for(state="visible", timeout=timeout)
+    return loc
+
+
+def heading(page, text: str, timeout: int = LONG):
+    loc = page.locator("h1", has_text=text).first
+    loc.wait_for(state="visible", timeout=timeout)
+    wait_idle(page, timeout)
+    return loc
+
+
+def nav(page, title: str) -> None:
+    """Go to a page through the sidebar (keeps the session, unlike a new URL)."""
+    page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
+    wait_idle(page)
+
+
+def select_option(page, label: str, option: str) -> None:
+    """Pick ``option`` in the st.selectbox labelled ``label``."""
+    page.get_by_role("combobox", name=label, exact=True).first.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+    wait_idle(page)
+
+
+def click_button(page, name: str) -> None:
+    page.get_by_role("button", name=name, exact=True).first.click()
+    wait_idle(page)
+
+
+def label_canvas(page):
+    """The drawing canvas of the Label page (the top one of the component's stacked canvases)."""
+    cv = page.locator("canvas.dc-canvas").last
+    cv.wait_for(state="visible", timeout=LONG)
+    return cv
+
+
+def draw_polygon(page, fractions: list[tuple[float, float]]) -> None:
+    """Click the vertices (fractions of the canvas box), then the first one again to close it."""
+    box = label_canvas(page).bounding_box()
+    pts = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in fractions]
+    for x, y in pts + [pts[0]]:
+        page.mouse.click(x, y)
+        page.wait_for_timeout(120)  # Fabric handles each click before the next (not asserted on)
+
+
+def open_first_patch(page, url: str, case_id: str) -> None:
+    """Worklist -> open ``case_id`` -> Read -> first suspicious patch -> Label page."""
+    page.goto(url)
+    heading(page, "Worklist")
+    select_option(page, "Case", case_id)
+    click_button(page, "Open case")
+    heading(page, f"Read · {case_id}")
+    page.locator("[data-testid='stImage']").first.wait_for(state="visible", timeout=LONG)
+    click_button(page, "Label this patch")
+    heading(page, "Label concepts")
+
+
+def sign_in(page, reader: str) -> None:
+    box = page.get_by_label("Reader name")
+    if box.count():
+        box.fill(reader)
+        box.press("Enter")
+        wait_idle(page)
+        click_button(page, "Start labeling")
+        label_canvas(page)
+
+
+def fill_number(page, label: str, value) -> None:
+    box = page.get_by_label(label, exact=True).first
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def open_patch_at_point(page, image_label: str, x: int, y: int) -> None:
+    """Read page: pick an image and a display point, open the patch centred there for labeling."""
+    expander = page.locator("[data-testid='stExpander']", has_text="Pick a point instead").first
+    if not expander.get_by_label("x (display px)").is_visible():
+        expander.locator("summary").click()
+    select_option(page, "Image", image_label)
+    fill_number(page, "x (display px)", x)
+    fill_number(page, "y (display px)", y)
+    click_button(page, "Label patch here")
+    heading(page, "Label concepts")
+
+
+MEDIA_READY = """() => {
+  const imgs = [...document.querySelectorAll("[data-testid='stMain'] img")];
+  const plots = [...document.querySelectorAll("[data-testid='stPlotlyChart']")];
+  return imgs.every(i => i.complete && i.naturalWidth > 0)
+      && plots.every(p => p.querySelector('.main-svg'));
+}"""
+
+
+def settle(page, timeout: int = LONG) -> None:
+    """Until the app is idle and every image and plotly chart on the page has rendered."""
+    wait_idle(page, timeout)
+    page.wait_for_function(MEDIA_READY, timeout=timeout)
+
+
+def screenshot(page, path, width: int = 1440) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to fit it."""
+    settle(page)
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    old = page.viewport_size
+    page.set_viewport_size({"width": width, "height": int(min(max(height, 800), 4000))})
+    settle(page)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(old)

@@ -1,0 +1,116 @@
+"""The reader's loop in a real browser: worklist -> read -> label a polygon -> save -> report.
+
+Playwright drives Debian's chromium against ``streamlit run app.py`` on a free port, with a data
+dir of demo DICOM cases, a small real timm model and its dataset statistics. After the server has
+stopped, the DuckDB file must hold the annotation and the unit labels it earned. Screenshots of
+every page go to test-artifacts/e2e/ and docs/screenshots/.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from dashboard.store import Store
+from tests.e2e import flows
+from tests.e2e.data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
+from tests.e2e.harness import ROOT, streamlit_server
+
+pytestmark = pytest.mark.e2e
+
+DOCS = ROOT / "docs" / "screenshots"
+READER = "Dr E2E"
+
+
+def shot(page, artifacts, name: str) -> None:
+    out = artifacts / "e2e"
+    out.mkdir(parents=True, exist_ok=True)
+    flows.screenshot(page, out / f"{name}.png")
+    DOCS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / f"{name}.png", DOCS / f"{name}.png")
+
+
+def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, tmp_path):
+    data_dir = tmp_path / "data"
+    env = prepare_data_dir(data_dir)
+    case_id = case_with_lesion(data_dir)
+    plan = plan_drawing(data_dir, case_id)  # outline where one unit fires in the lesion's patch
+    with streamlit_server(ROOT / "app.py", env, log_path=artifacts / "e2e" / "streamlit.log") as url:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(flows.LONG)
+        try:
+            page.goto(url)
+            flows.heading(page, "Worklist")
+            flows.click_button(page, "Score unscored cases")
+            flows.wait_text(page, re.compile(r"Scored \d+ of \d+ image"))
+            shot(page, artifacts, "01_worklist")
+
+            flows.select_option(page, "Case", case_id)
+            flows.click_button(page, "Open case")
+            flows.heading(page, f"Read · {case_id}")
+            page.locator("[data-testid='stImage']").first.wait_for(state="visible")
+            page.get_by_text("Lesion map", exact=True).click()
+            flows.wait_idle(page)
+            shot(page, artifacts, "02_read")
+
+            # the report before any drawing
+            flows.nav(page, "Report")
+            flows.heading(page, "Report")
+            flows.wait_text(page, "No concept probe is trained yet")
+            before = page.locator("[data-testid='stMain']").inner_text()
+
+            flows.nav(page, "Read")
+            flows.heading(page, f"Read · {case_id}")
+            flows.open_patch_at_point(page, plan["image_label"], plan["x"], plan["y"])
+            flows.sign_in(page, READER)
+            x0, y0, size = plan["patch"][1:]
+            flows.wait_text(page, f"patch ({x0}, {y0}) size {size} model px")
+            flows.select_option(page, "Lexicon group", "mass")
+            page.get_by_text("Mass (any shape or margin)").wait_for()
+            flows.draw_polygon(page, plan["polygon"])
+            flows.wait_text(page, "Best matching unit")
+            iou_text = page.locator("[data-testid='stMetric']", has_text="IoU").first.inner_text()
+            shot(page, artifacts, "03_label")
+            flows.click_button(page, "Save as mass")
+            saved = flows.wait_text(page, re.compile(r"Saved 'mass': labeled \d+ unit")).inner_text()
+            n_labeled = int(re.search(r"labeled (\d+) unit", saved).group(1))
+
+            flows.nav(page, "Units")
+            flows.heading(page, "Units")
+            shot(page, artifacts, "04_units")
+
+            flows.nav(page, "Report")
+            flows.heading(page, "Report")
+            flows.click_button(page, "Retrain probes")
+            flows.wait_text(page, "Concept probe v1 trained on 1 drawing(s).")
+            page.locator("[data-testid='stImage']").first.wait_for(state="visible")
+            after = page.locator("[data-testid='stMain']").inner_text()
+            shot(page, artifacts, "05_report")
+
+            flows.nav(page, "Model and data")
+            flows.heading(page, "Model and data")
+            shot(page, artifacts, "06_model_data")
+        except Exception:
+            page.screenshot(path=str(artifacts / "e2e" / "failure.png"), full_page=True)
+            raise
+        finally:
+            page.close()
+
+    assert "No concept probe is trained yet" not in after and "Concept probe v1" in after
+    assert "mass" in after and after != before
+    shown_iou = float(re.search(r"IoU\s*(\d\.\d\d)", iou_text).group(1))
+    assert shown_iou >= plan["expected_iou"] - 0.05  # Fabric rounds the clicks to canvas pixels
+
+    # the server is gone: the store is ours to read
+    with Store(data_dir / "conceptlens.duckdb", data_dir / "journal", read_only=True) as store:
+        (ann,) = store.list_annotations()
+        assert (ann.concept, ann.reader, ann.model_card) == ("mass", READER, E2E_CARD)
+        assert ann.image_id.startswith(case_id) and ann.patch_size == 224 and ann.shape == "polygon"
+        assert len(ann.geometry["points"]) == 4
+        labels = store.list_unit_labels(E2E_CARD, "layer4")
+        assert len(labels) == n_labeled > 0
+        assert plan["unit"] in {r["unit"] for r in labels}
+        assert {r["concept"] for r in labels} == {"mass"} and {r["annotation_id"] for r in labels} == {ann.annotation_id}
+        assert len(store.list_annotation_units(annotation_id=ann.annotation_id)) >= n_labeled
+        assert store.list_probes(model_card=E2E_CARD)[0]["annotation_ids"] == [ann.annotation_id]

@@ -1,0 +1,165 @@
+"""Screen functions without Streamlit: real store in tmp_path, real DICOMs, a tiny real timm model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dashboard import canvas
+from dashboard.context import build_context, load_model
+from dashboard.memo import Memo
+from dashboard.screens import concepts as cx
+from dashboard.screens import labeling as lb
+from dashboard.screens import reading as rd
+from dashboard.screens import worklist as wl
+from dashboard.store import Store, UnknownConceptError
+from tests import app_data
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "fabric"
+
+
+@pytest.fixture
+def ctx(settings):
+    store = Store(settings.db_path, settings.journal_dir)
+    app_data.populate(settings, store)
+    app_data.make_tiny_card(settings)
+    loaded = load_model(app_data.TINY_CARD, settings.user_cards_dir, "cpu")
+    assert loaded.error is None
+    yield build_context(settings, store, loaded)
+    store.close()
+
+
+@pytest.fixture
+def ctx_stats(ctx):
+    cx.compute_stats(ctx, 120)
+    return ctx
+
+
+def fixture_json(name: str) -> dict:
+    return json.loads((FIX / f"{name}.json").read_text())
+
+
+def test_memo_computes_once_per_key():
+    memo, calls = Memo(2), []
+    assert memo.get("a", lambda: calls.append(1) or 1) == 1
+    assert memo.get("a", lambda: calls.append(1) or 2) == 1
+    memo.get("b", lambda: 2)
+    memo.get("c", lambda: 3)  # evicts "a"
+    assert "a" not in memo and len(calls) == 1
+
+
+def test_worklist_filters_sort_and_threshold(ctx):
+    app_data.score(ctx.store, ctx.card_name, ctx.weights_sha, {"SYN-0002-RCC": 0.7, "SYN-0001-LCC": 0.4})
+    view = wl.load_worklist(ctx)
+    assert [r["case_id"] for r in view.rows] == ["SYN-0002", "SYN-0001", "MIAS-mdb001"]
+    assert view.rows[0]["prediction"] == "lesion" and view.rows[1]["prediction"] == "normal"
+    asc = wl.load_worklist(ctx, wl.WorklistFilter(descending=False))
+    assert [r["case_id"] for r in asc.rows] == ["SYN-0001", "SYN-0002", "MIAS-mdb001"]  # unscored still last
+    assert [r["case_id"] for r in wl.load_worklist(ctx, wl.WorklistFilter(scored="unscored")).rows] == ["MIAS-mdb001"]
+    assert [r["case_id"] for r in wl.load_worklist(ctx, wl.WorklistFilter(truths=("normal",))).rows] == ["SYN-0002"]
+
+
+def test_score_unscored_caches_every_image_and_reports_bad_files(ctx, settings):
+    bad = ctx.store.list_images(case_id="SYN-0002")[0]
+    Path(bad["path"]).write_bytes(b"broken")
+    seen = []
+    report = wl.score_unscored(ctx, lambda f, t: seen.append(f))
+    assert report.n_images == 7 and report.n_scored == 6
+    assert [i for i, _ in report.failures] == [bad["image_id"]]
+    assert seen[-1] == 1.0
+    again = wl.score_unscored(ctx)
+    assert again.n_images == 1  # only the broken one is still unscored
+
+
+def test_hanging_order_and_display_flip(ctx):
+    view = rd.load_reading(ctx, "SYN-0001")
+    assert [[t.label for t in row] for row in view.rows] == [["R CC", "L CC"], ["R MLO", "L MLO"]]
+    r, l = view.rows[0]
+    assert r.mirrored and not l.mirrored
+    # the phantom's chest wall is at the file's edge: R shows it on the right, L on the left
+    for tile, wall_right in ((r, True), (l, False)):
+        g = tile.rgb[..., 0].astype(float)
+        band = max(1, g.shape[1] // 10)
+        assert (g[:, -band:].mean() > g[:, :band].mean()) == wall_right
+    assert view.presets == ["1: STANDARD (C 2000 / W 3000)", "2: DENSE (C 2400 / W 1200)"]
+
+
+def test_window_presets_manual_and_auto_change_the_pixels(ctx):
+    row = ctx.store.get_image("SYN-0001-LCC")
+    a, wa = rd.display_gray(ctx, row, rd.WindowChoice("file", 0))
+    b, wb = rd.display_gray(ctx, row, rd.WindowChoice("file", 1))
+    c, wc = rd.display_gray(ctx, row, rd.WindowChoice("manual", center=1000, width=500))
+    d, wd = rd.display_gray(ctx, row, rd.WindowChoice("auto"))
+    assert (wa.name, wb.name, wc.name, wd.name) == ("STANDARD", "DENSE", "MANUAL", "AUTO")
+    assert len({a.tobytes(), b.tobytes(), c.tobytes(), d.tobytes()}) == 4
+
+
+def test_patch_at_a_display_point_of_a_right_breast_is_mirrored_to_model_space(ctx):
+    h, w = rd.model_image(ctx, ctx.store.get_image("SYN-0001-RCC"))[2].model_shape
+    ref = rd.patch_at(ctx, "SYN-0001-RCC", 40, 100)  # display px of a mirrored image: model x = w - 40
+    assert ref.size == 64 and ref.x0 == int(round(w - 40 - 32)) and ref.y0 == 68
+    ref_l = rd.patch_at(ctx, "SYN-0001-LCC", 40, 100)
+    assert ref_l.x0 == 8
+    with pytest.raises(rd.ReadingError, match="outside the image"):
+        rd.patch_at(ctx, "SYN-0001-LCC", w + 5, 10)
+
+
+def test_label_match_and_save_store_the_annotation_and_unit_labels(ctx_stats):
+    ctx = ctx_stats
+    view = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    assert view.canvas_size == 448 and not view.mirrored
+    rec = fixture_json("polygon_448")
+    drawings = lb.drawings_from_canvas(view, rec["json"], rec["fit"])
+    m = lb.match(ctx, view, drawings)
+    assert m.mask.shape == (64, 64) and m.mask.sum() == pytest.approx(drawings[0].area, rel=0.1)
+    assert 0 <= m.best_unit < 512 and m.best_iou == pytest.approx(float(m.ious.max()))
+    assert m.units_above == sorted(m.units_above, key=lambda u: -m.ious[u])
+    assert lb.match(ctx, view, drawings) is m  # a rerun with the same drawing recomputes nothing
+    res = lb.save(ctx, view, m, "mass", "Dr Test")
+    (ann,) = ctx.store.list_annotations()
+    assert (ann.annotation_id, ann.concept, ann.reader, ann.patch_x0, ann.patch_size) == (
+        res.annotation_id, "mass", "Dr Test", 20, 64)
+    labels = ctx.store.list_unit_labels(ctx.card_name, "layer4")
+    assert {r["unit"] for r in labels} == set(m.units_above) and res.n_labeled == len(m.units_above)
+    assert all(r["concept"] == "mass" for r in labels)
+    from dashboard.dissection import drawing_to_mask, mask_from_png
+    np.testing.assert_array_equal(mask_from_png(ann.mask_png), m.mask)
+    np.testing.assert_array_equal(drawing_to_mask(ann.shape, ann.geometry, 64), m.mask)
+    with pytest.raises(UnknownConceptError):
+        lb.save(ctx, view, m, "no-such-concept", "Dr Test")
+
+
+def test_drawing_on_a_mirrored_patch_is_stored_in_model_space(ctx_stats):
+    ctx = ctx_stats
+    rec = fixture_json("rect_448")
+    left = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    right = lb.load_patch(ctx, rd.PatchRef("SYN-0001-RCC", 20, 70, 64))
+    assert right.mirrored and not left.mirrored
+    ml = lb.drawings_mask(lb.drawings_from_canvas(left, rec["json"], rec["fit"]), 64)[0]
+    mr = lb.drawings_mask(lb.drawings_from_canvas(right, rec["json"], rec["fit"]), 64)[0]
+    np.testing.assert_array_equal(mr, ml[:, ::-1])
+    # and the background the reader draws on is the model-space patch mirrored
+    np.testing.assert_array_equal(right.background[::7, ::7, 0],
+                                  lb.display_patch(ctx, right)[:, ::-1])
+
+
+def test_empty_drawing_and_missing_statistics_give_clear_messages(ctx):
+    view = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    with pytest.raises(canvas.DrawingError, match="Nothing is drawn"):
+        lb.drawings_from_canvas(view, {"objects": []}, None)
+    rec = fixture_json("polygon_448")
+    drawings = lb.drawings_from_canvas(view, rec["json"], rec["fit"])
+    with pytest.raises(cx.EngineNotReady, match="Model and data page"):
+        lb.match(ctx, view, drawings)
+
+
+def test_freehand_and_several_drawings_make_one_union_mask(ctx):
+    loop = canvas.Drawing("freehand", ((10, 10), (30, 10), (30, 30), (10, 30)), closed=True, stroke_width=2)
+    stroke = canvas.Drawing("freehand", ((40, 50), (60, 50)), closed=False, stroke_width=4)
+    rect = canvas.Drawing("rect", ((0, 0), (5, 0), (5, 5), (0, 5)))
+    mask, shape, geometry = lb.drawings_mask([loop, stroke, rect], 64)
+    assert shape == "freehand" and len(geometry["drawings"]) == 3
+    assert mask[20, 20] and mask[50, 50] and mask[2, 2] and not mask[45, 20]
+    assert mask[0:5, 0:5].all() and not mask[5, 5]
