@@ -1,0 +1,319 @@
+"""Label efficiency and faithfulness of ConceptLens explanations (a benchmark, not a test).
+
+    python -m bench.label_efficiency [--cases 60] [--demo-seed 2024] [--seed 0] [--data-dir DIR]
+
+Builds its own synthetic demo set (``dashboard.demo``) in ``--data-dir`` (default: a folder under
+the system temp dir; reused when complete), copies its DuckDB file to a fresh run store, and runs
+``dashboard.evaluation.run_label_efficiency``: the simulated reader draws 1, 2, 3, 5, 10, 20
+regions per concept on the TRAIN split (probes retrained after each batch, as in the app), concept
+maps and unit labels are scored against the ground truth of the held-out (val + test) images, the
+final probe's reports are checked on the abnormal held-out images (top concept, attribution on the
+finding, deletion, model randomisation), and the app's learning curve runs on the same drawings.
+
+Writes into ``--out`` (default ``bench/results/label_efficiency/``): ``label_efficiency.csv`` (one row
+per batch and concept), ``label_efficiency.json`` (everything, with the headline in ``summary``),
+``learning_curve.csv``, ``reports.csv`` and the plots ``label_efficiency.png`` (AUROC and IoU against
+drawings per concept, 95 % bootstrap bands over held-out images) and ``faithfulness.png``. Prints
+the headline figures. The demo seed defaults to 2024, not the demo model's training seed (1234),
+so no held-out image was ever seen by the classifier.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+OUT_DIR = RESULTS_DIR / "label_efficiency"
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.label_efficiency", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", type=int, default=60, help="demo cases to build (default 60)")
+    ap.add_argument("--demo-seed", type=int, default=2024, help="seed of the demo set (default 2024)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the reader, folds, bootstrap (default 0)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="where the demo set lives (default: temp dir)")
+    ap.add_argument("--out", type=Path, default=OUT_DIR)
+    ap.add_argument("--card", default="demo-lite0-synth")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--budgets", default="1,2,3,5,10,20")
+    ap.add_argument("--concepts", default=None, help="comma-separated (default: dashboard.evaluation.DEFAULT_CONCEPTS)")
+    ap.add_argument("--max-heldout", type=int, default=None, help="cap on held-out images (default: all)")
+    ap.add_argument("--stats-patches", type=int, default=256)
+    ap.add_argument("--report-images", type=int, default=None, help="cap on abnormal images for the report checks")
+    ap.add_argument("--random-images", type=int, default=8)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--jitter-px", type=float, default=None)
+    ap.add_argument("--coverage", type=float, default=None)
+    ap.add_argument("--partial-rate", type=float, default=None)
+    ap.add_argument("--overdraw", type=float, default=None)
+    ap.add_argument("--overdraw-rate", type=float, default=None)
+    ap.add_argument("--wrong-label-rate", type=float, default=None)
+    ap.add_argument("--browser-json", type=Path, default=RESULTS_DIR / "browser.json",
+                    help="drawing times measured by branch app's browser bench")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--layer", default=None, help="concept layer (default: the card's default_layer, as the app)")
+    return ap.parse_args(argv)
+
+
+# ---------------------------------------------------------------- output
+CSV_COLUMNS = ["budget", "concept", "n_drawings", "n_available", "auroc", "auroc_lo", "auroc_hi", "iou", "iou_lo",
+               "iou_hi", "n_units", "unit_iou", "unit_iou_lo", "unit_iou_hi", "n_pos_images", "probe_version",
+               "probe_validation_auroc", "inapp_auroc"]
+
+
+def table_rows(result: dict) -> list[dict]:
+    """One row per (batch, concept) from ``EvaluationResult.to_dict()``."""
+    inapp = {(r["n_step"], r["concept"]): r["auroc"] for r in result.get("learning_curve") or []}
+    rows = []
+    for rnd in result["rounds"]:
+        for concept, m in rnd["metrics"].items():
+            n = rnd["n_drawings"][concept]
+            rows.append({"budget": rnd["budget"], "concept": concept, "n_drawings": n,
+                         "n_available": result["available"].get(concept), **{k: m.get(k) for k in CSV_COLUMNS if k in m},
+                         "probe_version": rnd["probe_version"],
+                         "probe_validation_auroc": rnd["probe_validation"].get(concept),
+                         "inapp_auroc": inapp.get((rnd["budget"], concept))})
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    cols = columns or sorted({k for r in rows for k in r})
+    with open(path, "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+
+
+def plot_results(result: dict, out: Path) -> list[Path]:
+    """label_efficiency.png (AUROC, map IoU, unit-label IoU vs drawings per concept, bootstrap bands)
+    and faithfulness.png (deletion: share vs drop; randomisation similarity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = table_rows(result)
+    concepts = list(dict.fromkeys(r["concept"] for r in rows))
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    for ax, key, title in ((axes[0], "auroc", "Concept-map pixel AUROC (held-out)"),
+                           (axes[1], "iou", "Concept-map IoU at p >= 0.5 (held-out)"),
+                           (axes[2], "unit_iou", "Labeled units' IoU with the truth (held-out)")):
+        for i, c in enumerate(concepts):
+            rs = [r for r in rows if r["concept"] == c and r.get(key) is not None]
+            if not rs:
+                continue
+            x = np.array([r["n_drawings"] for r in rs], float)
+            y = np.array([r[key] for r in rs], float)
+            lo = np.array([np.nan if r.get(key + "_lo") is None else r[key + "_lo"] for r in rs], float)
+            hi = np.array([np.nan if r.get(key + "_hi") is None else r[key + "_hi"] for r in rs], float)
+            ax.plot(x, y, "o-", color=cmap(i % 10), label=c, lw=1.6, ms=4)
+            ax.fill_between(x, lo, hi, color=cmap(i % 10), alpha=0.15, lw=0)
+        if key == "auroc":
+            ax.axhline(0.9, color="k", ls=":", lw=1)
+            ax.axvline(5, color="k", ls=":", lw=1)
+            ax.set_ylim(0.3, 1.01)
+        else:
+            ax.set_ylim(0, 1)
+        ax.set_xscale("log")
+        ticks = sorted({r["budget"] for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("drawings of the concept (simulated reader)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    cfg = result["config"]
+    fig.suptitle(f"ConceptLens label efficiency: {result['heldout']['images']} held-out images, 95 % bootstrap "
+                 f"bands over images (seed {cfg['seed']})", fontsize=11)
+    fig.tight_layout()
+    p1 = out / "label_efficiency.png"
+    fig.savefig(p1, dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    ax = axes[0]
+    for i, r in enumerate(result["reports"]):
+        s, d = r.get("deletion.shares") or [], r.get("deletion.drops") or []
+        if s:
+            ax.plot(s, d, "o", ms=4, alpha=0.7, color=cmap(i % 10))
+    ax.axhline(0, color="k", lw=0.8)
+    summ = result["summary"]
+    sp = summ.get("deletion_spearman_mean")
+    ax.set_title(f"Deletion (texture inpainting): mean per-patch Spearman "
+                 f"{'n/a' if sp is None else f'{sp:.2f}'} over {summ.get('deletion_n_patches')} patches", fontsize=10)
+    ax.set_xlabel("report's attribution share of the concept")
+    ax.set_ylabel("drop of the lesion log-odds when its region is inpainted")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    rnd = summ.get("randomisation") or {}
+    scopes = list(rnd)
+    keys = ["share_spearman", "attr_pearson", "attr_ssim"]
+    w = 0.8 / max(len(scopes), 1)
+    for j, sc in enumerate(scopes):
+        ax.bar(np.arange(len(keys)) + j * w, [rnd[sc][k] if rnd[sc][k] is not None else np.nan for k in keys], w,
+               label=f"{sc} re-initialised (n={rnd[sc]['n']})")
+    ax.axhline(1.0, color="k", ls=":", lw=1)
+    ax.set_xticks(np.arange(len(keys)) + w * (len(scopes) - 1) / 2, ["shares Spearman", "attribution Pearson",
+                                                                      "attribution SSIM"])
+    ax.set_ylim(-0.5, 1.05)
+    ax.set_title("Model randomisation: report vs original (median; 1 = unchanged)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    p2 = out / "faithfulness.png"
+    fig.savefig(p2, dpi=110)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def write_results(result: dict, out: Path) -> list[Path]:
+    """Write the CSV/JSON tables and the plots into ``out``. Returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    p = out / "label_efficiency.csv"
+    _write_csv(p, table_rows(result), CSV_COLUMNS)
+    files.append(p)
+    p = out / "label_efficiency.json"
+    p.write_text(json.dumps(result, indent=1, default=str))
+    files.append(p)
+    p = out / "learning_curve.csv"
+    _write_csv(p, result.get("learning_curve") or [], ["n_step", "concept", "n_drawings", "n_available", "n_images",
+                                                       "auroc", "n_eval_positions", "reason"])
+    files.append(p)
+    p = out / "reports.csv"
+    _write_csv(p, result.get("reports") or [])
+    files.append(p)
+    files.extend(plot_results(result, out))
+    return files
+
+
+def headline(result: dict) -> str:
+    """The figures worth printing, in a few lines."""
+    s = result["summary"]
+    lines = []
+    fa = s.get("final_auroc") or {}
+    lines.append(f"concept-map AUROC after {s.get('final_budget')} drawings/concept (held-out, pooled pixels): "
+                 + ", ".join(f"{c} {v:.3f}" for c, v in fa.items()) + f"; mean {s.get('final_auroc_mean') or float('nan'):.3f}")
+    need = s.get("drawings_to_auroc_target") or {}
+    lines.append(f"drawings to reach AUROC >= {s['auroc_target']}: "
+                 + ", ".join(f"{c} {'never' if n is None else n}" for c, n in need.items())
+                 + f"  -> target (<= {s['max_drawings_target']}) met by {s['targets']['auroc_within_5_drawings']}")
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.0f} %"
+
+    lines.append(f"report top concept = true finding (top tile of {s.get('top1_n_images')} abnormal images): "
+                 f"{pct(s.get('top1_match_rate'))}; on the {s.get('top1_n_flagged')} the model flags (p >= "
+                 f"{s.get('flag_threshold')}) {pct(s.get('top1_match_rate_flagged'))}; any lesion concept "
+                 f"{pct(s.get('top1_lesion_rate'))}; patch centred on the finding "
+                 f"{pct(s.get('top1_match_rate_finding_patch'))}")
+    lines.append(f"attribution on the true finding (top tile): {pct(s.get('attr_on_finding_mean'))} of the positive "
+                 f"Grad-CAM mass on {pct(s.get('finding_area_mean'))} of the patch area; report shares of the "
+                 f"finding's concepts {pct(s.get('share_finding_concepts_mean'))}")
+    sp, ci = s.get("deletion_spearman_mean"), s.get("deletion_spearman_ci") or [None, None]
+    lines.append(f"deletion Spearman(share, drop): mean {'n/a' if sp is None else f'{sp:.2f}'}"
+                 + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] is not None else "")
+                 + f" over {s.get('deletion_n_patches')} patches; pooled {s.get('deletion_spearman_pooled')}; "
+                 f"blur inpainting {s.get('deletion_spearman_blur_mean')}")
+    for scope, r in (s.get("randomisation") or {}).items():
+        lines.append(f"randomisation ({scope}): median shares Spearman {r['share_spearman']}, attribution Pearson "
+                     f"{r['attr_pearson']}, SSIM {r['attr_ssim']} (n={r['n']})")
+    ds = s.get("drawing_speed")
+    lines.append("drawing time: " + (ds if isinstance(ds, str) else
+                                     f"{ds['drawings_per_minute']:.1f} drawings/min -> {s.get('reader_minutes_to_target')} "
+                                     f"min to the AUROC target, {s.get('reader_minutes_total')} min for all drawings"))
+    upd = s.get("units_per_drawing_by_concept") or {}
+    lines.append("units per drawing (IoU > tau / labels won): " + ", ".join(
+        f"{c} {v['above_tau']:.0f}/{v['won']:.0f}" for c, v in upd.items()))
+    lines.append(f"timings (s): {result['timings']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    # small torch ops on 2 shared cores crawl when OpenMP threads spin-wait: set before torch loads
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = _parse(argv)
+    import dataclasses
+
+    import torch
+    from tqdm import tqdm
+
+    import model_zoo
+    from dashboard import evaluation as ev
+    from dashboard.demo import ensure_demo
+    from dashboard.settings import load_settings, pick_device
+    from dashboard.store import Store
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_dir = (args.data_dir or Path(tempfile.gettempdir()) / f"conceptlens-label-efficiency-{args.demo_seed}-{args.cases}").resolve()
+    settings = load_settings().with_overrides(data_dir=data_dir, db_path=data_dir / "conceptlens.duckdb")
+    t_start = time.perf_counter()
+    bar = tqdm(total=args.cases, unit="case", desc="demo set", disable=None)
+
+    def demo_progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    with Store(settings.db_path, settings.journal_dir) as demo_store:
+        summary = ensure_demo(settings, demo_store, n_cases=args.cases, seed=args.demo_seed, progress=demo_progress)
+    bar.close()
+    print(summary.message)
+    run_dir = data_dir / "runs" / f"seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True)
+    shutil.copy(settings.db_path, run_dir / "run.duckdb")  # a fresh store: the demo rows, no drawings
+
+    reader = ev.ReaderConfig()
+    over = {k: getattr(args, k) for k in ("jitter_px", "coverage", "partial_rate", "overdraw", "overdraw_rate",
+                                          "wrong_label_rate") if getattr(args, k) is not None}
+    reader = dataclasses.replace(reader, **over)
+    cfg = ev.EvaluationConfig(
+        concepts=tuple(args.concepts.split(",")) if args.concepts else ev.DEFAULT_CONCEPTS,
+        budgets=tuple(int(b) for b in args.budgets.split(",")), reader=reader, seed=args.seed,
+        max_heldout_images=args.max_heldout, stats_patches=args.stats_patches, n_boot=args.n_boot,
+        report_images=args.report_images, random_images=args.random_images, layer=args.layer)
+    device = pick_device(args.device)
+    card = model_zoo.load_card(args.card, extra_dirs=(settings.user_cards_dir,))
+    model = model_zoo.create_model(card, device=device)
+    speed = ev.load_drawing_speed(args.browser_json)
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int, message: str = "") -> None:
+        b = bars.get(stage)
+        if b is None:
+            b = bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=False, disable=None)
+        b.total = total
+        b.n = done
+        b.set_postfix_str(message[:40], refresh=True)
+        if done >= total:
+            b.close()
+
+    with Store(run_dir / "run.duckdb", run_dir / "journal") as store:
+        res = ev.run_label_efficiency(store, model, card, cfg, cache_dir=settings.cache_dir, device=device,
+                                      drawing_speed=speed, progress=progress)
+    result = res.to_dict()
+    result["environment"] = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count(),
+                             "demo_cases": args.cases, "demo_seed": args.demo_seed, "card": card.name,
+                             "seconds_total": round(time.perf_counter() - t_start, 1),
+                             "command": "python -m bench.label_efficiency " + " ".join(argv if argv is not None else sys.argv[1:])}
+    files = write_results(result, args.out)
+    print(headline(result))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
