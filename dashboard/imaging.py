@@ -619,6 +619,37 @@ def display_flip(laterality: str) -> bool:
     return str(laterality).upper()[:1] == "R"
 
 
+def display_image(m: Mammogram, frame: Frame, window: Window | None = None) -> np.ndarray:
+    """The viewer's picture of a mammogram: (h, w) uint8 on the frame's model grid, display orientation.
+
+    The whole windowed source (``window_image``: film labels, markers and background stay visible;
+    only the model image masks them) is resampled to the model spacing, mirrored like model space
+    and then mirrored for display by ``display_flip(m.laterality)``, so a right breast shows its
+    chest wall on the right and a left breast on the left (hung R | L, the chest walls meet).
+    A model-space x maps to display x as ``w - 1 - x`` exactly when ``display_flip`` is True.
+    """
+    shown = resample(window_image(m, window).astype(np.float32), frame)  # (h, w), source orientation
+    if frame.flip != display_flip(m.laterality):
+        shown = shown[:, ::-1]
+    return np.ascontiguousarray(np.clip(np.rint(shown), 0, 255).astype(np.uint8))
+
+
+def source_to_display(frame: Frame, laterality: str, xy) -> np.ndarray:
+    """Source (..., 2) points (x, y) -> points of ``display_image`` (model grid, display orientation)."""
+    p = frame.to_model(xy)
+    if display_flip(laterality):
+        p[..., 0] = (frame.model_shape[1] - 1) - p[..., 0]
+    return p
+
+
+def display_to_source(frame: Frame, laterality: str, xy) -> np.ndarray:
+    """Points of ``display_image`` (..., 2) -> source points (a click or drawing on the viewer)."""
+    p = np.array(xy, np.float64)
+    if display_flip(laterality):
+        p[..., 0] = (frame.model_shape[1] - 1) - p[..., 0]
+    return frame.to_source(p)
+
+
 def prepare_model_image(m: Mammogram, spacing_mm: float, default_spacing_mm: float | None = None,
                         *, low_pct: float = 0.5, high_pct: float = 99.8):
     """The model's view of a mammogram: (img (h, w) float32 in [0, 1], mask (h, w) bool, Frame).

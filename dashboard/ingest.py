@@ -142,9 +142,18 @@ def _ingest_one(store, root: Path, path: Path, key: bytes, source: str, show_phi
     store.ensure_case(case_id, source, description="Imported by folder ingest", patient_ref=patient_ref)
     rows, cols = m.pixels.shape
     meta = dict(m.meta, laterality_inferred=m.laterality_inferred)
+    # a file without PixelSpacing from a known data set gets that set's scan spacing, stored with it
+    from dashboard.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality
+
+    spacing, dataset = dataset_default_spacing(m, patient)
+    if dataset:
+        meta["spacing_default"] = dataset
+    if dataset == "mini-mias":  # mirrored files: the chest wall's side gives the wrong breast
+        m.laterality = mias_laterality(path.stem)
+        meta.update(laterality_inferred=False, laterality_source=MIAS_LATERALITY_SOURCE, mirrored_file=True)
     added = store.save_image(
         "img-" + sha[:16], case_id, str(path.resolve()), sha, laterality=m.laterality, view=m.view,
-        rows=rows, cols=cols, pixel_spacing_mm=m.pixel_spacing_mm,
+        rows=rows, cols=cols, pixel_spacing_mm=spacing,
         modality=str(m.meta.get("Modality", "")), meta=meta)
     if added:
         report.added += 1

@@ -212,18 +212,65 @@ def lesion_concept_names(store) -> set[str]:
     return {c["name"] for c in store.list_concepts() if c["lexicon_group"] != NORMAL_STRUCTURE_GROUP}
 
 
+SPLIT_NAMES = ("train", "val", "test")
+LABEL_ORDER = ("unknown", "normal", "benign", "malignant")
+
+
+def assign_patient_splits(rows: Iterable[dict], fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+                          seed: int = 0) -> dict[str, str]:
+    """case_id -> train | val | test, grouped by patient and stratified by label.
+
+    rows       image or case rows with ``case_id`` and optionally ``patient_ref`` (the grouping key;
+               the case id when empty) and ``case_label`` or ``label`` (normal | benign | malignant)
+    fractions  train, val, test shares (normalised); each label's patients are cut by rounding the
+               cumulative shares, so every split gets its share of each label up to one patient
+    All cases of one patient land in one split (mini-MIAS: both breasts of one woman are one case).
+    Deterministic for a seed and independent of row order.
+    """
+    f = np.asarray(fractions, np.float64)
+    if f.shape != (3,) or (f < 0).any() or f.sum() <= 0:
+        raise PatchSetError(f"split fractions must be three non-negative numbers (train, val, test), got {fractions}")
+    f = f / f.sum()
+    patient_cases: dict[str, set[str]] = {}
+    patient_label: dict[str, str] = {}
+    for r in rows:
+        patient = str(r.get("patient_ref") or r["case_id"])
+        label = str(r.get("case_label") or r.get("label") or "unknown")
+        label = label if label in LABEL_ORDER else "unknown"
+        patient_cases.setdefault(patient, set()).add(str(r["case_id"]))
+        worst = patient_label.get(patient, "unknown")
+        patient_label[patient] = max(worst, label, key=LABEL_ORDER.index)
+    out: dict[str, str] = {}
+    for label in LABEL_ORDER:
+        group = sorted(p for p, lab in patient_label.items() if lab == label)
+        if not group:
+            continue
+        order = np.random.default_rng([seed, zlib.crc32(label.encode())]).permutation(len(group))
+        cuts = np.round(np.cumsum(f) * len(group)).astype(int)  # ends of train, val, test
+        for rank, k in enumerate(order):
+            split = SPLIT_NAMES[int(np.searchsorted(cuts, rank, side="right"))]
+            for case in patient_cases[group[k]]:
+                out[case] = split
+    return out
+
+
 def build_patchset(store, card, *, source: str | None = None, splits: Iterable[str] = ("train", "val", "test"),
                    per_image_lesion: int = 6, per_image_normal: int = 4, seed: int = 0,
                    jitter: int | None = None, exclusion_margin: int | None = None,
                    lesion_concepts: Iterable[str] | None = None, max_images: int | None = None,
-                   base_dir: Path | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> PatchSet:
+                   base_dir: Path | None = None, split_by_patient: tuple[float, float, float] | None = None,
+                   split_seed: int = 0, split_of: dict[str, str] | None = None, progress: Callable[[int, int], None] | None = None) -> PatchSet:
     """Cut lesion and normal patches of the card's size and spacing from the store's images.
 
     per_image_lesion  patches per image with located lesions (round-robin over its lesions)
     per_image_normal  patches per image from breast tissue clear of lesions (>= 50 % breast)
     jitter            max shift (model px) of a lesion patch from the lesion centre; default size // 8
     exclusion_margin  normal patches keep this far (model px) from any lesion; default size // 8
+    split_by_patient  (train, val, test) fractions: ignore the store's splits and assign cases by
+                      patient, stratified by label (``assign_patient_splits`` with ``split_seed``),
+                      for stores whose cases have split 'none' (mini-MIAS, CBIS-DDSM, ingest)
+    split_of          case_id -> split given outright (e.g. ``assign_patient_splits`` over a larger set
+                      than this store holds); cases missing from it are left out
     Seeded per image (seed, image id), so adding images does not change the others' patches.
     """
     size = card.patch_size
@@ -235,7 +282,16 @@ def build_patchset(store, card, *, source: str | None = None, splits: Iterable[s
     neg = 1 - pos
     lesion_names = set(lesion_concepts) if lesion_concepts is not None else lesion_concept_names(store)
     splits = tuple(splits)
-    images = [r for r in store.list_images(source=source) if r["split"] in splits]
+    images = store.list_images(source=source)
+    split_info: dict = {}
+    if split_by_patient is not None or split_of is not None:
+        if split_of is None:
+            split_of = assign_patient_splits(images, split_by_patient, split_seed)
+        images = [dict(r, split=split_of[r["case_id"]]) for r in images if r["case_id"] in split_of]
+        split_info = {"split_images": {s: sum(r["split"] == s for r in images) for s in SPLIT_NAMES}}
+        if split_by_patient is not None:
+            split_info.update(split_by_patient=[float(x) for x in split_by_patient], split_seed=int(split_seed))
+    images = [r for r in images if r["split"] in splits]
     if max_images is not None:
         images = images[:max_images]
     if not images:
@@ -292,6 +348,7 @@ def build_patchset(store, card, *, source: str | None = None, splits: Iterable[s
         "n_lesion": int((labels == pos).sum()), "n_normal": int((labels == neg).sum()),
         "skipped_unlocated": len(skipped_unlocated), "failed": failed[:20],
         "created_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **split_info,
     }
     return PatchSet(np.stack(out["patches"]), labels, np.array(out["split"]), np.array(out["image_id"]),
                     np.array(out["x0"], np.int64), np.array(out["y0"], np.int64), meta)
@@ -336,7 +393,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-image-normal", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument("--split-by-patient", default=None, metavar="TRAIN,VAL,TEST",
+                    help="assign splits by patient, stratified by label, e.g. 0.6,0.2,0.2 (for stores "
+                         "whose cases have split 'none', like mini-MIAS)")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of --split-by-patient")
     args = ap.parse_args(argv)
+    fractions = None
+    if args.split_by_patient:
+        try:
+            fractions = tuple(float(v) for v in args.split_by_patient.split(","))
+        except ValueError:
+            fractions = ()
+        if len(fractions) != 3:
+            ap.error("--split-by-patient needs three comma-separated fractions, e.g. 0.6,0.2,0.2")
 
     import model_zoo
     from tqdm.auto import tqdm
@@ -357,13 +426,13 @@ def main(argv: list[str] | None = None) -> int:
             ps = build_patchset(store, card, source=args.source, splits=tuple(args.splits.split(",")),
                                 per_image_lesion=args.per_image_lesion, per_image_normal=args.per_image_normal,
                                 seed=args.seed, max_images=args.max_images, base_dir=settings.data_dir,
-                                progress=progress)
+                                split_by_patient=fractions, split_seed=args.split_seed, progress=progress)
             bar.close()
     except (model_zoo.ModelZooError, StoreError, PatchSetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_patchset(ps, args.out)
-    counts = {s: int((ps.split == s).sum()) for s in np.unique(ps.split)}
+    counts = {str(s): int((ps.split == s).sum()) for s in np.unique(ps.split)}
     print(f"wrote {args.out}: {len(ps)} patches ({ps.meta['n_lesion']} lesion, {ps.meta['n_normal']} normal) "
           f"from {ps.meta['n_images']} images; per split {counts}")
     return 0

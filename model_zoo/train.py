@@ -8,8 +8,11 @@ with 1 = lesion, split (N,) of "train"/"val"/"test"). Training starts from the o
 EfficientNet-Lite0 (``--init imagenet``), the card's own weights (``--init card``) or timm's random
 initialisation (``--init random``); ``auto`` picks ImageNet for efficientnet_lite0, else the card's
 weights when it has some. From a pretrained start the stem and first blocks stay frozen
-(``--freeze auto``; their BatchNorm statistics too). Batches are class-balanced; augmentation is flips, 90-degree rotations
-and a small gamma/contrast change (mammogram patches have no up or left at the patch scale).
+(``--freeze auto``; their BatchNorm statistics too). Batches are class-balanced. Augmentation
+(``--augment``): "patch" is flips, 90-degree rotations and a small gamma/contrast change (synthetic
+patches have no up or left); "mammo" keeps the model-space anatomy of real films (chest wall left,
+so no left-right flip and no 90-degree turn) and uses an up-down flip, a small rotation and scale
+jitter and small gamma/contrast changes.
 The held-out split gives AUROC and the sensitivity at 90 % specificity, computed from the
 fp16 weights as written, so the card describes the file on disk.
 """
@@ -66,11 +69,19 @@ def load_patches(path: str | Path) -> dict[str, np.ndarray]:
     return data
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flips, 90-degree rotations, gamma in [0.8, 1.25] and contrast in [0.9, 1.1], per patch.
+AUGMENTATIONS = ("patch", "mammo")
 
-    x: (N, S, S) float in [0, 1] (square patches, so rotations keep the shape); returns the same shape.
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, preset: str = "patch") -> torch.Tensor:
+    """Random per-patch augmentation of a batch. x: (N, S, S) float in [0, 1]; returns the same shape.
+
+    "patch"  flips, 90-degree rotations, gamma in [0.8, 1.25] and contrast in [0.9, 1.1]
+    "mammo"  see ``augment_mammo``
     """
+    if preset == "mammo":
+        return augment_mammo(x, gen)
+    if preset != "patch":
+        raise ModelZooError(f"unknown augmentation {preset!r}; use one of {AUGMENTATIONS}")
     n = x.shape[0]
     r = torch.rand(n, 5, generator=gen).to(x.device)  # (N, 5): one column per random choice
     x = torch.where((r[:, 0] < 0.5).view(-1, 1, 1), x.flip(-1), x)
@@ -86,6 +97,39 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     contrast = (0.9 + 0.2 * r[:, 4]).view(-1, 1, 1)
     mean = out.mean(dim=(-2, -1), keepdim=True)
     return ((out - mean) * contrast + mean).clamp(0, 1)  # (N, S, S)
+
+
+def augment_mammo(x: torch.Tensor, gen: torch.Generator, *, max_degrees: float = 10.0,
+                  scale_range: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """Augmentation for real mammogram patches in model space (chest wall on the left).
+
+    Up-down flip (p = 0.5: superior/inferior mirror, the chest wall stays left; CC views are near
+    symmetric about the nipple axis), rotation within +-``max_degrees`` and scale in ``scale_range``
+    about the patch centre (positioning and breast-size variation; bilinear, reflected border),
+    gamma in [0.85, 1.18] and contrast in [0.9, 1.1] over the breast (zero background stays zero).
+    No left-right flip or 90-degree rotation: model space never shows a chest wall on the right
+    or the pectoral muscle sideways. x: (N, S, S) float in [0, 1] -> (N, S, S).
+    """
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    r = torch.rand(n, 5, generator=gen).to(x.device)  # (N, 5)
+    x = torch.where((r[:, 0] < 0.5).view(-1, 1, 1), x.flip(-2), x)
+    angle = (r[:, 1] * 2 - 1) * math.radians(max_degrees)  # (N,)
+    lo, hi = scale_range
+    zoom = torch.exp(math.log(lo) + r[:, 2] * (math.log(hi) - math.log(lo)))  # (N,) >1 magnifies
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], -1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], -1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, (n, 1, x.shape[-2], x.shape[-1]), align_corners=False)
+    out = F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="reflection",
+                        align_corners=False)[:, 0]  # (N, S, S)
+    gamma = torch.exp((r[:, 3] * 2 - 1) * math.log(1.18)).view(-1, 1, 1)
+    out = out.clamp(0, 1) ** gamma
+    tissue = out > 0
+    contrast = (0.9 + 0.2 * r[:, 4]).view(-1, 1, 1)
+    mean = (out * tissue).sum(dim=(-2, -1), keepdim=True) / tissue.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
+    return torch.where(tissue, (out - mean) * contrast + mean, out).clamp(0, 1)  # (N, S, S)
 
 
 @torch.no_grad()
@@ -177,7 +221,8 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
           out_card: str | None = None, cards_dir: str | Path | None = None,
           weights_dir: str | Path | None = None, max_train: int | None = None, eval_split: str = "test",
           data_description: str | None = None, licence: str | None = None, command: str | None = None,
-          freeze: str = "auto", notes: dict | None = None, progress: bool = True) -> ModelCard:
+          freeze: str = "auto", notes: dict | None = None, augment: str = "patch",
+          progress: bool = True) -> ModelCard:
     """Fine-tune, evaluate on ``eval_split``, write fp16 weights and the card; return the written card.
 
     The threshold for sensitivity/specificity is picked at 90 % specificity on "val" (when it holds
@@ -185,6 +230,8 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
     """
     from tqdm.auto import tqdm
 
+    if augment not in AUGMENTATIONS:
+        raise ModelZooError(f"unknown augmentation {augment!r}; use one of {AUGMENTATIONS}")
     t_start = time.perf_counter()
     data = load_patches(patches_path)
     patches, labels, split = data["patches"], data["labels"].astype(np.int64), data["split"]
@@ -226,7 +273,7 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
             idx = np.sort(order[step * batch:(step + 1) * batch])
             x = torch.from_numpy(patches[idx]).to(dev, torch.float32) / 255.0  # (B, S, S)
             y = torch.from_numpy(labels[idx]).to(dev)  # (B,)
-            x = augment_batch(x, gen)
+            x = augment_batch(x, gen, augment)
             x = card.preprocess(x).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
             loss = loss_fn(model(x), y)  # logits (B, classes)
             opt.zero_grad(set_to_none=True)
@@ -264,6 +311,7 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
         "frozen": list(frozen_names),
         "patches_sha256": sha256_file(patches_path),
         "seed": seed, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
+        "augment": augment,
         "steps": total, "device": str(dev), "train_seconds": round(train_seconds, 1),
         "trained_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": torch.__version__,
@@ -325,7 +373,8 @@ def _describe(path, data: dict, meta: str) -> str:
 
 
 PATCHSET_KEYS = ("card", "patch_size", "pixel_spacing_mm", "seed", "splits", "sources", "per_image_lesion",
-                 "per_image_normal", "jitter", "exclusion_margin", "min_breast_fraction", "n_images")
+                 "per_image_normal", "jitter", "exclusion_margin", "min_breast_fraction", "n_images",
+                 "split_by_patient", "split_seed", "split_images")
 
 
 def _patchset_params(meta: str) -> dict:
@@ -390,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (default: torch's choice); on a shared machine also "
                          "set OMP_WAIT_POLICY=PASSIVE")
+    ap.add_argument("--augment", default="patch", choices=AUGMENTATIONS,
+                    help="patch: flips + 90-degree turns (synthetic patches); mammo: real films in model "
+                         "space (up-down flip, small rotation/scale, gamma/contrast)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     threads_before = torch.get_num_threads()
@@ -404,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_train=args.max_train, eval_split=args.eval_split,
                         data_description=args.data_description, licence=args.licence,
                         command="python -m model_zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv),
-                        freeze=args.freeze, notes=notes, progress=not args.no_progress)
+                        freeze=args.freeze, notes=notes, augment=args.augment, progress=not args.no_progress)
     except ModelZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -171,7 +171,7 @@ def test_ensure_is_idempotent_and_repairs_a_missing_case(built, store_of):
 def test_command_line_ensure_says_nothing_to_do(built, capsys, monkeypatch):
     settings = built[0]
     monkeypatch.setenv("CONCEPTLENS_DATA_DIR", str(settings.data_dir))
-    assert demo.main(["ensure", "--cases", str(N_CASES), "--seed", str(SEED)]) == 0
+    assert demo.main(["ensure", "--cases", str(N_CASES), "--seed", str(SEED), "--no-real-cases"]) == 0
     assert "Nothing to do" in capsys.readouterr().out
 
 
