@@ -128,3 +128,16 @@ def screenshot(page, path, width: int = 1440) -> None:
     settle(page)
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size(old)
+
+
+def draw_polygon_timed(page, fractions: list[tuple[float, float]]) -> float:
+    """``draw_polygon``, returning ``time.perf_counter()`` right after the closing click."""
+    import time
+
+    box = label_canvas(page).bounding_box()
+    pts = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in fractions]
+    for x, y in pts:
+        page.mouse.click(x, y)
+        page.wait_for_timeout(120)
+    page.mouse.click(*pts[0])
+    return time.perf_counter()
