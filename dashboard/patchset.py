@@ -8,6 +8,10 @@ patch) that keeps clear of every lesion. Images whose lesion has no location (im
 findings) give no patches at all: their normal tissue cannot be told from the lesion.
 
     python -m dashboard.patchset --card demo-lite0-synth --out patches.npz [--source synthetic]
+    python -m dashboard.patchset --card mias-lite0 --source mini-mias --split-by-patient 0.6,0.2,0.2 --out p.npz
+
+Stores whose cases carry no split (mini-MIAS, CBIS-DDSM, folder ingest) get one from
+``assign_patient_splits``: by patient (both breasts of a woman on one side), stratified by label.
 
 The ``.npz`` holds patches uint8 (N, S, S), labels int64 (N,) (index into ``card.classes``),
 split (N,) str, image_id (N,) str, x0/y0 int64 (N,) (top-left corner in model pixels) and a

@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.setdefault(stage, tqdm(desc=stage, unit="image"))
+        if stage not in bars:
+            bars[stage] = tqdm(desc=stage, unit="image")
+        bar = bars[stage]
         bar.total = total
         bar.update(done - bar.n)
 
