@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     import model_zoo
     from tqdm.auto import tqdm
 
-    from dashboard.settings import load_settings
+    from dashboard.settings import load_settings, pick_device
     from dashboard.store import Store, StoreError
 
     settings = load_settings()
@@ -206,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         card = model_zoo.load_card(args.card, extra_dirs=(settings.user_cards_dir,))
-        model = model_zoo.create_model(card, weights=True)
+        import torch
+
+        device = pick_device(settings.device)
+        # channels-last: about twice as fast on CPU (oneDNN), the same numbers
+        model = model_zoo.create_model(card, weights=True, device=device).to(memory_format=torch.channels_last)
         with Store(settings.db_path, settings.journal_dir, read_only=True) as store:
             result = evaluate_card(model, card, store, source=args.source, split=args.split, seed=args.seed,
                                    progress=progress)

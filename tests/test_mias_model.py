@@ -21,7 +21,10 @@ def card():
 
 @pytest.fixture(scope="module")
 def model(card):
-    return model_zoo.create_model(card, weights=True)  # SHA-256 of the weights checked here
+    import torch
+
+    # SHA-256 of the weights checked here; channels-last halves the CPU time of the convolutions
+    return model_zoo.create_model(card, weights=True).to(memory_format=torch.channels_last)
 
 
 def test_card_records_data_licence_command_and_metrics(card):
@@ -64,6 +67,7 @@ def _check_store(tmp_path_factory, shared_data, card):
     return store, split_of
 
 
+@pytest.mark.slow  # ~30-50 s on 2 busy cores: 16 images cut again, 188 patches through the network
 def test_held_out_patch_auroc_recomputes(tmp_path_factory, shared_data, card, model):
     """Cut the check patients' held-out patches again from the files and score them with the weights."""
     from model_zoo.metrics import compute_auroc
@@ -135,6 +139,6 @@ def test_concept_workflow_runs_with_the_mias_card(tmp_path, shared_data, card, m
         inside.append(cmap[drawing].mean())
         outside.append(cmap[~drawing].mean())
     assert np.mean(inside) > np.mean(outside)  # the probe finds the drawn lesions where they were drawn
-    img = next(iter(frames.values()))[0]
+    img = next(iter(frames.values()))[0][:448, :448]  # a corner of the model image: the whole-image path
     full = compute_image_concept_maps(probe, model, card, img)
-    assert full.shape == (1, *img.shape) and np.isfinite(full).all()
+    assert full.shape == (1, *img.shape) and np.isfinite(full).all() and (full >= 0).all() and (full <= 1).all()

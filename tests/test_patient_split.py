@@ -66,3 +66,24 @@ def test_mammo_augmentation_keeps_the_chest_wall_left_and_the_background_black()
     torch.testing.assert_close(out, train.augment_batch(x, torch.Generator().manual_seed(0), "mammo"))
     with pytest.raises(Exception):
         train.augment_batch(x, torch.Generator(), "rot90-everything")
+
+
+def test_patient_bootstrap_interval_brackets_the_auroc_and_keeps_patients_whole():
+    from dashboard.scoring import bootstrap_auroc
+    from model_zoo.metrics import compute_auroc
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 4)  # 30 patients, 4 patches each
+    y = np.tile([True, True, False, False], 30)
+    s = y * 1.0 + rng.normal(0, 0.8, y.size)
+    lo, hi = bootstrap_auroc(y, s, groups, n=400, seed=1)
+    assert lo < compute_auroc(y, s) < hi and hi - lo < 0.4
+    assert bootstrap_auroc(y, s, groups, n=400, seed=1) == (lo, hi)
+    # patches of one patient share her label and a score offset: resampling single patches would
+    # treat 4 correlated patches as 4 independent ones and understate the spread
+    y_pat = np.repeat(np.arange(30) % 2 == 0, 4)
+    s_pat = y_pat * 0.8 + np.repeat(rng.normal(0, 1.0, 30), 4) + rng.normal(0, 0.1, y.size)
+    wide = bootstrap_auroc(y_pat, s_pat, groups, n=400, seed=1)
+    narrow = bootstrap_auroc(y_pat, s_pat, np.arange(y.size), n=400, seed=1)
+    assert wide[1] - wide[0] > 1.5 * (narrow[1] - narrow[0])
+    assert bootstrap_auroc(y, y * 1.0, groups, n=50) == (1.0, 1.0)
