@@ -2,7 +2,7 @@
 
     python -m bench.bench_browser [--reps 10] [--data-dir DIR]
 
-Starts ``streamlit run app.py`` on the e2e data dir (demo DICOM cases, the small seeded model,
+Starts ``streamlit run app.py`` on the e2e data dir (demo DICOM cases, the trained demo model,
 its dataset statistics), drives Debian's chromium with Playwright, and times, per repetition:
 
 * draw -> IoU: from the click that closes the polygon (the drawing is released to the app) to
@@ -111,8 +111,8 @@ def run(reps: int, data_dir: Path) -> dict:
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpus": os.cpu_count(), "browser": "Debian chromium (headless=new) via Playwright",
                     "device": "cpu"},
-        "setup": {"model_card": E2E_CARD, "arch": "resnet10t (seeded, untrained)", "patch_px": plan["patch"][3],
-                  "layer": "layer4 (512 units, 7x7)", "cases": "4 synthetic demo cases", "prep_s": round(prep_s, 1),
+        "setup": {"model_card": E2E_CARD, "arch": "efficientnet_lite0 (trained demo model)", "patch_px": plan["patch"][3],
+                  "layer": plan["layer"], "cases": "4 synthetic demo cases", "prep_s": round(prep_s, 1),
                   "reps": reps},
         "draw_to_iou_panel": summary(draw_iou),
         "save_message": summary(save_only),

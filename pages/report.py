@@ -16,7 +16,10 @@ if view.image_ids:
     st.session_state["report.image"] = view.image_id
     st.selectbox("Image", view.image_ids, key="report.image", format_func=view.image_names.get,
                  on_change=lambda: st.session_state.update({state.IMAGE_ID: st.session_state["report.image"]}))
-score = "" if view.score is None else f" · P(lesion) {view.score:.2f}"
+if view.probability is not None:
+    score = f" · P({view.target}) {view.probability:.3f}"
+else:
+    score = "" if view.score is None else f" · P(lesion) {view.score:.2f}"
 st.caption(f"{view.image_label}{score} · model {ctx.card_name}")
 for note in view.notes:
     st.info(note)
@@ -53,5 +56,26 @@ if view.overlay is not None:
             pick = st.selectbox("Concept map", names, key="report.concept")
             st.image(dict(view.concept_maps)[pick], caption=f"P({pick})", width="stretch")
 
-for fig in view.figures:
-    st.plotly_chart(fig, width="stretch")
+# ------------------------------------------------------------------ which concepts carry the evidence
+if view.concepts:
+    st.subheader("Which concepts carry the evidence")
+    st.dataframe(view.concepts, hide_index=True, width="stretch", key="report.concepts",
+                 column_config={"attribution share": st.column_config.ProgressColumn(
+                     "attribution share", min_value=0.0, max_value=1.0, format="%.2f")})
+    c1, c2, c3 = st.columns([1, 1, 1])
+    c1.download_button("Export HTML", view.export_html, file_name=f"{view.export_name}.html", mime="text/html",
+                       key="report.export_html", icon=":material/download:")
+    c2.download_button("Export JSON", view.export_json, file_name=f"{view.export_name}.json",
+                       mime="application/json", key="report.export_json", icon=":material/download:")
+    if c3.button("Run TCAV" if view.tcav_run is None else "Rerun TCAV", key="report.tcav"):
+        try:
+            with resources.progress("Running TCAV", done="TCAV done") as cb:
+                rp.run_tcav(ctx, cb)
+            st.session_state["report.flash"] = "TCAV scores updated."
+            st.rerun()
+        except Exception as exc:  # noqa: BLE001
+            st.error(str(exc))
+    for i in range(0, len(view.figures), 2):
+        cols = st.columns(2)
+        for col, fig in zip(cols, view.figures[i:i + 2]):
+            col.plotly_chart(fig, width="stretch", theme=None)  # the engine's own colours

@@ -14,9 +14,15 @@ APP = str(PROJECT_ROOT / "app.py")
 TIMEOUT = 120
 
 
+NO_CARD = "no-such-card"
+
+
 @pytest.fixture
-def data(settings):
-    """A real store in tmp_path with three cases; the AppTest process reads it through the env."""
+def data(settings, monkeypatch):
+    """A real store in tmp_path with three cases; the AppTest process reads it through the env.
+    No usable model card is named, so these pages run without a model (as after a failed load)."""
+    monkeypatch.setenv("CONCEPTLENS_MODEL_CARD", NO_CARD)
+    settings = settings.with_overrides(model_card=NO_CARD)
     store = Store(settings.db_path, settings.journal_dir)
     ids = app_data.populate(settings, store)
     loaded = context_mod.load_model(settings.model_card, settings.user_cards_dir, "cpu")
@@ -287,6 +293,33 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     legend = frame_with(at, "concept", "colour", "area_%")
     assert legend["concept"].tolist() == ["mass"]
     assert len(at.get("image")) == 2  # the composite map and the selected concept's map
+    # the engine's report: concept rows, figures, exports
+    concepts = frame_with(at, "concept", "attribution share", "logit part")
+    assert concepts["concept"].tolist() == ["mass"]
+    assert concepts["units"].iloc[0] == len(labeled["match"].units_above)
+    assert len(at.get("plotly_chart")) >= 6
+    assert {b.label for b in at.get("download_button")} == {"Export HTML", "Export JSON"}
+    # TCAV needs the model's suspicious patches: first a clear message, then scores
+    at.button(key="report.tcav").click().run()
+    assert "score the cases on the Worklist first" in at.error[0].value
+    from dashboard import canvas
+    from dashboard.screens import labeling as lb
+    from dashboard.screens import worklist as wl
+    from dashboard.screens.reading import PatchRef
+    ctx = labeled["ctx"]
+    wl.score_unscored(ctx)
+    for image_id in ("SYN-0001-RCC", "SYN-0002-LCC"):  # small drawings leave background positions free
+        view = lb.load_patch(ctx, PatchRef(image_id, 30, 80, 64))
+        d = canvas.Drawing("rect", ((2, 2), (20, 2), (20, 20), (2, 20)))
+        lb.save(ctx, view, lb.match(ctx, view, [d]), "mass", "Dr Test")
+    at.button(key="report.retrain").click().run()
+    assert "Concept probe v2 trained on 3 drawing(s)." in at.success[0].value
+    at.button(key="report.tcav").click().run()
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert "TCAV scores updated." in at.success[0].value
+    tc = frame_with(at, "concept", "TCAV", "TCAV p")
+    assert 0.0 <= tc["TCAV"].iloc[0] <= 1.0
     # another image of the case
     at.selectbox(key="report.image").select("SYN-0001-RMLO").run()
     assert at.caption[0].value.startswith("R MLO · SYN-0001")

@@ -163,3 +163,30 @@ def test_freehand_and_several_drawings_make_one_union_mask(ctx):
     assert shape == "freehand" and len(geometry["drawings"]) == 3
     assert mask[20, 20] and mask[50, 50] and mask[2, 2] and not mask[45, 20]
     assert mask[0:5, 0:5].all() and not mask[5, 5]
+
+
+def test_report_exports_round_trip_and_mirror_only_the_display(ctx_stats):
+    from dashboard import report
+    from dashboard.screens import reporting as rp
+
+    ctx = ctx_stats
+    rec = fixture_json("polygon_448")
+    for image_id in ("SYN-0001-LCC", "SYN-0001-RCC"):
+        view = lb.load_patch(ctx, rd.PatchRef(image_id, 20, 70, 64))
+        m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
+        lb.save(ctx, view, m, "mass", "Dr Test")
+    info = rp.retrain(ctx, "Dr Test")
+    assert info.version == 1 and info.n_drawings == 2 and not info.stale
+    r = rp.load_report(ctx, "SYN-0001", "SYN-0001-RCC")
+    assert r.probe.version == 1 and [c["concept"] for c in r.concepts] == ["mass"]
+    back = report.report_from_json(r.export_json().decode())
+    assert back.image_id == "SYN-0001-RCC" and back.probe_version == 1
+    img, _, _ = rd.model_image(ctx, ctx.store.get_image("SYN-0001-RCC"))
+    np.testing.assert_allclose(back.image.astype(np.float32), img, atol=1e-3)  # JSON stays in model space
+    html = r.export_html().decode()
+    assert html.startswith("<!DOCTYPE html>") and "ConceptLens concept report" in html
+    assert (ctx.settings.export_dir / f"{r.export_name}.html").is_file()
+    # a drawing undone makes the probe stale
+    from dashboard.screens import units as un
+    un.undo(ctx, ctx.store.list_annotations()[0].annotation_id, "Dr Test")
+    assert rp.probe_info(ctx).stale

@@ -30,6 +30,8 @@ QUANTILE = 0.99
 #: Most patches the dataset statistics run over by default (a 2-core laptop does ~20 patches/s).
 MAX_PATCHES = 600
 PATCHES_FILE = "patches.json"
+#: How many of the matched units the unit map writes the number of.
+LABELLED_UNITS = 12
 
 _STATS = Memo(8)      # stats directory -> DissectionStats
 _ACTS = Memo(128)     # (card, weights, layer, image sha, x0, y0, size) -> (C, h, w) tensor
@@ -213,10 +215,13 @@ def unit_scatter(ctx: AppContext, stats, labels: dict[int, str], *, highlight: d
         hu = np.array(sorted(highlight, key=lambda u: -highlight[u]), dtype=int)
         fig.add_trace(go.Scatter(
             x=xy[hu, 0], y=xy[hu, 1], mode="markers+text", name=f"IoU > {TAU:g}", customdata=hu,
-            text=[f"{u}" for u in hu], textposition="top center", textfont=dict(size=10),
+            # numbers on the best few only: hundreds of labels would hide the map
+            text=[f"{u}" if i < LABELLED_UNITS else "" for i, u in enumerate(hu)], textposition="top center",
+            textfont=dict(size=10),
             marker=dict(size=[10 + 30 * highlight[int(u)] for u in hu], color="rgba(255,213,79,0.25)",
                         line=dict(width=2, color="#ffd54f")),
-            hovertemplate="unit %{customdata}<br>IoU %{marker.size:.0f}<extra>matched</extra>"))
+            hovertext=[f"IoU {highlight[int(u)]:.2f}" for u in hu],
+            hovertemplate="unit %{customdata}<br>%{hovertext}<extra>matched</extra>"))
     if selected is not None and 0 <= selected < n:
         fig.add_trace(go.Scatter(
             x=[xy[selected, 0]], y=[xy[selected, 1]], mode="markers", name=f"unit {selected}",

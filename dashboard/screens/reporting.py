@@ -17,6 +17,12 @@ from . import concepts as cx
 from .reading import PatchRef, WindowChoice, display_gray, model_image
 
 _MAPS = Memo(16)   # (card, weights, probe version, image sha) -> (K, H, W) concept probabilities
+_REPORTS = Memo(8)  # (card, weights, probe version, image sha, labels, tcav run) -> ConceptReport
+_EXPORTS = Memo(8)  # same key -> HTML bytes
+#: Order in which the engine's figures are shown.
+FIGURE_ORDER = ("shares", "logit", "maps", "attribution", "activation", "units", "tcav")
+#: Most input patches TCAV scores (the model's most suspicious patches of the store's images).
+TCAV_INPUTS = 48
 #: A pixel is painted with a concept's colour where that concept's probability is at least this.
 MAP_LEVEL = 0.5
 
@@ -47,6 +53,13 @@ class ReportView:
     score: float | None = None
     notes: list[str] = field(default_factory=list)
     image_names: dict = field(default_factory=dict)   # image id -> "R CC · case"
+    concepts: list[dict] = field(default_factory=list)  # the engine's per-concept rows
+    probability: float | None = None                  # P(target) of the engine's report
+    target: str = ""
+    export_json: Callable[[], bytes] | None = None     # deferred: run when the reader downloads
+    export_html: Callable[[], bytes] | None = None
+    export_name: str = "report"
+    tcav_run: int | None = None
 
 
 def annotation_patch(ctx: AppContext):
@@ -168,5 +181,129 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     if mirrored:
         over = over[:, ::-1]
         per = [(c, m[:, ::-1]) for c, m in per]
-    return ReportView(ids, image_id, label, info, np.ascontiguousarray(over), legend,
+    view = ReportView(ids, image_id, label, info, np.ascontiguousarray(over), legend,
                       [(c, np.ascontiguousarray(m)) for c, m in per], score=score, notes=notes, image_names=names)
+    rep, key, tcav_run = engine_report(ctx, info, row)
+    shown = for_display(rep, mirrored)
+    figs = _figures(shown)
+    view.figures = [figs[k] for k in FIGURE_ORDER if k in figs] + [f for k, f in figs.items() if k not in FIGURE_ORDER]
+    view.concepts = concept_rows(rep)
+    view.probability, view.target = float(rep.probability), rep.target_name
+    view.notes += list(rep.notes)
+    view.tcav_run = tcav_run
+    stem = f"conceptlens-{row['case_id']}-{row['laterality']}{row['view']}-probe{info.version}"
+    view.export_name = stem
+    view.export_json = lambda: report_json(rep)
+    view.export_html = lambda: _EXPORTS.get(key, lambda: report_html(ctx, shown, stem))
+    return view
+
+
+# ---------------------------------------------------------------- the engine's report
+def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
+    """The engine's whole-image concept report (cached by model, probe, image, labels and TCAV run)."""
+    import hashlib
+
+    from .. import probes, report
+    from ..tcav import TCAVResult
+
+    labels = ctx.store.list_unit_labels(ctx.card_name, getattr(ctx.card, "head_layer", None) or cx.layer_of(ctx))
+    lab_key = hashlib.sha256(repr(sorted((r["unit"], r["concept"], r["annotation_id"]) for r in labels))
+                             .encode()).hexdigest()[:16]
+    run = ctx.store.latest_tcav_run(info.version)
+    tcav = TCAVResult.from_dict(run["results"]) if run else None
+    key = (ctx.card_name, ctx.weights_sha, info.version, row["sha256"], lab_key, run["run_id"] if run else None)
+
+    def compute():
+        img, mask, _ = model_image(ctx, row)
+        probe = probes.load_probe(ctx.store, info.version)
+        return report.build_image_report(ctx.model, ctx.card, img, probe, mask=mask, store=ctx.store,
+                                         unit_labels=labels, tcav=tcav, image_id=row["image_id"],
+                                         device=ctx.device)
+
+    return _REPORTS.get(key, compute), key, (run["run_id"] if run else None)
+
+
+def for_display(rep, mirrored: bool):
+    """The report's images mirrored for a right breast (display orientation); numbers unchanged."""
+    from dataclasses import replace
+
+    if not mirrored:
+        return rep
+    flip = (lambda a: None if a is None else np.ascontiguousarray(np.asarray(a)[:, ::-1]))
+    return replace(rep, image=flip(rep.image), attribution_map=flip(rep.attribution_map),
+                   concepts=[replace(c, probe_map=flip(c.probe_map)) for c in rep.concepts],
+                   notes=list(rep.notes) + ["images shown in display orientation (right breast mirrored)"])
+
+
+def _figures(rep) -> dict:
+    from .. import report
+
+    figs = report.report_figures(rep)
+    for f in figs.values():
+        f.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10))
+    return figs
+
+
+def concept_rows(rep) -> list[dict]:
+    def r(v, n=3):
+        return None if v is None else round(float(v), n)
+
+    return [{"concept": c.concept, "attribution share": r(c.attribution_share), "area mm²": r(c.area_mm2, 1),
+             "peak p": r(c.peak_probability, 2), "units": len(c.units), "logit part": r(c.logit_part, 4),
+             "TCAV": r(c.tcav_score, 2), "TCAV p": r(c.tcav_p_value, 4), "significant": c.tcav_significant,
+             "probe AUROC": r(c.probe_auroc), "drawings/images": f"{c.n_drawings}/{c.n_images}",
+             "confidence": c.confidence_note or ""} for c in rep.concepts]
+
+
+def report_json(rep) -> bytes:
+    """The engine's lossless JSON (model space, arrays base64)."""
+    from .. import report
+
+    return report.report_to_json(rep).encode("utf-8")
+
+
+def report_html(ctx: AppContext, rep, stem: str) -> bytes:
+    """One offline HTML file (the engine's export), also kept under settings.export_dir."""
+    from .. import report
+
+    path = report.export_html(rep, ctx.settings.export_dir / f"{stem}.html")
+    return path.read_bytes()
+
+
+def tcav_inputs(ctx: AppContext, limit: int = TCAV_INPUTS) -> np.ndarray:
+    """The model's most suspicious patch of each scored image, best first: (N, S, S) in [0, 1]."""
+    rows = []
+    for img in ctx.store.list_images():
+        pred = ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, img["image_id"])
+        if pred and pred["top_patches"]:
+            x0, y0, size, prob = pred["top_patches"][0]
+            rows.append((float(prob), PatchRef(img["image_id"], int(x0), int(y0), int(size))))
+    rows.sort(key=lambda t: -t[0])
+    if not rows:
+        from ..store import ValidationError
+
+        raise ValidationError("TCAV needs scored images: score the cases on the Worklist first.")
+    return np.stack([cx.patch_gray(ctx, ref) for _, ref in rows[:limit]])
+
+
+def run_tcav(ctx: AppContext, progress: Callable[[float, str], None] | None = None):
+    """TCAV of the latest probe's concepts for the lesion class over the most suspicious patches."""
+    ctx.require_model()
+    from .. import probes, tcav
+
+    info = probe_info(ctx)
+    if info is None:
+        from ..store import ValidationError
+
+        raise ValidationError("Train the concept probes first: TCAV uses the drawings behind them.")
+    if progress:
+        progress(0.1, "Collecting the most suspicious patches")
+    inputs = tcav_inputs(ctx)
+    if progress:
+        progress(0.3, f"Scoring {len(inputs)} patches against {len(info.concepts)} concept(s)")
+    probe = probes.load_probe(ctx.store, info.version)
+    res = tcav.run_tcav(ctx.store, ctx.model, ctx.card, probe, inputs, load_patch=annotation_patch(ctx),
+                        cache_dir=ctx.settings.cache_dir, device=ctx.device)
+    if progress:
+        progress(1.0, "TCAV done")
+    return res

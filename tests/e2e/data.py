@@ -1,6 +1,6 @@
 """The data directory the browser tests and the browser benchmark run the app on: a few cases of
-the synthetic demo set (real DICOM files), a small real timm model behind a real model card, and
-the dataset statistics of its concept layer, so the Label page can match units at once."""
+the synthetic demo set (real DICOM files), the trained demo model (model_zoo's demo-lite0-synth
+card), and the dataset statistics of its concept layer, so the Label page can match units at once."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,8 @@ from pathlib import Path
 
 from dashboard.settings import load_settings
 from dashboard.store import Store
-from tests import app_data
 
-E2E_CARD = "tiny-e2e"
+E2E_CARD = "demo-lite0-synth"
 N_CASES = 4
 SEED = 11
 
@@ -37,10 +36,6 @@ def prepare_data_dir(data_dir: Path, *, stats_patches: int = 160) -> dict[str, s
 
     data_dir = Path(data_dir)
     settings = _settings(data_dir)
-    if not (settings.user_cards_dir / f"{E2E_CARD}.toml").is_file():
-        app_data.make_tiny_card(settings, name=E2E_CARD, patch=224, description=(
-            "A seeded, untrained resnet10t (random weights) standing in for the demo model in the "
-            "browser tests: its scores and maps mean nothing."))
     with Store(settings.db_path, settings.journal_dir) as store:
         demo.build_demo(settings, store, n_cases=N_CASES, seed=SEED, workers=1, contact_sheet=False,
                         only_missing=True)
@@ -120,5 +115,5 @@ def plan_drawing(data_dir: Path, case_id: str) -> dict:
             x0, x1 = size - x1, size - x0
         poly = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
         label = f"{row['laterality']} {row['view']}"
-    return {"image_label": label, "x": x_disp, "y": y_disp, "patch": ref.as_tuple(), "unit": best,
+    return {"image_label": label, "layer": concepts.layer_of(ctx), "x": x_disp, "y": y_disp, "patch": ref.as_tuple(), "unit": best,
             "expected_iou": best_iou, "polygon": [(float(x) / size, float(y) / size) for x, y in poly]}

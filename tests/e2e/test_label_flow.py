@@ -78,6 +78,10 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
 
             flows.nav(page, "Units")
             flows.heading(page, "Units")
+            flows.fill_number(page, "Unit", plan["unit"])
+            flows.click_button(page, "Show unit")
+            flows.wait_text(page, f"Unit {plan['unit']} · mass")
+            unit_text = page.locator("[data-testid='stMain']").inner_text()
             shot(page, artifacts, "04_units")
 
             flows.nav(page, "Report")
@@ -97,6 +101,7 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
         finally:
             page.close()
 
+    assert "Drawings behind this unit" in unit_text and READER in unit_text
     assert "No concept probe is trained yet" not in after and "Concept probe v1" in after
     assert "mass" in after and after != before
     shown_iou = float(re.search(r"IoU\s*(\d\.\d\d)", iou_text).group(1))
@@ -108,7 +113,7 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
         assert (ann.concept, ann.reader, ann.model_card) == ("mass", READER, E2E_CARD)
         assert ann.image_id.startswith(case_id) and ann.patch_size == 224 and ann.shape == "polygon"
         assert len(ann.geometry["points"]) == 4
-        labels = store.list_unit_labels(E2E_CARD, "layer4")
+        labels = store.list_unit_labels(E2E_CARD, plan["layer"])
         assert len(labels) == n_labeled > 0
         assert plan["unit"] in {r["unit"] for r in labels}
         assert {r["concept"] for r in labels} == {"mass"} and {r["annotation_id"] for r in labels} == {ann.annotation_id}
