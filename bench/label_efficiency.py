@@ -64,7 +64,8 @@ def _parse(argv):
 
 # ---------------------------------------------------------------- output
 CSV_COLUMNS = ["budget", "concept", "n_drawings", "n_available", "auroc", "auroc_lo", "auroc_hi", "iou", "iou_lo",
-               "iou_hi", "n_units", "unit_iou", "unit_iou_lo", "unit_iou_hi", "n_pos_images", "probe_version",
+               "iou_hi", "n_units", "unit_iou", "unit_iou_lo", "unit_iou_hi", "unit_iou_mean", "unit_iou_best",
+               "n_pos_images", "probe_version",
                "probe_validation_auroc", "inapp_auroc"]
 
 
@@ -107,7 +108,8 @@ def plot_results(result: dict, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     for ax, key, title in ((axes[0], "auroc", "Concept-map pixel AUROC (held-out)"),
                            (axes[1], "iou", "Concept-map IoU at p >= 0.5 (held-out)"),
-                           (axes[2], "unit_iou", "Labeled units' IoU with the truth (held-out)")):
+                           (axes[2], "unit_iou", "Labeled units vs truth: IoU of their union (solid), "
+                                                 "mean per-unit IoU (dashed)")):
         for i, c in enumerate(concepts):
             rs = [r for r in rows if r["concept"] == c and r.get(key) is not None]
             if not rs:
@@ -118,6 +120,9 @@ def plot_results(result: dict, out: Path) -> list[Path]:
             hi = np.array([np.nan if r.get(key + "_hi") is None else r[key + "_hi"] for r in rs], float)
             ax.plot(x, y, "o-", color=cmap(i % 10), label=c, lw=1.6, ms=4)
             ax.fill_between(x, lo, hi, color=cmap(i % 10), alpha=0.15, lw=0)
+            if key == "unit_iou":  # each labeled unit's own IoU, averaged (Network Dissection's view)
+                ym = [np.nan if r.get("unit_iou_mean") is None else r["unit_iou_mean"] for r in rs]
+                ax.plot(x, ym, "--", color=cmap(i % 10), lw=1.0)
         if key == "auroc":
             ax.axhline(0.9, color="k", ls=":", lw=1)
             ax.axvline(5, color="k", ls=":", lw=1)
@@ -139,21 +144,23 @@ def plot_results(result: dict, out: Path) -> list[Path]:
     fig.savefig(p1, dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    ax = axes[0]
-    for i, r in enumerate(result["reports"]):
-        s, d = r.get("deletion.shares") or [], r.get("deletion.drops") or []
-        if s:
-            ax.plot(s, d, "o", ms=4, alpha=0.7, color=cmap(i % 10))
-    ax.axhline(0, color="k", lw=0.8)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     summ = result["summary"]
-    sp = summ.get("deletion_spearman_mean")
-    ax.set_title(f"Deletion (texture inpainting): mean per-patch Spearman "
-                 f"{'n/a' if sp is None else f'{sp:.2f}'} over {summ.get('deletion_n_patches')} patches", fontsize=10)
-    ax.set_xlabel("report's attribution share of the concept")
-    ax.set_ylabel("drop of the lesion log-odds when its region is inpainted")
-    ax.grid(alpha=0.3)
-    ax = axes[1]
+    for ax, variant, what in ((axes[0], "deletion_truth", "true regions"), (axes[1], "deletion_report", "report's regions")):
+        for i, r in enumerate(result["reports"]):
+            sh, d = r.get(f"{variant}.shares") or [], r.get(f"{variant}.drops") or []
+            if sh:
+                ax.plot(sh, d, "-o", ms=4, lw=0.6, alpha=0.7, color=cmap(i % 10))
+        ax.axhline(0, color="k", lw=0.8)
+        dv = (summ.get("deletion") or {}).get(variant) or {}
+        sp = dv.get("spearman_mean")
+        ax.set_title(f"Deletion of the {what} (texture inpainting):\nmean per-patch Spearman "
+                     f"{'n/a' if sp is None else f'{sp:.2f}'} over {dv.get('n_patches')} patches (lines join one patch)",
+                     fontsize=10)
+        ax.set_xlabel("report's attribution share of the concept")
+        ax.set_ylabel("drop of the lesion log-odds when inpainted")
+        ax.grid(alpha=0.3)
+    ax = axes[2]
     rnd = summ.get("randomisation") or {}
     scopes = list(rnd)
     keys = ["share_spearman", "attr_pearson", "attr_ssim"]
@@ -197,6 +204,10 @@ def write_results(result: dict, out: Path) -> list[Path]:
     return files
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def headline(result: dict) -> str:
     """The figures worth printing, in a few lines."""
     s = result["summary"]
@@ -207,7 +218,11 @@ def headline(result: dict) -> str:
     need = s.get("drawings_to_auroc_target") or {}
     lines.append(f"drawings to reach AUROC >= {s['auroc_target']}: "
                  + ", ".join(f"{c} {'never' if n is None else n}" for c, n in need.items())
-                 + f"  -> target (<= {s['max_drawings_target']}) met by {s['targets']['auroc_within_5_drawings']}")
+                 + f"  -> target (<= {s['max_drawings_target']}) met by {s['targets']['auroc_within_5_drawings']} "
+                 f"({s['targets'].get('auroc_within_5_drawings_stable')} staying >= {s['auroc_target']} at every "
+                 f"later batch: " + ", ".join(f"{c} {'never' if n is None else n}"
+                                              for c, n in (s.get('drawings_to_auroc_target_stable') or {}).items())
+                 + ")")
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.0f} %"
 
@@ -215,18 +230,26 @@ def headline(result: dict) -> str:
                  f"{pct(s.get('top1_match_rate'))}; on the {s.get('top1_n_flagged')} the model flags (p >= "
                  f"{s.get('flag_threshold')}) {pct(s.get('top1_match_rate_flagged'))}; any lesion concept "
                  f"{pct(s.get('top1_lesion_rate'))}; patch centred on the finding "
-                 f"{pct(s.get('top1_match_rate_finding_patch'))}")
+                 f"{pct(s.get('top1_match_rate_finding_patch'))}; by the largest logit part "
+                 f"{pct(s.get('top1_logit_part_match_rate'))}")
     lines.append(f"attribution on the true finding (top tile): {pct(s.get('attr_on_finding_mean'))} of the positive "
                  f"Grad-CAM mass on {pct(s.get('finding_area_mean'))} of the patch area; report shares of the "
                  f"finding's concepts {pct(s.get('share_finding_concepts_mean'))}")
-    sp, ci = s.get("deletion_spearman_mean"), s.get("deletion_spearman_ci") or [None, None]
-    lines.append(f"deletion Spearman(share, drop): mean {'n/a' if sp is None else f'{sp:.2f}'}"
-                 + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] is not None else "")
-                 + f" over {s.get('deletion_n_patches')} patches; pooled {s.get('deletion_spearman_pooled')}; "
-                 f"blur inpainting {s.get('deletion_spearman_blur_mean')}")
+    for variant, what in (("deletion_truth", "true regions"), ("deletion_report", "report's regions"),
+                          ("deletion_truth_blur", "true regions, plain blur")):
+        dv = (s.get("deletion") or {}).get(variant) or {}
+        sp, ci = dv.get("spearman_mean"), dv.get("spearman_ci") or [None, None]
+        fd = dv.get("finding_drop_mean")
+        lines.append(f"deletion of the {what}: Spearman(share, drop) mean {'n/a' if sp is None else f'{sp:.2f}'}"
+                     + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] is not None else "")
+                     + f" over {dv.get('n_patches')} patches, pooled {_fmt(dv.get('spearman_pooled'))}; vs logit parts "
+                     f"{_fmt(dv.get('spearman_logit_parts_mean'))}; removing the finding drops the log-odds by "
+                     f"{_fmt(fd)}")
     for scope, r in (s.get("randomisation") or {}).items():
-        lines.append(f"randomisation ({scope}): median shares Spearman {r['share_spearman']}, attribution Pearson "
-                     f"{r['attr_pearson']}, SSIM {r['attr_ssim']} (n={r['n']})")
+        lines.append(f"randomisation ({scope} re-initialised): median shares Spearman {_fmt(r['share_spearman'])}, "
+                     f"attribution Pearson {_fmt(r['attr_pearson'])}, SSIM {_fmt(r['attr_ssim'])} (n={r['n']}; "
+                     f"attribution all zero on {r.get('attr_all_zero', 0)}; top concept unchanged on "
+                     f"{'n/a' if r.get('top_same_rate') is None else round(100 * r['top_same_rate'])} %)")
     ds = s.get("drawing_speed")
     lines.append("drawing time: " + (ds if isinstance(ds, str) else
                                      f"{ds['drawings_per_minute']:.1f} drawings/min -> {s.get('reader_minutes_to_target')} "

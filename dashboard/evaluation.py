@@ -56,6 +56,8 @@ DEFAULT_CONCEPTS = ("mass", "calcification", "architectural-distortion", "vessel
 #: Drawings per concept after each batch (the x axis of the label-efficiency curve).
 DEFAULT_BUDGETS = (1, 2, 3, 5, 10, 20)
 NORMAL_GROUP = "normal structure"
+#: Deletion test variants: where a concept is (its true region / the report's region) and how it is removed.
+DELETION_VARIANTS = ("deletion_truth", "deletion_report", "deletion_truth_blur")
 Progress = Callable[[int, int, str], None]
 
 
@@ -949,7 +951,7 @@ class _Heldout:
     unit_truth: np.ndarray | None = None      # (K, P) bool truth on the unit grid (in the breast)
     tile: tuple[int, int] | None = None       # top tile (x0, y0) by the model's FCN log-odds
     tile_score: float | None = None
-    patches: dict = field(default_factory=dict)   # name -> (x0, y0, patch (S, S), lesion mask (S, S))
+    patches: dict = field(default_factory=dict)   # name -> {x0, y0, patch (S, S), lesion (S, S), truth (K, S, S)}
 
 
 def compute_train_stats(store, model, card, *, cache_dir, layer: str | None = None, n_patches: int = 256,
@@ -1086,10 +1088,14 @@ def _prepare_heldout(store, model, card, layer: str, thresholds: np.ndarray, cfg
         if h.lesion_concepts and h.tile is not None:
             lesion = t.lesion_mask().astype(np.float32)
             x0, y0 = h.tile
-            h.patches["top_tile"] = (x0, y0, crop_patch(t.img, x0, y0, size), crop_patch(lesion, x0, y0, size) > 0.5)
+            truth_tile = np.stack([crop_patch(t.concept_mask(c).astype(np.float32), x0, y0, size) > 0.5
+                                   for c in cfg.concepts])  # (K, S, S)
+            h.patches["top_tile"] = {"x0": x0, "y0": y0, "patch": crop_patch(t.img, x0, y0, size),
+                                     "lesion": crop_patch(lesion, x0, y0, size) > 0.5, "truth": truth_tile}
             big = max((reg for reg in t.regions if reg.is_lesion), key=lambda reg: int(reg.mask.sum()))
             fx, fy = int(round(big.centre[0] - size / 2)), int(round(big.centre[1] - size / 2))
-            h.patches["finding"] = (fx, fy, crop_patch(t.img, fx, fy, size), crop_patch(lesion, fx, fy, size) > 0.5)
+            h.patches["finding"] = {"x0": fx, "y0": fy, "patch": crop_patch(t.img, fx, fy, size),
+                                    "lesion": crop_patch(lesion, fx, fy, size) > 0.5}
         out.append(h)
         if progress:
             progress(i + 1, len(rows), f"held-out image {i + 1}/{len(rows)}")
@@ -1180,7 +1186,8 @@ def _reports(heldout: list[_Heldout], model, card, probe, store, cfg: Evaluation
         row = {"image_id": h.image_id, "case_id": h.case_id, "finding_concepts": sorted(h.lesion_concepts),
                "tile": list(h.tile), "tile_logodds": h.tile_score}
         for name in ("top_tile", "finding"):
-            x0, y0, patch, lesion = h.patches[name]
+            pt = h.patches[name]
+            x0, y0, patch, lesion = pt["x0"], pt["y0"], pt["patch"], pt["lesion"]
             rep = build_report(model, card, patch, probe, attribution_method=cfg.attribution_method,
                                unit_labels=labels, target=t_idx, image_id=h.image_id, patch_xy=(x0, y0), device=device)
             shares = {c.concept: c.attribution_share for c in rep.concepts if c.attribution_share is not None}
@@ -1191,33 +1198,46 @@ def _reports(heldout: list[_Heldout], model, card, probe, store, cfg: Evaluation
             row[f"{name}.lesion"] = m["lesion"]
             row[f"{name}.lesion_in_patch"] = bool(lesion.any())
             row[f"{name}.attr_on_finding"] = attribution_in_region(rep.attribution_map, lesion)
+            row[f"{name}.finding_area"] = float(lesion.mean())
             row[f"{name}.share_finding_concepts"] = float(sum(s for c, s in shares.items() if c in h.lesion_concepts))
             row[f"{name}.probability"] = rep.probability
+            # the other reading of "top concept": the largest exact logit part of the labeled units
+            parts = {c.concept: c.logit_part for c in rep.concepts if c.logit_part is not None}
+            ml = top_concept_match(parts, h.lesion_concepts, lesion_names)
+            row[f"{name}.top_logit"], row[f"{name}.match_logit"] = ml["top"], ml["match"]
             if name != "top_tile":
                 continue
-            # deletion: each concept's region in the report, inpainted. Regions partition the patch
-            # as the shares do: each pixel goes to its most probable class (background included)
-            entries = [c for c in rep.concepts if c.probe_map is not None]
-            regs_all = np.zeros((0,) + patch.shape, bool)
+            # deletion, two ways of saying where a concept is: its true region in the patch, and the
+            # report's own region (each pixel to its most probable class, background included, as the
+            # shares split it). Texture inpainting; the plain blur for comparison on the true regions.
+            entries = {c.concept: c for c in rep.concepts if c.probe_map is not None}
+            truth_regions = {c: pt["truth"][k] for k, c in enumerate(cfg.concepts)
+                             if c in entries and pt["truth"][k].sum() >= cfg.min_region_px}
+            report_regions = {}
             if entries:
-                pk = np.stack([c.probe_map.astype(np.float32) for c in entries])  # (K, S, S)
+                names = list(entries)
+                pk = np.stack([entries[c].probe_map.astype(np.float32) for c in names])  # (K, S, S)
                 winner = np.concatenate([1 - pk.sum(0, keepdims=True), pk]).argmax(0)  # 0 = background
-                regs_all = winner[None] == np.arange(1, len(entries) + 1)[:, None, None]
-            big = regs_all.reshape(len(entries), -1).sum(1) >= cfg.min_region_px
-            sel = [e for e, b in zip(entries, big) if b]
-            regs = np.concatenate([regs_all[big], lesion[None]], 0) if lesion.any() else regs_all[big]
-            row["top_tile.finding_area"] = float(lesion.mean())
-            row["deletion.concepts"] = [e.concept for e in sel]
-            row["deletion.shares"] = [float(e.attribution_share) for e in sel]
-            row["deletion.logit_parts"] = [e.logit_part for e in sel]
-            for method, prefix in (("texture", "deletion"), ("blur", "deletion_blur")):
+                report_regions = {c: winner == k + 1 for k, c in enumerate(names)
+                                  if (winner == k + 1).sum() >= cfg.min_region_px}
+            for prefix, regions, method in (("deletion_truth", truth_regions, "texture"),
+                                            ("deletion_report", report_regions, "texture"),
+                                            ("deletion_truth_blur", truth_regions, "blur")):
+                names = list(regions)
+                regs = np.stack([regions[c] for c in names] + ([lesion] if lesion.any() else [])) \
+                    if (names or lesion.any()) else np.zeros((0,) + patch.shape, bool)
                 base, drops = deletion_drops(score, patch, regs, inpaint=partial(inpaint_regions, method=method))
+                sh = [float(entries[c].attribution_share) for c in names]
+                lp = [entries[c].logit_part for c in names]
+                row[f"{prefix}.concepts"] = names
+                row[f"{prefix}.shares"] = sh
+                row[f"{prefix}.drops"] = [float(v) for v in drops[:len(names)]]
+                row[f"{prefix}.logit_parts"] = lp
                 row[f"{prefix}.base_logodds"] = base
-                row[f"{prefix}.drops"] = [float(v) for v in drops[:len(sel)]]
                 row[f"{prefix}.finding_drop"] = float(drops[-1]) if lesion.any() else None
-                row[f"{prefix}.spearman"] = spearman(row["deletion.shares"], row[f"{prefix}.drops"])
-            lp = [(p, d) for p, d in zip(row["deletion.logit_parts"], row["deletion.drops"]) if p is not None]
-            row["deletion.spearman_logit_parts"] = spearman([p for p, _ in lp], [d for _, d in lp])
+                row[f"{prefix}.spearman"] = spearman(sh, row[f"{prefix}.drops"])
+                pairs = [(p, d) for p, d in zip(lp, row[f"{prefix}.drops"]) if p is not None]
+                row[f"{prefix}.spearman_logit_parts"] = spearman([p for p, _ in pairs], [d for _, d in pairs])
             if i < cfg.random_images:
                 for scope, rm in randomized.items():
                     rr = build_report(rm, card, patch, probe, attribution_method=cfg.attribution_method,
@@ -1360,10 +1380,12 @@ def run_label_efficiency(store, model, card, cfg: EvaluationConfig = EvaluationC
     return res
 
 
-def _first_reaching(rounds: list[dict], concept: str, key: str, target: float):
-    for r in rounds:
-        v = r["metrics"][concept][key]
-        if v is not None and v >= target:
+def _first_reaching(rounds: list[dict], concept: str, key: str, target: float, *, stay: bool = False):
+    """Drawings of ``concept`` at the first batch whose metric is >= target (``stay``: and every later one)."""
+    vals = [r["metrics"][concept][key] for r in rounds]
+    for i, r in enumerate(rounds):
+        ok = [v is not None and v >= target for v in (vals[i:] if stay else vals[i:i + 1])]
+        if all(ok):
             return r["n_drawings"][concept]
     return None
 
@@ -1378,6 +1400,7 @@ def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings
     final = res.rounds[-1] if res.rounds else None
     evaluable = [c for c in (final["metrics"] if final else {}) if final["metrics"][c]["auroc"] is not None]
     need = {c: _first_reaching(res.rounds, c, "auroc", auroc_target) for c in evaluable}
+    need_stable = {c: _first_reaching(res.rounds, c, "auroc", auroc_target, stay=True) for c in evaluable}
     met = [c for c, n in need.items() if n is not None and n <= max_drawings]
     rep = res.reports
 
@@ -1393,15 +1416,20 @@ def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings
     flagged = [r for r in rep if (r.get("top_tile.probability") or 0) >= flag_threshold]
     top1_flagged = float(np.mean([bool(r["top_tile.match"]) for r in flagged])) if flagged else None
     top1_lesion, _ = rate("top_tile.lesion")
+    top1_logit, _ = rate("top_tile.match_logit")
     top1_f, _ = rate("finding.match")
     def finite(key):
         return [r[key] for r in rep if r.get(key) is not None and np.isfinite(r[key])]
 
-    sp = finite("deletion.spearman")
-    sp_ci = _mean_ci(sp, seed=0)
-    sp_blur = finite("deletion_blur.spearman")
-    sp_lp = finite("deletion.spearman_logit_parts")
-    pooled = _pooled_deletion(rep)
+    deletion = {}
+    for variant in DELETION_VARIANTS:
+        sp = finite(f"{variant}.spearman")
+        ci = _mean_ci(sp, seed=0)
+        lp = finite(f"{variant}.spearman_logit_parts")
+        deletion[variant] = {"spearman_mean": ci[0], "spearman_ci": list(ci[1:]), "n_patches": len(sp),
+                             "spearman_pooled": _pooled_deletion(rep, variant),
+                             "spearman_logit_parts_mean": _nanmean(lp), "n_patches_logit_parts": len(lp),
+                             "finding_drop_mean": mean(f"{variant}.finding_drop")[0]}
     rnd = {}
     for scope in sorted({r["scope"] for r in res.randomisation}):
         rows = [r for r in res.randomisation if r["scope"] == scope]
@@ -1413,27 +1441,23 @@ def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings
             rnd[scope][k] = _nanmedian([0.0 if v is None or not np.isfinite(v) else v for v in vals])
             rnd[scope][k + "_undefined"] = undefined
         rnd[scope]["top_same_rate"] = _nanmean([float(r["top_same"]) for r in rows])
+        rnd[scope]["attr_all_zero"] = sum(1 for r in rows if r.get("attr_constant"))
     total_needed = sum(n for n in need.values() if n is not None)
     out = {
         "auroc_target": auroc_target, "max_drawings_target": max_drawings,
-        "drawings_to_auroc_target": need,
+        "drawings_to_auroc_target": need, "drawings_to_auroc_target_stable": need_stable,
         "concepts_meeting_target": met, "n_concepts_evaluable": len(evaluable),
         "final_budget": final["budget"] if final else None,
         "final_auroc": {c: final["metrics"][c]["auroc"] for c in evaluable} if final else {},
         "final_auroc_mean": _nanmean([final["metrics"][c]["auroc"] for c in evaluable]) if final else None,
         "top1_match_rate": top1, "top1_lesion_rate": top1_lesion, "top1_n_images": n_top,
         "top1_match_rate_finding_patch": top1_f, "top1_target": top1_target,
-        "top1_match_rate_flagged": top1_flagged, "top1_n_flagged": len(flagged), "flag_threshold": flag_threshold,
+        "top1_logit_part_match_rate": top1_logit, "top1_match_rate_flagged": top1_flagged, "top1_n_flagged": len(flagged), "flag_threshold": flag_threshold,
         "finding_area_mean": mean("top_tile.finding_area")[0],
         "attr_on_finding_mean": mean("top_tile.attr_on_finding")[0],
         "attr_on_finding_mean_finding_patch": mean("finding.attr_on_finding")[0],
         "share_finding_concepts_mean": mean("top_tile.share_finding_concepts")[0],
-        "deletion_spearman_mean": sp_ci[0], "deletion_spearman_ci": sp_ci[1:], "deletion_n_patches": len(sp),
-        "deletion_spearman_pooled": pooled, "spearman_target": spearman_target,
-        "deletion_spearman_blur_mean": _nanmean(sp_blur), "deletion_spearman_logit_parts_mean": _nanmean(sp_lp),
-        "deletion_n_patches_logit_parts": len(sp_lp),
-        "finding_drop_mean": mean("deletion.finding_drop")[0],
-        "finding_drop_blur_mean": mean("deletion_blur.finding_drop")[0],
+        "deletion": deletion, "spearman_target": spearman_target,
         "randomisation": rnd,
         "wrong_label_rate_observed": float(np.mean([r["wrong_label"] for r in res.drawings])) if res.drawings else None,
         "units_won_per_drawing": float(np.mean([r["units_won"] for r in res.drawings])) if res.drawings else None,
@@ -1447,8 +1471,12 @@ def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings
     }
     out["targets"] = {
         "auroc_within_5_drawings": f"{len(met)}/{len(evaluable)} concepts",
+        "auroc_within_5_drawings_stable": f"{sum(1 for n in need_stable.values() if n is not None and n <= max_drawings)}"
+                                          f"/{len(evaluable)} concepts",
         "top1_match_ge_90": None if top1 is None else bool(top1 >= top1_target),
-        "deletion_spearman_ge_0.7": None if sp_ci[0] is None else bool(sp_ci[0] >= spearman_target),
+        "deletion_spearman_ge_0.7": {
+            v: None if deletion[v]["spearman_mean"] is None else bool(deletion[v]["spearman_mean"] >= spearman_target)
+            for v in ("deletion_truth", "deletion_report")},
     }
     if drawing_speed:
         dpm = float(drawing_speed["drawings_per_minute"])
@@ -1483,12 +1511,12 @@ def _mean_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
     return (float(a.mean()), float(lo), float(hi))
 
 
-def _pooled_deletion(reports: list[dict]) -> float | None:
+def _pooled_deletion(reports: list[dict], variant: str) -> float | None:
     """Spearman of share vs drop pooled over all (patch, concept) pairs, each side first replaced by
     its rank within its patch (scaled to (0, 1)), so patches with larger scores do not dominate."""
     xs, ys = [], []
     for r in reports:
-        s, d = r.get("deletion.shares") or [], r.get("deletion.drops") or []
+        s, d = r.get(f"{variant}.shares") or [], r.get(f"{variant}.drops") or []
         if len(s) >= 2:
             from scipy.stats import rankdata
 

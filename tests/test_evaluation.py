@@ -323,28 +323,40 @@ def test_summarise_reads_the_curve_and_the_checks():
     rounds = [_round(1, {"mass": 0.80, "vessel": 0.95, "skin": None}, 1),
               _round(3, {"mass": 0.91, "vessel": 0.97, "skin": None}, 3),
               _round(10, {"mass": 0.93, "vessel": 0.85, "skin": None}, 10)]
-    reports = [{"top_tile.match": True, "top_tile.lesion": True, "deletion.spearman": 0.8, "top_tile.probability": 0.9,
-                "deletion.shares": [0.5, 0.1, 0.2], "deletion.drops": [3.0, 0.1, 1.0]},
-               {"top_tile.match": False, "top_tile.lesion": True, "deletion.spearman": 0.4, "top_tile.probability": 0.1,
-                "deletion.shares": [0.3, 0.2, 0.1], "deletion.drops": [1.0, 2.0, 0.5]}]
-    rand = [{"scope": "full", "share_spearman": None, "attr_pearson": 0.1, "attr_ssim": 0.2, "top_same": False},
-            {"scope": "full", "share_spearman": 0.5, "attr_pearson": 0.3, "attr_ssim": 0.4, "top_same": True}]
+    reports = [{"top_tile.match": True, "top_tile.lesion": True, "deletion_truth.spearman": 0.8,
+                "top_tile.probability": 0.9, "deletion_truth.shares": [0.5, 0.1, 0.2],
+                "deletion_truth.drops": [3.0, 0.1, 1.0]},
+               {"top_tile.match": False, "top_tile.lesion": True, "deletion_truth.spearman": 0.4,
+                "top_tile.probability": 0.1, "deletion_truth.shares": [0.3, 0.2, 0.1],
+                "deletion_truth.drops": [1.0, 2.0, 0.5], "deletion_report.spearman": 0.9}]
+    rand = [{"scope": "full", "share_spearman": None, "attr_pearson": 0.0, "attr_ssim": 0.0, "top_same": False,
+             "attr_constant": True},
+            {"scope": "full", "share_spearman": 0.5, "attr_pearson": 0.3, "attr_ssim": 0.4, "top_same": True,
+             "attr_constant": False}]
     drawings = [{"concept": "mass", "wrong_label": w, "units_won": u, "units_above": u + 1, "recall": 0.9,
                  "outside": 0.1} for w, u in ((False, 2), (True, 4))]
     res = ev.EvaluationResult(config={}, rounds=rounds, drawings=drawings, reports=reports, randomisation=rand,
                               learning_curve=[], available={}, heldout={}, timings={})
     s = ev.summarise(res, drawing_speed={"drawings_per_minute": 2.0})
     assert s["drawings_to_auroc_target"] == {"mass": 3, "vessel": 1}
+    assert s["drawings_to_auroc_target_stable"] == {"mass": 3, "vessel": None}  # vessel falls back below
     assert s["concepts_meeting_target"] == ["mass", "vessel"] and s["n_concepts_evaluable"] == 2
     assert s["top1_match_rate"] == 0.5 and s["top1_lesion_rate"] == 1.0
     assert s["top1_match_rate_flagged"] == 1.0 and s["top1_n_flagged"] == 1  # only the first is flagged
     assert s["units_per_drawing_by_concept"]["mass"]["won"] == 3.0
-    assert s["deletion_spearman_mean"] == pytest.approx(0.6)
+    assert s["deletion"]["deletion_truth"]["spearman_mean"] == pytest.approx(0.6)
+    assert s["deletion"]["deletion_truth"]["n_patches"] == 2
+    # pooled over both patches by within-patch ranks: (3,1,2) vs (3,1,2) and (3,2,1) vs (2,3,1);
+    # Spearman of the six pooled rank pairs (ties averaged) = 0.75
+    assert s["deletion"]["deletion_truth"]["spearman_pooled"] == pytest.approx(0.75)
+    assert s["deletion"]["deletion_report"]["spearman_mean"] == pytest.approx(0.9)
     assert s["randomisation"]["full"]["share_spearman"] == pytest.approx(0.25)  # undefined counts as 0
     assert s["randomisation"]["full"]["share_spearman_undefined"] == 1
+    assert s["randomisation"]["full"]["attr_all_zero"] == 1 and s["randomisation"]["full"]["top_same_rate"] == 0.5
     assert s["wrong_label_rate_observed"] == 0.5 and s["units_won_per_drawing"] == 3.0
     assert s["reader_minutes_to_target"] == pytest.approx(2.0)  # (3 + 1) drawings at 2 per minute
-    assert s["targets"]["top1_match_ge_90"] is False and s["targets"]["deletion_spearman_ge_0.7"] is False
+    assert s["targets"]["top1_match_ge_90"] is False
+    assert s["targets"]["deletion_spearman_ge_0.7"] == {"deletion_truth": False, "deletion_report": True}
     assert "missing" in ev.summarise(res)["drawing_speed"]
 
 
@@ -452,9 +464,12 @@ def test_end_to_end_small_run(settings, store, tmp_path):
     assert res.reports
     for r in res.reports:
         assert r["top_tile.top"] is None or r["top_tile.top"] in cfg.concepts
-        assert 0 <= r["top_tile.probability"] <= 1 and np.isfinite(r["deletion.base_logodds"])
-        assert len(r["deletion.drops"]) == len(r["deletion.shares"]) == len(r["deletion.concepts"])
-        assert all(np.isfinite(r["deletion.drops"]))
+        assert 0 <= r["top_tile.probability"] <= 1
+        for v in ev.DELETION_VARIANTS:
+            assert np.isfinite(r[f"{v}.base_logodds"])
+            assert len(r[f"{v}.drops"]) == len(r[f"{v}.shares"]) == len(r[f"{v}.concepts"])
+            assert all(np.isfinite(r[f"{v}.drops"])) and set(r[f"{v}.concepts"]) <= set(cfg.concepts)
+        assert r["deletion_truth.finding_drop"] is None or np.isfinite(r["deletion_truth.finding_drop"])
     assert res.randomisation and all(r["scope"] == "top" for r in res.randomisation)
     assert 0 <= res.randomisation[0]["attr_ssim"] <= 1
     assert res.learning_curve and all(0 <= r["auroc"] <= 1 for r in res.learning_curve if r["auroc"] is not None)
