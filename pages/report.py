@@ -40,6 +40,20 @@ if c2.button("Retrain probes", key="report.retrain", disabled=not ctx.model_read
         st.error(str(exc))
 
 if p is not None:
+    with st.expander("Is each concept learnt? Validation AUROC against the number of drawings"):
+        if st.button("Compute learning curve", key="report.curve"):
+            try:
+                with resources.progress("Refitting probes on growing subsets", done="Learning curve ready") as cb:
+                    st.session_state["report.curve_view"] = rp.learning_curve(ctx, cb)
+            except Exception as exc:  # noqa: BLE001
+                st.error(str(exc))
+        curve = st.session_state.get("report.curve_view")
+        if curve is not None:
+            if curve.note:
+                st.info(curve.note)
+            if curve.figure is not None:
+                st.plotly_chart(curve.figure, key="report.curve_fig", width="stretch")
+            st.dataframe(curve.rows, hide_index=True, width="stretch", key="report.curve_rows")
     st.dataframe(p.metrics, hide_index=True, width="stretch", key="report.metrics",
                  column_config={"auroc": st.column_config.NumberColumn("AUROC (by image)", format="%.3f")})
 

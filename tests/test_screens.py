@@ -186,6 +186,10 @@ def test_report_exports_round_trip_and_mirror_only_the_display(ctx_stats):
     html = r.export_html().decode()
     assert html.startswith("<!DOCTYPE html>") and "ConceptLens concept report" in html
     assert (ctx.settings.export_dir / f"{r.export_name}.html").is_file()
+    # the learning-curve panel: one row per (step, concept), from the readers' drawings
+    curve = rp.learning_curve(ctx)
+    assert curve.rows and {r["concept"] for r in curve.rows} == {"mass"}
+    assert max(r["n_drawings"] for r in curve.rows) == 2
     # a drawing undone makes the probe stale
     from dashboard.screens import units as un
     un.undo(ctx, ctx.store.list_annotations()[0].annotation_id, "Dr Test")

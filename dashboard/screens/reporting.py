@@ -307,3 +307,43 @@ def run_tcav(ctx: AppContext, progress: Callable[[float, str], None] | None = No
     if progress:
         progress(1.0, "TCAV done")
     return res
+
+
+@dataclass
+class LearningCurveView:
+    """Validation AUROC (by image) of each concept against the number of its drawings so far."""
+
+    rows: list[dict]
+    figure: object | None
+    note: str = ""
+
+
+def learning_curve(ctx: AppContext, progress: Callable[[float, str], None] | None = None) -> LearningCurveView:
+    """Refit the probes on the first n drawings of every concept (time order) and validate each by
+    held-out images (``dashboard.evaluation.compute_learning_curve``), so a reader sees when a
+    concept is learnt. Uses the readers' real drawings (the simulated reader is left out)."""
+    import plotly.graph_objects as go
+
+    from .. import evaluation
+
+    def cb(i, n, msg=""):
+        if progress:
+            progress(i / max(n, 1), msg)
+
+    df = evaluation.compute_learning_curve(ctx.store, ctx.card, ctx.model, load_patch=annotation_patch(ctx),
+                                           layer=cx.layer_of(ctx), progress=cb)
+    rows = df.to_dict("records") if len(df) else []
+    if not rows:
+        return LearningCurveView([], None, "No drawings yet: the curve appears once concepts are drawn.")
+    fig = go.Figure()
+    for concept in sorted({r["concept"] for r in rows}):
+        pts = [r for r in rows if r["concept"] == concept and r["auroc"] is not None and r["auroc"] == r["auroc"]]
+        if pts:
+            fig.add_trace(go.Scatter(x=[r["n_drawings"] for r in pts], y=[r["auroc"] for r in pts],
+                                     mode="lines+markers", name=concept))
+    fig.add_hline(y=0.9, line_dash="dot", annotation_text="0.90")
+    fig.update_layout(xaxis_title="drawings of the concept", yaxis_title="validation AUROC (by image)",
+                      yaxis_range=[0, 1.02], height=360, margin=dict(l=40, r=10, t=30, b=40))
+    validated = sum(1 for r in rows if r["auroc"] is not None and r["auroc"] == r["auroc"])
+    note = "" if validated else "Not enough drawings on distinct images yet to validate any concept by image."
+    return LearningCurveView(rows, fig if validated else None, note)
