@@ -2,8 +2,11 @@
 the per-patch report, dataset statistics.
 
     python -m bench.bench_engine [--threads 2] [--n-stats 1000] [--reps 5] [--skip-stats]
+                                 [--work-dir DIR] [--parts stats,iou,probe,report]
 
-Prints the figures and writes ``bench/results/engine.json``. CPU, ``torch.set_num_threads``
+Prints the figures and writes ``bench/results/engine.json`` (parts not run keep their previous
+figures; each part records its own time and load average). With ``--work-dir`` the dataset
+statistics of an earlier run are found in its cache (and reported as loaded, not recomputed). CPU, ``torch.set_num_threads``
 threads (2 by default, the target laptop). Model: the settings' card with trained weights when
 present, else its architecture with the offline ImageNet backbone (see bench.bench_model), run
 on 512-px patches so that ``bn2`` of efficientnet_lite0 gives 1280 units at 16 x 16.
@@ -89,7 +92,10 @@ def main() -> None:
     ap.add_argument("--n-stats", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-stats", action="store_true", help="thresholds from 64 patches instead")
+    ap.add_argument("--work-dir", default=None, help="reuse this folder (caches of an earlier run)")
+    ap.add_argument("--parts", default="stats,iou,probe,report")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
 
     from bench.bench_model import load_model
@@ -102,11 +108,20 @@ def main() -> None:
 
     card, model, what = load_model("cpu")
     layer = "bn2"
+    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     res: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "threads": args.threads,
                  "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
                  "model": what, "layer": layer, "patch_size": SIZE, "load_avg_start": os.getloadavg()}
-    print(f"model: {what}\nthreads {args.threads}, load average {os.getloadavg()}")
-    tmp = Path(tempfile.mkdtemp(prefix="bench_engine_"))
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    cal, _ = _timed(lambda: a @ b, 5)
+    res["calibration_matmul_1024"] = {"gflops_wall": 2 * 1024**3 / cal["wall_median_s"] / 1e9,
+                                      "gflops_cpu": 2 * 1024**3 / cal["cpu_median_s"] / 1e9}
+    print(f"model: {what}\nthreads {args.threads}, load average {os.getloadavg()}; float32 1024^3 matmul "
+          f"{res['calibration_matmul_1024']['gflops_wall']:.0f} GFLOP/s wall, "
+          f"{res['calibration_matmul_1024']['gflops_cpu']:.0f} GFLOP/s per CPU second")
+    tmp = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_engine_"))
+    print(f"work dir {tmp}")
 
     # ---- dataset statistics
     n_stats = 64 if args.skip_stats else args.n_stats
@@ -116,6 +131,8 @@ def main() -> None:
                                   data_key=f"bench-mias-{n_stats}", cache_dir=tmp / "stats", quantile=0.99, top_k=8,
                                   progress=lambda d, n, m: done.append(d))
     res["dataset_stats"] = {"n_patches": n_stats, "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c,
+                            "loaded_from_cache": not done or done[-1] == n_stats and len(done) == 1,
+                            "load_avg": os.getloadavg(),
                             "units": stats.n_units, "feature_shape": list(stats.feature_shape),
                             "sample_rate": stats.sample_rate, "n_values_per_unit": stats.n_values}
     print(f"dataset statistics, {n_stats} patches of {SIZE} px ({stats.n_units} units at {stats.feature_shape}): "
@@ -124,6 +141,8 @@ def main() -> None:
 
     # ---- drawing -> IoU of every unit
     patches = [p for p in _patch_source(8)]
+    if "stats" not in parts:
+        res.pop("dataset_stats", None)
     x = card.preprocess(np.stack(patches[:4]))
     acts = compute_activations(model, [layer], torch.as_tensor(np.asarray(x)), batch_size=4)[layer]  # (4, C, 16, 16)
     drawings = [("polygon", [[150, 120], [330, 140], [360, 300], [200, 360], [120, 250]]),
@@ -131,7 +150,7 @@ def main() -> None:
                 ("rect", [240, 60, 460, 250]),
                 ("polygon", [[20, 20], [500, 30], [480, 490], [40, 470]])]
     iou_rows = []
-    for i, (shape, geom) in enumerate(drawings):
+    for i, (shape, geom) in enumerate(drawings if "iou" in parts else []):
         mask = drawing_to_mask(shape, geom, SIZE)
         fast_t, fast = _timed(lambda: compute_unit_ious(acts[i], stats.thresholds, mask), args.reps)
         ref_t, ref = _timed(lambda: compute_unit_ious_reference(acts[i], stats.thresholds, mask), 1)
@@ -142,10 +161,11 @@ def main() -> None:
               f"{1000 * fast_t['wall_median_s']:.1f} ms wall / {1000 * fast_t['cpu_median_s']:.1f} ms CPU (median), "
               f"reference loop {ref_t['wall_median_s']:.2f} s; identical: {np.array_equal(fast, ref)}, "
               f"{int((fast > 0.2).sum())} units > 0.2")
-    res["iou"] = iou_rows
+    if "iou" in parts:
+        res["iou"] = {"rows": iou_rows, "load_avg": os.getloadavg()}
 
     # ---- probe retraining with 200 drawings (activations cached)
-    store = Store(tmp / "bench.duckdb", tmp / "journal")
+    store = Store(tmp / f"bench-{int(time.time())}.duckdb", tmp / "journal")
     rng = np.random.default_rng(0)
     concepts = ["mass-round", "calc-grouped", "vessel", "fibroglandular"]
     src = [p for p in _patch_source(100)]
@@ -169,7 +189,7 @@ def main() -> None:
                             max(1, args.reps // 2))
     res["probe_retrain"] = {"drawings": 200, "patches": 100, "first_run_with_activations_s": warm, **probe_t,
                             "concepts": probe.concepts, "auroc": {k: v["auroc"] for k, v in probe.metrics.items()},
-                            "folds": 5}
+                            "folds": 5, "load_avg": os.getloadavg()}
     print(f"probe retrain, 200 drawings on 100 patches (activations cached, 5 folds + final): "
           f"{probe_t['wall_median_s']:.2f} s wall / {probe_t['cpu_median_s']:.2f} s CPU "
           f"(first run incl. activations {warm:.1f} s)")
@@ -191,12 +211,15 @@ def main() -> None:
     full_t, _ = _timed(lambda: build_report(model, card, patch, probe, store=store), max(1, args.reps // 2))
     fig_t, _ = _timed(lambda: (report_figures(rep), report_to_json(rep)), max(1, args.reps // 2))
     res["report"] = {"cached_activations": rep_t, "uncached_with_gradcam": full_t, "figures_and_json": fig_t,
-                     "logit_exact": rep.logit_exact, "concepts": len(rep.concepts)}
+                     "logit_exact": rep.logit_exact, "concepts": len(rep.concepts), "load_avg": os.getloadavg()}
     print(f"report, one patch, cached activations: {1000 * rep_t['wall_median_s']:.0f} ms wall / "
           f"{1000 * rep_t['cpu_median_s']:.0f} ms CPU; with forward + Grad-CAM {full_t['wall_median_s']:.2f} s; "
           f"figures + JSON {fig_t['wall_median_s']:.2f} s; logit parts exact: {rep.logit_exact}")
     store.close()
     res["load_avg_end"] = os.getloadavg()
+    for key in ("dataset_stats", "iou", "probe_retrain", "report"):
+        if key not in res and key in old:
+            res[key] = old[key]  # a part not run this time keeps its earlier figures
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=1, default=float))
     print(f"written {RESULTS}")

@@ -7,7 +7,8 @@ same patches that no drawing touches, sampled (seeded) up to the patch's number 
 positions. Overlapping drawings of two concepts give the position to both (the softmax then
 shares the probability). Classes are balanced by weights, features are standardised with the
 training mean and standard deviation, and the model (classes: "background" + concepts) is fitted
-in torch with L-BFGS and an L2 penalty.
+in torch with L-BFGS (25 iterations) and an L2 penalty (0.1 on standardised features); the fold
+models and the final one share every pass over the data (``fit_probes``).
 
 Validation is by image: images are split into k groups (seeded), each fold's model is trained
 without that fold's images and scores its positions; per concept the one-vs-rest AUROC of the
@@ -132,43 +133,45 @@ def collect_probe_data(model, card, layer: str, annotations: list, load_patch: C
     image_ids = sorted({k[0] for k in keys})
     gidx = {g: i for i, g in enumerate(image_ids)}
     rng = np.random.default_rng(seed)
-    xs, ys, gs, ds = [], [], [], []
-    for pi, k in enumerate(keys):
-        a_map = acts[pi]  # (C, h, w)
-        c, h, w = a_map.shape
+    sel_patch, sel_pos, sel_y, sel_d = [], [], [], []
+    h = w = None
+    for pi, k in enumerate(keys):  # per patch (not per unit): masks -> cell coverage -> positions
+        c, h, w = acts[pi].shape
         members = groups[k]
         masks = torch.from_numpy(np.stack([mask_from_png(annotations[i].mask_png) for i in members]))  # (M, S, S)
         if tuple(masks.shape[1:]) != patches[pi].shape:
             raise ValidationError(f"drawing mask {tuple(masks.shape[1:])} does not match its patch {patches[pi].shape}")
-        frac = _cell_coverage(masks, h, w).reshape(len(members), -1)  # (M, h*w)
+        frac = _cell_coverage(masks, h, w).reshape(len(members), -1).numpy()  # (M, h*w)
         pos = frac >= 0.5
         # a drawing smaller than half a cell still marks its best-covered cell
-        tiny = ~pos.any(1) & (frac.amax(1) > 0)
-        if tiny.any():
-            pos[tiny, frac[tiny].argmax(1)] = True
-        feats = a_map.reshape(c, -1).T  # (h*w, C)
-        m_idx, p_idx = pos.nonzero(as_tuple=True)
-        xs.append(feats[p_idx])
-        ys.append(torch.tensor([cidx[annotations[members[m]].concept] for m in m_idx.tolist()], dtype=torch.int64))
-        ds.append(torch.tensor([members[m] for m in m_idx.tolist()], dtype=torch.int64))
-        free = np.nonzero((frac.amax(0) == 0).numpy())[0]
+        tiny = ~pos.any(1) & (frac.max(1) > 0)
+        pos[np.nonzero(tiny)[0], frac[tiny].argmax(1)] = True
+        m_idx, p_idx = np.nonzero(pos)
+        free = np.nonzero(frac.max(0) == 0)[0]
         n_bg = min(len(free), max(int(pos.sum()), 4))
-        if n_bg:
-            pick = torch.from_numpy(rng.choice(free, size=n_bg, replace=False))
-            xs.append(feats[pick])
-            ys.append(torch.zeros(n_bg, dtype=torch.int64))
-            ds.append(torch.full((n_bg,), -1, dtype=torch.int64))
-        gs.append(torch.full((len(p_idx) + n_bg,), gidx[k[0]], dtype=torch.int64))
+        bg = rng.choice(free, size=n_bg, replace=False) if n_bg else np.zeros(0, np.int64)
+        member_arr = np.asarray(members)
+        sel_patch.append(np.full(len(p_idx) + n_bg, pi))
+        sel_pos.append(np.concatenate([p_idx, bg]))
+        sel_y.append(np.concatenate([[cidx[annotations[members[m]].concept] for m in m_idx], np.zeros(n_bg)]))
+        sel_d.append(np.concatenate([member_arr[m_idx], np.full(n_bg, -1)]))
         if progress:
             progress(pi + 1, len(keys), "feature vectors of the drawings")
-    return ProbeData(X=torch.cat(xs).float(), y=torch.cat(ys), group=torch.cat(gs), drawing=torch.cat(ds),
+    patch_of = np.concatenate(sel_patch).astype(np.int64)
+    pos_of = np.concatenate(sel_pos).astype(np.int64)
+    # one gather per patch of only the chosen positions: (C, k) columns, transposed to rows
+    X = torch.cat([acts[pi].reshape(acts[pi].shape[0], -1)[:, torch.from_numpy(pos_of[patch_of == pi])].T
+                   for pi in range(len(keys))])  # (N, C), rows in patch order like patch_of
+    group = torch.as_tensor(np.array([gidx[keys[pi][0]] for pi in range(len(keys))])[patch_of])
+    return ProbeData(X=X.float().contiguous(), y=torch.as_tensor(np.concatenate(sel_y).astype(np.int64)),
+                     group=group, drawing=torch.as_tensor(np.concatenate(sel_d).astype(np.int64)),
                      classes=classes, image_ids=image_ids, annotation_ids=[a.annotation_id for a in annotations],
                      readers=sorted({a.reader for a in annotations}),
                      annotation_concepts=[a.concept for a in annotations], feature_shape=(h, w))
 
 
 def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Tensor, *, l2: float = 0.1,
-               max_iter: int = 50):
+               max_iter: int = 25):
     """Several class-balanced multinomial logistic regressions at once (validation folds + final).
 
     X (N, C) raw features; y (N,) in [0, n_classes), or (F, N) when each model labels the samples
@@ -177,7 +180,10 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
     ``sum_i w_fi CE(x_i) + l2/2 ||W_f||^2`` (w_f class-balanced over its training samples, summing
     to 1). All F models share every pass over X: one matmul X @ V^T (N, F*K) per evaluation, where
     V_f = W_f / std_f and the bias absorbs the mean, so the F problems cost about as much as one.
-    Solved jointly by L-BFGS (the objective is a sum of independent convex parts).
+    Solved jointly by L-BFGS (the objective is a sum of independent convex parts), stopped after
+    ``max_iter`` iterations: every model gets the same budget, so the folds validate exactly the
+    procedure that makes the probe. On 200 drawings x 1280 units, 25 iterations land within ~5 %
+    (relative weight norm) of the optimum with the same held-out AUROC (bench/bench_engine.py).
     Returns W (F, K, C) on standardised features, b (F, K), mean (F, C), std (F, C).
     """
     n, c = X.shape
@@ -196,7 +202,7 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
     sw = sw / sw.sum(1, keepdim=True).clamp_min(1e-12)
     W = torch.zeros(nf, n_classes, c, requires_grad=True)
     b = torch.zeros(nf, n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=10, tolerance_grad=1e-6,
                             tolerance_change=1e-8, line_search_fn="strong_wolfe")
     inv = 1.0 / std  # (F, C)
 
@@ -215,7 +221,7 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
     return W.detach(), b.detach(), mean, std
 
 
-def fit_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 0.1, max_iter: int = 50):
+def fit_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 0.1, max_iter: int = 25):
     """One probe on all of X (see ``fit_probes``). Returns W (K, C), b (K,), mean (C,), std (C,)."""
     W, b, mean, std = fit_probes(X, y, n_classes, torch.ones(1, X.shape[0], dtype=torch.bool), l2=l2,
                                  max_iter=max_iter)
@@ -274,7 +280,7 @@ def _metrics(data: ProbeData, oof: np.ndarray | None, min_drawings: int, min_ima
 
 def train_probes(store, model, card, layer: str | None = None, *, load_patch: Callable,
                  progress: Progress | None = None, device=None, cache_dir=None, annotations: list | None = None,
-                 folds: int = 5, l2: float = 0.1, max_iter: int = 50, min_drawings: int = 3,
+                 folds: int = 5, l2: float = 0.1, max_iter: int = 25, min_drawings: int = 3,
                  min_images: int = 2, seed: int = 0, save: bool = True, actor: str = "system") -> ProbeVersion:
     """Train (and store) a new probe version on the live drawings made under this model card.
 
