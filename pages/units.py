@@ -52,7 +52,7 @@ d = view.detail
 if d is not None:
     st.subheader(f"Unit {d.unit}" + (f" · {d.concept} (IoU {d.iou:.2f})" if d.concept else " · unlabeled"))
     st.caption(f"Threshold {d.threshold:.3f} (activation quantile over the data set), mean {d.mean:.3f}. "
-               "Exemplars: the patches where it fires most; yellow-blue outline = above threshold.")
+               "Exemplars: the patches where it fires most (heat); blue outline = above threshold.")
     if d.exemplars:
         cols = st.columns(min(4, len(d.exemplars)))
         for i, (rgb, caption) in enumerate(d.exemplars):

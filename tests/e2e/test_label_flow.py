@@ -101,7 +101,7 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
         finally:
             page.close()
 
-    assert "Drawings behind this unit" in unit_text and READER in unit_text
+    assert "Drawings behind this unit" in unit_text and "Undo this drawing" in unit_text
     assert "No concept probe is trained yet" not in after and "Concept probe v1" in after
     assert "mass" in after and after != before
     shown_iou = float(re.search(r"IoU\s*(\d\.\d\d)", iou_text).group(1))
