@@ -45,12 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=8)
     ap.add_argument("--seed", type=int, default=999)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", default="", help="comma list among fcn, fcn-raw, tiles/<stride> (default all)")
+    ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     card, model, what = load_model("cpu")
     s = patch_size(card)
-    methods = {"fcn": dict(method="fcn"), f"tiles/{s // 2}": dict(method="tiles", stride=s // 2),
+    methods = {"fcn": dict(method="fcn"), "fcn-raw": dict(method="fcn", refine=0),
+               f"tiles/{s // 2}": dict(method="tiles", stride=s // 2),
                f"tiles/{s // 4}": dict(method="tiles", stride=s // 4)}
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
     stats = {m: {"seconds": [], "hit1": [], "hit3": [], "peak_on_finding": [], "pos": [], "neg": []} for m in methods}
     corr = []
     print(f"model: {what}")
@@ -83,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                     stats[name]["hit3"].append(hit(lm.top_patches[:3]))
                     py, px = np.unravel_index(lm.prob.argmax(), lm.prob.shape)
                     stats[name]["peak_on_finding"].append(bool(near[py, px]))
-            corr.append(float(np.corrcoef(maps["fcn"][mask], maps[f"tiles/{s // 2}"][mask])[0, 1]))
+            if "fcn" in maps and f"tiles/{s // 2}" in maps:
+                corr.append(float(np.corrcoef(maps["fcn"][mask], maps[f"tiles/{s // 2}"][mask])[0, 1]))
         print(f"  case {ci} ({case.label}): {len(case.images)} images", flush=True)
     out = {"model": what, "seed": args.seed, "cases": args.cases, "threads": args.threads,
            "load_average_1min": __import__("os").getloadavg()[0],
            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "fcn_vs_tiles_corr_mean": float(np.mean(corr)), "methods": {}}
+           "fcn_vs_tiles_corr_mean": float(np.mean(corr)) if corr else float("nan"), "methods": {}}
     for name, st in stats.items():
         out["methods"][name] = {
             "seconds_per_image_median": float(np.median(st["seconds"])),
@@ -103,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
               f"hit@3 {r['hit_at_3']:.2f}, peak on finding {r['peak_on_finding']:.2f}, "
               f"image AUROC {r['image_auroc']:.2f} ({r['images_with_findings']} with / {r['images_without']} without)")
     print(f"FCN~tiles/{s // 2} correlation in the breast: mean {out['fcn_vs_tiles_corr_mean']:.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"-> {RESULTS}")
+    dest = Path(args.out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"-> {dest}")
     return 0
 
 

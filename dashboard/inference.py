@@ -120,7 +120,9 @@ class LesionMap:
                  at each pixel (interpolated between evaluated positions); 0 outside the breast
     top_patches  up to top_k ``(x0, y0, size, prob)`` in model pixels, most suspicious first:
                  local maxima of the map after non-maximum suppression, centres in the breast
+                 (fcn with ``refine``: prob is the exact patch probability)
     score        image-level score: the highest patch probability whose centre is in the breast
+                 (fcn with ``refine``: the highest exact probability among the candidates)
     method       "fcn" or "tiles" (what actually ran)
     grid_prob    (rows, cols) probabilities at the evaluated positions
     grid_xy      (rows, cols, 2) int model-pixel (x, y) of each evaluated patch's top-left corner
@@ -283,6 +285,7 @@ def compute_lesion_map(
     method: str = "fcn",
     stride: int | None = None,
     top_k: int = 5,
+    refine: int = 8,
     min_fraction: float = 0.1,
     batch_size: int = 32,
     device: str | torch.device | None = None,
@@ -304,6 +307,9 @@ def compute_lesion_map(
                gets the mean probability of the kept tiles covering it.
     stride     tiles only (FCN steps by the backbone's feature stride in its one pass)
     top_k      how many suspicious patches to return
+    refine     fcn only: the best ``refine`` FCN candidates (local maxima after NMS) are re-scored
+               by exact patch passes; top patches and the score are then those exact
+               probabilities (0: pure FCN figures). The map itself stays the FCN map.
     Runs on the model's device (``device`` must be where the model is).
     """
     if method not in ("fcn", "tiles"):
@@ -355,7 +361,19 @@ def compute_lesion_map(
     if method == "tiles":
         inside &= keep.cpu().numpy()
     score = float(grid_np[inside].max()) if inside.any() else 0.0
-    top = _top_patches(grid_np, gx0, gy0, inside, size, top_k)
+    refine = max(int(refine), 0) if method == "fcn" else 0
+    top = _top_patches(grid_np, gx0, gy0, inside, size, max(top_k, refine))
+    if refine and top:
+        # FCN proposes, the classifier confirms: exact passes on the best candidates, because
+        # window-averaged features lack the patch-border context the model was trained with
+        from dashboard.imaging import crop_patch
+
+        crops = np.stack([crop_patch(img_np, x0_, y0_, size) for x0_, y0_, _, _ in top])  # (K, S, S)
+        exact = predict_patches(model, card, crops, batch_size=batch_size, device=device)[:, positive_index(card)]
+        order = np.argsort(-exact, kind="stable")
+        top = [(top[i][0], top[i][1], size, float(exact[i])) for i in order]
+        score = float(exact[order[0]])
+    top = top[:top_k]
     return LesionMap(
         prob=prob.astype(np.float32),
         top_patches=top,

@@ -124,7 +124,15 @@ def test_lesion_map_peaks_at_blob(detector, card, image, method):
     # the most suspicious patch contains the blob and carries the image score
     x0, y0, size, p = lm.top_patches[0]
     assert size == S and x0 <= BLOB[1] < x0 + S and y0 <= BLOB[0] < y0 + S
-    assert p == pytest.approx(lm.score) and lm.score == pytest.approx(lm.grid_prob.max())
+    assert p == pytest.approx(lm.score)
+    if method == "tiles":
+        assert lm.score == pytest.approx(lm.grid_prob.max())
+    else:  # refined: the top patches carry exact patch probabilities
+        xy = np.array([(x, y) for x, y, *_ in lm.top_patches])
+        exact = predict_patches(detector, card, _crops(img, xy, S))[:, 1]
+        np.testing.assert_allclose([q for *_, q in lm.top_patches], exact, atol=1e-5)
+        raw = compute_lesion_map(detector, card, img, mask, method="fcn", refine=0)
+        assert raw.score == pytest.approx(raw.grid_prob.max()) and raw.top_patches[0][3] == pytest.approx(raw.score)
     _assert_same_state(detector, before)
     assert sum(hook_counts(detector).values()) == 0 and not detector.training
 
