@@ -185,19 +185,31 @@ def test_html_export_opens_offline_in_chromium(setup, store, model, card, tmp_pa
     # plotly.js is inlined (its bundle mentions a CDN only as the default for geo topojson)
     assert "<script src=" not in text and "<link " not in text and "Plotly.newPlot" in text
     n_figs = len(report_figures(rep))
-    requests = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--headless"])
-        page = browser.new_page()
-        page.on("request", lambda r: requests.append(r.url))
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(path.as_uri())
-        page.wait_for_selector(".plot-container", timeout=60_000)
-        page.wait_for_function(f"document.querySelectorAll('.plot-container').length >= {n_figs}", timeout=60_000)
-        assert page.locator(".plot-container").count() == n_figs
-        assert page.locator(".main-svg").count() >= n_figs
-        assert page.locator("img[src^='data:image/png']").count() == 2
-        browser.close()
+    requests, errors, counts = [], [], {}
+
+    def drive():
+        # a worker thread: Playwright's sync API refuses a thread whose asyncio loop an earlier
+        # test (Streamlit's AppTest) left running
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--headless"])
+            page = browser.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(path.as_uri())
+            page.wait_for_selector(".plot-container", timeout=60_000)
+            page.wait_for_function(f"document.querySelectorAll('.plot-container').length >= {n_figs}",
+                                   timeout=60_000)
+            counts["plots"] = page.locator(".plot-container").count()
+            counts["svgs"] = page.locator(".main-svg").count()
+            counts["imgs"] = page.locator("img[src^='data:image/png']").count()
+            browser.close()
+
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(drive).result(timeout=300)
+    assert counts["plots"] == n_figs
+    assert counts["svgs"] >= n_figs
+    assert counts["imgs"] == 2
     assert not errors, errors
     assert all(u.startswith(("file:", "data:")) for u in requests), requests

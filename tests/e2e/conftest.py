@@ -14,7 +14,7 @@ def artifacts():
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not chromium_available():
         if os.environ.get("CI"):
