@@ -59,6 +59,8 @@ def _parse(argv):
                     help="drawing times measured by branch app's browser bench")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--layer", default=None, help="concept layer (default: the card's default_layer, as the app)")
+    ap.add_argument("--replot", type=Path, default=None,
+                    help="only recompute the summary, tables and plots of a saved label_efficiency.json into --out")
     return ap.parse_args(argv)
 
 
@@ -150,7 +152,8 @@ def plot_results(result: dict, out: Path) -> list[Path]:
         for i, r in enumerate(result["reports"]):
             sh, d = r.get(f"{variant}.shares") or [], r.get(f"{variant}.drops") or []
             if sh:
-                ax.plot(sh, d, "-o", ms=4, lw=0.6, alpha=0.7, color=cmap(i % 10))
+                order = np.argsort(sh)
+                ax.plot(np.asarray(sh)[order], np.asarray(d)[order], "-o", ms=4, lw=0.6, alpha=0.7, color=cmap(i % 10))
         ax.axhline(0, color="k", lw=0.8)
         dv = (summ.get("deletion") or {}).get(variant) or {}
         sp = dv.get("spearman_mean")
@@ -166,8 +169,10 @@ def plot_results(result: dict, out: Path) -> list[Path]:
     keys = ["share_spearman", "attr_pearson", "attr_ssim"]
     w = 0.8 / max(len(scopes), 1)
     for j, sc in enumerate(scopes):
-        ax.bar(np.arange(len(keys)) + j * w, [rnd[sc][k] if rnd[sc][k] is not None else np.nan for k in keys], w,
-               label=f"{sc} re-initialised (n={rnd[sc]['n']})")
+        vals = [rnd[sc][k] if rnd[sc][k] is not None else np.nan for k in keys]
+        bars = ax.bar(np.arange(len(keys)) + j * w, vals, w, label=f"{sc} re-initialised (n={rnd[sc]['n']}, "
+                      f"attribution all zero on {rnd[sc].get('attr_all_zero', 0)})")
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], fontsize=8)
     ax.axhline(1.0, color="k", ls=":", lw=1)
     ax.set_xticks(np.arange(len(keys)) + w * (len(scopes) - 1) / 2, ["shares Spearman", "attribution Pearson",
                                                                       "attribution SSIM"])
@@ -231,7 +236,7 @@ def headline(result: dict) -> str:
                  f"{s.get('flag_threshold')}) {pct(s.get('top1_match_rate_flagged'))}; any lesion concept "
                  f"{pct(s.get('top1_lesion_rate'))}; patch centred on the finding "
                  f"{pct(s.get('top1_match_rate_finding_patch'))}; by the largest logit part "
-                 f"{pct(s.get('top1_logit_part_match_rate'))}")
+                 f"{pct(s.get('top1_logit_part_match_rate'))} of {s.get('top1_logit_part_n_images')}")
     lines.append(f"attribution on the true finding (top tile): {pct(s.get('attr_on_finding_mean'))} of the positive "
                  f"Grad-CAM mass on {pct(s.get('finding_area_mean'))} of the patch area; report shares of the "
                  f"finding's concepts {pct(s.get('share_finding_concepts_mean'))}")
@@ -261,11 +266,26 @@ def headline(result: dict) -> str:
     return "\n".join(lines)
 
 
+def replot(path: Path, out: Path, browser_json: Path) -> int:
+    """Recompute the summary (``evaluation.summarise``) of a saved run and write its tables and plots."""
+    from dashboard import evaluation as ev
+
+    result = json.loads(Path(path).read_text())
+    res = ev.EvaluationResult.from_dict(result)
+    result["summary"] = ev._jsonable(ev.summarise(res, drawing_speed=ev.load_drawing_speed(browser_json)))
+    files = write_results(result, out)
+    print(headline(result))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     # small torch ops on 2 shared cores crawl when OpenMP threads spin-wait: set before torch loads
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parse(argv)
+    if args.replot:
+        return replot(args.replot, args.out, args.browser_json)
     import dataclasses
 
     import torch

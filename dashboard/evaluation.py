@@ -1205,6 +1205,7 @@ def _reports(heldout: list[_Heldout], model, card, probe, store, cfg: Evaluation
             parts = {c.concept: c.logit_part for c in rep.concepts if c.logit_part is not None}
             ml = top_concept_match(parts, h.lesion_concepts, lesion_names)
             row[f"{name}.top_logit"], row[f"{name}.match_logit"] = ml["top"], ml["match"]
+            row[f"{name}.n_logit_parts"] = len(parts)  # 0: no labeled units at the head layer, no reading
             if name != "top_tile":
                 continue
             # deletion, two ways of saying where a concept is: its true region in the patch, and the
@@ -1251,7 +1252,7 @@ def _reports(heldout: list[_Heldout], model, card, probe, store, cfg: Evaluation
                     rand_rows.append({"image_id": h.image_id, "scope": scope, "attr_constant": flat,
                                       "share_spearman": spearman([shares[c] for c in names], [r_shares[c] for c in names]),
                                       "attr_pearson": sim["pearson"], "attr_ssim": sim["ssim"],
-                                      "top_same": _top_of(r_shares) == _top_of(shares),
+                                      "top_same": _top_of(shares) is not None and _top_of(r_shares) == _top_of(shares),
                                       "probability": rep.probability, "probability_random": rr.probability})
         rows.append(row)
         if progress:
@@ -1280,6 +1281,13 @@ class EvaluationResult:
 
     def to_dict(self) -> dict:
         return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvaluationResult":
+        """The inverse of ``to_dict`` (extra keys, e.g. a bench's ``environment``, are ignored)."""
+        from dataclasses import fields
+
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 def _jsonable(v):
@@ -1416,7 +1424,8 @@ def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings
     flagged = [r for r in rep if (r.get("top_tile.probability") or 0) >= flag_threshold]
     top1_flagged = float(np.mean([bool(r["top_tile.match"]) for r in flagged])) if flagged else None
     top1_lesion, _ = rate("top_tile.lesion")
-    top1_logit, _ = rate("top_tile.match_logit")
+    with_parts = [r for r in rep if r.get("top_tile.n_logit_parts", 1 if r.get("top_tile.top_logit") else 0)]
+    top1_logit = float(np.mean([bool(r["top_tile.match_logit"]) for r in with_parts])) if with_parts else None
     top1_f, _ = rate("finding.match")
     def finite(key):
         return [r[key] for r in rep if r.get(key) is not None and np.isfinite(r[key])]
@@ -1452,7 +1461,7 @@ def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings
         "final_auroc_mean": _nanmean([final["metrics"][c]["auroc"] for c in evaluable]) if final else None,
         "top1_match_rate": top1, "top1_lesion_rate": top1_lesion, "top1_n_images": n_top,
         "top1_match_rate_finding_patch": top1_f, "top1_target": top1_target,
-        "top1_logit_part_match_rate": top1_logit, "top1_match_rate_flagged": top1_flagged, "top1_n_flagged": len(flagged), "flag_threshold": flag_threshold,
+        "top1_logit_part_match_rate": top1_logit, "top1_logit_part_n_images": len(with_parts), "top1_match_rate_flagged": top1_flagged, "top1_n_flagged": len(flagged), "flag_threshold": flag_threshold,
         "finding_area_mean": mean("top_tile.finding_area")[0],
         "attr_on_finding_mean": mean("top_tile.attr_on_finding")[0],
         "attr_on_finding_mean_finding_patch": mean("finding.attr_on_finding")[0],

@@ -480,6 +480,8 @@ def test_end_to_end_small_run(settings, store, tmp_path):
     # the bench writes its tables and plots from this result
     d = res.to_dict()
     json.dumps(d)  # JSON-able
+    again = ev._jsonable(ev.summarise(ev.EvaluationResult.from_dict(json.loads(json.dumps(d)))))
+    assert json.dumps(again, sort_keys=True) == json.dumps(d["summary"], sort_keys=True)  # a saved run re-summarises
     files = write_results(d, tmp_path / "out")
     assert all(f.is_file() and f.stat().st_size > 0 for f in files)
     assert len(table_rows(d)) == len(cfg.budgets) * len(cfg.concepts)
