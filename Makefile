@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/python -m dashboard.demo ensure
 
 run: setup
+	$(BIN)/python -m dashboard.warmup
 	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) --server.address $(ADDRESS)
 
 test: setup
