@@ -268,7 +268,8 @@ def _store_case(store, rec: dict, split: str) -> tuple[int, int]:
 
     store.save_case(rec["case_id"], SOURCE, split=split, label=rec["label"], description=rec["description"],
                     patient_ref=rec["patient_ref"])
-    n_rows = n_lesions = 0
+    n_lesions = 0
+    rows: list[dict] = []
     for img in rec["images"]:
         added = store.save_image(img["image_id"], rec["case_id"], img["path"], img["sha256"],
                                  laterality=img["laterality"], view=img["view"], rows=img["rows"],
@@ -286,11 +287,11 @@ def _store_case(store, rec: dict, split: str) -> tuple[int, int]:
                     "or point CONCEPTLENS_DATA_DIR elsewhere, then build again.")
         for f in img["findings"]:
             n_lesions += f["pathology"] != "normal"
-            for concept in f["concepts"]:
-                store.save_finding(f"{img['image_id']}-{f['key']}-{concept}", img["image_id"], concept,
-                                   pathology=f["pathology"], mask_path=f["mask_path"], bbox=tuple(f["bbox"]),
-                                   attributes=f["attributes"], source=SOURCE)
-                n_rows += 1
+            rows.extend({"finding_id": f"{img['image_id']}-{f['key']}-{concept}", "image_id": img["image_id"],
+                         "concept": concept, "pathology": f["pathology"], "mask_path": f["mask_path"],
+                         "bbox": tuple(f["bbox"]), "attributes": f["attributes"], "source": SOURCE}
+                        for concept in f["concepts"])
+    n_rows = store.save_findings(rows)  # one transaction per case, not one per row
     return n_rows, n_lesions
 
 

@@ -309,6 +309,33 @@ class Store:
 
         self._write(write)
 
+    def save_findings(self, rows: list[dict]) -> int:
+        """Insert or replace many ground-truth findings in one transaction (bulk import).
+
+        Each row has the keyword arguments of ``save_finding`` plus ``finding_id``, ``image_id`` and
+        ``concept``. Returns the number of rows written; nothing is written if any row fails.
+        """
+        params = []
+        for r in rows:
+            x0, y0, x1, y1 = r.get("bbox") or (None, None, None, None)
+            cx, cy, rad = r.get("circle") or (None, None, None)
+            params.append([r["finding_id"], r["image_id"], r["concept"], r.get("pathology", "unknown"),
+                           r.get("mask_path"), x0, y0, x1, y1, cx, cy, rad,
+                           json.dumps(r.get("attributes") or {}, default=str), r.get("source", "")])
+        if not params:
+            return 0
+
+        def write(cur):
+            cur.executemany("DELETE FROM findings WHERE finding_id = ?", [[p[0]] for p in params])
+            cur.executemany(
+                "INSERT INTO findings (finding_id, image_id, concept, pathology, mask_path, x0, y0, x1, y1,"
+                " cx, cy, radius, attributes, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+            return len(params)
+
+        return self._write(write)
+
     def list_cases(self) -> list[dict]:
         """Cases with their image count and label status (drawings, concepts)."""
         return self.query(

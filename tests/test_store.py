@@ -200,3 +200,23 @@ def test_store_error_wraps_duckdb_errors(store):
     with pytest.raises(StoreError) as info:
         store.query("SELECT * FROM no_such_table")
     assert not isinstance(info.value, duckdb.Error)
+
+
+def test_bulk_findings_replace_and_all_or_nothing(store):
+    _seed_image(store)
+    rows = [{"finding_id": f"f{k}", "image_id": "img1", "concept": "mass", "pathology": "benign",
+             "bbox": (k, k, k + 5, k + 5), "attributes": {"k": k}, "source": "synthetic"} for k in range(3)]
+    assert store.save_findings(rows) == 3
+    got = {f["finding_id"]: f for f in store.list_findings("img1")}
+    assert sorted(got) == ["f0", "f1", "f2"] and got["f2"]["x1"] == 7
+    # a second write replaces rows by id instead of duplicating them
+    rows[0]["pathology"] = "malignant"
+    assert store.save_findings(rows[:1]) == 1
+    got = {f["finding_id"]: f for f in store.list_findings("img1")}
+    assert len(got) == 3 and got["f0"]["pathology"] == "malignant"
+    # one bad row (unknown image) writes nothing of the batch
+    bad = [{"finding_id": "f9", "image_id": "img1", "concept": "mass"},
+           {"finding_id": "f10", "image_id": "no-such-image", "concept": "mass"}]
+    with pytest.raises(StoreError):
+        store.save_findings(bad)
+    assert "f9" not in {f["finding_id"] for f in store.list_findings("img1")}
