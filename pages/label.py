@@ -30,24 +30,32 @@ if view is None:
     st.stop()
 
 r = view.ref
+# the Report opens on the image being labeled; its evidence is prepared while the reader draws
+st.session_state[state.CASE_ID] = view.image["case_id"]
+st.session_state[state.IMAGE_ID] = r.image_id
+lb.prepare_report(ctx, r.image_id)
 st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size {r.size} model px"
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
 for note in view.notes:
     st.warning(note)
 if "label.group_next" in st.session_state:  # a concept was just added: show its group
-    st.session_state["label.group"] = st.session_state.pop("label.group_next")
+    st.session_state[state.LABEL_GROUP] = st.session_state.pop("label.group_next")
 flash = st.session_state.get("label.flash")
-if flash and flash[1] == st.session_state.get("label.group"):
+if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
     st.success(flash[0])
 
 left, right = st.columns([1.1, 1], gap="large")
 with right:
     st.subheader("Concept")
     groups = list(view.palette)
-    group = st.selectbox("Lexicon group", groups, key="label.group")
+    if st.session_state.get(state.LABEL_GROUP) not in groups:
+        st.session_state.pop(state.LABEL_GROUP, None)
+    group = st.selectbox("Lexicon group", groups, key=state.LABEL_GROUP)
     concepts = view.palette[group]
     names = [c["name"] for c in concepts]
-    concept = st.radio("Concept", names, key="label.concept",
+    if st.session_state.get(state.LABEL_CONCEPT) not in names:  # kept from another group
+        st.session_state.pop(state.LABEL_CONCEPT, None)
+    concept = st.radio("Concept", names, key=state.LABEL_CONCEPT,
                        captions=[c["description"] for c in concepts])
     colour = next(c["colour"] for c in concepts if c["name"] == concept)
     with st.expander("Add custom concept"):
@@ -66,7 +74,7 @@ with right:
                 st.rerun()
 
 with left:
-    tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key="label.tool")
+    tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key=state.LABEL_TOOL)
     st.caption("Polygon: click the vertices, then click the first vertex again to close it. "
                "Undo, redo and clear are on the canvas toolbar (hover the canvas).")
     from PIL import Image
@@ -88,8 +96,12 @@ except Exception as exc:  # noqa: BLE001 - DrawingError: empty, degenerate or un
 # kept until the next drawing: the fresh canvas reports itself with a rerun of its own
 saved = st.session_state.get("label.saved")
 if saved and saved["nonce"] == nonce and not drawings:
+    probe = (f" Concept probe v{saved['probe_version']} retrained on {saved['probe_drawings']} drawing(s): "
+             "see the Report." if saved.get("probe_version") else "")
     st.success(f"Saved {saved['concept']!r}: labeled {saved['n_labeled']} unit(s) "
-               f"({saved['n_above']} above IoU {saved['tau']:g}).", icon=":material/check:")
+               f"({saved['n_above']} above IoU {saved['tau']:g}).{probe}", icon=":material/check:")
+    if saved.get("retrain_error"):
+        st.warning(f"The probes were not retrained: {saved['retrain_error']}")
 
 match = None
 if drawings:
@@ -108,14 +120,19 @@ if match is not None:
         c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
         c2.metric("IoU", f"{match.best_iou:.2f}")
         c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
+        retrain = st.toggle("Retrain probes on Save", key=state.LABEL_RETRAIN,
+                            help="Fit a new concept probe version with this drawing, so the Report shows it.")
         if st.button(f"Save as {concept}", key="label.save", type="primary"):
             try:
-                res = lb.save(ctx, view, match, concept, reader)
+                res = lb.save(ctx, view, match, concept, reader, retrain=retrain)
             except Exception as exc:  # noqa: BLE001 - UnknownConceptError, ValidationError, StoreError
                 st.error(str(exc))
             else:
                 st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled,
-                                                   "n_above": res.n_above, "tau": match.tau, "nonce": nonce + 1}
+                                                   "n_above": res.n_above, "tau": match.tau, "nonce": nonce + 1,
+                                                   "probe_version": res.probe_version,
+                                                   "probe_drawings": res.probe_drawings,
+                                                   "retrain_error": res.retrain_error}
                 st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
                 st.rerun()
     st.plotly_chart(match.figure, key="label.units_map", width="stretch")

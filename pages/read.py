@@ -10,28 +10,29 @@ TILE_HEIGHT = 430  # px: the four views fit on a laptop screen
 
 # the manual centre/width start from the window in use (set before the widgets exist)
 shown = st.session_state.get("read.window_shown")
-if shown and st.session_state.get("read.window_mode", "file") != "manual":
-    st.session_state["read.center"], st.session_state["read.width"] = float(shown[0]), float(shown[1])
+if shown and st.session_state.get(state.READ_WINDOW_MODE, "file") != "manual":
+    st.session_state[state.READ_CENTER], st.session_state[state.READ_WIDTH] = float(shown[0]), float(shown[1])
 
 # ------------------------------------------------------------------ controls
 with st.sidebar:
     st.subheader("Window / level")
-    mode = st.radio("Window", ["file", "auto", "manual"], key="read.window_mode", horizontal=True,
+    mode = st.radio("Window", ["file", "auto", "manual"], key=state.READ_WINDOW_MODE, horizontal=True,
                     format_func={"file": "File presets", "auto": "Auto", "manual": "Manual"}.get)
     presets = st.session_state.get("read.presets", [])
-    preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key="read.preset",
+    if st.session_state.get(state.READ_PRESET, 0) >= max(len(presets), 1):  # the new case has fewer windows
+        st.session_state[state.READ_PRESET] = 0
+    preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key=state.READ_PRESET,
                           format_func=lambda i: presets[i] if i < len(presets) else "file default",
                           disabled=mode != "file")
     c1, c2 = st.columns(2)
-    center = c1.number_input("Centre", value=2048.0, step=50.0, key="read.center", disabled=mode != "manual")
-    width = c2.number_input("Width", value=4096.0, min_value=1.0, step=50.0, key="read.width",
-                            disabled=mode != "manual")
+    center = c1.number_input("Centre", step=50.0, key=state.READ_CENTER, disabled=mode != "manual")
+    width = c2.number_input("Width", min_value=1.0, step=50.0, key=state.READ_WIDTH, disabled=mode != "manual")
     st.subheader("Overlay")
-    overlay = st.radio("Overlay", rd.OVERLAYS, key="read.overlay", horizontal=True,
+    overlay = st.radio("Overlay", rd.OVERLAYS, key=state.READ_OVERLAY, horizontal=True,
                        format_func={"none": "None", "lesion map": "Lesion map", "attribution": "Attribution"}.get)
-    method = st.selectbox("Attribution method", rd.VIEWER_METHODS, key="read.method",
+    method = st.selectbox("Attribution method", rd.VIEWER_METHODS, key=state.READ_METHOD,
                           disabled=overlay != "attribution")
-    opacity = st.slider("Opacity", 0.0, 1.0, 0.55, 0.05, key="read.opacity", disabled=overlay == "none")
+    opacity = st.slider("Opacity", 0.0, 1.0, step=0.05, key=state.READ_OPACITY, disabled=overlay == "none")
 
 window = rd.WindowChoice(mode, int(preset or 0), float(center), float(width))
 with st.spinner("Preparing the images…"):

@@ -299,9 +299,11 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     assert concepts["units"].iloc[0] == len(labeled["match"].units_above)
     assert len(at.get("plotly_chart")) >= 6
     assert {b.label for b in at.get("download_button")} == {"Export HTML", "Export JSON"}
-    # TCAV needs the model's suspicious patches: first a clear message, then scores
+    # TCAV is not run with the report: it says so for this probe version
+    assert any("TCAV is not computed for probe v1 yet" in i.value for i in at.info)
+    # one drawing gives too few positions for TCAV's random concepts: a clear message, no crash
     at.button(key="report.tcav").click().run()
-    assert "score the cases on the Worklist first" in at.error[0].value
+    assert not at.exception and "TCAV needs" in at.error[0].value
     from dashboard import canvas
     from dashboard.screens import labeling as lb
     from dashboard.screens import worklist as wl
