@@ -1,8 +1,6 @@
 """ConceptLens entry point: page config and navigation over pages/."""
 import streamlit as st
 
-from dashboard import resources
-
 st.set_page_config(page_title="ConceptLens", page_icon=":material/radiology:", layout="wide")
 
 PAGES = [
@@ -13,5 +11,4 @@ PAGES = [
     st.Page("pages/report.py", title="Report", icon=":material/summarize:"),
     st.Page("pages/model_data.py", title="Model and data", icon=":material/settings:"),
 ]
-resources.keep_widget_state()  # selections survive visits to other pages
 st.navigation(PAGES).run()

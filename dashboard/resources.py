@@ -56,22 +56,6 @@ def get_context() -> AppContext:
     return build_context(settings, store, get_model(selected_card(settings), settings))
 
 
-def keep_widget_state() -> None:
-    """Keep the kept widgets' values across page visits (call at the top of every run).
-
-    Streamlit drops a widget's state at the end of a run that did not draw it; writing the value
-    back through the Session State API makes it a plain key again, which the widget picks up when
-    its page is drawn next. First values come from ``state.WIDGET_DEFAULTS`` (widgets then take no
-    ``value=`` of their own, so there is one source for each)."""
-    ss = st.session_state
-    for key, value in state.WIDGET_DEFAULTS.items():
-        if key not in ss:
-            ss[key] = value
-    for key in state.KEPT_WIDGETS:
-        if key in ss:
-            ss[key] = ss[key]
-
-
 def forget_models() -> None:
     """Drop cached models (after a card changed on disk or new weights were trained)."""
     _model.clear()

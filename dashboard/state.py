@@ -13,7 +13,8 @@ WINDOW = "read.window"       # (center, width, function) or a preset name, per s
 
 # ---------------------------------------------------------------- widget keys kept across pages
 # Streamlit forgets the value of a widget that a run did not draw, so a visit to another page
-# would reset these; ``resources.keep_widget_state`` (called by app.py on every run) keeps them.
+# would reset these: their widgets are created with ``persist_state=PERSIST`` (kept for the session).
+PERSIST = "session"
 READ_WINDOW_MODE = "read.window_mode"
 READ_PRESET = "read.preset"
 READ_CENTER = "read.center"
@@ -41,12 +42,3 @@ KEPT_WIDGETS = (
     WORKLIST_KINDS, WORKLIST_TRUTHS, WORKLIST_STATUS, WORKLIST_SCORED, WORKLIST_SEARCH, WORKLIST_SORT,
     WORKLIST_DESCENDING,
 )
-
-#: First values of the kept widgets that do not start at their first option (set once per session).
-WIDGET_DEFAULTS = {
-    READ_CENTER: 2048.0,
-    READ_WIDTH: 4096.0,
-    READ_OPACITY: 0.55,
-    LABEL_RETRAIN: True,
-    WORKLIST_DESCENDING: True,
-}

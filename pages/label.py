@@ -50,12 +50,12 @@ with right:
     groups = list(view.palette)
     if st.session_state.get(state.LABEL_GROUP) not in groups:
         st.session_state.pop(state.LABEL_GROUP, None)
-    group = st.selectbox("Lexicon group", groups, key=state.LABEL_GROUP)
+    group = st.selectbox("Lexicon group", groups, key=state.LABEL_GROUP, persist_state=state.PERSIST)
     concepts = view.palette[group]
     names = [c["name"] for c in concepts]
     if st.session_state.get(state.LABEL_CONCEPT) not in names:  # kept from another group
         st.session_state.pop(state.LABEL_CONCEPT, None)
-    concept = st.radio("Concept", names, key=state.LABEL_CONCEPT,
+    concept = st.radio("Concept", names, key=state.LABEL_CONCEPT, persist_state=state.PERSIST,
                        captions=[c["description"] for c in concepts])
     colour = next(c["colour"] for c in concepts if c["name"] == concept)
     with st.expander("Add custom concept"):
@@ -74,7 +74,8 @@ with right:
                 st.rerun()
 
 with left:
-    tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key=state.LABEL_TOOL)
+    tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key=state.LABEL_TOOL,
+                    persist_state=state.PERSIST)
     st.caption("Polygon: click the vertices, then click the first vertex again to close it. "
                "Undo, redo and clear are on the canvas toolbar (hover the canvas).")
     from PIL import Image
@@ -120,7 +121,7 @@ if match is not None:
         c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
         c2.metric("IoU", f"{match.best_iou:.2f}")
         c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
-        retrain = st.toggle("Retrain probes on Save", key=state.LABEL_RETRAIN,
+        retrain = st.toggle("Retrain probes on Save", value=True, key=state.LABEL_RETRAIN, persist_state=state.PERSIST,
                             help="Fit a new concept probe version with this drawing, so the Report shows it.")
         if st.button(f"Save as {concept}", key="label.save", type="primary"):
             try:

@@ -16,23 +16,28 @@ if shown and st.session_state.get(state.READ_WINDOW_MODE, "file") != "manual":
 # ------------------------------------------------------------------ controls
 with st.sidebar:
     st.subheader("Window / level")
-    mode = st.radio("Window", ["file", "auto", "manual"], key=state.READ_WINDOW_MODE, horizontal=True,
+    mode = st.radio("Window", ["file", "auto", "manual"], key=state.READ_WINDOW_MODE,
+                    persist_state=state.PERSIST, horizontal=True,
                     format_func={"file": "File presets", "auto": "Auto", "manual": "Manual"}.get)
     presets = st.session_state.get("read.presets", [])
     if st.session_state.get(state.READ_PRESET, 0) >= max(len(presets), 1):  # the new case has fewer windows
         st.session_state[state.READ_PRESET] = 0
     preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key=state.READ_PRESET,
+                          persist_state=state.PERSIST,
                           format_func=lambda i: presets[i] if i < len(presets) else "file default",
                           disabled=mode != "file")
     c1, c2 = st.columns(2)
-    center = c1.number_input("Centre", step=50.0, key=state.READ_CENTER, disabled=mode != "manual")
-    width = c2.number_input("Width", min_value=1.0, step=50.0, key=state.READ_WIDTH, disabled=mode != "manual")
+    center = c1.number_input("Centre", value=2048.0, step=50.0, key=state.READ_CENTER, persist_state=state.PERSIST,
+                             disabled=mode != "manual")
+    width = c2.number_input("Width", value=4096.0, min_value=1.0, step=50.0, key=state.READ_WIDTH,
+                            persist_state=state.PERSIST, disabled=mode != "manual")
     st.subheader("Overlay")
-    overlay = st.radio("Overlay", rd.OVERLAYS, key=state.READ_OVERLAY, horizontal=True,
+    overlay = st.radio("Overlay", rd.OVERLAYS, key=state.READ_OVERLAY, persist_state=state.PERSIST, horizontal=True,
                        format_func={"none": "None", "lesion map": "Lesion map", "attribution": "Attribution"}.get)
-    method = st.selectbox("Attribution method", rd.VIEWER_METHODS, key=state.READ_METHOD,
+    method = st.selectbox("Attribution method", rd.VIEWER_METHODS, key=state.READ_METHOD, persist_state=state.PERSIST,
                           disabled=overlay != "attribution")
-    opacity = st.slider("Opacity", 0.0, 1.0, step=0.05, key=state.READ_OPACITY, disabled=overlay == "none")
+    opacity = st.slider("Opacity", 0.0, 1.0, 0.55, 0.05, key=state.READ_OPACITY,
+                        persist_state=state.PERSIST, disabled=overlay == "none")
 
 window = rd.WindowChoice(mode, int(preset or 0), float(center), float(width))
 with st.spinner("Preparing the images…"):

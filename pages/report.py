@@ -69,7 +69,7 @@ if view.overlay is not None:
         if names:
             if st.session_state.get(state.REPORT_CONCEPT) not in names:
                 st.session_state.pop(state.REPORT_CONCEPT, None)
-            pick = st.selectbox("Concept map", names, key=state.REPORT_CONCEPT)
+            pick = st.selectbox("Concept map", names, key=state.REPORT_CONCEPT, persist_state=state.PERSIST)
             st.image(dict(view.concept_maps)[pick], caption=f"P({pick})", width="stretch")
 
 # ------------------------------------------------------------------ which concepts carry the evidence

@@ -46,6 +46,7 @@ with right:
     if st.session_state.get(state.UNITS_CONCEPT) not in [""] + [c["concept"] for c in view.counts]:
         st.session_state[state.UNITS_CONCEPT] = ""  # that concept has no labeled unit any more
     st.selectbox("Labels of concept", [""] + [c["concept"] for c in view.counts], key=state.UNITS_CONCEPT,
+                 persist_state=state.PERSIST,
                  format_func=lambda c: c or "all concepts")
     st.dataframe(view.labels, hide_index=True, width="stretch", key="units.labels",
                  column_order=["unit", "concept", "iou", "reader", "image_id"])

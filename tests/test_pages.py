@@ -331,3 +331,60 @@ def test_report_retrain_without_drawings_says_so(model_data):
     at = run_page("pages/report.py", {state.CASE_ID: "SYN-0001"})
     at.button(key="report.retrain").click().run()
     assert "No drawings to train concept probes on" in at.error[0].value
+
+
+def test_selections_survive_visits_to_other_pages(model_data):
+    """Case, patch, reader, lexicon group and concept, window/level and the worklist filters are
+    still set after the reader visits other pages and comes back."""
+    at = run_page("pages/worklist.py")
+    at.text_input(key=state.WORKLIST_SEARCH).input("SYN").run()
+    at.toggle(key=state.WORKLIST_DESCENDING).set_value(False).run()
+    at.selectbox(key="worklist.case").select("SYN-0001").run()
+    at.button(key="worklist.open").click().run()
+    assert at.session_state[state.CASE_ID] == "SYN-0001"
+    at.switch_page("pages/read.py")
+    at.run()
+    assert at.title[0].value == "Read · SYN-0001"
+    at.radio(key=state.READ_WINDOW_MODE).set_value("manual").run()
+    at.number_input(key=state.READ_CENTER).set_value(1500).run()
+    at.number_input(key=state.READ_WIDTH).set_value(800).run()
+    at.radio(key=state.READ_OVERLAY).set_value("lesion map").run()
+    at.selectbox(key="read.patch").set_value(0).run()
+    at.button(key="read.open_patch").click().run()
+    patch = at.session_state[state.PATCH]
+    at.switch_page("pages/label.py")
+    at.run()
+    at.text_input(key="label.reader_name").input("Dr Keep").run()
+    at.button(key="label.start").click().run()
+    at.selectbox(key=state.LABEL_GROUP).select("mass margin").run()
+    at.radio(key=state.LABEL_CONCEPT).set_value("margin-spiculated").run()
+    at.radio(key=state.LABEL_TOOL).set_value("rect").run()
+    # away: every other page, then back
+    for page in ("pages/units.py", "pages/report.py", "pages/model_data.py", "pages/worklist.py"):
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+    assert at.text_input(key=state.WORKLIST_SEARCH).value == "SYN"
+    assert at.toggle(key=state.WORKLIST_DESCENDING).value is False
+    assert list(at.dataframe[0].value["case_id"]) == ["SYN-0001", "SYN-0002"]
+    at.switch_page("pages/label.py")
+    at.run()
+    assert at.session_state[state.PATCH] == patch and at.session_state[state.READER] == "Dr Keep"
+    assert at.selectbox(key=state.LABEL_GROUP).value == "mass margin"
+    assert at.radio(key=state.LABEL_CONCEPT).value == "margin-spiculated"
+    assert at.radio(key=state.LABEL_TOOL).value == "rect"
+    assert "Reader **Dr Keep**" in at.caption[0].value
+    # the Report opens on the labeled image
+    at.switch_page("pages/report.py")
+    at.run()
+    assert at.session_state[state.IMAGE_ID] == patch[0]
+    assert at.selectbox(key="report.image").value == patch[0]
+    at.switch_page("pages/read.py")
+    at.run()
+    assert at.title[0].value == "Read · SYN-0001"
+    assert at.radio(key=state.READ_WINDOW_MODE).value == "manual"
+    assert at.number_input(key=state.READ_CENTER).value == 1500
+    assert at.number_input(key=state.READ_WIDTH).value == 800
+    assert at.radio(key=state.READ_OVERLAY).value == "lesion map"
+    labels = [img.proto.imgs[0].caption for img in at.get("image")]
+    assert all("MANUAL C 1500 / W 800" in lb for lb in labels)
