@@ -20,17 +20,18 @@ with st.sidebar:
                     persist_state=state.PERSIST, horizontal=True,
                     format_func={"file": "File presets", "auto": "Auto", "manual": "Manual"}.get)
     presets = st.session_state.get("read.presets", [])
-    if st.session_state.get(state.READ_PRESET, 0) >= max(len(presets), 1):  # the new case has fewer windows
-        st.session_state[state.READ_PRESET] = 0
     preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key=state.READ_PRESET,
                           persist_state=state.PERSIST,
                           format_func=lambda i: presets[i] if i < len(presets) else "file default",
                           disabled=mode != "file")
     c1, c2 = st.columns(2)
-    center = c1.number_input("Centre", value=2048.0, step=50.0, key=state.READ_CENTER, persist_state=state.PERSIST,
+    # first values through the session (the page writes them too): one source, no duplicate default
+    st.session_state.setdefault(state.READ_CENTER, 2048.0)
+    st.session_state.setdefault(state.READ_WIDTH, 4096.0)
+    center = c1.number_input("Centre", step=50.0, key=state.READ_CENTER, persist_state=state.PERSIST,
                              disabled=mode != "manual")
-    width = c2.number_input("Width", value=4096.0, min_value=1.0, step=50.0, key=state.READ_WIDTH,
-                            persist_state=state.PERSIST, disabled=mode != "manual")
+    width = c2.number_input("Width", min_value=1.0, step=50.0, key=state.READ_WIDTH, persist_state=state.PERSIST,
+                            disabled=mode != "manual")
     st.subheader("Overlay")
     overlay = st.radio("Overlay", rd.OVERLAYS, key=state.READ_OVERLAY, persist_state=state.PERSIST, horizontal=True,
                        format_func={"none": "None", "lesion map": "Lesion map", "attribution": "Attribution"}.get)
