@@ -107,12 +107,9 @@ def _timed(name: str, fn, log: dict):
 def profile_in_process(data_dir: Path, reps: int) -> dict:
     """The Save -> report path without the browser, each step timed (wall, CPU s), on a copy of the
     prepared data dir. Same calls as the pages: labeling.match/save, reporting.load_report."""
-    import io
     import shutil
 
-    import numpy as np
     import plotly.io as pio
-    from PIL import Image
 
     from dashboard import canvas, probes
     from dashboard.context import build_context, load_model
@@ -151,16 +148,12 @@ def profile_in_process(data_dir: Path, reps: int) -> dict:
                 info = _timed("report.probe_info", lambda: rp.probe_info(ctx), log)
                 colours = {c["name"]: c["colour"] for c in store.list_concepts()}
                 _timed("report.concept_maps", lambda: rp.image_concept_maps(ctx, info, ref.image_id), log)
-                _timed("report.concept_panels", lambda: rp.concept_panels(ctx, info, row, colours, view.mirrored), log)
+                _timed("report.concept_panels (+ JPEG encoding)", lambda: rp.concept_panels(ctx, info, row, colours, view.mirrored), log)
                 rep_obj, key, _ = _timed("report.assemble (engine report)", lambda: rp.engine_report(ctx, info, row), log)
                 _timed("report.figures", lambda: rp._shown(rep_obj, view.mirrored), log)
                 v = _timed("report.load_report (all cached now)", lambda: rp.load_report(ctx, case_id, ref.image_id), log)
-                _timed("render.plotly_to_json", lambda: [pio.to_json(f) for f in v.figures], log)
-
-                def png():
-                    for a in [v.overlay] + [mm for _, mm in v.concept_maps]:
-                        Image.fromarray(a).save(io.BytesIO(), format="PNG")
-                _timed("render.png_encode", png, log)
+                _timed("render.plotly_to_json (figures shown by default)",
+                       lambda: [pio.to_json(f) for f in v.figures], log)
             try:
                 _timed("tcav (on demand, per probe version)", lambda: rp.run_tcav(ctx), log)
                 tcav_note = ""
@@ -180,6 +173,13 @@ def profile_in_process(data_dir: Path, reps: int) -> dict:
     return out
 
 
+def ready(page) -> None:
+    """Until the current script run has finished and every image and chart is rendered. Called
+    only after a text that the new run itself writes is visible, so no settling sleep is needed."""
+    page.wait_for_selector(flows.APP_IDLE, timeout=flows.LONG)
+    page.wait_for_function(flows.MEDIA_READY, timeout=flows.LONG)
+
+
 def run(reps: int, data_dir: Path, vertices: int) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -192,7 +192,7 @@ def run(reps: int, data_dir: Path, vertices: int) -> dict:
     t_prof = time.perf_counter()
     in_process = profile_in_process(data_dir, min(reps, 5))
     prof_s = time.perf_counter() - t_prof
-    choose, draw_iou, save_only, save_report = [], [], [], []
+    choose, draw_iou, save_only, save_report, report_text = [], [], [], [], []
     t_browser, c_browser = time.perf_counter(), time.process_time()
     with streamlit_server(ROOT / "app.py", env, log_path=ARTIFACTS / "bench_browser_streamlit.log") as url, \
             sync_playwright() as pw, launch_chromium(pw) as browser:
@@ -209,26 +209,31 @@ def run(reps: int, data_dir: Path, vertices: int) -> dict:
             flows.select_option(page, "Lexicon group", "calcification")  # set-up, not timed
             flows.settle(page)
             t0 = time.perf_counter()
-            flows.select_option(page, "Lexicon group", "mass")
+            page.get_by_role("combobox", name="Lexicon group", exact=True).first.click()
+            page.get_by_role("option", name="mass", exact=True).first.click()
             page.get_by_text("Mass (any shape or margin)").wait_for()
+            ready(page)
             choose.append(time.perf_counter() - t0)
             flows.settle(page)
             t0 = flows.draw_polygon_timed(page, jitter(plan["polygon"], rep))
             flows.wait_text(page, "Best matching unit")
-            flows.settle(page)
+            ready(page)
             draw_iou.append(time.perf_counter() - t0)
+            flows.settle(page)
 
             t0 = time.perf_counter()
             page.get_by_role("button", name="Save as mass", exact=True).first.click()
             flows.wait_text(page, re.compile(rf"Saved 'mass': labeled \d+ unit.*probe v{rep + 1} retrained"))
             save_only.append(time.perf_counter() - t0)
-            flows.nav(page, "Report")
-            flows.heading(page, "Report")
+            page.locator("[data-testid='stSidebarNavLink']", has_text="Report").first.click()
             flows.wait_text(page, re.compile(rf"Concept probe v{rep + 1}\b.*on {rep + 1} drawing"))
-            flows.settle(page)
+            report_text.append(time.perf_counter() - t0)
+            ready(page)
             save_report.append(time.perf_counter() - t0)
             print(f"rep {rep + 1}/{reps}: concept {choose[-1]:.2f} s, draw->IoU {draw_iou[-1]:.2f} s, "
-                  f"save {save_only[-1]:.2f} s, save->report {save_report[-1]:.2f} s", flush=True)
+                  f"save {save_only[-1]:.2f} s, save->report {save_report[-1]:.2f} s "
+                  f"(probe line {report_text[-1]:.2f} s)", flush=True)
+            flows.settle(page)
             flows.nav(page, "Label concepts")
             flows.heading(page, "Label concepts")
         page.close()
@@ -261,6 +266,10 @@ def run(reps: int, data_dir: Path, vertices: int) -> dict:
         "draw_to_iou_panel": summary(draw_iou),
         "save_message": summary(save_only),
         "save_to_report": summary(save_report),
+        "save_to_report_probe_line": summary(report_text),
+        "timing_rule": ("each figure ends when the expected text is visible, the app reports its script run "
+                        "finished and every image and plotly chart on the page has rendered (no fixed sleeps "
+                        "inside a timed step)"),
         "in_process": in_process,
     }
     res["drawings_per_minute"] = drawings_per_minute(res, vertices)
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in res["in_process"].items():
         if isinstance(r, dict) and "p50_wall_s" in r:
             print(f"  {name:58s} {r['p50_wall_s']:7.3f} / {r['p50_cpu_s'] if r['p50_cpu_s'] is not None else '-'}")
-    for name in ("choose_concept", "draw_to_iou_panel", "save_message", "save_to_report"):
+    for name in ("choose_concept", "draw_to_iou_panel", "save_message", "save_to_report", "save_to_report_probe_line"):
         r = res[name]
         print(f"{name:26s} p50 {r['p50_s']:6.2f} s   p90 {r['p90_s']:6.2f} s   (n={r['n']})")
     d = res["drawings_per_minute"]

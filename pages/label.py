@@ -44,6 +44,22 @@ flash = st.session_state.get("label.flash")
 if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
     st.success(flash[0])
 
+
+
+def save_drawing(view, match, concept: str, reader: str, nonce: int, retrain: bool) -> None:
+    """Save's callback: runs before the next script run, so one run shows the result and a fresh
+    canvas (no second run after an st.rerun)."""
+    try:
+        res = lb.save(resources.get_context(), view, match, concept, reader, retrain=retrain)
+    except Exception as exc:  # noqa: BLE001 - shown by the run that follows
+        st.session_state["label.save_error"] = str(exc)
+        return
+    st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled, "n_above": res.n_above,
+                                       "tau": match.tau, "nonce": nonce + 1, "probe_version": res.probe_version,
+                                       "probe_drawings": res.probe_drawings, "retrain_error": res.retrain_error}
+    st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
+
+
 left, right = st.columns([1.1, 1], gap="large")
 with right:
     st.subheader("Concept")
@@ -104,6 +120,10 @@ if saved and saved["nonce"] == nonce and not drawings:
     if saved.get("retrain_error"):
         st.warning(f"The probes were not retrained: {saved['retrain_error']}")
 
+save_error = st.session_state.pop("label.save_error", None)
+if save_error:  # UnknownConceptError, ValidationError, StoreError from the last Save
+    st.error(save_error)
+
 match = None
 if drawings:
     try:
@@ -123,19 +143,8 @@ if match is not None:
         c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
         retrain = st.toggle("Retrain probes on Save", value=True, key=state.LABEL_RETRAIN, persist_state=state.PERSIST,
                             help="Fit a new concept probe version with this drawing, so the Report shows it.")
-        if st.button(f"Save as {concept}", key="label.save", type="primary"):
-            try:
-                res = lb.save(ctx, view, match, concept, reader, retrain=retrain)
-            except Exception as exc:  # noqa: BLE001 - UnknownConceptError, ValidationError, StoreError
-                st.error(str(exc))
-            else:
-                st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled,
-                                                   "n_above": res.n_above, "tau": match.tau, "nonce": nonce + 1,
-                                                   "probe_version": res.probe_version,
-                                                   "probe_drawings": res.probe_drawings,
-                                                   "retrain_error": res.retrain_error}
-                st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
-                st.rerun()
+        st.button(f"Save as {concept}", key="label.save", type="primary", on_click=save_drawing,
+                  args=(view, match, concept, reader, nonce, retrain))
     st.plotly_chart(match.figure, key="label.units_map", width="stretch")
     if match.table:
         st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")

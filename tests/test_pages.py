@@ -297,7 +297,9 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     concepts = frame_with(at, "concept", "attribution share", "logit part")
     assert concepts["concept"].tolist() == ["mass"]
     assert concepts["units"].iloc[0] == len(labeled["match"].units_above)
-    assert len(at.get("plotly_chart")) >= 6
+    assert len(at.get("plotly_chart")) == 5  # bar charts; the two map figures on request
+    at.toggle(key=state.REPORT_MAPS).set_value(True).run()
+    assert len(at.get("plotly_chart")) == 7
     assert {b.label for b in at.get("download_button")} == {"Export HTML", "Export JSON"}
     # TCAV is not run with the report: it says so for this probe version
     assert any("TCAV is not computed for probe v1 yet" in i.value for i in at.info)

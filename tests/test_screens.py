@@ -212,7 +212,8 @@ def test_save_retrains_and_a_new_probe_reuses_the_image_evidence(ctx_stats):
     assert first.probe.version == 1 and not first.probe.stale
     assert any("TCAV is not computed for probe v1" in n for n in first.notes)
     evidence_misses = rp._EVIDENCE.misses
-    assert rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC").figures is first.figures  # a rerun: nothing new
+    again = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")  # a rerun: nothing new
+    assert again.figures[0] is first.figures[0] and again.encoded["overlay"] is first.encoded["overlay"]
     # a second drawing, saved with retrain: a new probe version, the same evidence
     d = canvas.Drawing("rect", ((2, 2), (20, 2), (20, 20), (2, 20)))
     view2 = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 100, 40, 64))

@@ -29,6 +29,9 @@ _PREFETCHING: set = set()   # evidence keys a background thread is computing
 _PREFETCH_LOCK = threading.Lock()
 #: Attribution method of the report's evidence shares (fast on a whole image on 2 CPU cores).
 REPORT_METHOD = "gradcam"
+#: The engine's image-like figures: shown on request (the page already shows the concept maps as
+#: images; these two cost the browser as much as all the bar charts together).
+MAP_FIGURES = ("maps", "attribution")
 #: Order in which the engine's figures are shown.
 FIGURE_ORDER = ("shares", "logit", "maps", "attribution", "activation", "units", "tcav")
 #: Most input patches TCAV scores (the model's most suspicious patches of the store's images).
@@ -70,6 +73,8 @@ class ReportView:
     export_html: Callable[[], bytes] | None = None
     export_name: str = "report"
     tcav_run: int | None = None
+    encoded: dict = field(default_factory=dict)      # "overlay" / concept -> JPEG bytes of the images above
+    map_figures: list = field(default_factory=list)  # the engine's image-like figures (maps, attribution)
 
 
 def annotation_patch(ctx: AppContext):
@@ -260,11 +265,13 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
         notes.append("Drawings were added or undone since this probe was trained: retrain to include them.")
     colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
     mirrored = imaging.display_flip(row["laterality"])
-    over, legend, per = concept_panels(ctx, info, row, colours, mirrored)
-    view = ReportView(ids, image_id, label, info, over, legend, per, score=score, notes=notes, image_names=names)
+    over, legend, per, encoded = concept_panels(ctx, info, row, colours, mirrored)
+    view = ReportView(ids, image_id, label, info, over, legend, per, score=score, notes=notes, image_names=names,
+                      encoded=encoded)
     rep, key, tcav_run = engine_report(ctx, info, row)
     shown, figs, rows = _FIGURES.get(key + (mirrored,), lambda: _shown(rep, mirrored))
-    view.figures = figs
+    view.figures = [f for name, f in figs if name not in MAP_FIGURES]
+    view.map_figures = [f for name, f in figs if name in MAP_FIGURES]
     view.concepts = rows
     view.probability, view.target = float(rep.probability), rep.target_name
     view.notes += list(rep.notes)
@@ -299,15 +306,31 @@ def concept_panels(ctx: AppContext, info: ProbeInfo, row: dict, colours: dict[st
         if mirrored:
             over = over[:, ::-1]
             per = [(c, m[:, ::-1]) for c, m in per]
-        return np.ascontiguousarray(over), legend, [(c, np.ascontiguousarray(m)) for c, m in per]
+        over = np.ascontiguousarray(over)
+        per = [(c, np.ascontiguousarray(m)) for c, m in per]
+        encoded = {"overlay": jpeg(over), **{c: jpeg(m) for c, m in per}}
+        return over, legend, per, encoded
 
     return _PANELS.get(key, compute)
+
+
+def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """Display copy of an RGB image, encoded once and cached with it (JPEG: a tenth of PNG's encode
+    time on these overlays; the numbers behind them stay in the report and its exports)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def _shown(rep, mirrored: bool):
     shown = for_display(rep, mirrored)
     figs = _figures(shown)
-    ordered = [figs[k] for k in FIGURE_ORDER if k in figs] + [f for k, f in figs.items() if k not in FIGURE_ORDER]
+    ordered = [(k, figs[k]) for k in FIGURE_ORDER if k in figs] + [(k, f) for k, f in figs.items()
+                                                                   if k not in FIGURE_ORDER]
     return shown, ordered, concept_rows(rep)
 
 
