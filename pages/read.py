@@ -113,6 +113,7 @@ if view.patches:
     if c2.button("Label this patch", key="read.open_patch", type="primary"):
         p = view.patches[idx]
         st.session_state[state.PATCH] = (p["image_id"], p["x0"], p["y0"], p["size"])
+        rd.prepare_labeling(ctx, rd.PatchRef.from_tuple(st.session_state[state.PATCH]))
         st.switch_page("pages/label.py")
 elif not ctx.model_ready:
     st.info(f"No suspicious patches: the model is not available ({ctx.model_error}).")
@@ -148,4 +149,5 @@ if tiles:
                 st.error(str(exc))
             else:
                 st.session_state[state.PATCH] = ref.as_tuple()
+                rd.prepare_labeling(ctx, rd.PatchRef.from_tuple(st.session_state[state.PATCH]))
                 st.switch_page("pages/label.py")
