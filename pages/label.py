@@ -64,13 +64,10 @@ left, right = st.columns([1.1, 1], gap="large")
 with right:
     st.subheader("Concept")
     groups = list(view.palette)
-    if st.session_state.get(state.LABEL_GROUP) not in groups:
-        st.session_state.pop(state.LABEL_GROUP, None)
     group = st.selectbox("Lexicon group", groups, key=state.LABEL_GROUP, persist_state=state.PERSIST)
     concepts = view.palette[group]
     names = [c["name"] for c in concepts]
-    if st.session_state.get(state.LABEL_CONCEPT) not in names:  # kept from another group
-        st.session_state.pop(state.LABEL_CONCEPT, None)
+    # a kept concept of another group is not among these options: streamlit resets it to the first
     concept = st.radio("Concept", names, key=state.LABEL_CONCEPT, persist_state=state.PERSIST,
                        captions=[c["description"] for c in concepts])
     colour = next(c["colour"] for c in concepts if c["name"] == concept)

@@ -68,8 +68,6 @@ if view.overlay is not None:
                                     "area_%": st.column_config.NumberColumn("area of breast %", format="%.2f")})
         names = [c for c, _ in view.concept_maps]
         if names:
-            if st.session_state.get(state.REPORT_CONCEPT) not in names:
-                st.session_state.pop(state.REPORT_CONCEPT, None)
             pick = st.selectbox("Concept map", names, key=state.REPORT_CONCEPT, persist_state=state.PERSIST)
             st.image(view.encoded.get(pick, dict(view.concept_maps)[pick]), caption=f"P({pick})", width="stretch")
 

@@ -43,8 +43,6 @@ with right:
     if c2.button("Show unit", key="units.show"):
         st.session_state[state.SELECTED_UNIT] = int(typed)
         st.rerun()
-    if st.session_state.get(state.UNITS_CONCEPT) not in [""] + [c["concept"] for c in view.counts]:
-        st.session_state[state.UNITS_CONCEPT] = ""  # that concept has no labeled unit any more
     st.selectbox("Labels of concept", [""] + [c["concept"] for c in view.counts], key=state.UNITS_CONCEPT,
                  persist_state=state.PERSIST,
                  format_func=lambda c: c or "all concepts")
