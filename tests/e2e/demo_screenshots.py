@@ -23,11 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    ap.add_argument("--case", default="syn1234-0000", help="a demo case with a mass (default: the first of `make run`)")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
     data = args.data_dir.resolve()
-    case_id = case_with_lesion(data)
+    case_id = args.case or case_with_lesion(data)
     plan = plan_drawing(data, case_id)
     env = {"CONCEPTLENS_DATA_DIR": str(data), "CONCEPTLENS_DB_PATH": str(data / "conceptlens.duckdb"),
            "CONCEPTLENS_MODEL_CARD": E2E_CARD, "CONCEPTLENS_DEVICE": "cpu"}
