@@ -38,7 +38,8 @@ from dashboard.activations import compute_activations, model_fingerprint
 from dashboard.probes import ProbeVersion, compute_concept_maps
 from dashboard.store import BUILTIN_CONCEPTS
 
-__all__ = ["ConceptEntry", "ConceptReport", "build_report", "build_image_report", "report_to_json",
+__all__ = ["ConceptEntry", "ConceptReport", "ImageEvidence", "build_report", "build_image_report",
+           "compute_image_evidence", "report_to_json",
            "report_from_json", "report_figures", "export_html", "logit_decomposition"]
 
 _DEFAULT_COLOURS = {name: colour for name, colour, _g, _d in BUILTIN_CONCEPTS}
@@ -273,17 +274,39 @@ def build_report(model, card, patch: np.ndarray, probe: ProbeVersion, *, attribu
                      patch=(patch_xy[0], patch_xy[1], size) if patch_xy is not None else None, notes=[])
 
 
-def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, *, mask: np.ndarray | None = None,
-                       attribution_map: np.ndarray | None = None, attribution_method: str = "gradcam",
-                       tiles: list[tuple[int, int]] | None = None, stride: int | None = None, store=None,
-                       unit_labels: list[dict] | None = None, tcav=None, target=None, image_id: str | None = None,
-                       colours: dict[str, str] | None = None, device=None, batch_size: int = 8) -> ConceptReport:
-    """Concept report for a whole model-space mammogram (H, W) in [0, 1].
+@dataclass
+class ImageEvidence:
+    """What a whole-image report needs from the network, independent of any probe version.
 
-    The image's probability is the highest tile probability (tiles of the card's patch size, from
-    ``imaging.tile`` over ``mask`` or a regular grid); the logit parts and unit activations are
-    those of that tile. Concept maps come from one fully convolutional pass over the whole image,
-    and the attribution shares from the whole-image attribution map (Grad-CAM when None).
+    best_tile (x0, y0) of the tile with the highest target probability among ``n_tiles``;
+    unit_act (C, h, w) at the unit layer and logits (K,) of that tile; feats {layer: (C, H', W')}
+    from one fully convolutional pass over the whole image; attribution_map (H, W) of
+    ``attribution_method``. Keyed by model, image and method, it is computed once per image and
+    reused by every probe version (only the probe's maps and the assembly depend on the probe).
+    """
+
+    best_tile: tuple[int, int]
+    n_tiles: int
+    unit_act: torch.Tensor
+    logits: torch.Tensor
+    feats: dict[str, torch.Tensor]
+    attribution_map: np.ndarray
+    attribution_method: str
+    target: int
+    tile_source: str = "tiles"
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def compute_image_evidence(model, card, image: np.ndarray, *, layers: list[str] | tuple[str, ...] = (),
+                           mask: np.ndarray | None = None, attribution_map: np.ndarray | None = None,
+                           attribution_method: str = "gradcam", tiles: list[tuple[int, int]] | None = None,
+                           stride: int | None = None, target=None, device=None, batch_size: int = 8,
+                           tile_source: str = "tiles") -> ImageEvidence:
+    """The probe-independent part of ``build_image_report`` for a model-space image (H, W) in [0, 1].
+
+    layers: the layers whose whole-image feature maps are kept (the probes' layers).
+    tiles: the candidate patches (x0, y0) (default: a grid over ``mask``), ``tile_source`` their
+    name in the report's note.
     """
     from dashboard.imaging import crop_patch, tile
     from dashboard.model_state import lock_for
@@ -291,41 +314,89 @@ def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, *, m
     img = np.asarray(image, dtype=np.float32)
     size = int(card.input_size if np.isscalar(card.input_size) else card.input_size[-1])
     stride = stride or size // 2
-    t_idx, t_name = _target(card, target)
+    t_idx, _ = _target(card, target)
     unit_layer = _unit_layer(card)
+    timings: dict[str, float] = {}
     if tiles is None:
         m = np.ones(img.shape, bool) if mask is None else np.asarray(mask, bool)
         tiles = [tuple(int(v) for v in xy) for xy in tile(m, size, stride, 0.1 if mask is not None else 0.0)]
     if not len(tiles):
         raise ValueError("no tile of the image holds enough breast tissue")
     best = (-1.0, None, None, None)
+    feats: dict[str, torch.Tensor] = {}
     with lock_for(model):
+        t0 = time.perf_counter()
         for s in range(0, len(tiles), batch_size):
             chunk = tiles[s:s + batch_size]
             g = np.stack([crop_patch(img, x0, y0, size) for x0, y0 in chunk])  # (B, S, S)
-            x = torch.as_tensor(np.asarray(card.preprocess(g)), dtype=torch.float32)
+            x = torch.as_tensor(np.asarray(card.preprocess(g)), dtype=torch.float32)  # (B, 3, S, S)
             acts, out = compute_activations(model, [unit_layer], x, device=device, with_output=True, out_device="cpu")
             p = torch.softmax(out.double(), 1)[:, t_idx]  # (B,)
             j = int(p.argmax())
             if float(p[j]) > best[0]:
                 best = (float(p[j]), chunk[j], acts[unit_layer][j], out[j])
-        x_img = torch.as_tensor(np.asarray(card.preprocess(img[None])), dtype=torch.float32)  # (1, 3, H, W)
-        feats = compute_activations(model, [probe.layer], x_img, device=device, out_device="cpu")[probe.layer][0]
-    probs_all = compute_concept_maps(probe, feats, img.shape, include_background=True)  # (K+1, H, W)
+        timings["tiles"] = time.perf_counter() - t0
+        if layers:
+            t0 = time.perf_counter()
+            x_img = torch.as_tensor(np.asarray(card.preprocess(img[None])), dtype=torch.float32)  # (1, 3, H, W)
+            got = compute_activations(model, list(dict.fromkeys(layers)), x_img, device=device, out_device="cpu")
+            feats = {k: v[0] for k, v in got.items()}  # {layer: (C, H', W')}
+            timings["feature_map"] = time.perf_counter() - t0
     if attribution_map is None:
         from dashboard.attribution import attribute_image
 
+        t0 = time.perf_counter()
         attribution_map = attribute_image(model, card, img, mask, method=attribution_method, target=t_idx,
                                           device=device).map
+        timings["attribution"] = time.perf_counter() - t0
+    _, xy, unit_act, logits = best
+    return ImageEvidence(best_tile=(int(xy[0]), int(xy[1])), n_tiles=len(tiles), unit_act=unit_act, logits=logits,
+                         feats=feats, attribution_map=np.asarray(attribution_map, dtype=np.float32),
+                         attribution_method=attribution_method, target=t_idx, tile_source=tile_source,
+                         timings_s=timings)
+
+
+def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, *, mask: np.ndarray | None = None,
+                       attribution_map: np.ndarray | None = None, attribution_method: str = "gradcam",
+                       tiles: list[tuple[int, int]] | None = None, stride: int | None = None, store=None,
+                       unit_labels: list[dict] | None = None, tcav=None, target=None, image_id: str | None = None,
+                       colours: dict[str, str] | None = None, device=None, batch_size: int = 8,
+                       evidence: ImageEvidence | None = None) -> ConceptReport:
+    """Concept report for a whole model-space mammogram (H, W) in [0, 1].
+
+    The image's probability is the highest tile probability (tiles of the card's patch size, from
+    ``imaging.tile`` over ``mask`` or a regular grid); the logit parts and unit activations are
+    those of that tile. Concept maps come from one fully convolutional pass over the whole image,
+    and the attribution shares from the whole-image attribution map (Grad-CAM when None).
+    evidence: the probe-independent part (``compute_image_evidence``) when the caller has it
+    cached; then only the probe's maps and the assembly are computed here.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    t_idx, t_name = _target(card, target)
+    if evidence is None or evidence.target != t_idx:
+        evidence = compute_image_evidence(model, card, img, layers=[probe.layer], mask=mask,
+                                          attribution_map=attribution_map, attribution_method=attribution_method,
+                                          tiles=tiles, stride=stride, target=t_idx, device=device,
+                                          batch_size=batch_size)
+    feats = evidence.feats.get(probe.layer)
+    if feats is None:  # a probe at another layer than the cached pass: one more FCN pass
+        from dashboard.model_state import lock_for
+
+        x_img = torch.as_tensor(np.asarray(card.preprocess(img[None])), dtype=torch.float32)  # (1, 3, H, W)
+        with lock_for(model):
+            feats = compute_activations(model, [probe.layer], x_img, device=device, out_device="cpu")[probe.layer][0]
+    probs_all = compute_concept_maps(probe, feats, img.shape, include_background=True)  # (K+1, H, W)
     if unit_labels is None:
-        unit_labels = store.list_unit_labels(getattr(card, "name", ""), unit_layer) if store is not None else []
-    _, (x0, y0), unit_act, logits = best
-    notes = [f"image probability = highest of {len(tiles)} tiles; logit parts and unit activations of the tile "
-             f"at ({x0}, {y0})"]
-    return _assemble(kind="image", model=model, card=card, probe=probe, image=img, attribution=attribution_map,
-                     attribution_method=attribution_method, probs_all=probs_all, logits=logits.double(),
-                     t_idx=t_idx, t_name=t_name, unit_act=unit_act, label_rows=unit_labels, tcav=tcav,
-                     colours=_colours(store, colours), image_id=image_id, patch=(x0, y0, size), notes=notes)
+        unit_labels = store.list_unit_labels(getattr(card, "name", ""), _unit_layer(card)) if store is not None else []
+    x0, y0 = evidence.best_tile
+    size = int(card.input_size if np.isscalar(card.input_size) else card.input_size[-1])
+    notes = [f"image probability = highest of {evidence.n_tiles} {evidence.tile_source}; logit parts and unit "
+             f"activations of the patch at ({x0}, {y0})"]
+    return _assemble(kind="image", model=model, card=card, probe=probe, image=img,
+                     attribution=evidence.attribution_map, attribution_method=evidence.attribution_method,
+                     probs_all=probs_all, logits=evidence.logits.double(), t_idx=t_idx, t_name=t_name,
+                     unit_act=evidence.unit_act, label_rows=unit_labels, tcav=tcav, colours=_colours(store, colours),
+                     image_id=image_id, patch=(x0, y0, size), notes=notes)
 
 
 # ---------------------------------------------------------------- JSON

@@ -30,24 +30,45 @@ if view is None:
     st.stop()
 
 r = view.ref
+# the Report opens on the image being labeled; its evidence is prepared while the reader draws
+st.session_state[state.CASE_ID] = view.image["case_id"]
+st.session_state[state.IMAGE_ID] = r.image_id
+lb.prepare_report(ctx, r.image_id)
 st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size {r.size} model px"
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
 for note in view.notes:
     st.warning(note)
 if "label.group_next" in st.session_state:  # a concept was just added: show its group
-    st.session_state["label.group"] = st.session_state.pop("label.group_next")
+    st.session_state[state.LABEL_GROUP] = st.session_state.pop("label.group_next")
 flash = st.session_state.get("label.flash")
-if flash and flash[1] == st.session_state.get("label.group"):
+if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
     st.success(flash[0])
+
+
+
+def save_drawing(view, match, concept: str, reader: str, nonce: int, retrain: bool) -> None:
+    """Save's callback: runs before the next script run, so one run shows the result and a fresh
+    canvas (no second run after an st.rerun)."""
+    try:
+        res = lb.save(resources.get_context(), view, match, concept, reader, retrain=retrain)
+    except Exception as exc:  # noqa: BLE001 - shown by the run that follows
+        st.session_state["label.save_error"] = str(exc)
+        return
+    st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled, "n_above": res.n_above,
+                                       "tau": match.tau, "nonce": nonce + 1, "probe_version": res.probe_version,
+                                       "probe_drawings": res.probe_drawings, "retrain_error": res.retrain_error}
+    st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
+
 
 left, right = st.columns([1.1, 1], gap="large")
 with right:
     st.subheader("Concept")
     groups = list(view.palette)
-    group = st.selectbox("Lexicon group", groups, key="label.group")
+    group = st.selectbox("Lexicon group", groups, key=state.LABEL_GROUP, persist_state=state.PERSIST)
     concepts = view.palette[group]
     names = [c["name"] for c in concepts]
-    concept = st.radio("Concept", names, key="label.concept",
+    # a kept concept of another group is not among these options: streamlit resets it to the first
+    concept = st.radio("Concept", names, key=state.LABEL_CONCEPT, persist_state=state.PERSIST,
                        captions=[c["description"] for c in concepts])
     colour = next(c["colour"] for c in concepts if c["name"] == concept)
     with st.expander("Add custom concept"):
@@ -66,7 +87,8 @@ with right:
                 st.rerun()
 
 with left:
-    tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key="label.tool")
+    tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True, key=state.LABEL_TOOL,
+                    persist_state=state.PERSIST)
     st.caption("Polygon: click the vertices, then click the first vertex again to close it. "
                "Undo, redo and clear are on the canvas toolbar (hover the canvas).")
     from PIL import Image
@@ -88,8 +110,16 @@ except Exception as exc:  # noqa: BLE001 - DrawingError: empty, degenerate or un
 # kept until the next drawing: the fresh canvas reports itself with a rerun of its own
 saved = st.session_state.get("label.saved")
 if saved and saved["nonce"] == nonce and not drawings:
+    probe = (f" Concept probe v{saved['probe_version']} retrained on {saved['probe_drawings']} drawing(s): "
+             "see the Report." if saved.get("probe_version") else "")
     st.success(f"Saved {saved['concept']!r}: labeled {saved['n_labeled']} unit(s) "
-               f"({saved['n_above']} above IoU {saved['tau']:g}).", icon=":material/check:")
+               f"({saved['n_above']} above IoU {saved['tau']:g}).{probe}", icon=":material/check:")
+    if saved.get("retrain_error"):
+        st.warning(f"The probes were not retrained: {saved['retrain_error']}")
+
+save_error = st.session_state.pop("label.save_error", None)
+if save_error:  # UnknownConceptError, ValidationError, StoreError from the last Save
+    st.error(save_error)
 
 match = None
 if drawings:
@@ -108,16 +138,10 @@ if match is not None:
         c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
         c2.metric("IoU", f"{match.best_iou:.2f}")
         c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
-        if st.button(f"Save as {concept}", key="label.save", type="primary"):
-            try:
-                res = lb.save(ctx, view, match, concept, reader)
-            except Exception as exc:  # noqa: BLE001 - UnknownConceptError, ValidationError, StoreError
-                st.error(str(exc))
-            else:
-                st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled,
-                                                   "n_above": res.n_above, "tau": match.tau, "nonce": nonce + 1}
-                st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
-                st.rerun()
+        retrain = st.toggle("Retrain probes on Save", value=True, key=state.LABEL_RETRAIN, persist_state=state.PERSIST,
+                            help="Fit a new concept probe version with this drawing, so the Report shows it.")
+        st.button(f"Save as {concept}", key="label.save", type="primary", on_click=save_drawing,
+                  args=(view, match, concept, reader, nonce, retrain))
     st.plotly_chart(match.figure, key="label.units_map", width="stretch")
     if match.table:
         st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")

@@ -10,28 +10,35 @@ TILE_HEIGHT = 430  # px: the four views fit on a laptop screen
 
 # the manual centre/width start from the window in use (set before the widgets exist)
 shown = st.session_state.get("read.window_shown")
-if shown and st.session_state.get("read.window_mode", "file") != "manual":
-    st.session_state["read.center"], st.session_state["read.width"] = float(shown[0]), float(shown[1])
+if shown and st.session_state.get(state.READ_WINDOW_MODE, "file") != "manual":
+    st.session_state[state.READ_CENTER], st.session_state[state.READ_WIDTH] = float(shown[0]), float(shown[1])
 
 # ------------------------------------------------------------------ controls
 with st.sidebar:
     st.subheader("Window / level")
-    mode = st.radio("Window", ["file", "auto", "manual"], key="read.window_mode", horizontal=True,
+    mode = st.radio("Window", ["file", "auto", "manual"], key=state.READ_WINDOW_MODE,
+                    persist_state=state.PERSIST, horizontal=True,
                     format_func={"file": "File presets", "auto": "Auto", "manual": "Manual"}.get)
     presets = st.session_state.get("read.presets", [])
-    preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key="read.preset",
+    preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key=state.READ_PRESET,
+                          persist_state=state.PERSIST,
                           format_func=lambda i: presets[i] if i < len(presets) else "file default",
                           disabled=mode != "file")
     c1, c2 = st.columns(2)
-    center = c1.number_input("Centre", value=2048.0, step=50.0, key="read.center", disabled=mode != "manual")
-    width = c2.number_input("Width", value=4096.0, min_value=1.0, step=50.0, key="read.width",
+    # first values through the session (the page writes them too): one source, no duplicate default
+    st.session_state.setdefault(state.READ_CENTER, 2048.0)
+    st.session_state.setdefault(state.READ_WIDTH, 4096.0)
+    center = c1.number_input("Centre", step=50.0, key=state.READ_CENTER, persist_state=state.PERSIST,
+                             disabled=mode != "manual")
+    width = c2.number_input("Width", min_value=1.0, step=50.0, key=state.READ_WIDTH, persist_state=state.PERSIST,
                             disabled=mode != "manual")
     st.subheader("Overlay")
-    overlay = st.radio("Overlay", rd.OVERLAYS, key="read.overlay", horizontal=True,
+    overlay = st.radio("Overlay", rd.OVERLAYS, key=state.READ_OVERLAY, persist_state=state.PERSIST, horizontal=True,
                        format_func={"none": "None", "lesion map": "Lesion map", "attribution": "Attribution"}.get)
-    method = st.selectbox("Attribution method", rd.VIEWER_METHODS, key="read.method",
+    method = st.selectbox("Attribution method", rd.VIEWER_METHODS, key=state.READ_METHOD, persist_state=state.PERSIST,
                           disabled=overlay != "attribution")
-    opacity = st.slider("Opacity", 0.0, 1.0, 0.55, 0.05, key="read.opacity", disabled=overlay == "none")
+    opacity = st.slider("Opacity", 0.0, 1.0, 0.55, 0.05, key=state.READ_OPACITY,
+                        persist_state=state.PERSIST, disabled=overlay == "none")
 
 window = rd.WindowChoice(mode, int(preset or 0), float(center), float(width))
 with st.spinner("Preparing the images…"):
@@ -106,6 +113,7 @@ if view.patches:
     if c2.button("Label this patch", key="read.open_patch", type="primary"):
         p = view.patches[idx]
         st.session_state[state.PATCH] = (p["image_id"], p["x0"], p["y0"], p["size"])
+        rd.prepare_labeling(ctx, rd.PatchRef.from_tuple(st.session_state[state.PATCH]))
         st.switch_page("pages/label.py")
 elif not ctx.model_ready:
     st.info(f"No suspicious patches: the model is not available ({ctx.model_error}).")
@@ -141,4 +149,5 @@ if tiles:
                 st.error(str(exc))
             else:
                 st.session_state[state.PATCH] = ref.as_tuple()
+                rd.prepare_labeling(ctx, rd.PatchRef.from_tuple(st.session_state[state.PATCH]))
                 st.switch_page("pages/label.py")

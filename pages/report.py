@@ -60,15 +60,16 @@ if p is not None:
 # ------------------------------------------------------------------ where the concepts are
 if view.overlay is not None:
     left, right = st.columns([1, 1], gap="large")
-    left.image(view.overlay, caption=f"Concept map (probability ≥ {rp.MAP_LEVEL:g})", width="stretch")
+    left.image(view.encoded.get("overlay", view.overlay), caption=f"Concept map (probability ≥ {rp.MAP_LEVEL:g})",
+               width="stretch")
     with right:
         st.dataframe(view.legend, hide_index=True, width="stretch", key="report.legend",
                      column_config={"colour": st.column_config.TextColumn("colour"),
                                     "area_%": st.column_config.NumberColumn("area of breast %", format="%.2f")})
         names = [c for c, _ in view.concept_maps]
         if names:
-            pick = st.selectbox("Concept map", names, key="report.concept")
-            st.image(dict(view.concept_maps)[pick], caption=f"P({pick})", width="stretch")
+            pick = st.selectbox("Concept map", names, key=state.REPORT_CONCEPT, persist_state=state.PERSIST)
+            st.image(view.encoded.get(pick, dict(view.concept_maps)[pick]), caption=f"P({pick})", width="stretch")
 
 # ------------------------------------------------------------------ which concepts carry the evidence
 if view.concepts:
@@ -89,7 +90,11 @@ if view.concepts:
             st.rerun()
         except Exception as exc:  # noqa: BLE001
             st.error(str(exc))
-    for i in range(0, len(view.figures), 2):
+    figures = list(view.figures)
+    if view.map_figures and st.toggle("Show the map figures (concept contours, attribution)", key=state.REPORT_MAPS,
+                                      persist_state=state.PERSIST):
+        figures += view.map_figures
+    for i in range(0, len(figures), 2):
         cols = st.columns(2)
-        for col, fig in zip(cols, view.figures[i:i + 2]):
+        for col, fig in zip(cols, figures[i:i + 2]):
             col.plotly_chart(fig, width="stretch", theme=None)  # the engine's own colours

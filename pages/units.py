@@ -12,7 +12,7 @@ if flash:
     st.success(flash)
 
 unit = st.session_state.get(state.SELECTED_UNIT)
-concept = st.session_state.get("units.concept") or None
+concept = st.session_state.get(state.UNITS_CONCEPT) or None
 try:
     view = un.load_units(ctx, unit, concept)
 except Exception as exc:  # noqa: BLE001 - no model, no dataset statistics, unknown unit
@@ -43,7 +43,8 @@ with right:
     if c2.button("Show unit", key="units.show"):
         st.session_state[state.SELECTED_UNIT] = int(typed)
         st.rerun()
-    st.selectbox("Labels of concept", [""] + [c["concept"] for c in view.counts], key="units.concept",
+    st.selectbox("Labels of concept", [""] + [c["concept"] for c in view.counts], key=state.UNITS_CONCEPT,
+                 persist_state=state.PERSIST,
                  format_func=lambda c: c or "all concepts")
     st.dataframe(view.labels, hide_index=True, width="stretch", key="units.labels",
                  column_order=["unit", "concept", "iou", "reader", "image_id"])

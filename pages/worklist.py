@@ -8,15 +8,18 @@ ctx = resources.get_context()
 st.title("Worklist")
 
 f1, f2, f3, f4 = st.columns([2, 2, 1.2, 1.2])
-kinds = f1.multiselect("Source", ["synthetic", "real"], key="worklist.kinds", placeholder="all")
-truths = f2.multiselect("Truth", ["normal", "benign", "malignant", "unknown"], key="worklist.truths",
+kinds = f1.multiselect("Source", ["synthetic", "real"], key=state.WORKLIST_KINDS,
+                       persist_state=state.PERSIST, placeholder="all")
+truths = f2.multiselect("Truth", ["normal", "benign", "malignant", "unknown"], key=state.WORKLIST_TRUTHS,
+                        persist_state=state.PERSIST,
                         placeholder="all")
-status = f3.selectbox("Label status", wl.STATUSES, key="worklist.status")
-scored = f4.selectbox("Scored", wl.SCORED, key="worklist.scored")
+status = f3.selectbox("Label status", wl.STATUSES, key=state.WORKLIST_STATUS, persist_state=state.PERSIST)
+scored = f4.selectbox("Scored", wl.SCORED, key=state.WORKLIST_SCORED, persist_state=state.PERSIST)
 s1, s2, s3 = st.columns([3, 1.5, 1])
-search = s1.text_input("Search case or description", key="worklist.search")
-sort = s2.selectbox("Sort by", list(wl.SORTS), format_func=wl.SORTS.get, key="worklist.sort")
-descending = s3.toggle("Descending", value=True, key="worklist.descending")
+search = s1.text_input("Search case or description", key=state.WORKLIST_SEARCH, persist_state=state.PERSIST)
+sort = s2.selectbox("Sort by", list(wl.SORTS), format_func=wl.SORTS.get, key=state.WORKLIST_SORT,
+                    persist_state=state.PERSIST)
+descending = s3.toggle("Descending", value=True, key=state.WORKLIST_DESCENDING, persist_state=state.PERSIST)
 
 if st.session_state.pop("worklist.score_clicked", False):
     try:

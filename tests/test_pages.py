@@ -297,11 +297,15 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     concepts = frame_with(at, "concept", "attribution share", "logit part")
     assert concepts["concept"].tolist() == ["mass"]
     assert concepts["units"].iloc[0] == len(labeled["match"].units_above)
-    assert len(at.get("plotly_chart")) >= 6
+    assert len(at.get("plotly_chart")) == 5  # bar charts; the two map figures on request
+    at.toggle(key=state.REPORT_MAPS).set_value(True).run()
+    assert len(at.get("plotly_chart")) == 7
     assert {b.label for b in at.get("download_button")} == {"Export HTML", "Export JSON"}
-    # TCAV needs the model's suspicious patches: first a clear message, then scores
+    # TCAV is not run with the report: it says so for this probe version
+    assert any("TCAV is not computed for probe v1 yet" in i.value for i in at.info)
+    # one drawing gives too few positions for TCAV's random concepts: a clear message, no crash
     at.button(key="report.tcav").click().run()
-    assert "score the cases on the Worklist first" in at.error[0].value
+    assert not at.exception and "TCAV needs" in at.error[0].value
     from dashboard import canvas
     from dashboard.screens import labeling as lb
     from dashboard.screens import worklist as wl
@@ -329,3 +333,60 @@ def test_report_retrain_without_drawings_says_so(model_data):
     at = run_page("pages/report.py", {state.CASE_ID: "SYN-0001"})
     at.button(key="report.retrain").click().run()
     assert "No drawings to train concept probes on" in at.error[0].value
+
+
+def test_selections_survive_visits_to_other_pages(model_data):
+    """Case, patch, reader, lexicon group and concept, window/level and the worklist filters are
+    still set after the reader visits other pages and comes back."""
+    at = run_page("pages/worklist.py")
+    at.text_input(key=state.WORKLIST_SEARCH).input("SYN").run()
+    at.toggle(key=state.WORKLIST_DESCENDING).set_value(False).run()
+    at.selectbox(key="worklist.case").select("SYN-0001").run()
+    at.button(key="worklist.open").click().run()
+    assert at.session_state[state.CASE_ID] == "SYN-0001"
+    at.switch_page("pages/read.py")
+    at.run()
+    assert at.title[0].value == "Read · SYN-0001"
+    at.radio(key=state.READ_WINDOW_MODE).set_value("manual").run()
+    at.number_input(key=state.READ_CENTER).set_value(1500).run()
+    at.number_input(key=state.READ_WIDTH).set_value(800).run()
+    at.radio(key=state.READ_OVERLAY).set_value("lesion map").run()
+    at.selectbox(key="read.patch").set_value(0).run()
+    at.button(key="read.open_patch").click().run()
+    patch = at.session_state[state.PATCH]
+    at.switch_page("pages/label.py")
+    at.run()
+    at.text_input(key="label.reader_name").input("Dr Keep").run()
+    at.button(key="label.start").click().run()
+    at.selectbox(key=state.LABEL_GROUP).select("mass margin").run()
+    at.radio(key=state.LABEL_CONCEPT).set_value("margin-spiculated").run()
+    at.radio(key=state.LABEL_TOOL).set_value("rect").run()
+    # away: every other page, then back
+    for page in ("pages/units.py", "pages/report.py", "pages/model_data.py", "pages/worklist.py"):
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+    assert at.text_input(key=state.WORKLIST_SEARCH).value == "SYN"
+    assert at.toggle(key=state.WORKLIST_DESCENDING).value is False
+    assert list(at.dataframe[0].value["case_id"]) == ["SYN-0001", "SYN-0002"]
+    at.switch_page("pages/label.py")
+    at.run()
+    assert at.session_state[state.PATCH] == patch and at.session_state[state.READER] == "Dr Keep"
+    assert at.selectbox(key=state.LABEL_GROUP).value == "mass margin"
+    assert at.radio(key=state.LABEL_CONCEPT).value == "margin-spiculated"
+    assert at.radio(key=state.LABEL_TOOL).value == "rect"
+    assert "Reader **Dr Keep**" in at.caption[0].value
+    # the Report opens on the labeled image
+    at.switch_page("pages/report.py")
+    at.run()
+    assert at.session_state[state.IMAGE_ID] == patch[0]
+    assert at.selectbox(key="report.image").value == patch[0]
+    at.switch_page("pages/read.py")
+    at.run()
+    assert at.title[0].value == "Read · SYN-0001"
+    assert at.radio(key=state.READ_WINDOW_MODE).value == "manual"
+    assert at.number_input(key=state.READ_CENTER).value == 1500
+    assert at.number_input(key=state.READ_WIDTH).value == 800
+    assert at.radio(key=state.READ_OVERLAY).value == "lesion map"
+    labels = [img.proto.imgs[0].caption for img in at.get("image")]
+    assert all("MANUAL C 1500 / W 800" in lb for lb in labels)

@@ -194,3 +194,76 @@ def test_report_exports_round_trip_and_mirror_only_the_display(ctx_stats):
     from dashboard.screens import units as un
     un.undo(ctx, ctx.store.list_annotations()[0].annotation_id, "Dr Test")
     assert rp.probe_info(ctx).stale
+
+
+def test_save_retrains_and_a_new_probe_reuses_the_image_evidence(ctx_stats):
+    """Save with retrain: the new probe version holds the drawing; the report of the drawn image
+    then recomputes only the probe's part (the model evidence is computed once per image)."""
+    from dashboard.screens import reporting as rp
+
+    ctx = ctx_stats
+    rec = fixture_json("polygon_448")
+    view = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
+    res = lb.save(ctx, view, m, "mass", "Dr Test", retrain=True)
+    assert res.retrain_error is None and res.probe_version == 1 and res.probe_drawings == 1
+    assert ctx.store.list_probes(model_card=ctx.card_name)[0]["annotation_ids"] == [res.annotation_id]
+    first = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")
+    assert first.probe.version == 1 and not first.probe.stale
+    assert any("TCAV is not computed for probe v1" in n for n in first.notes)
+    evidence_misses = rp._EVIDENCE.misses
+    again = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")  # a rerun: nothing new
+    assert again.figures[0] is first.figures[0] and again.encoded["overlay"] is first.encoded["overlay"]
+    # a second drawing, saved with retrain: a new probe version, the same evidence
+    d = canvas.Drawing("rect", ((2, 2), (20, 2), (20, 20), (2, 20)))
+    view2 = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 100, 40, 64))
+    res2 = lb.save(ctx, view2, lb.match(ctx, view2, [d]), "mass", "Dr Test", retrain=True)
+    assert res2.probe_version == 2 and res2.probe_drawings == 2
+    second = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")
+    assert second.probe.version == 2 and second.export_name.endswith("probe2")
+    assert rp._EVIDENCE.misses == evidence_misses  # no network pass for the new version
+    assert not np.array_equal(second.overlay, first.overlay) or second.legend != first.legend
+
+
+def test_save_without_retrain_leaves_the_probe_stale(ctx_stats):
+    from dashboard.screens import reporting as rp
+
+    ctx = ctx_stats
+    rec = fixture_json("polygon_448")
+    view = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
+    lb.save(ctx, view, m, "mass", "Dr Test", retrain=True)
+    d = canvas.Drawing("rect", ((2, 2), (20, 2), (20, 20), (2, 20)))
+    res = lb.save(ctx, view, lb.match(ctx, view, [d]), "mass", "Dr Test")
+    assert res.probe_version is None
+    assert rp.probe_info(ctx).stale
+
+
+def test_prefetched_evidence_is_what_the_report_uses(ctx_stats):
+    import time as _time
+
+    from dashboard.screens import reporting as rp
+
+    ctx = ctx_stats
+    assert lb.prepare_report(ctx, "SYN-0001-RCC") is True
+    row = ctx.store.get_image("SYN-0001-RCC")
+    ev = rp.image_evidence(ctx, row)  # waits for the background thread instead of computing again
+    assert rp.image_evidence(ctx, row) is ev
+    assert lb.prepare_report(ctx, "SYN-0001-RCC") is False  # already there: no second thread
+    deadline = _time.monotonic() + 60
+    while rp._PREFETCHING and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    assert ev.n_tiles >= 1 and ev.feats[cx.layer_of(ctx)].shape[0] == 512
+
+
+def test_unit_exemplars_are_built_once_per_unit(ctx_stats):
+    from dashboard.screens import units as un
+
+    ctx = ctx_stats
+    stats = cx.require_stats(ctx)
+    a = un.unit_exemplars(ctx, stats, 3)
+    misses = un._EXEMPLARS.misses
+    assert un.load_units(ctx, 3).detail.exemplars is a
+    assert un._EXEMPLARS.misses == misses
+    assert a and all(rgb.ndim == 3 and rgb.shape[2] == 3 for rgb, _ in a)
+    assert un.unit_exemplars(ctx, stats, 4) is not a

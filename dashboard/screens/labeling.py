@@ -90,6 +90,17 @@ def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = Win
         layer=concept_layer(ctx), notes=notes)
 
 
+def prepare_report(ctx: AppContext, image_id: str) -> bool:
+    """Start preparing the Report's model evidence for the image being labeled (in the background,
+    once), so Save -> Report only computes what the new probe version changes."""
+    from . import reporting
+
+    try:
+        return reporting.prefetch_evidence(ctx, image_id)
+    except Exception:  # noqa: BLE001 - only a head start; the Report computes it otherwise
+        return False
+
+
 def drawings_from_canvas(view: PatchView, json_data: dict | None, fit: dict | None) -> list[canvas.Drawing]:
     """The canvas JSON as usable drawings in model-space patch pixels (DrawingError if none)."""
     drawings = canvas.parse_canvas(json_data, patch_size=view.ref.size, fit=fit,
@@ -226,20 +237,46 @@ class SaveResult:
     n_above: int
     n_labeled: int
     replaced: dict
+    probe_version: int | None = None   # the probe retrained with this drawing (retrain=True)
+    probe_drawings: int = 0
+    retrain_error: str | None = None   # why the probe could not be retrained (the drawing is saved)
+    timings_s: dict = field(default_factory=dict)
 
 
-def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: str) -> SaveResult:
-    """Store the drawing and label its units in one transaction (the engine's rule)."""
+def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: str, *,
+         retrain: bool = False) -> SaveResult:
+    """Store the drawing and label its units in one transaction (the engine's rule).
+
+    retrain: then retrain the concept probes in the same request, so the Report shows the new
+    drawing at once. The drawing's patch activation is already cached (computed when it was
+    matched), so this is the probe fit on the stored drawings, not a pass through the network
+    for each of them. A failed retrain keeps the saved drawing and says why."""
+    import time
+
     from .. import dissection
     from . import concepts as cx
 
     if not reader:
         raise LabelingError("Enter your reader name first.")
     ref = view.ref
+    t0 = time.perf_counter()
     res = dissection.label_units_from_drawing(
         ctx.store, image_id=ref.image_id, concept=concept, reader=reader, patch_x0=ref.x0, patch_y0=ref.y0,
         patch_size=ref.size, shape=m.shape, geometry=m.geometry, model_card=ctx.card_name,
         layer=cx.layer_of(ctx), ious=m.ious, tau=m.tau, mask=m.mask)
     _MATCHES.clear()  # the "label now" column and the unit map changed
-    return SaveResult(annotation_id=res.annotation_id, concept=concept, n_above=int(len(res.units_above)),
-                      n_labeled=int(len(res.labeled_units)), replaced=dict(res.replaced))
+    out = SaveResult(annotation_id=res.annotation_id, concept=concept, n_above=int(len(res.units_above)),
+                     n_labeled=int(len(res.labeled_units)), replaced=dict(res.replaced))
+    out.timings_s["store_and_label"] = time.perf_counter() - t0
+    if retrain:
+        from . import reporting
+
+        t0 = time.perf_counter()
+        try:
+            info = reporting.retrain(ctx, reader)
+        except Exception as exc:  # noqa: BLE001 - the drawing is stored; the Report page can retrain
+            out.retrain_error = str(exc)
+        else:
+            out.probe_version, out.probe_drawings = info.version, info.n_drawings
+        out.timings_s["retrain"] = time.perf_counter() - t0
+    return out

@@ -348,6 +348,17 @@ def patch_at(ctx: AppContext, image_id: str, x: float, y: float, *, display: boo
     return PatchRef(image_id, int(round(mx - size / 2)), int(round(y - size / 2)), size)
 
 
+def prepare_labeling(ctx: AppContext, ref: PatchRef) -> None:
+    """A patch is being opened for labeling: start preparing the Report's model evidence of its
+    image in the background now, while the reader signs in and draws (see reporting.prefetch_evidence)."""
+    from .reporting import prefetch_evidence
+
+    try:
+        prefetch_evidence(ctx, ref.image_id)
+    except Exception:  # noqa: BLE001 - only a head start
+        pass
+
+
 def patch_size(ctx: AppContext) -> int:
     if ctx.card is not None:
         return int(ctx.card.input_size[-1])

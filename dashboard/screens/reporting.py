@@ -6,6 +6,7 @@ and unit labels into figures and exports. "Retrain probes" fits a new probe vers
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,9 +17,21 @@ from ..memo import Memo
 from . import concepts as cx
 from .reading import PatchRef, WindowChoice, display_gray, model_image
 
-_MAPS = Memo(16)   # (card, weights, probe version, image sha) -> (K, H, W) concept probabilities
-_REPORTS = Memo(8)  # (card, weights, probe version, image sha, labels, tcav run) -> ConceptReport
-_EXPORTS = Memo(8)  # same key -> HTML bytes
+_EVIDENCE = Memo(16)  # (card, weights, layer, image sha, spacing, method) -> report.ImageEvidence (no probe)
+# probe-versioned caches start with _probe_key: (db file, card, weights, probe version, created at)
+_PROBES = Memo(16)    # probe key -> ProbeVersion
+_MAPS = Memo(16)      # probe key + image sha -> (K, H, W) concept probabilities
+_PANELS = Memo(16)    # probe key + image sha, colours, mirrored -> overlay, legend, per-concept maps
+_REPORTS = Memo(8)    # probe key + image sha, unit labels, TCAV run -> ConceptReport
+_FIGURES = Memo(8)    # same key + mirrored -> (shown report, plotly figures, concept rows)
+_EXPORTS = Memo(8)    # same key -> HTML bytes
+_PREFETCHING: set = set()   # evidence keys a background thread is computing
+_PREFETCH_LOCK = threading.Lock()
+#: Attribution method of the report's evidence shares (fast on a whole image on 2 CPU cores).
+REPORT_METHOD = "gradcam"
+#: The engine's image-like figures: shown on request (the page already shows the concept maps as
+#: images; these two cost the browser as much as all the bar charts together).
+MAP_FIGURES = ("maps", "attribution")
 #: Order in which the engine's figures are shown.
 FIGURE_ORDER = ("shares", "logit", "maps", "attribution", "activation", "units", "tcav")
 #: Most input patches TCAV scores (the model's most suspicious patches of the store's images).
@@ -60,6 +73,8 @@ class ReportView:
     export_html: Callable[[], bytes] | None = None
     export_name: str = "report"
     tcav_run: int | None = None
+    encoded: dict = field(default_factory=dict)      # "overlay" / concept -> JPEG bytes of the images above
+    map_figures: list = field(default_factory=list)  # the engine's image-like figures (maps, attribution)
 
 
 def annotation_patch(ctx: AppContext):
@@ -68,22 +83,28 @@ def annotation_patch(ctx: AppContext):
 
 
 def probe_info(ctx: AppContext) -> ProbeInfo | None:
-    from .. import probes
-    from ..store import NotFoundError
-
-    try:
-        p = probes.load_probe(ctx.store, model_card=ctx.card_name, layer=cx.layer_of(ctx))
-    except NotFoundError:
+    """The latest probe version of the card's concept layer (without its weights), or None."""
+    rows = ctx.store.list_probes(model_card=ctx.card_name, layer=cx.layer_of(ctx))
+    if not rows:
         return None
+    p = rows[0]
     live = {a.annotation_id for a in ctx.store.list_annotations(model_card=ctx.card_name)}
-    rows = []
-    for c in p.concepts:
-        m = p.metrics.get(c, {}) if isinstance(p.metrics, dict) else {}
-        rows.append({"concept": c, "auroc": m.get("auroc"), "drawings": m.get("n_drawings"),
-                     "images": m.get("n_images"), "note": m.get("reason") or m.get("note") or ""})
-    return ProbeInfo(version=int(p.version), layer=p.layer, created_at=p.created_at, concepts=list(p.concepts),
-                     metrics=rows, readers=list(p.readers), n_drawings=len(p.annotation_ids),
-                     stale=set(p.annotation_ids) != live)
+    metrics = p["metrics"] if isinstance(p["metrics"], dict) else {}
+    rows_out = []
+    for c in p["concepts"]:
+        m = metrics.get(c, {}) or {}
+        rows_out.append({"concept": c, "auroc": m.get("auroc"), "drawings": m.get("n_drawings"),
+                         "images": m.get("n_images"), "note": m.get("reason") or m.get("note") or ""})
+    return ProbeInfo(version=int(p["version"]), layer=p["layer"], created_at=p["created_at"],
+                     concepts=list(p["concepts"]), metrics=rows_out, readers=list(p["readers"] or []),
+                     n_drawings=len(p["annotation_ids"] or []), stale=set(p["annotation_ids"] or []) != live)
+
+
+def _probe_key(ctx: AppContext, info_or_version) -> tuple:
+    """Names one stored probe version across stores (tests and sessions may hold several)."""
+    version = getattr(info_or_version, "version", info_or_version)
+    created = getattr(info_or_version, "created_at", None)
+    return (str(ctx.settings.db_path), ctx.card_name, ctx.weights_sha, int(version), str(created))
 
 
 def retrain(ctx: AppContext, reader: str = "", progress: Callable[[float, str], None] | None = None) -> ProbeInfo:
@@ -97,23 +118,96 @@ def retrain(ctx: AppContext, reader: str = "", progress: Callable[[float, str], 
 
     probes.train_probes(ctx.store, ctx.model, ctx.card, cx.layer_of(ctx), load_patch=annotation_patch(ctx),
                         progress=cb, device=ctx.device, cache_dir=ctx.settings.cache_dir, actor=reader or "system")
-    _MAPS.clear()
     return probe_info(ctx)
 
 
-def image_concept_maps(ctx: AppContext, probe_version: int, image_id: str) -> tuple[list[str], np.ndarray]:
-    """(concepts, (K, H, W) probabilities) of the probe over a whole model-space image (cached)."""
-    from .. import probes
+def image_evidence(ctx: AppContext, row: dict):
+    """The probe-independent part of an image's report (best patch, its unit activations and
+    logits, the concept layer's whole-image feature map, the attribution map), computed once per
+    model, image and method: a new probe version reuses it (``report.compute_image_evidence``).
 
-    row = ctx.store.get_image(image_id)
-    p = probes.load_probe(ctx.store, probe_version)
+    The candidate patches are the lesion map's most suspicious ones (already scored exactly when
+    the case was read), and the attribution is the Read page's cached whole-image map, so nothing
+    the Read page computed is computed again."""
+    from .. import report
+    from .reading import attribution_for, lesion_map_for, model_spacing
+
+    layer = cx.layer_of(ctx)
+    key = (ctx.card_name, ctx.weights_sha, layer, row["sha256"], model_spacing(ctx), REPORT_METHOD)
 
     def compute():
         img, mask, _ = model_image(ctx, row)
-        maps = probes.compute_image_concept_maps(p, ctx.model, ctx.card, img, device=ctx.device)
-        return maps * mask[None]
+        pred = ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, row["image_id"])
+        tops = pred["top_patches"] if pred and pred["top_patches"] else lesion_map_for(ctx, row["image_id"]).top_patches
+        tiles = [(int(t[0]), int(t[1])) for t in tops]
+        att = attribution_for(ctx, row["image_id"], REPORT_METHOD).map
+        return report.compute_image_evidence(ctx.model, ctx.card, img, layers=[layer], mask=mask, tiles=tiles,
+                                             tile_source="the lesion map's most suspicious patches",
+                                             attribution_map=att, attribution_method=REPORT_METHOD,
+                                             device=ctx.device)
 
-    return list(p.concepts), _MAPS.get((ctx.card_name, ctx.weights_sha, probe_version, row["sha256"]), compute)
+    return _EVIDENCE.get(key, compute)
+
+
+def prefetch_evidence(ctx: AppContext, image_id: str) -> bool:
+    """Start computing an image's report evidence in a background thread (once), so the Report
+    after a Save only does the probe's part. Returns True when a thread was started.
+
+    The thread only calls ``image_evidence`` (no streamlit); a Report that asks for the same
+    image meanwhile waits for it instead of computing it twice (``Memo``)."""
+    import threading
+
+    from .reading import model_spacing
+
+    if not ctx.model_ready:
+        return False
+    row = ctx.store.get_image(image_id)
+    key = (ctx.card_name, ctx.weights_sha, cx.layer_of(ctx), row["sha256"], model_spacing(ctx), REPORT_METHOD)
+    with _PREFETCH_LOCK:
+        if key in _EVIDENCE or key in _PREFETCHING:
+            return False
+        _PREFETCHING.add(key)
+
+    def work():
+        try:
+            image_evidence(ctx, row)
+        except Exception:  # noqa: BLE001 - the Report computes it again and shows the error
+            pass
+        finally:
+            with _PREFETCH_LOCK:
+                _PREFETCHING.discard(key)
+
+    threading.Thread(target=work, name=f"evidence-{image_id}", daemon=True).start()
+    return True
+
+
+def load_probe_version(ctx: AppContext, version):
+    """A stored probe version (cached: versions never change once written)."""
+    from .. import probes
+
+    return _PROBES.get(_probe_key(ctx, version),
+                       lambda: probes.load_probe(ctx.store, int(getattr(version, "version", version))))
+
+
+def image_concept_maps(ctx: AppContext, probe_version, image_id: str) -> tuple[list[str], np.ndarray]:
+    """(concepts, (K, H, W) probabilities) of the probe over a whole model-space image (cached).
+
+    The feature map comes from the image's cached evidence, so a new probe version costs one
+    matmul over the feature grid and an upsampling, not a pass through the network."""
+    from .. import probes
+
+    row = ctx.store.get_image(image_id)
+    p = load_probe_version(ctx, probe_version)
+
+    def compute():
+        img, mask, _ = model_image(ctx, row)
+        ev = image_evidence(ctx, row)
+        feats = ev.feats.get(p.layer)
+        if feats is None:  # a probe of another layer than the card's concept layer
+            return probes.compute_image_concept_maps(p, ctx.model, ctx.card, img, device=ctx.device) * mask[None]
+        return probes.compute_concept_maps(p, feats, img.shape) * mask[None]
+
+    return list(p.concepts), _MAPS.get(_probe_key(ctx, probe_version) + (row["sha256"],), compute)
 
 
 def _hex_rgb(colour: str) -> np.ndarray:
@@ -142,7 +236,11 @@ def report_images(ctx: AppContext, case_id: str | None) -> list[dict]:
 
 
 def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> ReportView:
-    """The report of one image (default: the case's first image) under the latest probe."""
+    """The report of one image (default: the case's first image) under the latest probe.
+
+    Only what depends on the probe version is computed for a new version: the image's evidence
+    (tiles, feature map, attribution) is cached by model and image, and everything else by its
+    inputs, so a rerun that changed nothing recomputes nothing."""
     from .. import imaging
 
     imgs = report_images(ctx, case_id)
@@ -165,32 +263,21 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
         return ReportView(ids, image_id, label, None, None, [], [], score=score, notes=notes, image_names=names)
     if info.stale:
         notes.append("Drawings were added or undone since this probe was trained: retrain to include them.")
-    concepts, maps = image_concept_maps(ctx, info.version, image_id)
-    gray, _ = display_gray(ctx, row, WindowChoice())
     colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
-    cols = [colours.get(c, "#00bcd4") for c in concepts]
-    _, mask, _ = model_image(ctx, row)
     mirrored = imaging.display_flip(row["laterality"])
-    over = composite(gray, maps, cols)
-    breast = max(int(mask.sum()), 1)
-    legend = [{"concept": c, "colour": col, "area_%": round(100.0 * float((maps[k] >= MAP_LEVEL).sum()) / breast, 2),
-               "max_p": round(float(maps[k].max()), 3)} for k, (c, col) in enumerate(zip(concepts, cols))]
-    from .reading import blend
-
-    per = [(c, blend(gray, maps[k], 0.75)) for k, c in enumerate(concepts)]
-    if mirrored:
-        over = over[:, ::-1]
-        per = [(c, m[:, ::-1]) for c, m in per]
-    view = ReportView(ids, image_id, label, info, np.ascontiguousarray(over), legend,
-                      [(c, np.ascontiguousarray(m)) for c, m in per], score=score, notes=notes, image_names=names)
+    over, legend, per, encoded = concept_panels(ctx, info, row, colours, mirrored)
+    view = ReportView(ids, image_id, label, info, over, legend, per, score=score, notes=notes, image_names=names,
+                      encoded=encoded)
     rep, key, tcav_run = engine_report(ctx, info, row)
-    shown = for_display(rep, mirrored)
-    figs = _figures(shown)
-    view.figures = [figs[k] for k in FIGURE_ORDER if k in figs] + [f for k, f in figs.items() if k not in FIGURE_ORDER]
-    view.concepts = concept_rows(rep)
+    shown, figs, rows = _FIGURES.get(key + (mirrored,), lambda: _shown(rep, mirrored))
+    view.figures = [f for name, f in figs if name not in MAP_FIGURES]
+    view.map_figures = [f for name, f in figs if name in MAP_FIGURES]
+    view.concepts = rows
     view.probability, view.target = float(rep.probability), rep.target_name
     view.notes += list(rep.notes)
     view.tcav_run = tcav_run
+    if tcav_run is None:
+        view.notes.append(f"TCAV is not computed for probe v{info.version} yet: press Run TCAV for its scores.")
     stem = f"conceptlens-{row['case_id']}-{row['laterality']}{row['view']}-probe{info.version}"
     view.export_name = stem
     view.export_json = lambda: report_json(rep)
@@ -198,27 +285,79 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     return view
 
 
+def concept_panels(ctx: AppContext, info: ProbeInfo, row: dict, colours: dict[str, str], mirrored: bool):
+    """The composite concept map, its legend and one heat map per concept, display orientation
+    (cached by probe version, image and concept colours)."""
+    from .reading import blend
+
+    key = _probe_key(ctx, info) + (row["sha256"], tuple(sorted(colours.items())), mirrored)
+
+    def compute():
+        concepts, maps = image_concept_maps(ctx, info, row["image_id"])  # (K, H, W)
+        gray, _ = display_gray(ctx, row, WindowChoice())
+        cols = [colours.get(c, "#00bcd4") for c in concepts]
+        _, mask, _ = model_image(ctx, row)
+        over = composite(gray, maps, cols)
+        breast = max(int(mask.sum()), 1)
+        legend = [{"concept": c, "colour": col,
+                   "area_%": round(100.0 * float((maps[k] >= MAP_LEVEL).sum()) / breast, 2),
+                   "max_p": round(float(maps[k].max()), 3)} for k, (c, col) in enumerate(zip(concepts, cols))]
+        per = [(c, blend(gray, maps[k], 0.75)) for k, c in enumerate(concepts)]
+        if mirrored:
+            over = over[:, ::-1]
+            per = [(c, m[:, ::-1]) for c, m in per]
+        over = np.ascontiguousarray(over)
+        per = [(c, np.ascontiguousarray(m)) for c, m in per]
+        encoded = {"overlay": jpeg(over), **{c: jpeg(m) for c, m in per}}
+        return over, legend, per, encoded
+
+    return _PANELS.get(key, compute)
+
+
+def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """Display copy of an RGB image, encoded once and cached with it (JPEG: a tenth of PNG's encode
+    time on these overlays; the numbers behind them stay in the report and its exports)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _shown(rep, mirrored: bool):
+    shown = for_display(rep, mirrored)
+    figs = _figures(shown)
+    ordered = [(k, figs[k]) for k in FIGURE_ORDER if k in figs] + [(k, f) for k, f in figs.items()
+                                                                   if k not in FIGURE_ORDER]
+    return shown, ordered, concept_rows(rep)
+
+
 # ---------------------------------------------------------------- the engine's report
 def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
-    """The engine's whole-image concept report (cached by model, probe, image, labels and TCAV run)."""
+    """The engine's whole-image concept report (cached by model, probe, image, labels and TCAV run).
+
+    The probe-independent evidence comes from ``image_evidence`` (cached per image), so a new probe
+    version costs the probe's maps and the assembly only."""
     import hashlib
 
-    from .. import probes, report
+    from .. import report
     from ..tcav import TCAVResult
 
     labels = ctx.store.list_unit_labels(ctx.card_name, getattr(ctx.card, "head_layer", None) or cx.layer_of(ctx))
     lab_key = hashlib.sha256(repr(sorted((r["unit"], r["concept"], r["annotation_id"]) for r in labels))
                              .encode()).hexdigest()[:16]
     run = ctx.store.latest_tcav_run(info.version)
-    tcav = TCAVResult.from_dict(run["results"]) if run else None
-    key = (ctx.card_name, ctx.weights_sha, info.version, row["sha256"], lab_key, run["run_id"] if run else None)
+    key = _probe_key(ctx, info) + (row["sha256"], lab_key, run["run_id"] if run else None)
 
     def compute():
         img, mask, _ = model_image(ctx, row)
-        probe = probes.load_probe(ctx.store, info.version)
+        probe = load_probe_version(ctx, info)
+        tcav = TCAVResult.from_dict(run["results"]) if run else None
         return report.build_image_report(ctx.model, ctx.card, img, probe, mask=mask, store=ctx.store,
                                          unit_labels=labels, tcav=tcav, image_id=row["image_id"],
-                                         device=ctx.device)
+                                         device=ctx.device, evidence=image_evidence(ctx, row))
 
     return _REPORTS.get(key, compute), key, (run["run_id"] if run else None)
 

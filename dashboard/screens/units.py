@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..context import AppContext
+from ..memo import Memo
 from . import concepts as cx
 from .reading import PatchRef, WindowChoice, display_gray
+
+_EXEMPLARS = Memo(64)  # (card, weights, layer, stats key, stats dir, unit) -> [(RGB, caption)]
 
 
 @dataclass
@@ -58,14 +61,22 @@ def load_units(ctx: AppContext, unit: int | None = None, concept: str | None = N
                      detail=detail, notes=notes)
 
 
-def unit_detail(ctx: AppContext, stats, unit: int, label_rows: list[dict]) -> UnitDetail:
+def unit_exemplars(ctx: AppContext, stats, unit: int) -> list[tuple[np.ndarray, str]]:
+    """The unit's top patches with its activation as heat, display orientation, best first.
+
+    Cached by model, weights, layer, dataset statistics and unit: a rerun of the Units page
+    (a click elsewhere, an undo) does not rebuild them."""
+    key = (ctx.card_name, ctx.weights_sha, stats.layer, str(getattr(stats, "key", "")), str(stats.path), int(unit))
+    return _EXEMPLARS.get(key, lambda: _build_exemplars(ctx, stats, int(unit)))
+
+
+def _build_exemplars(ctx: AppContext, stats, unit: int) -> list[tuple[np.ndarray, str]]:
     from .. import imaging
 
     refs = cx.stats_patch_refs(stats)
-    label = next((r for r in label_rows if int(r["unit"]) == unit), None)
     exemplars = []
     thr = float(stats.thresholds[unit])
-    for k in range(stats.top_indices.shape[1]):
+    for k in range(stats.top_indices.shape[1]):  # the unit's top-k patches, not units: k is small
         idx = int(stats.top_indices[unit, k])
         if idx < 0 or idx >= len(refs):
             continue
@@ -84,6 +95,13 @@ def unit_detail(ctx: AppContext, stats, unit: int, label_rows: list[dict]) -> Un
             rgb = rgb[:, ::-1]
         exemplars.append((np.ascontiguousarray(rgb),
                           f"#{k + 1} {row['laterality']}{row['view']} {row['case_id']} · max {float(stats.top_values[unit, k]):.2f}"))
+    return exemplars
+
+
+def unit_detail(ctx: AppContext, stats, unit: int, label_rows: list[dict]) -> UnitDetail:
+    label = next((r for r in label_rows if int(r["unit"]) == unit), None)
+    thr = float(stats.thresholds[unit])
+    exemplars = unit_exemplars(ctx, stats, unit)
     drawings = []
     for r in ctx.store.list_annotation_units(model_card=ctx.card_name, layer=cx.layer_of(ctx), include_deleted=True):
         if int(r["unit"]) != unit:

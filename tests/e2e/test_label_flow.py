@@ -75,6 +75,7 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
             flows.click_button(page, "Save as mass")
             saved = flows.wait_text(page, re.compile(r"Saved 'mass': labeled \d+ unit")).inner_text()
             n_labeled = int(re.search(r"labeled (\d+) unit", saved).group(1))
+            assert "Concept probe v1 retrained on 1 drawing(s)" in saved  # Save retrains the probes
 
             flows.nav(page, "Units")
             flows.heading(page, "Units")
@@ -86,11 +87,13 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
 
             flows.nav(page, "Report")
             flows.heading(page, "Report")
-            flows.click_button(page, "Retrain probes")
-            flows.wait_text(page, "Concept probe v1 trained on 1 drawing(s).")
+            # the report already shows the probe trained with the drawing, on the labeled image
+            flows.wait_text(page, re.compile(r"Concept probe v1\b.*on 1 drawing"))
             page.locator("[data-testid='stImage']").first.wait_for(state="visible")
             after = page.locator("[data-testid='stMain']").inner_text()
             shot(page, artifacts, "05_report")
+            flows.click_button(page, "Retrain probes")  # the manual retrain still works
+            flows.wait_text(page, "Concept probe v2 trained on 1 drawing(s).")
 
             flows.nav(page, "Model and data")
             flows.heading(page, "Model and data")
@@ -104,6 +107,7 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
     assert "Drawings behind this unit" in unit_text and "Undo this drawing" in unit_text
     assert "No concept probe is trained yet" not in after and "Concept probe v1" in after
     assert "mass" in after and after != before
+    assert plan["image_label"] + " · " + case_id in after  # the report opened on the labeled image
     shown_iou = float(re.search(r"IoU\s*(\d\.\d\d)", iou_text).group(1))
     assert shown_iou >= plan["expected_iou"] - 0.05  # Fabric rounds the clicks to canvas pixels
 
@@ -118,4 +122,6 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
         assert plan["unit"] in {r["unit"] for r in labels}
         assert {r["concept"] for r in labels} == {"mass"} and {r["annotation_id"] for r in labels} == {ann.annotation_id}
         assert len(store.list_annotation_units(annotation_id=ann.annotation_id)) >= n_labeled
-        assert store.list_probes(model_card=E2E_CARD)[0]["annotation_ids"] == [ann.annotation_id]
+        probes = store.list_probes(model_card=E2E_CARD)
+        assert [p["version"] for p in probes] == [2, 1]  # one from Save, one from the button
+        assert all(p["annotation_ids"] == [ann.annotation_id] for p in probes)
