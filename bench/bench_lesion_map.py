@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from dashboard.phantom import generate_case
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=23)  # 2 images each, 2 of 3 with findings: 30 of 46
+    ap.add_argument("--cases", type=int, default=23)  # 2-4 images each; 2 of 3 cases have findings
     ap.add_argument("--seed", type=int, default=999)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="", help="comma list among fcn, fcn-raw, tiles/<stride> (default all; "
