@@ -137,6 +137,21 @@ def test_lesion_map_peaks_at_blob(detector, card, image, method):
     assert sum(hook_counts(detector).values()) == 0 and not detector.training
 
 
+@pytest.mark.parametrize("blob_at", [(100, 150), (57, 83), (141, 199)])
+def test_default_method_ranks_lesion_patch_first(detector, card, blob_at):
+    """What the app calls (every default) puts the planted lesion's patch first, at the right place."""
+    img, mask = breast_image(blob_at=blob_at)
+    lm = compute_lesion_map(detector, card, img, mask)
+    x0, y0, size, p = lm.top_patches[0]
+    assert size == S and x0 <= blob_at[1] < x0 + S and y0 <= blob_at[0] < y0 + S, (lm.method, lm.top_patches[0])
+    # the blob sits well inside the patch, not on its edge: coordinates are patch top-left corners
+    cx, cy = x0 + S / 2, y0 + S / 2
+    assert np.hypot(cx - blob_at[1], cy - blob_at[0]) < S / 2
+    peak = np.unravel_index(lm.prob.argmax(), lm.prob.shape)
+    assert np.hypot(peak[0] - blob_at[0], peak[1] - blob_at[1]) < S / 2, peak
+    assert p == pytest.approx(lm.score) and lm.prob.shape == img.shape
+
+
 def test_top_patches_nms_and_breast(detector, card, image):
     img, mask = image
     lm = compute_lesion_map(detector, card, img, mask, method="fcn", top_k=10)
