@@ -197,7 +197,9 @@ def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Te
     onehot = F.one_hot(yf, n_classes).float()  # (F, N, K)
     counts = torch.einsum("fn,fnk->fk", tw, onehot)  # (F, K) training samples per class and model
     present = (counts > 0).float()
-    cw = present * counts.sum(1, keepdim=True) / (counts.clamp_min(1) * present.sum(1, keepdim=True))  # (F, K)
+    # a model with no training rows (empty fold) gets zero weights, not 0/0 = NaN, which would
+    # poison the summed loss and with it every model of the joint fit
+    cw = present * counts.sum(1, keepdim=True) / (counts.clamp_min(1) * present.sum(1, keepdim=True).clamp_min(1))  # (F, K)
     sw = tw * torch.einsum("fk,fnk->fn", cw, onehot)  # (F, N) class-balanced sample weights
     sw = sw / sw.sum(1, keepdim=True).clamp_min(1e-12)
     W = torch.zeros(nf, n_classes, c, requires_grad=True)

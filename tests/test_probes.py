@@ -103,6 +103,24 @@ def test_batched_fits_equal_separate_fits():
     assert (pred[y2 == 1] == 1).float().mean() > 0.8
 
 
+def test_empty_fold_and_missing_class_stay_finite():
+    """A model with no training rows, or missing a class, must not poison the joint fit with NaN."""
+    g = torch.Generator().manual_seed(1)
+    n, c, k = 120, 10, 3
+    y = torch.arange(n) % k
+    X = torch.randn(n, c, generator=g) + 2.0 * torch.randn(k, c, generator=g)[y]
+    train = torch.ones(3, n, dtype=torch.bool)
+    train[1] = False  # empty fold
+    train[2, y == 2] = False  # fold without class 2
+    W, b, mu, sd = fit_probes(X, y, k, train, l2=1e-2, max_iter=200)
+    assert torch.isfinite(W).all() and torch.isfinite(b).all()
+    assert W[1].abs().max() == 0 and b[1].abs().max() == 0  # nothing learnt: uniform probabilities
+    W1, b1, _, _ = fit_probes(X, y, k, train[[0, 2]], l2=1e-2, max_iter=200)
+    torch.testing.assert_close(W[[0, 2]], W1, atol=2e-3, rtol=0)  # the others fit as if alone
+    pred = (((X - mu[2]) / sd[2]) @ W[2].T + b[2]).argmax(1)
+    assert (pred[y < 2] == y[y < 2]).float().mean() > 0.9
+
+
 def test_train_probes_store_metrics_and_maps(store, model, card, tmp_path):
     patches = _populate(store)
     steps = []
