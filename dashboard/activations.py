@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dashboard.model_state import lock_for
+
 
 class _StopForward(Exception):
     """Raised by the last hook when the rest of the network is not needed."""
@@ -109,28 +111,31 @@ def compute_activations(model: nn.Module, layers: list[str], x: torch.Tensor, *,
         return hook
 
     handles = []
-    try:
-        for name in layers:
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
-        with torch.no_grad(), _eval_mode(model):
-            for start in range(0, n, step):
-                xb = x[start:start + step].to(dev)  # (B, 3, H, W)
-                captured.clear()
-                try:
-                    out = model(xb)
-                    if with_output:
-                        outputs.append(out.detach().to(odev))
-                except _StopForward:
-                    pass
-                not_run = [name for name in layers if name not in captured]
-                if not_run:
-                    raise RuntimeError(f"layer(s) {not_run} did not run in the forward pass")
-                for name in layers:
-                    chunks[name].append(captured[name])
-    finally:
-        for h in handles:
-            h.remove()
-        captured.clear()
+    # the model's lock: hooks of two sessions on one shared model would capture (and stop) each
+    # other's forward passes
+    with lock_for(model):
+        try:
+            for name in layers:
+                handles.append(modules[name].register_forward_hook(make_hook(name)))
+            with torch.no_grad(), _eval_mode(model):
+                for start in range(0, n, step):
+                    xb = x[start:start + step].to(dev)  # (B, 3, H, W)
+                    captured.clear()
+                    try:
+                        out = model(xb)
+                        if with_output:
+                            outputs.append(out.detach().to(odev))
+                    except _StopForward:
+                        pass
+                    not_run = [name for name in layers if name not in captured]
+                    if not_run:
+                        raise RuntimeError(f"layer(s) {not_run} did not run in the forward pass")
+                    for name in layers:
+                        chunks[name].append(captured[name])
+        finally:
+            for h in handles:
+                h.remove()
+            captured.clear()
     acts = {name: (c[0] if len(c) == 1 else torch.cat(c)) for name, c in chunks.items()}
     if with_output:
         return acts, (outputs[0] if len(outputs) == 1 else torch.cat(outputs))

@@ -77,7 +77,10 @@ def load_model(card_name: str, user_cards_dir: Path | None, device: str) -> Load
         model = model_zoo.create_model(card, device=dev)
     except Exception as exc:  # noqa: BLE001
         return LoadedModel(card, None, dev, card.weights_sha256 or "", error=str(exc))
-    return LoadedModel(card, model, dev, card.weights_sha256 or "")
+    from dashboard.model_state import lock_for
+
+    # the same lock every inference, activation and attribution call takes (``lock_for``)
+    return LoadedModel(card, model, dev, card.weights_sha256 or "", lock=lock_for(model))
 
 
 def build_context(settings: Settings, store: Store, loaded: LoadedModel) -> AppContext:

@@ -87,3 +87,33 @@ def test_list_layers_and_shapes(lite0):
     assert "blocks" not in leaves and "conv_stem" in leaves
     shapes = layer_shapes(lite0, ["bn2"], 512)
     assert shapes["bn2"] == (1280, 16, 16)
+
+
+def test_two_sessions_at_once_get_their_own_activations(lite0):
+    """Two threads (two Streamlit sessions) on one shared model: without the model's lock the
+    hooks of one would capture, and stop, the other's forward pass."""
+    import threading
+
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(2, 3, 96, 96, generator=g) for _ in range(2)]
+    layers = [["bn2"], ["blocks.3"]]
+    expected = [compute_activations(lite0, l, x) for l, x in zip(layers, xs)]
+    got: dict[int, dict] = {}
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            for _ in range(15):
+                got[i] = compute_activations(lite0, layers[i], xs[i])
+                for name in layers[i]:
+                    torch.testing.assert_close(got[i][name], expected[i][name], rtol=0, atol=0)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert set(got) == {0, 1}
