@@ -55,7 +55,7 @@ Progress = Callable[[int, int, str], None]  # (done, total, message)
 class StaleCacheError(ValueError):
     """A resumed computation met data that differ from its checkpoint (the checkpoint is dropped)."""
 
-STATS_VERSION = "dissect-v1"
+STATS_VERSION = "dissect-v2"  # v2: thresholds tied at a unit's maximum step just below it
 
 
 # ====================================================================== dataset statistics
@@ -93,6 +93,7 @@ class DissectionStats:
     unit_xy: np.ndarray
     unit_xy_var: np.ndarray
     path: str = ""
+    n_tied_at_max: int = 0  # units whose quantile equalled their maximum (see ``_untie_at_max``)
 
     @property
     def n_units(self) -> int:
@@ -185,6 +186,27 @@ def _quantile_from_top(top_desc: torch.Tensor, n: int, q: float) -> torch.Tensor
     # numpy's _lerp: a + (b - a) t, computed from the nearer end for t >= 0.5
     diff = v_hi - v_lo
     return torch.where(torch.tensor(frac >= 0.5), v_hi - diff * (1 - frac), v_lo + diff * frac)
+
+
+def _untie_at_max(thresholds: torch.Tensor, top_max: torch.Tensor, mean: torch.Tensor,
+                  max_share: float = 0.5) -> tuple[torch.Tensor, int]:
+    """Thresholds (C,) float32 that a saturated unit can exceed.
+
+    A unit that sits at its maximum on more than 1 - q of all positions (a ReLU6 unit at 6.0,
+    or any unit with a plateau at its top) has its q-quantile equal to that maximum, and the
+    strict ``>`` rule would then never switch it on: it could never be labeled. For those units
+    the threshold steps to the next float32 below the maximum, so the unit's mask is its plateau:
+    the top-quantile positions with their ties. Only when the plateau is a minority: the maximum
+    is positive and the mean activation is at most ``max_share`` of it (for non-negative
+    activations, as after ReLU/ReLU6, that bounds the plateau's share of positions by
+    ``max_share``). A dead unit (maximum 0) or a unit saturated nearly everywhere stays off.
+    Returns the thresholds and how many units were adjusted.
+    """
+    top_max = top_max.to(thresholds.device)
+    mean = mean.to(thresholds.device, torch.float32)
+    tied = (thresholds >= top_max) & (top_max > 0) & (mean <= max_share * top_max)  # (C,)
+    below = torch.nextafter(thresholds, torch.full_like(thresholds, -math.inf))
+    return torch.where(tied, below, thresholds), int(tied.sum())
 
 
 def _pca_units(profiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -435,6 +457,7 @@ def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, *, 
         raise ValueError(f"expected {n_patches} patches, the data gave {got}")
 
     thresholds = _quantile_from_top(run.top, run.kept, quantile).float()
+    thresholds, n_tied = _untie_at_max(thresholds, run.top[:, 0].float(), run.sum / max(run.seen_pos, 1))
     prof = torch.cat(run.profiles) if run.profiles else torch.zeros(0, run.n_units)
     unit_xy, unit_var = _pca_units(prof)
     n_have = run.ex_val.shape[1]
@@ -452,7 +475,7 @@ def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, *, 
         sample_rate=float(run.kept / max(run.seen_pos, 1)),
         thresholds=thresholds.cpu().numpy(), mean=(run.sum / max(run.seen_pos, 1)).float().cpu().numpy(),
         top_values=ex_val.numpy(), top_indices=ex_idx.numpy(), top_maps=ex_map.numpy(),
-        unit_xy=unit_xy, unit_xy_var=unit_var,
+        unit_xy=unit_xy, unit_xy_var=unit_var, n_tied_at_max=n_tied,
     )
     stats.save(directory)
     (directory / "state.safetensors").unlink(missing_ok=True)

@@ -108,26 +108,46 @@ def _rect_sum(integral: np.ndarray, r0, r1, c0, c1) -> np.ndarray:
     return integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
 
 
-def compute_unit_ious(activation, thresholds, drawing_mask) -> np.ndarray:
-    """IoU of every unit's thresholded, upsampled activation with a drawing.
+@dataclass
+class UnitMasks:
+    """Everything of the IoU that depends on the patch's activation but not on the drawing.
 
-    activation: (C, h, w) feature map of one patch (float32 values are used).
-    thresholds: (C,) per-unit activation thresholds (dataset quantiles), strict ``>``.
-    drawing_mask: (H, W) bool, the drawing in patch pixels (usually H = W = S).
-    Returns (C,) float64 IoUs, equal to ``compute_unit_ious_reference`` (see module doc).
+    Built once per patch (``prepare_unit_masks``); each drawing then only needs the cells that
+    its outline crosses (``unit_ious``). Units C, feature cells (h, w), patch pixels (H, W).
 
-    Runs in numpy on the CPU: the arrays are small and many (tens of thousands of blocks per
-    level), where torch's intra-op threads cost more in synchronisation than they save.
+    seg (C,)            pixels of each unit's upsampled map above its threshold (exact counts)
+    above (C, h*w)      float64 1 where a whole cell is above the threshold
+    mixed_u/h/w (K,)    the (unit, cell) pairs whose cell straddles the threshold
+    mixed_seg (K,)      pixels above the threshold inside each such cell
     """
-    a_t, t_t, m_t = _as_inputs(activation, thresholds, drawing_mask)
-    a, t, m = a_t.numpy(), t_t.numpy(), m_t.numpy()
-    c_units, h, w = a.shape
-    hh, ww = m.shape
-    ax_h, ax_w = _axis_np(hh, h), _axis_np(ww, w)
-    integral = np.zeros((hh + 1, ww + 1), dtype=np.int32)
-    integral[1:, 1:] = m.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)  # (H+1, W+1)
 
-    # ---- level 0: whole cells, bounded by their 2x2 feature values (cell i uses rows i, min(i+1, h-1))
+    a: np.ndarray
+    t: np.ndarray
+    tol: np.ndarray
+    size: tuple[int, int]
+    seg: np.ndarray
+    above: np.ndarray
+    mixed_u: np.ndarray
+    mixed_h: np.ndarray
+    mixed_w: np.ndarray
+    mixed_seg: np.ndarray
+
+    @property
+    def n_units(self) -> int:
+        return int(self.a.shape[0])
+
+
+def prepare_unit_masks(activation, thresholds, size) -> UnitMasks:
+    """Per-patch part of the IoU: classify every (unit, cell) and count the straddling cells'
+    pixels above threshold by the exact quadtree. activation (C, h, w), thresholds (C,),
+    size = (H, W) of the drawing (or an int for a square patch)."""
+    hh, ww = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    a_t, t_t, _ = _as_inputs(activation, thresholds, np.zeros((1, 1), bool))
+    a, t = a_t.numpy(), t_t.numpy()
+    c_units, h, w = a.shape
+    ax_h, ax_w = _axis_np(hh, h), _axis_np(ww, w)
+
+    # whole cells, bounded by their 2x2 feature values (cell i uses rows i, min(i+1, h-1))
     def pair(f, x, axis):
         nxt = np.concatenate([np.take(x, np.arange(1, x.shape[axis]), axis=axis),
                               np.take(x, [x.shape[axis] - 1], axis=axis)], axis=axis)
@@ -143,24 +163,95 @@ def compute_unit_ious(activation, thresholds, drawing_mask) -> np.ndarray:
     plateau = (cmax == cmin) & ((cmax == 0) | (ax_h["dyadic"] and ax_w["dyadic"]))
     above = (cmin > tt + tl) | (plateau & (cmin > tt))
     below = (cmax < tt - tl) | (plateau & (cmax <= tt))
-    rows = ax_h["stop"] - ax_h["start"]  # (h,) pixels per cell row
-    cols = ax_w["stop"] - ax_w["start"]  # (w,)
-    cell_px = (rows[:, None] * cols[None, :]).astype(np.float64)  # (h, w)
-    cell_m = _rect_sum(integral, ax_h["start"][:, None], ax_h["stop"][:, None],
-                       ax_w["start"][None, :], ax_w["stop"][None, :]).astype(np.float64)  # (h, w)
-    above_f = above.reshape(c_units, -1).astype(np.float64)
-    seg = above_f @ cell_px.reshape(-1)  # (C,) pixels above threshold (counts: exact in float64)
-    inter = above_f @ cell_m.reshape(-1)  # (C,) of which inside the drawing
+    cell_px = _cell_counts(ax_h, ax_w, None)  # (h, w)
+    above_f = above.reshape(c_units, -1).astype(np.float64)  # (C, h*w)
+    seg = above_f @ cell_px.reshape(-1)  # (C,) counts: exact in float64
     mixed = ~(above | below) & (cell_px > 0)
-
     u, ch, cw = np.nonzero(mixed)  # (K,) each
+    mixed_seg, _ = _refine(a, t, tol, ax_h, ax_w, u, ch, cw, None, None)
+    seg += np.bincount(u, weights=mixed_seg, minlength=c_units)
+    return UnitMasks(a=a, t=t, tol=tol, size=(hh, ww), seg=seg, above=above_f, mixed_u=u, mixed_h=ch,
+                     mixed_w=cw, mixed_seg=mixed_seg)
+
+
+def unit_ious(masks: UnitMasks, drawing_mask) -> np.ndarray:
+    """IoU of every unit with one drawing, from a patch's ``UnitMasks``: (C,) float64.
+
+    Cells the drawing covers entirely take their counts from ``masks``, cells it misses add
+    nothing, and only straddling cells on the drawing's outline are refined pixel-exactly.
+    """
+    m = np.asarray(drawing_mask, dtype=bool)
+    if m.shape != masks.size:
+        raise ValueError(f"drawing mask is {m.shape}, the unit masks were prepared for {masks.size}")
+    c_units, h, w = masks.a.shape
+    hh, ww = masks.size
+    ax_h, ax_w = _axis_np(hh, h), _axis_np(ww, w)
+    integral = np.zeros((hh + 1, ww + 1), dtype=np.int32)
+    integral[1:, 1:] = m.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)  # (H+1, W+1)
+    cell_px = _cell_counts(ax_h, ax_w, None)  # (h, w)
+    cell_m = _cell_counts(ax_h, ax_w, integral)  # (h, w) drawing pixels per cell
+    inter = masks.above @ cell_m.reshape(-1)  # (C,)
+    km = cell_m[masks.mixed_h, masks.mixed_w]  # (K,)
+    full = km == cell_px[masks.mixed_h, masks.mixed_w]
+    inter += np.bincount(masks.mixed_u[full], weights=masks.mixed_seg[full], minlength=c_units)
+    part = np.nonzero((km > 0) & ~full)[0]
+    if part.size:
+        _, part_inter = _refine(masks.a, masks.t, masks.tol, ax_h, ax_w, masks.mixed_u[part],
+                                masks.mixed_h[part], masks.mixed_w[part], m, integral)
+        inter += np.bincount(masks.mixed_u[part], weights=part_inter, minlength=c_units)
+    union = masks.seg + float(m.sum()) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+
+
+def compute_unit_ious(activation, thresholds, drawing_mask) -> np.ndarray:
+    """IoU of every unit's thresholded, upsampled activation with a drawing.
+
+    activation: (C, h, w) feature map of one patch (float32 values are used).
+    thresholds: (C,) per-unit activation thresholds (dataset quantiles), strict ``>``.
+    drawing_mask: (H, W) bool, the drawing in patch pixels (usually H = W = S).
+    Returns (C,) float64 IoUs, equal to ``compute_unit_ious_reference`` (see module doc).
+    For several drawings on one patch, ``prepare_unit_masks`` once and ``unit_ious`` per drawing.
+
+    Runs in numpy on the CPU: the arrays are small and many (tens of thousands of blocks per
+    level), where torch's intra-op threads cost more in synchronisation than they save.
+    """
+    m = np.asarray(drawing_mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"drawing mask must be (H, W), got {m.shape}")
+    return unit_ious(prepare_unit_masks(activation, thresholds, m.shape), m)
+
+
+def _cell_counts(ax_h: dict, ax_w: dict, integral: np.ndarray | None) -> np.ndarray:
+    """(h, w) float64: pixels per feature cell, or drawing pixels per cell from its integral image."""
+    if integral is None:
+        rows = ax_h["stop"] - ax_h["start"]  # (h,) pixels per cell row
+        cols = ax_w["stop"] - ax_w["start"]  # (w,)
+        return (rows[:, None] * cols[None, :]).astype(np.float64)
+    return _rect_sum(integral, ax_h["start"][:, None], ax_h["stop"][:, None],
+                     ax_w["start"][None, :], ax_w["stop"][None, :]).astype(np.float64)
+
+
+def _refine(a, t, tol, ax_h, ax_w, u, ch, cw, m, integral):
+    """Exact counts inside straddling cells by a quadtree over all (unit, block) pairs at once.
+
+    u, ch, cw (K,): the cells. Returns (seg, inter), each (K,) float64: pixels above threshold in
+    each cell, and of those inside the drawing ``m`` (H, W) bool. Without a drawing (``m`` None)
+    inter is zeros. With one, blocks outside the drawing are dropped early, so seg is then partial
+    and only inter is meaningful.
+    """
+    k_cells = u.size
+    seg = np.zeros(k_cells, dtype=np.float64)
+    inter = np.zeros(k_cells, dtype=np.float64)
+    if not k_cells:
+        return seg, inter
+    ww = ax_w["l0"].shape[0]
     ch1, cw1 = ax_h["cell_i1"][ch], ax_w["cell_i1"][cw]
     corners = np.stack([a[u, ch, cw], a[u, ch, cw1], a[u, ch1, cw], a[u, ch1, cw1]], 1)  # (K, 4)
-    cid = np.arange(u.size)  # each block points at its cell's corner values
+    cid = np.arange(k_cells)  # each block points at its cell (corner values and accumulator)
     r0, r1 = ax_h["start"][ch], ax_h["stop"][ch]
     c0, c1 = ax_w["start"][cw], ax_w["stop"][cw]
     l0h, l1h, l0w, l1w = ax_h["l0"], ax_h["l1"], ax_w["l0"], ax_w["l1"]
-    m_flat = m.reshape(-1)
+    m_flat = None if m is None else m.reshape(-1)
 
     def values(x, rr, cc):
         # x (K, 4) cell corners, rr (K, R) pixel rows, cc (K, Q) pixel cols -> (K, R, Q), in ATen's
@@ -171,11 +262,15 @@ def compute_unit_ious(activation, thresholds, drawing_mask) -> np.ndarray:
         return top[:, None, :] * l0h[rr][:, :, None] + bot[:, None, :] * l1h[rr][:, :, None]
 
     def add(target, idx, vals):
-        target += np.bincount(idx, weights=vals, minlength=c_units)
+        target += np.bincount(idx, weights=vals, minlength=k_cells)
 
-    # ---- quadtree levels over (unit, block) pairs whose block straddles the threshold
     off = np.arange(_DENSE)
-    while u.size:
+    while cid.size:
+        if m is not None:  # a block with no drawing pixel adds nothing to inter
+            keep = np.nonzero(_rect_sum(integral, r0, r1, c0, c1) > 0)[0]
+            cid, r0, r1, c0, c1 = cid[keep], r0[keep], r1[keep], c0[keep], c1[keep]
+            if not cid.size:
+                break
         nr, nc = r1 - r0, c1 - c0
         dense = (nr <= _DENSE) & (nc <= _DENSE)
         if dense.any():  # small blocks: compare every pixel exactly, grouped by block shape
@@ -186,36 +281,36 @@ def compute_unit_ious(activation, thresholds, drawing_mask) -> np.ndarray:
                 rr = r0[s, None] + off[:br]  # (k, br)
                 cc = c0[s, None] + off[:bc]  # (k, bc)
                 v = values(corners[cid[s]], rr, cc)  # (k, br, bc)
-                us = u[s]
-                hit = v > t[us][:, None, None]
-                inside = m_flat[rr[:, :, None] * ww + cc[:, None, :]]  # (k, br, bc)
-                add(seg, us, hit.sum((1, 2)))
-                add(inter, us, (hit & inside).sum((1, 2)))
+                hit = v > t[u[cid[s]]][:, None, None]
+                add(seg, cid[s], hit.sum((1, 2)))
+                if m_flat is not None:
+                    inside = m_flat[rr[:, :, None] * ww + cc[:, None, :]]  # (k, br, bc)
+                    add(inter, cid[s], (hit & inside).sum((1, 2)))
         s = np.nonzero(~dense)[0]
-        u, cid, r0, r1, c0, c1 = u[s], cid[s], r0[s], r1[s], c0[s], c1[s]
-        if not u.size:
+        cid, r0, r1, c0, c1 = cid[s], r0[s], r1[s], c0[s], c1[s]
+        if not cid.size:
             break
         v = values(corners[cid], np.stack([r0, r1 - 1], 1), np.stack([c0, c1 - 1], 1)).reshape(-1, 4)  # (K, 4)
-        tu, tolu = t[u], tol[u]
+        uu = u[cid]
+        tu, tolu = t[uu], tol[uu]
         vmin, vmax = v.min(1), v.max(1)
         blk_above = vmin > tu + tolu
         if blk_above.any():
             s = np.nonzero(blk_above)[0]
-            add(seg, u[s], (r1[s] - r0[s]) * (c1[s] - c0[s]))
-            add(inter, u[s], _rect_sum(integral, r0[s], r1[s], c0[s], c1[s]))
+            add(seg, cid[s], (r1[s] - r0[s]) * (c1[s] - c0[s]))
+            if integral is not None:
+                add(inter, cid[s], _rect_sum(integral, r0[s], r1[s], c0[s], c1[s]))
         s = np.nonzero(~blk_above & ~(vmax < tu - tolu))[0]
-        u, cid, r0, r1, c0, c1 = u[s], cid[s], r0[s], r1[s], c0[s], c1[s]
+        cid, r0, r1, c0, c1 = cid[s], r0[s], r1[s], c0[s], c1[s]
         rm = np.where(r1 - r0 > 1, (r0 + r1) // 2, r1)
         cm = np.where(c1 - c0 > 1, (c0 + c1) // 2, c1)
         # four children per block; empty ones (a side of one pixel) are dropped
-        u, cid = np.tile(u, 4), np.tile(cid, 4)
+        cid = np.tile(cid, 4)
         r0, r1 = np.concatenate([r0, r0, rm, rm]), np.concatenate([rm, rm, r1, r1])
         c0, c1 = np.concatenate([c0, cm, c0, cm]), np.concatenate([cm, c1, cm, c1])
         keep = np.nonzero((r1 > r0) & (c1 > c0))[0]
-        u, cid, r0, r1, c0, c1 = u[keep], cid[keep], r0[keep], r1[keep], c0[keep], c1[keep]
-
-    union = seg + float(m.sum()) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+        cid, r0, r1, c0, c1 = cid[keep], r0[keep], r1[keep], c0[keep], c1[keep]
+    return seg, inter
 
 
 @lru_cache(maxsize=64)

@@ -15,6 +15,7 @@ from dashboard.dissection import (StaleCacheError, compute_dataset_stats, comput
                                   load_dataset_stats, mask_from_png, mask_to_png, match_drawing,
                                   undo_annotation, unit_labels, units_by_concept)
 from dashboard.store import Store, ValidationError
+from dashboard.unit_iou import prepare_unit_masks, unit_ious
 from tests.engine_helpers import TinyCard, add_image, blob_mask, synthetic_patches, tiny_model
 
 
@@ -68,6 +69,54 @@ def test_unit_ious_equal_reference_on_real_activations(model, card, patches, tmp
         ref = compute_unit_ious_reference(acts[i], stats.thresholds, mask)
         np.testing.assert_array_equal(fast, ref)
         assert (fast > 0).sum() > 10
+
+
+def test_prepared_unit_masks_give_reference_ious_for_every_drawing(model, card, patches, tmp_path):
+    """The app prepares a patch once and matches many drawings: each must equal the reference."""
+    stats = compute_dataset_stats(model, card, "bn2", patches, cache_dir=tmp_path, batch_size=6)
+    act = _all_acts(model, card, patches[3:4], "bn2")[0]
+    prep = prepare_unit_masks(act, stats.thresholds, 128)
+    full = np.ones((128, 128), bool)
+    cells = np.zeros((128, 128), bool)
+    cells[32:64, 16:80] = True  # aligned with feature cells: only whole-cell counts are used
+    drawings = [blob_mask(128, 40, 60, 30), blob_mask(128, 100, 100, 9), full, cells,
+                drawing_to_mask("freehand", {"points": [[5, 120], [60, 70], [125, 90]], "width": 6}, 128)]
+    for mask in drawings:
+        np.testing.assert_array_equal(unit_ious(prep, mask), compute_unit_ious_reference(act, stats.thresholds, mask))
+    # the per-patch counts are each unit's whole mask: IoU with the full patch is its area share
+    np.testing.assert_array_equal(prep.seg / 128**2, unit_ious(prep, full))
+    with pytest.raises(ValueError, match="prepared for"):
+        unit_ious(prep, np.ones((64, 64), bool))
+
+
+def test_saturated_units_get_a_threshold_they_can_exceed(tmp_path):
+    """ReLU6 units at their cap on more than 1 - q of positions: strict > at the quantile would
+    never fire. The plateau becomes the mask; dead and everywhere-saturated units stay off."""
+    from collections import OrderedDict
+
+    net = torch.nn.Sequential(OrderedDict(conv=torch.nn.Conv2d(3, 4, 1, stride=8), act=torch.nn.ReLU6())).eval()
+    with torch.no_grad():
+        net.conv.weight.zero_()
+        net.conv.bias.copy_(torch.tensor([-30.0, -100.0, 100.0, 0.0]))
+        net.conv.weight[0, :, 0, 0] = 40.0   # unit 0: saturated where the image is bright, 0 elsewhere
+        net.conv.weight[3, :, 0, 0] = 0.5    # unit 3: graded, never saturated
+    imgs = np.zeros((6, 64, 64), np.float32)
+    imgs[:, 16:40, 8:32] = 1.0               # a bright square: 14 % of every image
+    ramp = np.linspace(0, 0.1, 64, dtype=np.float32)
+    imgs += ramp[None, None, :] + ramp[None, :, None] + 0.01 * np.arange(6, dtype=np.float32)[:, None, None]
+    stats = compute_dataset_stats(net, TinyCard(), "act", imgs, quantile=0.99, cache_dir=tmp_path)
+    acts = _all_acts(net, TinyCard(), imgs, "act").numpy()  # (N, 4, 8, 8)
+    flat = acts.transpose(1, 0, 2, 3).reshape(4, -1).astype(np.float64)
+    q = np.quantile(flat, 0.99, axis=1).astype(np.float32)
+    assert q[0] == 6.0 and stats.thresholds[0] == np.nextafter(np.float32(6.0), np.float32(0.0))
+    assert stats.thresholds[1] == 0.0 and stats.thresholds[2] == 6.0  # dead; saturated everywhere
+    assert stats.thresholds[3] == q[3] < flat[3].max()                # untouched
+    assert stats.n_tied_at_max == 1 and load_dataset_stats(tmp_path / stats.key).n_tied_at_max == 1
+    square = np.zeros((64, 64), bool)
+    square[16:40, 8:32] = True
+    ious = compute_unit_ious(acts[0], stats.thresholds, square)
+    assert ious[0] > 0.3 and ious[1] == 0.0 and ious[2] == 0.0
+    assert compute_unit_ious(acts[0], q, square)[0] == 0.0  # what the plain quantile would give
 
 
 def test_unit_ious_known_values():
