@@ -40,11 +40,13 @@ from safetensors.torch import load_file, save_file
 
 from dashboard.activations import compute_activations, model_fingerprint
 from dashboard.store import ValidationError
-from dashboard.unit_iou import compute_unit_ious, compute_unit_ious_reference
+from dashboard.unit_iou import (UnitMasks, compute_unit_ious, compute_unit_ious_reference, prepare_unit_masks,
+                               unit_ious)
 
 __all__ = [
     "DissectionStats", "StaleCacheError", "UnitMatch", "LabelResult", "compute_dataset_stats", "load_dataset_stats",
     "dataset_stats_key", "model_fingerprint", "compute_unit_ious", "compute_unit_ious_reference",
+    "UnitMasks", "prepare_unit_masks", "unit_ious",
     "match_drawing", "drawing_to_mask", "mask_to_png", "mask_from_png", "label_units_from_drawing",
     "undo_annotation", "unit_labels", "units_by_concept",
 ]
@@ -594,12 +596,18 @@ class UnitMatch:
     tau: float
 
 
-def match_drawing(activation, thresholds, drawing_mask, *, tau: float = 0.2) -> UnitMatch:
-    """Which units does a drawing pick out? activation (C, h, w), thresholds (C,), mask (S, S)."""
+def match_drawing(activation, thresholds, drawing_mask, *, tau: float = 0.2, prepared=None) -> UnitMatch:
+    """Which units does a drawing pick out? activation (C, h, w), thresholds (C,), mask (S, S).
+
+    prepared: the patch's ``unit_iou.UnitMasks`` for these activation and thresholds, when the
+    caller keeps them per patch (then only the drawing's part is computed; same IoUs)."""
     mask = np.asarray(drawing_mask, dtype=bool)
     if not mask.any():
         raise ValidationError("The drawing is empty: draw a region before matching units.")
-    ious = compute_unit_ious(activation, thresholds, mask)
+    if prepared is not None:
+        ious = unit_ious(prepared, mask)
+    else:
+        ious = compute_unit_ious(activation, thresholds, mask)
     above = np.nonzero(ious > tau)[0]
     above = above[np.argsort(-ious[above], kind="stable")]
     best = int(np.argmax(ious))

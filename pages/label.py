@@ -33,6 +33,7 @@ r = view.ref
 # the Report opens on the image being labeled; its evidence is prepared while the reader draws
 st.session_state[state.CASE_ID] = view.image["case_id"]
 st.session_state[state.IMAGE_ID] = r.image_id
+lb.prepare_patch(ctx, r)  # the first drawing then only waits for its own IoUs
 lb.prepare_report(ctx, r.image_id)
 st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size {r.size} model px"
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")

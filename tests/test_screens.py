@@ -256,6 +256,23 @@ def test_prefetched_evidence_is_what_the_report_uses(ctx_stats):
     assert ev.n_tiles >= 1 and ev.feats[cx.layer_of(ctx)].shape[0] == 512
 
 
+def test_opening_a_patch_prepares_its_unit_masks_for_every_drawing(ctx_stats):
+    from dashboard.dissection import compute_unit_ious
+
+    ctx = ctx_stats
+    ref = rd.PatchRef("SYN-0001-LCC", 24, 60, 64)
+    stats = cx.require_stats(ctx)
+    assert not cx.has_unit_masks(ctx, ref, stats)
+    assert lb.prepare_patch(ctx, ref) is True
+    prepared = cx.patch_unit_masks(ctx, ref, stats)  # waits for the thread instead of computing again
+    assert cx.has_unit_masks(ctx, ref, stats) and cx.patch_unit_masks(ctx, ref, stats) is prepared
+    assert lb.prepare_patch(ctx, ref) is False  # already there: no second thread
+    view = lb.load_patch(ctx, ref)
+    rec = fixture_json("polygon_448")
+    m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
+    np.testing.assert_array_equal(m.ious, compute_unit_ious(cx.patch_activation(ctx, ref), stats.thresholds, m.mask))
+
+
 def test_unit_exemplars_are_built_once_per_unit(ctx_stats):
     from dashboard.screens import units as un
 

@@ -35,6 +35,7 @@ LABELLED_UNITS = 12
 
 _STATS = Memo(8)      # stats directory -> DissectionStats
 _ACTS = Memo(128)     # (card, weights, layer, image sha, x0, y0, size) -> (C, h, w) tensor
+_UNIT_MASKS = Memo(8)  # the same + stats key -> unit_iou.UnitMasks (~7 MB each for 1280 units)
 
 
 class EngineNotReady(RuntimeError):
@@ -71,6 +72,25 @@ def patch_activation(ctx: AppContext, ref: PatchRef):
     return _ACTS.get(key, lambda: compute_patch_activations(
         ctx.model, ctx.card, layer, [patch_gray(ctx, ref)], cache_dir=ctx.settings.cache_dir,
         device=ctx.device)[0])
+
+
+def patch_unit_masks(ctx: AppContext, ref: PatchRef, stats):
+    """The drawing-independent part of matching drawings on a patch (each unit's mask area and its
+    cells that straddle the threshold), cached by patch and statistics: every drawing on the
+    patch then costs only its outline's cells (``unit_iou.unit_ious``)."""
+    from ..unit_iou import prepare_unit_masks
+
+    return _UNIT_MASKS.get(_unit_masks_key(ctx, ref, stats),
+                           lambda: prepare_unit_masks(patch_activation(ctx, ref), stats.thresholds, ref.size))
+
+
+def has_unit_masks(ctx: AppContext, ref: PatchRef, stats) -> bool:
+    return _unit_masks_key(ctx, ref, stats) in _UNIT_MASKS
+
+
+def _unit_masks_key(ctx: AppContext, ref: PatchRef, stats) -> tuple:
+    row = ctx.store.get_image(ref.image_id)
+    return (ctx.card_name, ctx.weights_sha, layer_of(ctx), row["sha256"], ref.x0, ref.y0, ref.size, stats.key)
 
 
 def dissection_patch_refs(ctx: AppContext, max_patches: int = MAX_PATCHES, seed: int = 0,

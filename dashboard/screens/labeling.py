@@ -8,6 +8,7 @@ against it (the engine's IoU); Save stores the annotation and labels the units i
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from .reading import PatchRef, WindowChoice, display_gray
 MAX_CANVAS = 448
 DRAW_TOOLS = {"polygon": "Polygon", "freedraw": "Freehand", "rect": "Rectangle"}
 
+_PREPARING: set = set()  # patches whose unit masks a background thread is computing
+_PREPARING_LOCK = threading.Lock()
 _MATCHES = Memo(64)  # (card, weights, layer, image sha, patch, drawing geometry) -> MatchView
 
 
@@ -88,6 +91,38 @@ def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = Win
                       "patch": (a.patch_x0, a.patch_y0, a.patch_size), "shape": a.shape,
                       "created_at": a.created_at} for a in anns],
         layer=concept_layer(ctx), notes=notes)
+
+
+def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:
+    """Start computing the open patch's activation and unit masks in the background (once), so
+    the reader's first drawing only waits for its own IoUs. True when a thread was started."""
+    from . import concepts as cx
+
+    if not ctx.model_ready:
+        return False
+    try:
+        stats = cx.find_stats(ctx)
+    except Exception:  # noqa: BLE001 - the match reports what is missing
+        return False
+    if stats is None:
+        return False
+    key = (ctx.card_name, ctx.weights_sha, stats.key, ref.as_tuple())
+    with _PREPARING_LOCK:
+        if key in _PREPARING or cx.has_unit_masks(ctx, ref, stats):
+            return False
+        _PREPARING.add(key)
+
+    def work():
+        try:
+            cx.patch_unit_masks(ctx, ref, stats)
+        except Exception:  # noqa: BLE001 - only a head start; the first match computes it otherwise
+            pass
+        finally:
+            with _PREPARING_LOCK:
+                _PREPARING.discard(key)
+
+    threading.Thread(target=work, name=f"patch-{ref.image_id}", daemon=True).start()
+    return True
 
 
 def prepare_report(ctx: AppContext, image_id: str) -> bool:
@@ -201,7 +236,8 @@ def match(ctx: AppContext, view: PatchView, drawings: list[canvas.Drawing], tau:
 
     def compute() -> MatchView:
         act = cx.patch_activation(ctx, ref)                                   # (C, h, w)
-        m = dissection.match_drawing(act, stats.thresholds, mask, tau=tau)
+        m = dissection.match_drawing(act, stats.thresholds, mask, tau=tau,
+                                     prepared=cx.patch_unit_masks(ctx, ref, stats))
         labels = {int(r["unit"]): r["concept"] for r in ctx.store.list_unit_labels(ctx.card_name, cx.layer_of(ctx))}
         best_map = cx.upsample(np.asarray(act[m.best_unit]), ref.size)     # (S, S)
         on = best_map > float(stats.thresholds[m.best_unit])
