@@ -780,8 +780,11 @@ def load_drawing_speed(path: str | Path) -> dict | None:
         if not isinstance(node, dict):
             continue
         spd = None
-        if node.get("drawings_per_minute"):
-            spd = 60.0 / float(node["drawings_per_minute"])
+        dpm = node.get("drawings_per_minute")
+        if isinstance(dpm, dict):  # bench_browser: {"drawings_per_minute_p50": ..., "human_s": ..., ...}
+            dpm = dpm.get("drawings_per_minute_p50")
+        if dpm:
+            spd = 60.0 / float(dpm)
         elif node.get("seconds_per_drawing"):
             spd = float(node["seconds_per_drawing"])
         elif isinstance(node.get("draw_seconds"), list) and node["draw_seconds"]:

@@ -312,6 +312,10 @@ def test_load_drawing_speed(tmp_path):
     assert ev.load_drawing_speed(p)["seconds_per_drawing"] == pytest.approx(15.0)
     p.write_text(json.dumps({"other": 1}))
     assert ev.load_drawing_speed(p) is None
+    # what bench_browser writes: the KLM + measured latencies under "drawings_per_minute"
+    p.write_text(json.dumps({"drawings_per_minute": {"drawings_per_minute_p50": 3.0, "drawings_per_minute_p90": 2.9,
+                                                     "human_s": {"total_s": 17.0}}}))
+    assert ev.load_drawing_speed(p)["seconds_per_drawing"] == pytest.approx(20.0)
 
 
 def _round(budget, aurocs, n):
