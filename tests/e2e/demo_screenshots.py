@@ -5,7 +5,7 @@
 Starts ``streamlit run app.py`` on DATA (which must already hold the demo set and the default
 card's dataset statistics, as ``make run`` leaves them), drives headless chromium through one
 reader's loop on the first demo case with a finding (worklist, read with the lesion map, label a
-box around the lesion where a unit fires, save, report, model page) and writes demo_*.png.
+box around the lesion where a unit fires, save, report, units, model page) and writes demo_*.png.
 DATA is written to (the drawing is saved): pass a copy.
 """
 from __future__ import annotations
@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         flows.heading(page, "Report")
         flows.wait_text(page, re.compile(r"Concept probe v\d+"))
         flows.screenshot(page, args.out / "demo_report.png")
+        flows.nav(page, "Units")
+        flows.heading(page, "Units")
+        flows.wait_idle(page)
+        flows.screenshot(page, args.out / "demo_units.png")
         flows.nav(page, "Model and data")
         flows.heading(page, "Model and data")
         flows.screenshot(page, args.out / "demo_model_data.png")
