@@ -144,6 +144,20 @@ def test_json_round_trip_and_figures(setup, store, model, card, tmp_path):
     assert len(figs["tcav"].data[0].x) == 2
     with pytest.raises(ValueError):
         report_from_json('{"hello": 1}')
+    # the Report page draws the bar charts as one figure: every chart's traces, hover and title kept
+    from dashboard.screens.reporting import MAP_FIGURES, bar_panel
+
+    bars_only = [(n, f) for n, f in figs.items() if n not in MAP_FIGURES]
+    panel = bar_panel(bars_only)
+    assert len(panel.data) == sum(len(f.data) for _, f in bars_only)
+    assert [a.text for a in panel.layout.annotations][:len(bars_only)] == [f.layout.title.text for _, f in bars_only]
+    assert [t.hovertemplate for t in panel.data] == [t.hovertemplate for _, f in bars_only for t in f.data]
+    axes = {t.yaxis for t in panel.data}
+    assert len(axes) == len(bars_only)  # one cell each
+    tcav_cell = panel.data[[n for n, f in bars_only for _ in f.data].index("tcav")].yaxis
+    assert any(s.y0 == 0.5 and s.yref == tcav_cell for s in panel.layout.shapes)  # the chance line, in its cell
+    assert panel.layout.height == 340 * ((len(bars_only) + 1) // 2)
+    assert bar_panel([]) is None
 
 
 def test_whole_image_report(setup, store, model, card):

@@ -240,6 +240,7 @@ class SaveResult:
     probe_version: int | None = None   # the probe retrained with this drawing (retrain=True)
     probe_drawings: int = 0
     retrain_error: str | None = None   # why the probe could not be retrained (the drawing is saved)
+    report_prefetch: object = None     # the thread preparing the Report for the new probe version
     timings_s: dict = field(default_factory=dict)
 
 
@@ -278,5 +279,8 @@ def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: s
             out.retrain_error = str(exc)
         else:
             out.probe_version, out.probe_drawings = info.version, info.n_drawings
+            # the reader's next stop is the Report: its maps, report and figures for this version
+            # are computed while the Label page answers and the reader moves to it
+            out.report_prefetch = reporting.prefetch_report(ctx, ref.image_id)
         out.timings_s["retrain"] = time.perf_counter() - t0
     return out

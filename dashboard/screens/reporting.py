@@ -25,6 +25,7 @@ _PANELS = Memo(16)    # probe key + image sha, colours, mirrored -> overlay, leg
 _REPORTS = Memo(8)    # probe key + image sha, unit labels, TCAV run -> ConceptReport
 _FIGURES = Memo(8)    # same key + mirrored -> (shown report, plotly figures, concept rows)
 _EXPORTS = Memo(8)    # same key -> HTML bytes
+_PANELS_FIG = Memo(8)  # same key + mirrored -> the bar charts in one figure
 _PREFETCHING: set = set()   # evidence keys a background thread is computing
 _PREFETCH_LOCK = threading.Lock()
 #: Attribution method of the report's evidence shares (fast on a whole image on 2 CPU cores).
@@ -61,7 +62,7 @@ class ReportView:
     overlay: np.ndarray | None         # (H, W, 3) concept map composite, display orientation
     legend: list[dict]                 # concept, colour, area (% of breast above MAP_LEVEL), max prob
     concept_maps: list[tuple[str, np.ndarray]]  # per concept heat over the image, display orientation
-    figures: list = field(default_factory=list)  # the engine's plotly figures, when available
+    figures: list = field(default_factory=list)  # the engine's bar charts as one plotly figure, when available
     report: dict | None = None                   # JSON-ready report
     score: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -75,6 +76,7 @@ class ReportView:
     tcav_run: int | None = None
     encoded: dict = field(default_factory=dict)      # "overlay" / concept -> JPEG bytes of the images above
     map_figures: list = field(default_factory=list)  # the engine's image-like figures (maps, attribution)
+    figure_names: list = field(default_factory=list)  # the engine's figures drawn in ``figures``, in order
 
 
 def annotation_patch(ctx: AppContext):
@@ -241,8 +243,6 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     Only what depends on the probe version is computed for a new version: the image's evidence
     (tiles, feature map, attribution) is cached by model and image, and everything else by its
     inputs, so a rerun that changed nothing recomputes nothing."""
-    from .. import imaging
-
     imgs = report_images(ctx, case_id)
     ids = [i["image_id"] for i in imgs]
     names = {i["image_id"]: f"{i['laterality']} {i['view']} · {i['case_id']}" for i in imgs}
@@ -263,15 +263,16 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
         return ReportView(ids, image_id, label, None, None, [], [], score=score, notes=notes, image_names=names)
     if info.stale:
         notes.append("Drawings were added or undone since this probe was trained: retrain to include them.")
-    colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
-    mirrored = imaging.display_flip(row["laterality"])
-    over, legend, per, encoded = concept_panels(ctx, info, row, colours, mirrored)
+    parts = _probe_parts(ctx, info, row)
+    over, legend, per, encoded = parts.panels
     view = ReportView(ids, image_id, label, info, over, legend, per, score=score, notes=notes, image_names=names,
                       encoded=encoded)
-    rep, key, tcav_run = engine_report(ctx, info, row)
-    shown, figs, rows = _FIGURES.get(key + (mirrored,), lambda: _shown(rep, mirrored))
-    view.figures = [f for name, f in figs if name not in MAP_FIGURES]
+    rep, key, tcav_run = parts.report, parts.key, parts.tcav_run
+    shown, figs, rows = parts.shown
+    bars = [(name, f) for name, f in figs if name not in MAP_FIGURES]
+    view.figures = [parts.panel] if parts.panel is not None else []
     view.map_figures = [f for name, f in figs if name in MAP_FIGURES]
+    view.figure_names = [name for name, _ in bars]
     view.concepts = rows
     view.probability, view.target = float(rep.probability), rep.target_name
     view.notes += list(rep.notes)
@@ -283,6 +284,59 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     view.export_json = lambda: report_json(rep)
     view.export_html = lambda: _EXPORTS.get(key, lambda: report_html(ctx, shown, stem))
     return view
+
+
+@dataclass
+class _ProbeParts:
+    """What the Report of one image computes for one probe version (each part cached)."""
+
+    panels: tuple        # overlay, legend, per-concept maps, JPEG bytes (``concept_panels``)
+    report: object       # the engine's ConceptReport (``engine_report``)
+    key: tuple           # its cache key
+    tcav_run: int | None
+    shown: tuple         # display-orientation report, named figures, concept rows (``_shown``)
+    panel: object        # the bar charts in one figure (``bar_panel``), or None
+
+
+def _probe_parts(ctx: AppContext, info: ProbeInfo, row: dict) -> _ProbeParts:
+    """The probe-dependent parts of an image's report, through the same caches for the page and
+    for ``prefetch_report`` (so a prefetched report is exactly the one the page asks for)."""
+    from .. import imaging
+
+    colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
+    mirrored = imaging.display_flip(row["laterality"])
+    panels = concept_panels(ctx, info, row, colours, mirrored)
+    rep, key, tcav_run = engine_report(ctx, info, row)
+    shown = _FIGURES.get(key + (mirrored,), lambda: _shown(rep, mirrored))
+    panel = _PANELS_FIG.get(key + (mirrored,), lambda: bar_panel([(n, f) for n, f in shown[1]
+                                                                  if n not in MAP_FIGURES]))
+    return _ProbeParts(panels, rep, key, tcav_run, shown, panel)
+
+
+def prefetch_report(ctx: AppContext, image_id: str) -> threading.Thread | None:
+    """Start computing the Report of ``image_id`` under the latest probe version in a background
+    thread, right after a Save retrained the probes: the reader's way to the Report page then
+    finds the concept maps, the engine's report and its figures ready, and the page only sends
+    them. Returns the thread (None when there is nothing to prepare).
+
+    The thread calls only cached ``dashboard`` functions (no streamlit); a Report that asks for
+    the same parts meanwhile waits for them instead of computing them twice (``Memo``)."""
+    if not ctx.model_ready:
+        return None
+    info = probe_info(ctx)
+    row = ctx.store.get_image(image_id)
+    if info is None or row is None:
+        return None
+
+    def work():
+        try:
+            _probe_parts(ctx, info, row)
+        except Exception:  # noqa: BLE001 - the Report computes it again and shows the error
+            pass
+
+    t = threading.Thread(target=work, name=f"report-{image_id}-v{info.version}", daemon=True)
+    t.start()
+    return t
 
 
 def concept_panels(ctx: AppContext, info: ProbeInfo, row: dict, colours: dict[str, str], mirrored: bool):
@@ -381,6 +435,47 @@ def _figures(rep) -> dict:
     for f in figs.values():
         f.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10))
     return figs
+
+
+#: Height of one row of charts in the combined bar-chart figure, px.
+PANEL_ROW_PX = 340
+
+
+def bar_panel(figs: list[tuple[str, object]], cols: int = 2):
+    """The engine's bar charts as subplots of ONE plotly figure, two per row (the browser builds
+    one plot instead of one per chart: each plotly chart costs a full ``newPlot``). Each chart keeps
+    its traces and hover, its title (as the subplot title), its y-axis title, format and range, and
+    its reference lines and notes. None when there is no chart."""
+    from plotly.subplots import make_subplots
+
+    if not figs:
+        return None
+    rows = -(-len(figs) // cols)
+    titles = [f.layout.title.text or name for name, f in figs]
+    out = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.5 / rows / 2,
+                        horizontal_spacing=0.08)
+    out.update_annotations(font_size=13)  # the subplot titles (the charts' notes come after)
+    for i, (_, f) in enumerate(figs):
+        r, c = divmod(i, cols)
+        sub = out.get_subplot(r + 1, c + 1)
+        xref, yref = sub.xaxis.plotly_name.replace("axis", ""), sub.yaxis.plotly_name.replace("axis", "")
+        for tr in f.data:
+            out.add_trace(tr.update(showlegend=False), row=r + 1, col=c + 1)
+        ya = f.layout.yaxis
+        out.update_yaxes(title_text=ya.title.text, tickformat=ya.tickformat, range=ya.range, row=r + 1, col=c + 1)
+
+        def ref(v, axis, own):  # the chart's own axes or paper -> this cell's axes or domain
+            if v is None or v == "paper":
+                return f"{own} domain"
+            return v.replace(axis, own, 1)
+
+        for sh in f.layout.shapes:
+            out.add_shape(sh.to_plotly_json() | {"xref": ref(sh.xref, "x", xref), "yref": ref(sh.yref, "y", yref)})
+        for an in f.layout.annotations:
+            out.add_annotation(an.to_plotly_json() | {"xref": ref(an.xref, "x", xref), "yref": ref(an.yref, "y", yref)})
+    out.update_layout(height=PANEL_ROW_PX * rows, margin=dict(l=10, r=10, t=50, b=10), showlegend=False,
+                      bargap=0.3)
+    return out
 
 
 def concept_rows(rep) -> list[dict]:
