@@ -94,5 +94,5 @@ if view.concepts:
         st.plotly_chart(fig, width="stretch", theme=None)  # the engine's own colours
     if view.map_figures and st.toggle("Show the map figures (concept contours, attribution)", key=state.REPORT_MAPS,
                                       persist_state=state.PERSIST):
-        for col, fig in zip(st.columns(2), view.map_figures):
+        for col, fig in zip(st.columns(2), view.map_figures()):
             col.plotly_chart(fig, width="stretch", theme=None)

@@ -215,6 +215,11 @@ def test_save_retrains_and_a_new_probe_reuses_the_image_evidence(ctx_stats):
     first = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")
     assert (rp._PANELS.misses, rp._REPORTS.misses, rp._FIGURES.misses, rp._PANELS_FIG.misses) == misses
     assert len(first.figures) == 1 and first.figure_names[0] == "shares"  # the bar charts, one figure
+    assert rp.MAP_FIGURES[0] not in first.figure_names and "tcav" in first.figure_names
+    map_misses = rp._MAP_FIGURES.misses  # the image-like figures: built when the reader asks
+    maps = first.map_figures()
+    assert [f.layout.title.text.split()[0] for f in maps] == ["Concept", "Attribution"]
+    assert rp._MAP_FIGURES.misses == map_misses + 1 and first.map_figures()[0] is maps[0]
     assert first.probe.version == 1 and not first.probe.stale
     assert any("TCAV is not computed for probe v1" in n for n in first.notes)
     evidence_misses = rp._EVIDENCE.misses

@@ -20,12 +20,13 @@ from .reading import PatchRef, WindowChoice, display_gray, model_image
 _EVIDENCE = Memo(16)  # (card, weights, layer, image sha, spacing, method) -> report.ImageEvidence (no probe)
 # probe-versioned caches start with _probe_key: (db file, card, weights, probe version, created at)
 _PROBES = Memo(16)    # probe key -> ProbeVersion
-_MAPS = Memo(16)      # probe key + image sha -> (K, H, W) concept probabilities
+_MAPS = Memo(16)      # probe key + image sha -> (K+1, H, W) probabilities, background first (unmasked)
 _PANELS = Memo(16)    # probe key + image sha, colours, mirrored -> overlay, legend, per-concept maps
 _REPORTS = Memo(8)    # probe key + image sha, unit labels, TCAV run -> ConceptReport
 _FIGURES = Memo(8)    # same key + mirrored -> (shown report, plotly figures, concept rows)
 _EXPORTS = Memo(8)    # same key -> HTML bytes
 _PANELS_FIG = Memo(8)  # same key + mirrored -> the bar charts in one figure
+_MAP_FIGURES = Memo(4)  # same key + mirrored -> the image-like figures (on request)
 _PREFETCHING: set = set()   # evidence keys a background thread is computing
 _PREFETCH_LOCK = threading.Lock()
 #: Attribution method of the report's evidence shares (fast on a whole image on 2 CPU cores).
@@ -75,7 +76,8 @@ class ReportView:
     export_name: str = "report"
     tcav_run: int | None = None
     encoded: dict = field(default_factory=dict)      # "overlay" / concept -> JPEG bytes of the images above
-    map_figures: list = field(default_factory=list)  # the engine's image-like figures (maps, attribution)
+    map_figures: Callable[[], list] | None = None   # deferred: the engine's image-like figures (maps,
+                                                    # attribution), built when the reader asks for them
     figure_names: list = field(default_factory=list)  # the engine's figures drawn in ``figures``, in order
 
 
@@ -192,24 +194,34 @@ def load_probe_version(ctx: AppContext, version):
 
 
 def image_concept_maps(ctx: AppContext, probe_version, image_id: str) -> tuple[list[str], np.ndarray]:
-    """(concepts, (K, H, W) probabilities) of the probe over a whole model-space image (cached).
+    """(concepts, (K, H, W) probabilities) of the probe over a whole model-space image, zero
+    outside the breast (cached).
 
     The feature map comes from the image's cached evidence, so a new probe version costs one
     matmul over the feature grid and an upsampling, not a pass through the network."""
+    row = ctx.store.get_image(image_id)
+    p = load_probe_version(ctx, probe_version)
+    _, mask, _ = model_image(ctx, row)
+    return list(p.concepts), _probabilities(ctx, probe_version, row)[1:] * mask[None]
+
+
+def _probabilities(ctx: AppContext, probe_version, row: dict) -> np.ndarray:
+    """(K+1, H, W) probe probabilities over the whole model-space image, background first, not
+    masked: the concept maps and the engine's report share this one computation (cached)."""
     from .. import probes
 
-    row = ctx.store.get_image(image_id)
     p = load_probe_version(ctx, probe_version)
 
     def compute():
-        img, mask, _ = model_image(ctx, row)
+        img, _, _ = model_image(ctx, row)
         ev = image_evidence(ctx, row)
         feats = ev.feats.get(p.layer)
         if feats is None:  # a probe of another layer than the card's concept layer
-            return probes.compute_image_concept_maps(p, ctx.model, ctx.card, img, device=ctx.device) * mask[None]
-        return probes.compute_concept_maps(p, feats, img.shape) * mask[None]
+            return probes.compute_image_concept_maps(p, ctx.model, ctx.card, img, device=ctx.device,
+                                                     include_background=True)
+        return probes.compute_concept_maps(p, feats, img.shape, include_background=True)
 
-    return list(p.concepts), _MAPS.get(_probe_key(ctx, probe_version) + (row["sha256"],), compute)
+    return _MAPS.get(_probe_key(ctx, probe_version) + (row["sha256"],), compute)
 
 
 def _hex_rgb(colour: str) -> np.ndarray:
@@ -269,10 +281,9 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
                       encoded=encoded)
     rep, key, tcav_run = parts.report, parts.key, parts.tcav_run
     shown, figs, rows = parts.shown
-    bars = [(name, f) for name, f in figs if name not in MAP_FIGURES]
     view.figures = [parts.panel] if parts.panel is not None else []
-    view.map_figures = [f for name, f in figs if name in MAP_FIGURES]
-    view.figure_names = [name for name, _ in bars]
+    view.figure_names = [name for name, _ in figs]
+    view.map_figures = lambda: _MAP_FIGURES.get(key + (parts.mirrored,), lambda: map_figures(shown))
     view.concepts = rows
     view.probability, view.target = float(rep.probability), rep.target_name
     view.notes += list(rep.notes)
@@ -296,6 +307,7 @@ class _ProbeParts:
     tcav_run: int | None
     shown: tuple         # display-orientation report, named figures, concept rows (``_shown``)
     panel: object        # the bar charts in one figure (``bar_panel``), or None
+    mirrored: bool       # shown in display orientation of a right breast
 
 
 def _probe_parts(ctx: AppContext, info: ProbeInfo, row: dict) -> _ProbeParts:
@@ -308,9 +320,8 @@ def _probe_parts(ctx: AppContext, info: ProbeInfo, row: dict) -> _ProbeParts:
     panels = concept_panels(ctx, info, row, colours, mirrored)
     rep, key, tcav_run = engine_report(ctx, info, row)
     shown = _FIGURES.get(key + (mirrored,), lambda: _shown(rep, mirrored))
-    panel = _PANELS_FIG.get(key + (mirrored,), lambda: bar_panel([(n, f) for n, f in shown[1]
-                                                                  if n not in MAP_FIGURES]))
-    return _ProbeParts(panels, rep, key, tcav_run, shown, panel)
+    panel = _PANELS_FIG.get(key + (mirrored,), lambda: bar_panel(shown[1]))
+    return _ProbeParts(panels, rep, key, tcav_run, shown, panel, mirrored)
 
 
 def prefetch_report(ctx: AppContext, image_id: str) -> threading.Thread | None:
@@ -381,8 +392,10 @@ def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
 
 
 def _shown(rep, mirrored: bool):
+    """The report in display orientation, its bar charts (named, in ``FIGURE_ORDER``) and its
+    concept rows; the image-like figures are built on request (``map_figures``)."""
     shown = for_display(rep, mirrored)
-    figs = _figures(shown)
+    figs = _figures(shown, exclude=MAP_FIGURES)
     ordered = [(k, figs[k]) for k in FIGURE_ORDER if k in figs] + [(k, f) for k, f in figs.items()
                                                                    if k not in FIGURE_ORDER]
     return shown, ordered, concept_rows(rep)
@@ -411,7 +424,8 @@ def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
         tcav = TCAVResult.from_dict(run["results"]) if run else None
         return report.build_image_report(ctx.model, ctx.card, img, probe, mask=mask, store=ctx.store,
                                          unit_labels=labels, tcav=tcav, image_id=row["image_id"],
-                                         device=ctx.device, evidence=image_evidence(ctx, row))
+                                         device=ctx.device, evidence=image_evidence(ctx, row),
+                                         probs_all=_probabilities(ctx, info, row))
 
     return _REPORTS.get(key, compute), key, (run["run_id"] if run else None)
 
@@ -428,10 +442,11 @@ def for_display(rep, mirrored: bool):
                    notes=list(rep.notes) + ["images shown in display orientation (right breast mirrored)"])
 
 
-def _figures(rep) -> dict:
+def _figures(rep, exclude=()) -> dict:
     from .. import report
 
-    figs = report.report_figures(rep)
+    names = set(FIGURE_ORDER) - set(exclude) if exclude else None  # FIGURE_ORDER names all the engine's
+    figs = report.report_figures(rep, only=names)
     for f in figs.values():
         f.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10))
     return figs
@@ -476,6 +491,17 @@ def bar_panel(figs: list[tuple[str, object]], cols: int = 2):
     out.update_layout(height=PANEL_ROW_PX * rows, margin=dict(l=10, r=10, t=50, b=10), showlegend=False,
                       bargap=0.3)
     return out
+
+
+def map_figures(shown) -> list:
+    """The engine's image-like figures (concept contours, attribution) of a report in display
+    orientation, in ``FIGURE_ORDER``: the page draws them when the reader asks."""
+    from .. import report
+
+    figs = report.report_figures(shown, only=MAP_FIGURES)
+    for f in figs.values():
+        f.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10))
+    return [figs[k] for k in MAP_FIGURES if k in figs]
 
 
 def concept_rows(rep) -> list[dict]:
