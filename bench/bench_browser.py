@@ -25,8 +25,9 @@ the match cache; the patch's activation is cached after the first drawing, as in
 Before the browser, the same Save -> report path runs in-process and every step is timed
 (wall and CPU seconds): match, store + unit labels, probe data collection, fit and validation,
 the image's model evidence (once per image), concept maps, report assembly, figures, PNG
-encoding, TCAV (on demand). In the app, Save starts the probe-dependent report steps in a
-background thread (``reporting.prefetch_report``); here they are timed computing, one by one.
+encoding, TCAV (on demand). In the app, the Label page starts the probe-dependent report steps
+in a background thread once its run after Save is sent (``labeling.prepare_report``); here they
+are timed computing, one by one.
 
 Drawings per minute (issue #6) = 60 / (measured system latencies per drawing + a human-time
 model). The human part is a MODEL, not a measurement: the Keystroke-Level Model (Card, Moran &
@@ -144,13 +145,7 @@ def profile_in_process(data_dir: Path, reps: int) -> dict:
                 poly = jitter(plan["polygon"], rep)
                 pts = tuple(((1 - x if view.mirrored else x) * ref.size, y * ref.size) for x, y in poly)
                 m = _timed("match", lambda: lb.match(ctx, view, [canvas.Drawing("polygon", pts)]), log)
-                # each report step below is timed computing: Save's own head start on the Report
-                # (prefetch_report) would otherwise have computed them already
-                prefetch, rp.prefetch_report = rp.prefetch_report, lambda *a: None
-                try:
-                    res = _timed("save_total", lambda: lb.save(ctx, view, m, "mass", "Bench", retrain=True), log)
-                finally:
-                    rp.prefetch_report = prefetch
+                res = _timed("save_total", lambda: lb.save(ctx, view, m, "mass", "Bench", retrain=True), log)
                 log.setdefault("save.store_and_label", []).append((res.timings_s["store_and_label"], float("nan")))
                 log.setdefault("save.retrain", []).append((res.timings_s["retrain"], float("nan")))
                 anns = store.list_annotations(model_card=ctx.card_name)

@@ -91,14 +91,19 @@ def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = Win
 
 
 def prepare_report(ctx: AppContext, image_id: str) -> bool:
-    """Start preparing the Report's model evidence for the image being labeled (in the background,
-    once), so Save -> Report only computes what the new probe version changes."""
+    """Start preparing the Report of the image being labeled in the background: its model evidence
+    (once per image), then its report under the latest probe version (once per version, so
+    right after a Save retrained the probes). Save -> Report then finds it ready. True when a
+    background thread was started; cheap when there is nothing new."""
     from . import reporting
 
-    try:
-        return reporting.prefetch_evidence(ctx, image_id)
-    except Exception:  # noqa: BLE001 - only a head start; the Report computes it otherwise
-        return False
+    started = False
+    for prefetch in (reporting.prefetch_evidence, reporting.prefetch_report):
+        try:
+            started = bool(prefetch(ctx, image_id)) or started
+        except Exception:  # noqa: BLE001 - only a head start; the Report computes it otherwise
+            pass
+    return started
 
 
 def drawings_from_canvas(view: PatchView, json_data: dict | None, fit: dict | None) -> list[canvas.Drawing]:
@@ -240,7 +245,6 @@ class SaveResult:
     probe_version: int | None = None   # the probe retrained with this drawing (retrain=True)
     probe_drawings: int = 0
     retrain_error: str | None = None   # why the probe could not be retrained (the drawing is saved)
-    report_prefetch: object = None     # the thread preparing the Report for the new probe version
     timings_s: dict = field(default_factory=dict)
 
 
@@ -279,8 +283,5 @@ def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: s
             out.retrain_error = str(exc)
         else:
             out.probe_version, out.probe_drawings = info.version, info.n_drawings
-            # the reader's next stop is the Report: its maps, report and figures for this version
-            # are computed while the Label page answers and the reader moves to it
-            out.report_prefetch = reporting.prefetch_report(ctx, ref.image_id)
         out.timings_s["retrain"] = time.perf_counter() - t0
     return out

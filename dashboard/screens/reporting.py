@@ -29,6 +29,7 @@ _PANELS_FIG = Memo(8)  # same key + mirrored -> the bar charts in one figure
 _MAP_FIGURES = Memo(4)  # same key + mirrored -> the image-like figures (on request)
 _PREFETCHING: set = set()   # evidence keys a background thread is computing
 _PREFETCH_LOCK = threading.Lock()
+_REPORTS_STARTED: set = set()  # probe key + image sha of the reports prefetch_report started
 #: Attribution method of the report's evidence shares (fast on a whole image on 2 CPU cores).
 REPORT_METHOD = "gradcam"
 #: The engine's image-like figures: shown on request (the page already shows the concept maps as
@@ -326,9 +327,10 @@ def _probe_parts(ctx: AppContext, info: ProbeInfo, row: dict) -> _ProbeParts:
 
 def prefetch_report(ctx: AppContext, image_id: str) -> threading.Thread | None:
     """Start computing the Report of ``image_id`` under the latest probe version in a background
-    thread, right after a Save retrained the probes: the reader's way to the Report page then
-    finds the concept maps, the engine's report and its figures ready, and the page only sends
-    them. Returns the thread (None when there is nothing to prepare).
+    thread, once per probe version and image: after a Save retrained the probes, the reader's
+    way to the Report page then finds the concept maps, the engine's report and its figures
+    ready, and the page only sends them. Returns the thread, or None when there is nothing to
+    prepare (no model or probe, or already started for this version).
 
     The thread calls only cached ``dashboard`` functions (no streamlit); a Report that asks for
     the same parts meanwhile waits for them instead of computing them twice (``Memo``)."""
@@ -338,12 +340,18 @@ def prefetch_report(ctx: AppContext, image_id: str) -> threading.Thread | None:
     row = ctx.store.get_image(image_id)
     if info is None or row is None:
         return None
+    key = _probe_key(ctx, info) + (row["sha256"],)
+    with _PREFETCH_LOCK:
+        if key in _REPORTS_STARTED:
+            return None
+        _REPORTS_STARTED.add(key)
 
     def work():
         try:
             _probe_parts(ctx, info, row)
         except Exception:  # noqa: BLE001 - the Report computes it again and shows the error
-            pass
+            with _PREFETCH_LOCK:
+                _REPORTS_STARTED.discard(key)
 
     t = threading.Thread(target=work, name=f"report-{image_id}-v{info.version}", daemon=True)
     t.start()
