@@ -482,8 +482,8 @@ def bar_panel(figs: list[tuple[str, object]], cols: int = 2):
         r, c = divmod(i, cols)
         sub = out.get_subplot(r + 1, c + 1)
         xref, yref = sub.xaxis.plotly_name.replace("axis", ""), sub.yaxis.plotly_name.replace("axis", "")
-        for tr in f.data:
-            out.add_trace(tr.update(showlegend=False), row=r + 1, col=c + 1)
+        for tr in f.data:  # (copied: the chart's own figure stays as it is)
+            out.add_trace(tr, row=r + 1, col=c + 1)
         ya = f.layout.yaxis
         out.update_yaxes(title_text=ya.title.text, tickformat=ya.tickformat, range=ya.range, row=r + 1, col=c + 1)
 
