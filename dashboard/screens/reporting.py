@@ -476,7 +476,7 @@ def bar_panel(figs: list[tuple[str, object]], cols: int = 2):
     rows = -(-len(figs) // cols)
     titles = [f.layout.title.text or name for name, f in figs]
     out = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.5 / rows / 2,
-                        horizontal_spacing=0.08)
+                        horizontal_spacing=0.12)
     out.update_annotations(font_size=13)  # the subplot titles (the charts' notes come after)
     for i, (_, f) in enumerate(figs):
         r, c = divmod(i, cols)
@@ -496,7 +496,8 @@ def bar_panel(figs: list[tuple[str, object]], cols: int = 2):
             out.add_shape(sh.to_plotly_json() | {"xref": ref(sh.xref, "x", xref), "yref": ref(sh.yref, "y", yref)})
         for an in f.layout.annotations:
             out.add_annotation(an.to_plotly_json() | {"xref": ref(an.xref, "x", xref), "yref": ref(an.yref, "y", yref)})
-    out.update_layout(height=PANEL_ROW_PX * rows, margin=dict(l=10, r=10, t=50, b=10), showlegend=False,
+    # room for the inner column's tick labels and axis titles (automargin only moves the outer edges)
+    out.update_layout(height=PANEL_ROW_PX * rows, margin=dict(l=70, r=10, t=50, b=10), showlegend=False,
                       bargap=0.3)
     return out
 
