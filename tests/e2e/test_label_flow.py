@@ -82,6 +82,7 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
             flows.fill_number(page, "Unit", plan["unit"])
             flows.click_button(page, "Show unit")
             flows.wait_text(page, f"Unit {plan['unit']} · mass")
+            flows.wait_idle(page)  # the rest of the unit's page (drawings, undo) comes later in the same run
             unit_text = page.locator("[data-testid='stMain']").inner_text()
             shot(page, artifacts, "04_units")
 
