@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import torch
@@ -361,7 +361,7 @@ def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, *, m
                        tiles: list[tuple[int, int]] | None = None, stride: int | None = None, store=None,
                        unit_labels: list[dict] | None = None, tcav=None, target=None, image_id: str | None = None,
                        colours: dict[str, str] | None = None, device=None, batch_size: int = 8,
-                       evidence: ImageEvidence | None = None) -> ConceptReport:
+                       evidence: ImageEvidence | None = None, probs_all: np.ndarray | None = None) -> ConceptReport:
     """Concept report for a whole model-space mammogram (H, W) in [0, 1].
 
     The image's probability is the highest tile probability (tiles of the card's patch size, from
@@ -370,6 +370,9 @@ def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, *, m
     and the attribution shares from the whole-image attribution map (Grad-CAM when None).
     evidence: the probe-independent part (``compute_image_evidence``) when the caller has it
     cached; then only the probe's maps and the assembly are computed here.
+    probs_all: the probe's maps over this image, (K+1, H, W) with background first
+    (``compute_concept_maps(probe, feats, image.shape, include_background=True)``), when the
+    caller has them already; then only the assembly is computed here.
     """
     img = np.asarray(image, dtype=np.float32)
     t_idx, t_name = _target(card, target)
@@ -378,14 +381,19 @@ def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, *, m
                                           attribution_map=attribution_map, attribution_method=attribution_method,
                                           tiles=tiles, stride=stride, target=t_idx, device=device,
                                           batch_size=batch_size)
-    feats = evidence.feats.get(probe.layer)
-    if feats is None:  # a probe at another layer than the cached pass: one more FCN pass
-        from dashboard.model_state import lock_for
+    if probs_all is None:
+        feats = evidence.feats.get(probe.layer)
+        if feats is None:  # a probe at another layer than the cached pass: one more FCN pass
+            from dashboard.model_state import lock_for
 
-        x_img = torch.as_tensor(np.asarray(card.preprocess(img[None])), dtype=torch.float32)  # (1, 3, H, W)
-        with lock_for(model):
-            feats = compute_activations(model, [probe.layer], x_img, device=device, out_device="cpu")[probe.layer][0]
-    probs_all = compute_concept_maps(probe, feats, img.shape, include_background=True)  # (K+1, H, W)
+            x_img = torch.as_tensor(np.asarray(card.preprocess(img[None])), dtype=torch.float32)  # (1, 3, H, W)
+            with lock_for(model):
+                feats = compute_activations(model, [probe.layer], x_img, device=device,
+                                            out_device="cpu")[probe.layer][0]
+        probs_all = compute_concept_maps(probe, feats, img.shape, include_background=True)  # (K+1, H, W)
+    elif probs_all.shape != (len(probe.concepts) + 1, *img.shape):
+        raise ValueError(f"probs_all {probs_all.shape} is not (K+1, H, W) for {len(probe.concepts)} concepts "
+                         f"over {img.shape}")
     if unit_labels is None:
         unit_labels = store.list_unit_labels(getattr(card, "name", ""), _unit_layer(card)) if store is not None else []
     x0, y0 = evidence.best_tile
@@ -455,10 +463,12 @@ def _thumb(a: np.ndarray, max_side: int = 256) -> np.ndarray:
     return F.interpolate(torch.from_numpy(a)[None, None], size=out, mode="area")[0, 0].numpy()
 
 
-def report_figures(report: ConceptReport, *, max_side: int = 256) -> dict[str, Any]:
+def report_figures(report: ConceptReport, *, max_side: int = 256,
+                   only: Collection[str] | None = None) -> dict[str, Any]:
     """Plotly figures: shares, units, activation, tcav, maps, attribution, logit (pool-linear).
 
-    Image-like figures are area-averaged to ``max_side`` pixels on the long side."""
+    Image-like figures are area-averaged to ``max_side`` pixels on the long side.
+    only: the names of the figures wanted (default all of them)."""
     import plotly.graph_objects as go
 
     names = [c.concept for c in report.concepts]
@@ -498,24 +508,25 @@ def report_figures(report: ConceptReport, *, max_side: int = 256) -> dict[str, A
     tfig.update_layout(title=f"TCAV score for '{report.target_name}' (Bonferroni-corrected t-test vs random)",
                        yaxis_range=[0, 1.1], yaxis_title="fraction of inputs")
     figs["tcav"] = tfig
-    img = _thumb(report.image, max_side)
-    mfig = go.Figure(go.Heatmap(z=img, colorscale="gray", showscale=False, hoverinfo="skip"))
-    for c in report.concepts:
-        if c.probe_map is None:
-            continue
-        mfig.add_trace(go.Contour(z=_thumb(c.probe_map, max_side), name=c.concept, showscale=False,
-                                  contours=dict(start=0.5, end=0.5, size=0.5, coloring="none"),
-                                  line=dict(color=c.colour, width=2), showlegend=True,
-                                  hovertemplate=c.concept + " p=%{z:.2f}<extra></extra>"))
-    mfig.update_layout(title="Concept maps (probe probability 0.5 contours)", yaxis_autorange="reversed",
-                       yaxis_scaleanchor="x", legend_orientation="h")
-    figs["maps"] = mfig
-    afig = go.Figure(go.Heatmap(z=img, colorscale="gray", showscale=False, hoverinfo="skip"))
-    afig.add_trace(go.Heatmap(z=_thumb(report.attribution_map, max_side), colorscale="Inferno", opacity=0.5, zmin=0,
-                              colorbar_title="attr."))
-    afig.update_layout(title=f"Attribution ({report.attribution_method})", yaxis_autorange="reversed",
-                       yaxis_scaleanchor="x")
-    figs["attribution"] = afig
+    if only is None or {"maps", "attribution"} & set(only):  # the image-like ones cost the most
+        img = _thumb(report.image, max_side)
+        mfig = go.Figure(go.Heatmap(z=img, colorscale="gray", showscale=False, hoverinfo="skip"))
+        for c in report.concepts:
+            if c.probe_map is None:
+                continue
+            mfig.add_trace(go.Contour(z=_thumb(c.probe_map, max_side), name=c.concept, showscale=False,
+                                      contours=dict(start=0.5, end=0.5, size=0.5, coloring="none"),
+                                      line=dict(color=c.colour, width=2), showlegend=True,
+                                      hovertemplate=c.concept + " p=%{z:.2f}<extra></extra>"))
+        mfig.update_layout(title="Concept maps (probe probability 0.5 contours)", yaxis_autorange="reversed",
+                           yaxis_scaleanchor="x", legend_orientation="h")
+        figs["maps"] = mfig
+        afig = go.Figure(go.Heatmap(z=img, colorscale="gray", showscale=False, hoverinfo="skip"))
+        afig.add_trace(go.Heatmap(z=_thumb(report.attribution_map, max_side), colorscale="Inferno", opacity=0.5,
+                                  zmin=0, colorbar_title="attr."))
+        afig.update_layout(title=f"Attribution ({report.attribution_method})", yaxis_autorange="reversed",
+                           yaxis_scaleanchor="x")
+        figs["attribution"] = afig
     if report.logit_bias is not None:
         lab = [c for c in report.concepts if c.logit_part is not None and c.units]
         xs = ["bias"] + [c.concept for c in lab] + ["unlabeled units", "logit"]
@@ -524,7 +535,7 @@ def report_figures(report: ConceptReport, *, max_side: int = 256) -> dict[str, A
                                                hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
         figs["logit"].update_layout(title=f"Where the '{report.target_name}' logit comes from "
                                           + ("(exact)" if report.logit_exact else "(approximate)"))
-    return figs
+    return figs if only is None else {k: f for k, f in figs.items() if k in only}
 
 
 # ---------------------------------------------------------------- HTML

@@ -34,7 +34,6 @@ r = view.ref
 st.session_state[state.CASE_ID] = view.image["case_id"]
 st.session_state[state.IMAGE_ID] = r.image_id
 lb.prepare_patch(ctx, r)  # the first drawing then only waits for its own IoUs
-lb.prepare_report(ctx, r.image_id)
 st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size {r.size} model px"
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
 for note in view.notes:
@@ -150,3 +149,8 @@ if match is not None:
 if view.annotations:
     with st.expander(f"Drawings on this image ({len(view.annotations)})"):
         st.dataframe(view.annotations, hide_index=True, width="stretch", key="label.previous")
+
+# the Report opens on this image: its evidence and its report under the latest probe version (a
+# Save just retrained it) are prepared in the background, started once this page is all sent, so
+# the head start never delays what the reader waits for here
+lb.prepare_report(ctx, r.image_id)

@@ -90,11 +90,9 @@ if view.concepts:
             st.rerun()
         except Exception as exc:  # noqa: BLE001
             st.error(str(exc))
-    figures = list(view.figures)
+    for fig in view.figures:  # the engine's bar charts, one figure
+        st.plotly_chart(fig, width="stretch", theme=None)  # the engine's own colours
     if view.map_figures and st.toggle("Show the map figures (concept contours, attribution)", key=state.REPORT_MAPS,
                                       persist_state=state.PERSIST):
-        figures += view.map_figures
-    for i in range(0, len(figures), 2):
-        cols = st.columns(2)
-        for col, fig in zip(cols, figures[i:i + 2]):
-            col.plotly_chart(fig, width="stretch", theme=None)  # the engine's own colours
+        for col, fig in zip(st.columns(2), view.map_figures()):
+            col.plotly_chart(fig, width="stretch", theme=None)

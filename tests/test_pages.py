@@ -1,6 +1,8 @@
 """Every page through streamlit's AppTest, started at app.py against a small real store."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -297,9 +299,16 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     concepts = frame_with(at, "concept", "attribution share", "logit part")
     assert concepts["concept"].tolist() == ["mass"]
     assert concepts["units"].iloc[0] == len(labeled["match"].units_above)
-    assert len(at.get("plotly_chart")) == 5  # bar charts; the two map figures on request
+    (panel,) = at.get("plotly_chart")  # the bar charts in one figure; the two map figures on request
+    spec = json.loads(panel.proto.spec)
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    assert titles[0].startswith("Share of the gradcam attribution") and len(spec["data"]) >= 5
+    assert any(t.startswith("Labeled units per concept") for t in titles)
+    assert any(t.startswith("TCAV score for") for t in titles)
     at.toggle(key=state.REPORT_MAPS).set_value(True).run()
-    assert len(at.get("plotly_chart")) == 7
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3
+    assert json.loads(charts[1].proto.spec)["layout"]["title"]["text"].startswith("Concept maps")
     assert {b.label for b in at.get("download_button")} == {"Export HTML", "Export JSON"}
     # TCAV is not run with the report: it says so for this probe version
     assert any("TCAV is not computed for probe v1 yet" in i.value for i in at.info)

@@ -144,6 +144,20 @@ def test_json_round_trip_and_figures(setup, store, model, card, tmp_path):
     assert len(figs["tcav"].data[0].x) == 2
     with pytest.raises(ValueError):
         report_from_json('{"hello": 1}')
+    # the Report page draws the bar charts as one figure: every chart's traces, hover and title kept
+    from dashboard.screens.reporting import MAP_FIGURES, bar_panel
+
+    bars_only = [(n, f) for n, f in figs.items() if n not in MAP_FIGURES]
+    panel = bar_panel(bars_only)
+    assert len(panel.data) == sum(len(f.data) for _, f in bars_only)
+    assert [a.text for a in panel.layout.annotations][:len(bars_only)] == [f.layout.title.text for _, f in bars_only]
+    assert [t.hovertemplate for t in panel.data] == [t.hovertemplate for _, f in bars_only for t in f.data]
+    axes = {t.yaxis for t in panel.data}
+    assert len(axes) == len(bars_only)  # one cell each
+    tcav_cell = panel.data[[n for n, f in bars_only for _ in f.data].index("tcav")].yaxis
+    assert any(s.y0 == 0.5 and s.yref == tcav_cell for s in panel.layout.shapes)  # the chance line, in its cell
+    assert panel.layout.height == 340 * ((len(bars_only) + 1) // 2)
+    assert bar_panel([]) is None
 
 
 def test_whole_image_report(setup, store, model, card):
@@ -162,6 +176,20 @@ def test_whole_image_report(setup, store, model, card):
     assert rep.concepts[0].probe_map.shape == (192, 256) and rep.logit_exact
     shares = [c.attribution_share for c in rep.concepts if c.attribution_share is not None]
     assert sum(shares) + rep.unexplained_share == pytest.approx(1.0, abs=1e-9)
+    # the caller's own probe maps (the Report page has them for its concept maps) give the same report
+    from dashboard.probes import compute_concept_maps
+    from dashboard.report import compute_image_evidence
+
+    ev = compute_image_evidence(model, card, img, layers=[probe.layer], tiles=tiles,
+                                attribution_map=np.ones(img.shape, np.float32))
+    probs_all = compute_concept_maps(probe, ev.feats[probe.layer], img.shape, include_background=True)
+    again = build_image_report(model, card, img, probe, store=store, image_id="im0", evidence=ev, probs_all=probs_all)
+    for a, b in zip(again.concepts, rep.concepts):
+        assert (a.concept, a.attribution_share, a.area_mm2, a.logit_part) == (
+            b.concept, b.attribution_share, b.area_mm2, b.logit_part)
+        np.testing.assert_array_equal(a.probe_map, b.probe_map)
+    with pytest.raises(ValueError, match="not \\(K\\+1, H, W\\)"):
+        build_image_report(model, card, img, probe, store=store, evidence=ev, probs_all=probs_all[1:])
 
 
 def test_default_attribution_is_wired(setup, store, model, card):

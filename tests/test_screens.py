@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +209,20 @@ def test_save_retrains_and_a_new_probe_reuses_the_image_evidence(ctx_stats):
     res = lb.save(ctx, view, m, "mass", "Dr Test", retrain=True)
     assert res.retrain_error is None and res.probe_version == 1 and res.probe_drawings == 1
     assert ctx.store.list_probes(model_card=ctx.card_name)[0]["annotation_ids"] == [res.annotation_id]
+    # the Label page's run after Save starts preparing the Report of the drawn image, once per version
+    thread = rp.prefetch_report(ctx, "SYN-0001-LCC")
+    assert thread is not None and thread.name == "report-SYN-0001-LCC-v1"
+    thread.join()
+    assert rp.prefetch_report(ctx, "SYN-0001-LCC") is None and not lb.prepare_report(ctx, "SYN-0001-LCC")
+    misses = (rp._PANELS.misses, rp._REPORTS.misses, rp._FIGURES.misses, rp._PANELS_FIG.misses)
     first = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")
+    assert (rp._PANELS.misses, rp._REPORTS.misses, rp._FIGURES.misses, rp._PANELS_FIG.misses) == misses
+    assert len(first.figures) == 1 and first.figure_names[0] == "shares"  # the bar charts, one figure
+    assert rp.MAP_FIGURES[0] not in first.figure_names and "tcav" in first.figure_names
+    map_misses = rp._MAP_FIGURES.misses  # the image-like figures: built when the reader asks
+    maps = first.map_figures()
+    assert [f.layout.title.text.split()[0] for f in maps] == ["Concept", "Attribution"]
+    assert rp._MAP_FIGURES.misses == map_misses + 1 and first.map_figures()[0] is maps[0]
     assert first.probe.version == 1 and not first.probe.stale
     assert any("TCAV is not computed for probe v1" in n for n in first.notes)
     evidence_misses = rp._EVIDENCE.misses
@@ -218,6 +232,10 @@ def test_save_retrains_and_a_new_probe_reuses_the_image_evidence(ctx_stats):
     d = canvas.Drawing("rect", ((2, 2), (20, 2), (20, 20), (2, 20)))
     view2 = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 100, 40, 64))
     res2 = lb.save(ctx, view2, lb.match(ctx, view2, [d]), "mass", "Dr Test", retrain=True)
+    assert lb.prepare_report(ctx, "SYN-0001-LCC")  # the new version's report
+    for t in threading.enumerate():  # (done already, or not yet)
+        if t.name == "report-SYN-0001-LCC-v2":
+            t.join()
     assert res2.probe_version == 2 and res2.probe_drawings == 2
     second = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")
     assert second.probe.version == 2 and second.export_name.endswith("probe2")

@@ -126,14 +126,19 @@ def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:
 
 
 def prepare_report(ctx: AppContext, image_id: str) -> bool:
-    """Start preparing the Report's model evidence for the image being labeled (in the background,
-    once), so Save -> Report only computes what the new probe version changes."""
+    """Start preparing the Report of the image being labeled in the background: its model evidence
+    (once per image), then its report under the latest probe version (once per version, so
+    right after a Save retrained the probes). Save -> Report then finds it ready. True when a
+    background thread was started; cheap when there is nothing new."""
     from . import reporting
 
-    try:
-        return reporting.prefetch_evidence(ctx, image_id)
-    except Exception:  # noqa: BLE001 - only a head start; the Report computes it otherwise
-        return False
+    started = False
+    for prefetch in (reporting.prefetch_evidence, reporting.prefetch_report):
+        try:
+            started = bool(prefetch(ctx, image_id)) or started
+        except Exception:  # noqa: BLE001 - only a head start; the Report computes it otherwise
+            pass
+    return started
 
 
 def drawings_from_canvas(view: PatchView, json_data: dict | None, fit: dict | None) -> list[canvas.Drawing]:

@@ -20,13 +20,16 @@ from .reading import PatchRef, WindowChoice, display_gray, model_image
 _EVIDENCE = Memo(16)  # (card, weights, layer, image sha, spacing, method) -> report.ImageEvidence (no probe)
 # probe-versioned caches start with _probe_key: (db file, card, weights, probe version, created at)
 _PROBES = Memo(16)    # probe key -> ProbeVersion
-_MAPS = Memo(16)      # probe key + image sha -> (K, H, W) concept probabilities
+_MAPS = Memo(16)      # probe key + image sha -> (K+1, H, W) probabilities, background first (unmasked)
 _PANELS = Memo(16)    # probe key + image sha, colours, mirrored -> overlay, legend, per-concept maps
 _REPORTS = Memo(8)    # probe key + image sha, unit labels, TCAV run -> ConceptReport
 _FIGURES = Memo(8)    # same key + mirrored -> (shown report, plotly figures, concept rows)
 _EXPORTS = Memo(8)    # same key -> HTML bytes
+_PANELS_FIG = Memo(8)  # same key + mirrored -> the bar charts in one figure
+_MAP_FIGURES = Memo(4)  # same key + mirrored -> the image-like figures (on request)
 _PREFETCHING: set = set()   # evidence keys a background thread is computing
 _PREFETCH_LOCK = threading.Lock()
+_REPORTS_STARTED: set = set()  # probe key + image sha of the reports prefetch_report started
 #: Attribution method of the report's evidence shares (fast on a whole image on 2 CPU cores).
 REPORT_METHOD = "gradcam"
 #: The engine's image-like figures: shown on request (the page already shows the concept maps as
@@ -61,7 +64,7 @@ class ReportView:
     overlay: np.ndarray | None         # (H, W, 3) concept map composite, display orientation
     legend: list[dict]                 # concept, colour, area (% of breast above MAP_LEVEL), max prob
     concept_maps: list[tuple[str, np.ndarray]]  # per concept heat over the image, display orientation
-    figures: list = field(default_factory=list)  # the engine's plotly figures, when available
+    figures: list = field(default_factory=list)  # the engine's bar charts as one plotly figure, when available
     report: dict | None = None                   # JSON-ready report
     score: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -74,7 +77,9 @@ class ReportView:
     export_name: str = "report"
     tcav_run: int | None = None
     encoded: dict = field(default_factory=dict)      # "overlay" / concept -> JPEG bytes of the images above
-    map_figures: list = field(default_factory=list)  # the engine's image-like figures (maps, attribution)
+    map_figures: Callable[[], list] | None = None   # deferred: the engine's image-like figures (maps,
+                                                    # attribution), built when the reader asks for them
+    figure_names: list = field(default_factory=list)  # the engine's figures drawn in ``figures``, in order
 
 
 def annotation_patch(ctx: AppContext):
@@ -190,24 +195,34 @@ def load_probe_version(ctx: AppContext, version):
 
 
 def image_concept_maps(ctx: AppContext, probe_version, image_id: str) -> tuple[list[str], np.ndarray]:
-    """(concepts, (K, H, W) probabilities) of the probe over a whole model-space image (cached).
+    """(concepts, (K, H, W) probabilities) of the probe over a whole model-space image, zero
+    outside the breast (cached).
 
     The feature map comes from the image's cached evidence, so a new probe version costs one
     matmul over the feature grid and an upsampling, not a pass through the network."""
+    row = ctx.store.get_image(image_id)
+    p = load_probe_version(ctx, probe_version)
+    _, mask, _ = model_image(ctx, row)
+    return list(p.concepts), _probabilities(ctx, probe_version, row)[1:] * mask[None]
+
+
+def _probabilities(ctx: AppContext, probe_version, row: dict) -> np.ndarray:
+    """(K+1, H, W) probe probabilities over the whole model-space image, background first, not
+    masked: the concept maps and the engine's report share this one computation (cached)."""
     from .. import probes
 
-    row = ctx.store.get_image(image_id)
     p = load_probe_version(ctx, probe_version)
 
     def compute():
-        img, mask, _ = model_image(ctx, row)
+        img, _, _ = model_image(ctx, row)
         ev = image_evidence(ctx, row)
         feats = ev.feats.get(p.layer)
         if feats is None:  # a probe of another layer than the card's concept layer
-            return probes.compute_image_concept_maps(p, ctx.model, ctx.card, img, device=ctx.device) * mask[None]
-        return probes.compute_concept_maps(p, feats, img.shape) * mask[None]
+            return probes.compute_image_concept_maps(p, ctx.model, ctx.card, img, device=ctx.device,
+                                                     include_background=True)
+        return probes.compute_concept_maps(p, feats, img.shape, include_background=True)
 
-    return list(p.concepts), _MAPS.get(_probe_key(ctx, probe_version) + (row["sha256"],), compute)
+    return _MAPS.get(_probe_key(ctx, probe_version) + (row["sha256"],), compute)
 
 
 def _hex_rgb(colour: str) -> np.ndarray:
@@ -241,8 +256,6 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     Only what depends on the probe version is computed for a new version: the image's evidence
     (tiles, feature map, attribution) is cached by model and image, and everything else by its
     inputs, so a rerun that changed nothing recomputes nothing."""
-    from .. import imaging
-
     imgs = report_images(ctx, case_id)
     ids = [i["image_id"] for i in imgs]
     names = {i["image_id"]: f"{i['laterality']} {i['view']} · {i['case_id']}" for i in imgs}
@@ -263,15 +276,15 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
         return ReportView(ids, image_id, label, None, None, [], [], score=score, notes=notes, image_names=names)
     if info.stale:
         notes.append("Drawings were added or undone since this probe was trained: retrain to include them.")
-    colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
-    mirrored = imaging.display_flip(row["laterality"])
-    over, legend, per, encoded = concept_panels(ctx, info, row, colours, mirrored)
+    parts = _probe_parts(ctx, info, row)
+    over, legend, per, encoded = parts.panels
     view = ReportView(ids, image_id, label, info, over, legend, per, score=score, notes=notes, image_names=names,
                       encoded=encoded)
-    rep, key, tcav_run = engine_report(ctx, info, row)
-    shown, figs, rows = _FIGURES.get(key + (mirrored,), lambda: _shown(rep, mirrored))
-    view.figures = [f for name, f in figs if name not in MAP_FIGURES]
-    view.map_figures = [f for name, f in figs if name in MAP_FIGURES]
+    rep, key, tcav_run = parts.report, parts.key, parts.tcav_run
+    shown, figs, rows = parts.shown
+    view.figures = [parts.panel] if parts.panel is not None else []
+    view.figure_names = [name for name, _ in figs]
+    view.map_figures = lambda: _MAP_FIGURES.get(key + (parts.mirrored,), lambda: map_figures(shown))
     view.concepts = rows
     view.probability, view.target = float(rep.probability), rep.target_name
     view.notes += list(rep.notes)
@@ -283,6 +296,66 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     view.export_json = lambda: report_json(rep)
     view.export_html = lambda: _EXPORTS.get(key, lambda: report_html(ctx, shown, stem))
     return view
+
+
+@dataclass
+class _ProbeParts:
+    """What the Report of one image computes for one probe version (each part cached)."""
+
+    panels: tuple        # overlay, legend, per-concept maps, JPEG bytes (``concept_panels``)
+    report: object       # the engine's ConceptReport (``engine_report``)
+    key: tuple           # its cache key
+    tcav_run: int | None
+    shown: tuple         # display-orientation report, named figures, concept rows (``_shown``)
+    panel: object        # the bar charts in one figure (``bar_panel``), or None
+    mirrored: bool       # shown in display orientation of a right breast
+
+
+def _probe_parts(ctx: AppContext, info: ProbeInfo, row: dict) -> _ProbeParts:
+    """The probe-dependent parts of an image's report, through the same caches for the page and
+    for ``prefetch_report`` (so a prefetched report is exactly the one the page asks for)."""
+    from .. import imaging
+
+    colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
+    mirrored = imaging.display_flip(row["laterality"])
+    panels = concept_panels(ctx, info, row, colours, mirrored)
+    rep, key, tcav_run = engine_report(ctx, info, row)
+    shown = _FIGURES.get(key + (mirrored,), lambda: _shown(rep, mirrored))
+    panel = _PANELS_FIG.get(key + (mirrored,), lambda: bar_panel(shown[1]))
+    return _ProbeParts(panels, rep, key, tcav_run, shown, panel, mirrored)
+
+
+def prefetch_report(ctx: AppContext, image_id: str) -> threading.Thread | None:
+    """Start computing the Report of ``image_id`` under the latest probe version in a background
+    thread, once per probe version and image: after a Save retrained the probes, the reader's
+    way to the Report page then finds the concept maps, the engine's report and its figures
+    ready, and the page only sends them. Returns the thread, or None when there is nothing to
+    prepare (no model or probe, or already started for this version).
+
+    The thread calls only cached ``dashboard`` functions (no streamlit); a Report that asks for
+    the same parts meanwhile waits for them instead of computing them twice (``Memo``)."""
+    if not ctx.model_ready:
+        return None
+    info = probe_info(ctx)
+    row = ctx.store.get_image(image_id)
+    if info is None or row is None:
+        return None
+    key = _probe_key(ctx, info) + (row["sha256"],)
+    with _PREFETCH_LOCK:
+        if key in _REPORTS_STARTED:
+            return None
+        _REPORTS_STARTED.add(key)
+
+    def work():
+        try:
+            _probe_parts(ctx, info, row)
+        except Exception:  # noqa: BLE001 - the Report computes it again and shows the error
+            with _PREFETCH_LOCK:
+                _REPORTS_STARTED.discard(key)
+
+    t = threading.Thread(target=work, name=f"report-{image_id}-v{info.version}", daemon=True)
+    t.start()
+    return t
 
 
 def concept_panels(ctx: AppContext, info: ProbeInfo, row: dict, colours: dict[str, str], mirrored: bool):
@@ -327,8 +400,10 @@ def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
 
 
 def _shown(rep, mirrored: bool):
+    """The report in display orientation, its bar charts (named, in ``FIGURE_ORDER``) and its
+    concept rows; the image-like figures are built on request (``map_figures``)."""
     shown = for_display(rep, mirrored)
-    figs = _figures(shown)
+    figs = _figures(shown, exclude=MAP_FIGURES)
     ordered = [(k, figs[k]) for k in FIGURE_ORDER if k in figs] + [(k, f) for k, f in figs.items()
                                                                    if k not in FIGURE_ORDER]
     return shown, ordered, concept_rows(rep)
@@ -357,7 +432,8 @@ def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
         tcav = TCAVResult.from_dict(run["results"]) if run else None
         return report.build_image_report(ctx.model, ctx.card, img, probe, mask=mask, store=ctx.store,
                                          unit_labels=labels, tcav=tcav, image_id=row["image_id"],
-                                         device=ctx.device, evidence=image_evidence(ctx, row))
+                                         device=ctx.device, evidence=image_evidence(ctx, row),
+                                         probs_all=_probabilities(ctx, info, row))
 
     return _REPORTS.get(key, compute), key, (run["run_id"] if run else None)
 
@@ -374,13 +450,67 @@ def for_display(rep, mirrored: bool):
                    notes=list(rep.notes) + ["images shown in display orientation (right breast mirrored)"])
 
 
-def _figures(rep) -> dict:
+def _figures(rep, exclude=()) -> dict:
     from .. import report
 
-    figs = report.report_figures(rep)
+    names = set(FIGURE_ORDER) - set(exclude) if exclude else None  # FIGURE_ORDER names all the engine's
+    figs = report.report_figures(rep, only=names)
     for f in figs.values():
         f.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10))
     return figs
+
+
+#: Height of one row of charts in the combined bar-chart figure, px.
+PANEL_ROW_PX = 340
+
+
+def bar_panel(figs: list[tuple[str, object]], cols: int = 2):
+    """The engine's bar charts as subplots of ONE plotly figure, two per row (the browser builds
+    one plot instead of one per chart: each plotly chart costs a full ``newPlot``). Each chart keeps
+    its traces and hover, its title (as the subplot title), its y-axis title, format and range, and
+    its reference lines and notes. None when there is no chart."""
+    from plotly.subplots import make_subplots
+
+    if not figs:
+        return None
+    rows = -(-len(figs) // cols)
+    titles = [f.layout.title.text or name for name, f in figs]
+    out = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.5 / rows / 2,
+                        horizontal_spacing=0.12)
+    out.update_annotations(font_size=13)  # the subplot titles (the charts' notes come after)
+    for i, (_, f) in enumerate(figs):
+        r, c = divmod(i, cols)
+        sub = out.get_subplot(r + 1, c + 1)
+        xref, yref = sub.xaxis.plotly_name.replace("axis", ""), sub.yaxis.plotly_name.replace("axis", "")
+        for tr in f.data:  # (copied: the chart's own figure stays as it is)
+            out.add_trace(tr, row=r + 1, col=c + 1)
+        ya = f.layout.yaxis
+        out.update_yaxes(title_text=ya.title.text, tickformat=ya.tickformat, range=ya.range, row=r + 1, col=c + 1)
+
+        def ref(v, axis, own):  # the chart's own axes or paper -> this cell's axes or domain
+            if v is None or v == "paper":
+                return f"{own} domain"
+            return v.replace(axis, own, 1)
+
+        for sh in f.layout.shapes:
+            out.add_shape(sh.to_plotly_json() | {"xref": ref(sh.xref, "x", xref), "yref": ref(sh.yref, "y", yref)})
+        for an in f.layout.annotations:
+            out.add_annotation(an.to_plotly_json() | {"xref": ref(an.xref, "x", xref), "yref": ref(an.yref, "y", yref)})
+    # room for the inner column's tick labels and axis titles (automargin only moves the outer edges)
+    out.update_layout(height=PANEL_ROW_PX * rows, margin=dict(l=70, r=10, t=50, b=10), showlegend=False,
+                      bargap=0.3)
+    return out
+
+
+def map_figures(shown) -> list:
+    """The engine's image-like figures (concept contours, attribution) of a report in display
+    orientation, in ``FIGURE_ORDER``: the page draws them when the reader asks."""
+    from .. import report
+
+    figs = report.report_figures(shown, only=MAP_FIGURES)
+    for f in figs.values():
+        f.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10))
+    return [figs[k] for k in MAP_FIGURES if k in figs]
 
 
 def concept_rows(rep) -> list[dict]:

@@ -113,6 +113,33 @@ MEDIA_READY = """() => {
 }"""
 
 
+TEXT_SHOWN = """([src, flags]) => {
+  const main = document.querySelector("[data-testid='stMain']");
+  return !!main && new RegExp(src, flags).test(main.textContent);
+}"""
+
+
+def wait_js(page, predicate: str, arg=None, timeout: int = LONG) -> None:
+    """Until the JS ``predicate`` holds, checked in the page on every animation frame.
+
+    For timed steps: Playwright's selector and text waits re-check with a back-off that reaches
+    one check per 0.5 s, so they end up to half a second after the state was reached."""
+    page.wait_for_function(predicate, arg=arg, polling="raf", timeout=timeout)
+
+
+def wait_text_shown(page, text: str | re.Pattern, timeout: int = LONG) -> None:
+    """Until the main block's text contains ``text`` (a string or a JS-compatible pattern), checked
+    on every animation frame (see ``wait_js``)."""
+    pat = text if isinstance(text, re.Pattern) else re.compile(re.escape(text))
+    wait_js(page, TEXT_SHOWN, [pat.pattern, "s" if pat.flags & re.DOTALL else ""], timeout)
+
+
+def wait_app_idle(page, timeout: int = LONG) -> None:
+    """Until the app reports its script run finished (no settling sleep: call it only once a text
+    that the awaited run itself writes is shown)."""
+    wait_js(page, f"() => !!document.querySelector({APP_IDLE!r})", timeout=timeout)
+
+
 def settle(page, timeout: int = LONG) -> None:
     """Until the app is idle and every image and plotly chart on the page has rendered."""
     wait_idle(page, timeout)

@@ -82,6 +82,7 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
             flows.fill_number(page, "Unit", plan["unit"])
             flows.click_button(page, "Show unit")
             flows.wait_text(page, f"Unit {plan['unit']} · mass")
+            flows.wait_idle(page)  # the rest of the unit's page (drawings, undo) comes later in the same run
             unit_text = page.locator("[data-testid='stMain']").inner_text()
             shot(page, artifacts, "04_units")
 
@@ -92,6 +93,10 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
             page.locator("[data-testid='stImage']").first.wait_for(state="visible")
             after = page.locator("[data-testid='stMain']").inner_text()
             shot(page, artifacts, "05_report")
+            # the engine's bar charts: one plotly figure, drawn by the browser with a subplot per chart
+            charts = page.locator("[data-testid='stMain'] [data-testid='stPlotlyChart']")
+            chart_text = charts.first.evaluate("e => e.textContent")
+            n_charts, n_cells = charts.count(), charts.first.locator(".cartesianlayer > .subplot").count()
             flows.click_button(page, "Retrain probes")  # the manual retrain still works
             flows.wait_text(page, "Concept probe v2 trained on 1 drawing(s).")
 
@@ -108,6 +113,8 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
     assert "No concept probe is trained yet" not in after and "Concept probe v1" in after
     assert "mass" in after and after != before
     assert plan["image_label"] + " · " + case_id in after  # the report opened on the labeled image
+    assert n_charts == 1 and n_cells >= 4  # shares, activation, units, TCAV (+ the logit waterfall)
+    assert "Share of the gradcam attribution per concept" in chart_text and "TCAV score for" in chart_text
     shown_iou = float(re.search(r"IoU\s*(\d\.\d\d)", iou_text).group(1))
     assert shown_iou >= plan["expected_iou"] - 0.05  # Fabric rounds the clicks to canvas pixels
 
