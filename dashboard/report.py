@@ -490,8 +490,11 @@ def report_figures(report: ConceptReport, *, max_side: int = 256,
     xs = [c.concept for c in report.concepts for _ in c.unit_activations]
     ys = [v for c in report.concepts for v in c.unit_activations]
     texts = [f"unit {u}, IoU {i:.2f}" for c in report.concepts for u, i in zip(c.units, c.unit_ious)]
-    act.add_trace(go.Scatter(x=xs, y=ys, mode="markers", marker=dict(color="black", size=5), name="units",
-                             text=texts, hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
+    # one jittered, translucent point per unit: hundreds of units on one x would draw a solid line
+    act.add_trace(go.Box(x=xs, y=ys, boxpoints="all", jitter=0.7, pointpos=0, name="units",
+                         marker=dict(color="rgba(0,0,0,0.35)", size=4), line=dict(width=0),
+                         fillcolor="rgba(0,0,0,0)", hoveron="points", text=texts,
+                         hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
     act.update_layout(title="Activation of the labeled units on this image", yaxis_title="mean activation")
     figs["activation"] = act
     tc = [c for c in report.concepts if c.tcav_score is not None]
