@@ -51,3 +51,37 @@ class Memo:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class HeadStart:
+    """Background work started at most once per key at a time: a head start for a ``Memo`` that a
+    later foreground call would otherwise compute (and then waits for instead). The work must not
+    call streamlit. Falsy when nothing is running."""
+
+    def __init__(self):
+        self._running: set[Hashable] = set()
+        self._lock = threading.Lock()
+
+    def start(self, key: Hashable, work: Callable[[], Any], *, done: Callable[[], bool] = lambda: False,
+              name: str = "") -> bool:
+        """Run ``work`` in a daemon thread unless ``key`` is running or ``done()``; True when started."""
+        with self._lock:
+            if key in self._running or done():
+                return False
+            self._running.add(key)
+
+        def run():
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - only a head start: the foreground call redoes it and shows the error
+                pass
+            finally:
+                with self._lock:
+                    self._running.discard(key)
+
+        threading.Thread(target=run, name=name or f"head-start-{key!r}"[:60], daemon=True).start()
+        return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._running)

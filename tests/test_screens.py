@@ -302,3 +302,28 @@ def test_unit_exemplars_are_built_once_per_unit(ctx_stats):
     assert un._EXEMPLARS.misses == misses
     assert a and all(rgb.ndim == 3 and rgb.shape[2] == 3 for rgb, _ in a)
     assert un.unit_exemplars(ctx, stats, 4) is not a
+
+
+def test_head_start_runs_once_per_key_and_swallows_errors():
+    import threading as _th
+
+    from dashboard.memo import HeadStart
+
+    hs = HeadStart()
+    gate, ran = _th.Event(), []
+    assert hs.start("k", lambda: (gate.wait(5), ran.append(1))) is True
+    assert hs.start("k", lambda: ran.append(2)) is False           # already running
+    assert hs.start("j", lambda: ran.append(3), done=lambda: True) is False  # already done
+    assert len(hs) == 1
+    gate.set()
+    for _ in range(200):
+        if not hs:
+            break
+        _th.Event().wait(0.01)
+    assert not hs and ran == [1]
+    assert hs.start("e", lambda: 1 / 0) is True  # an error ends the thread quietly and frees the key
+    for _ in range(200):
+        if not hs:
+            break
+        _th.Event().wait(0.01)
+    assert not hs

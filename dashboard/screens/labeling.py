@@ -8,7 +8,6 @@ against it (the engine's IoU); Save stores the annotation and labels the units i
 from __future__ import annotations
 
 import json
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -16,15 +15,14 @@ import numpy as np
 
 from .. import canvas
 from ..context import AppContext
-from ..memo import Memo
+from ..memo import HeadStart, Memo
 from .reading import PatchRef, WindowChoice, display_gray
 
 #: Canvas pixels per model pixel when the patch is small; the canvas is at most MAX_CANVAS wide.
 MAX_CANVAS = 448
 DRAW_TOOLS = {"polygon": "Polygon", "freedraw": "Freehand", "rect": "Rectangle"}
 
-_PREPARING: set = set()  # patches whose unit masks a background thread is computing
-_PREPARING_LOCK = threading.Lock()
+_PREPARING = HeadStart()  # patches whose unit masks a background thread is computing
 _MATCHES = Memo(64)  # (card, weights, layer, image sha, patch, drawing geometry) -> MatchView
 
 
@@ -107,22 +105,8 @@ def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:
     if stats is None:
         return False
     key = (ctx.card_name, ctx.weights_sha, stats.key, ref.as_tuple())
-    with _PREPARING_LOCK:
-        if key in _PREPARING or cx.has_unit_masks(ctx, ref, stats):
-            return False
-        _PREPARING.add(key)
-
-    def work():
-        try:
-            cx.patch_unit_masks(ctx, ref, stats)
-        except Exception:  # noqa: BLE001 - only a head start; the first match computes it otherwise
-            pass
-        finally:
-            with _PREPARING_LOCK:
-                _PREPARING.discard(key)
-
-    threading.Thread(target=work, name=f"patch-{ref.image_id}", daemon=True).start()
-    return True
+    return _PREPARING.start(key, lambda: cx.patch_unit_masks(ctx, ref, stats),
+                            done=lambda: cx.has_unit_masks(ctx, ref, stats), name=f"patch-{ref.image_id}")
 
 
 def prepare_report(ctx: AppContext, image_id: str) -> bool:

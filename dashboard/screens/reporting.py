@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..context import AppContext
-from ..memo import Memo
+from ..memo import HeadStart, Memo
 from . import concepts as cx
 from .reading import PatchRef, WindowChoice, display_gray, model_image
 
@@ -27,8 +27,8 @@ _FIGURES = Memo(8)    # same key + mirrored -> (shown report, plotly figures, co
 _EXPORTS = Memo(8)    # same key -> HTML bytes
 _PANELS_FIG = Memo(8)  # same key + mirrored -> the bar charts in one figure
 _MAP_FIGURES = Memo(4)  # same key + mirrored -> the image-like figures (on request)
-_PREFETCHING: set = set()   # evidence keys a background thread is computing
-_PREFETCH_LOCK = threading.Lock()
+_PREFETCHING = HeadStart()   # evidence keys a background thread is computing
+_PREFETCH_LOCK = threading.Lock()  # guards _REPORTS_STARTED
 _REPORTS_STARTED: set = set()  # probe key + image sha of the reports prefetch_report started
 #: Attribution method of the report's evidence shares (fast on a whole image on 2 CPU cores).
 REPORT_METHOD = "gradcam"
@@ -160,30 +160,14 @@ def prefetch_evidence(ctx: AppContext, image_id: str) -> bool:
 
     The thread only calls ``image_evidence`` (no streamlit); a Report that asks for the same
     image meanwhile waits for it instead of computing it twice (``Memo``)."""
-    import threading
-
     from .reading import model_spacing
 
     if not ctx.model_ready:
         return False
     row = ctx.store.get_image(image_id)
     key = (ctx.card_name, ctx.weights_sha, cx.layer_of(ctx), row["sha256"], model_spacing(ctx), REPORT_METHOD)
-    with _PREFETCH_LOCK:
-        if key in _EVIDENCE or key in _PREFETCHING:
-            return False
-        _PREFETCHING.add(key)
-
-    def work():
-        try:
-            image_evidence(ctx, row)
-        except Exception:  # noqa: BLE001 - the Report computes it again and shows the error
-            pass
-        finally:
-            with _PREFETCH_LOCK:
-                _PREFETCHING.discard(key)
-
-    threading.Thread(target=work, name=f"evidence-{image_id}", daemon=True).start()
-    return True
+    return _PREFETCHING.start(key, lambda: image_evidence(ctx, row), done=lambda: key in _EVIDENCE,
+                              name=f"evidence-{image_id}")
 
 
 def load_probe_version(ctx: AppContext, version):
