@@ -57,7 +57,7 @@ Progress = Callable[[int, int, str], None]  # (done, total, message)
 class StaleCacheError(ValueError):
     """A resumed computation met data that differ from its checkpoint (the checkpoint is dropped)."""
 
-STATS_VERSION = "dissect-v2"  # v2: thresholds tied at a unit's maximum step just below it
+STATS_VERSION = "dissect-v3"  # v2: thresholds tied at a unit's maximum step just below it; v3: the stats record it
 
 
 # ====================================================================== dataset statistics
@@ -96,6 +96,7 @@ class DissectionStats:
     unit_xy_var: np.ndarray
     path: str = ""
     n_tied_at_max: int = 0  # units whose quantile equalled their maximum (see ``_untie_at_max``)
+    version: str = "dissect-v1"  # STATS_VERSION of the code that computed them (files before v2 lack it)
 
     @property
     def n_units(self) -> int:
@@ -477,7 +478,7 @@ def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, *, 
         sample_rate=float(run.kept / max(run.seen_pos, 1)),
         thresholds=thresholds.cpu().numpy(), mean=(run.sum / max(run.seen_pos, 1)).float().cpu().numpy(),
         top_values=ex_val.numpy(), top_indices=ex_idx.numpy(), top_maps=ex_map.numpy(),
-        unit_xy=unit_xy, unit_xy_var=unit_var, n_tied_at_max=n_tied,
+        unit_xy=unit_xy, unit_xy_var=unit_var, n_tied_at_max=n_tied, version=STATS_VERSION,
     )
     stats.save(directory)
     (directory / "state.safetensors").unlink(missing_ok=True)

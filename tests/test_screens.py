@@ -274,6 +274,17 @@ def test_prefetched_evidence_is_what_the_report_uses(ctx_stats):
     assert ev.n_tiles >= 1 and ev.feats[cx.layer_of(ctx)].shape[0] == 512
 
 
+def test_statistics_of_an_older_rule_are_not_used(ctx_stats, monkeypatch):
+    from dashboard import dissection
+
+    stats = cx.find_stats(ctx_stats)
+    assert stats is not None and stats.version == dissection.STATS_VERSION
+    monkeypatch.setattr(dissection, "STATS_VERSION", "dissect-next")  # as after a rule change
+    assert cx.find_stats(ctx_stats) is None
+    with pytest.raises(cx.EngineNotReady, match="No dataset statistics"):
+        cx.require_stats(ctx_stats)
+
+
 def test_opening_a_patch_prepares_its_unit_masks_for_every_drawing(ctx_stats):
     from dashboard.dissection import compute_unit_ious
 

@@ -148,7 +148,9 @@ def find_stats(ctx: AppContext):
     for run in ctx.store.list_dissection_runs(model_card=ctx.card_name, layer=layer):
         if run["weights_sha"] != fp or not (Path(run["path"]) / "stats.safetensors").is_file():
             continue
-        return _STATS.get(run["path"], lambda p=run["path"]: dissection.load_dataset_stats(Path(p)))
+        stats = _STATS.get(run["path"], lambda p=run["path"]: dissection.load_dataset_stats(Path(p)))
+        if stats.version == dissection.STATS_VERSION:  # older rules' thresholds are not reused
+            return stats
     return None
 
 
