@@ -56,31 +56,40 @@ class Memo:
 class HeadStart:
     """Background work started at most once per key at a time: a head start for a ``Memo`` that a
     later foreground call would otherwise compute (and then waits for instead). The work must not
-    call streamlit. Falsy when nothing is running."""
+    call streamlit. ``once``: a key whose work finished without error is never started again.
+    Falsy when nothing is running."""
 
-    def __init__(self):
+    def __init__(self, once: bool = False):
+        self._once = once
         self._running: set[Hashable] = set()
+        self._finished: set[Hashable] = set()
         self._lock = threading.Lock()
 
     def start(self, key: Hashable, work: Callable[[], Any], *, done: Callable[[], bool] = lambda: False,
-              name: str = "") -> bool:
-        """Run ``work`` in a daemon thread unless ``key`` is running or ``done()``; True when started."""
+              name: str = "") -> threading.Thread | None:
+        """Run ``work`` in a daemon thread unless ``key`` is running (or finished, with ``once``)
+        or ``done()``; the thread when started, else None."""
         with self._lock:
-            if key in self._running or done():
-                return False
+            if key in self._running or key in self._finished or done():
+                return None
             self._running.add(key)
 
         def run():
+            ok = False
             try:
                 work()
+                ok = True
             except Exception:  # noqa: BLE001 - only a head start: the foreground call redoes it and shows the error
                 pass
             finally:
                 with self._lock:
                     self._running.discard(key)
+                    if ok and self._once:
+                        self._finished.add(key)
 
-        threading.Thread(target=run, name=name or f"head-start-{key!r}"[:60], daemon=True).start()
-        return True
+        thread = threading.Thread(target=run, name=name or f"head-start-{key!r}"[:60], daemon=True)
+        thread.start()
+        return thread
 
     def __len__(self) -> int:
         with self._lock:

@@ -74,17 +74,17 @@ def _axis(size: int, n: int) -> _Axis:
     return _Axis(l0=l0, l1=l1, start=start, stop=stop, cell_i1=cell_i1, dyadic=dyadic)
 
 
-def _as_inputs(activation, thresholds, drawing_mask):
+def _as_inputs(activation, thresholds, drawing_mask=None):
     a = torch.as_tensor(np.asarray(activation) if not torch.is_tensor(activation) else activation)
     a = a.detach().to("cpu", torch.float32).to(torch.float64)  # (C, h, w)
     t = torch.as_tensor(np.asarray(thresholds) if not torch.is_tensor(thresholds) else thresholds)
     t = t.detach().to("cpu", torch.float32).to(torch.float64).reshape(-1)  # (C,)
-    m = torch.as_tensor(np.asarray(drawing_mask, dtype=bool))  # (H, W)
+    m = None if drawing_mask is None else torch.as_tensor(np.asarray(drawing_mask, dtype=bool))  # (H, W)
     if a.dim() != 3:
         raise ValueError(f"activation must be (C, h, w), got {tuple(a.shape)}")
     if t.shape[0] != a.shape[0]:
         raise ValueError(f"{t.shape[0]} thresholds for {a.shape[0]} units")
-    if m.dim() != 2:
+    if m is not None and m.dim() != 2:
         raise ValueError(f"drawing mask must be (H, W), got {tuple(m.shape)}")
     return a, t, m
 
@@ -132,17 +132,13 @@ class UnitMasks:
     mixed_w: np.ndarray
     mixed_seg: np.ndarray
 
-    @property
-    def n_units(self) -> int:
-        return int(self.a.shape[0])
-
 
 def prepare_unit_masks(activation, thresholds, size) -> UnitMasks:
     """Per-patch part of the IoU: classify every (unit, cell) and count the straddling cells'
     pixels above threshold by the exact quadtree. activation (C, h, w), thresholds (C,),
     size = (H, W) of the drawing (or an int for a square patch)."""
     hh, ww = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
-    a_t, t_t, _ = _as_inputs(activation, thresholds, np.zeros((1, 1), bool))
+    a_t, t_t, _ = _as_inputs(activation, thresholds)
     a, t = a_t.numpy(), t_t.numpy()
     c_units, h, w = a.shape
     ax_h, ax_w = _axis_np(hh, h), _axis_np(ww, w)

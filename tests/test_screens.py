@@ -322,9 +322,9 @@ def test_head_start_runs_once_per_key_and_swallows_errors():
 
     hs = HeadStart()
     gate, ran = _th.Event(), []
-    assert hs.start("k", lambda: (gate.wait(5), ran.append(1))) is True
-    assert hs.start("k", lambda: ran.append(2)) is False           # already running
-    assert hs.start("j", lambda: ran.append(3), done=lambda: True) is False  # already done
+    assert hs.start("k", lambda: (gate.wait(5), ran.append(1))) is not None
+    assert hs.start("k", lambda: ran.append(2)) is None           # already running
+    assert hs.start("j", lambda: ran.append(3), done=lambda: True) is None  # already done
     assert len(hs) == 1
     gate.set()
     for _ in range(200):
@@ -332,9 +332,14 @@ def test_head_start_runs_once_per_key_and_swallows_errors():
             break
         _th.Event().wait(0.01)
     assert not hs and ran == [1]
-    assert hs.start("e", lambda: 1 / 0) is True  # an error ends the thread quietly and frees the key
+    assert hs.start("e", lambda: 1 / 0) is not None  # an error ends the thread quietly and frees the key
     for _ in range(200):
         if not hs:
             break
         _th.Event().wait(0.01)
     assert not hs
+    once = HeadStart(once=True)
+    once.start("v1", lambda: None).join()
+    assert once.start("v1", lambda: None) is None  # finished once: never again
+    once.start("bad", lambda: 1 / 0).join()
+    assert once.start("bad", lambda: None) is not None  # a failed one may be tried again

@@ -106,7 +106,7 @@ def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:
         return False
     key = (ctx.card_name, ctx.weights_sha, stats.key, ref.as_tuple())
     return _PREPARING.start(key, lambda: cx.patch_unit_masks(ctx, ref, stats),
-                            done=lambda: cx.has_unit_masks(ctx, ref, stats), name=f"patch-{ref.image_id}")
+                            done=lambda: cx.has_unit_masks(ctx, ref, stats), name=f"patch-{ref.image_id}") is not None
 
 
 def prepare_report(ctx: AppContext, image_id: str) -> bool:

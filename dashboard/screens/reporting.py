@@ -28,8 +28,7 @@ _EXPORTS = Memo(8)    # same key -> HTML bytes
 _PANELS_FIG = Memo(8)  # same key + mirrored -> the bar charts in one figure
 _MAP_FIGURES = Memo(4)  # same key + mirrored -> the image-like figures (on request)
 _PREFETCHING = HeadStart()   # evidence keys a background thread is computing
-_PREFETCH_LOCK = threading.Lock()  # guards _REPORTS_STARTED
-_REPORTS_STARTED: set = set()  # probe key + image sha of the reports prefetch_report started
+_REPORT_HEAD_START = HeadStart(once=True)  # probe key + image sha of the reports prefetch_report prepared
 #: Attribution method of the report's evidence shares (fast on a whole image on 2 CPU cores).
 REPORT_METHOD = "gradcam"
 #: The engine's image-like figures: shown on request (the page already shows the concept maps as
@@ -167,7 +166,7 @@ def prefetch_evidence(ctx: AppContext, image_id: str) -> bool:
     row = ctx.store.get_image(image_id)
     key = (ctx.card_name, ctx.weights_sha, cx.layer_of(ctx), row["sha256"], model_spacing(ctx), REPORT_METHOD)
     return _PREFETCHING.start(key, lambda: image_evidence(ctx, row), done=lambda: key in _EVIDENCE,
-                              name=f"evidence-{image_id}")
+                              name=f"evidence-{image_id}") is not None
 
 
 def load_probe_version(ctx: AppContext, version):
@@ -324,22 +323,8 @@ def prefetch_report(ctx: AppContext, image_id: str) -> threading.Thread | None:
     row = ctx.store.get_image(image_id)
     if info is None or row is None:
         return None
-    key = _probe_key(ctx, info) + (row["sha256"],)
-    with _PREFETCH_LOCK:
-        if key in _REPORTS_STARTED:
-            return None
-        _REPORTS_STARTED.add(key)
-
-    def work():
-        try:
-            _probe_parts(ctx, info, row)
-        except Exception:  # noqa: BLE001 - the Report computes it again and shows the error
-            with _PREFETCH_LOCK:
-                _REPORTS_STARTED.discard(key)
-
-    t = threading.Thread(target=work, name=f"report-{image_id}-v{info.version}", daemon=True)
-    t.start()
-    return t
+    return _REPORT_HEAD_START.start(_probe_key(ctx, info) + (row["sha256"],), lambda: _probe_parts(ctx, info, row),
+                                    name=f"report-{image_id}-v{info.version}")
 
 
 def concept_panels(ctx: AppContext, info: ProbeInfo, row: dict, colours: dict[str, str], mirrored: bool):
