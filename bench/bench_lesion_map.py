@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.bench_model import load_model
     from dashboard.imaging import Mammogram, prepare_model_image
-    from dashboard.inference import compute_lesion_map, patch_size
-    from dashboard.phantom import generate_case
+    from dashboard.engine.inference import compute_lesion_map, patch_size
+    from dashboard.data.phantom import generate_case
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=23)  # 2-4 images each; 2 of 3 cases have findings

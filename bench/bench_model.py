@@ -101,9 +101,9 @@ def rss_mib() -> float:
 
 
 def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
-    from dashboard.attribution import attribute, attribute_image
+    from dashboard.engine.attribution import attribute, attribute_image
     from dashboard.imaging import Mammogram, prepare_model_image
-    from dashboard.inference import compute_lesion_map, patch_size, positive_index, predict_patches
+    from dashboard.engine.inference import compute_lesion_map, patch_size, positive_index, predict_patches
 
     torch.set_num_threads(threads)
     cuda = device.startswith("cuda")

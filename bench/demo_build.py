@@ -22,7 +22,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from dashboard import phantom
+    from dashboard.data import phantom
 
     phantom.generate_image(np.random.default_rng(0), "L", "CC")  # warm caches
     t0 = time.perf_counter()
@@ -35,9 +35,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CONCEPTLENS_DATA_DIR"] = tmp
         os.environ.pop("CONCEPTLENS_DB_PATH", None)
-        from dashboard import demo
+        from dashboard.data import demo
         from dashboard.settings import load_settings
-        from dashboard.store import open_store
+        from dashboard.data.store import open_store
 
         settings = load_settings()
         cpu0 = os.times()

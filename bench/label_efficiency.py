@@ -2,7 +2,7 @@
 
     python -m bench.label_efficiency [--cases 60] [--demo-seed 2024] [--seed 0] [--data-dir DIR]
 
-Builds its own synthetic demo set (``dashboard.demo``) in ``--data-dir`` (default: a folder under
+Builds its own synthetic demo set (``dashboard.data.demo``) in ``--data-dir`` (default: a folder under
 the system temp dir; reused when complete), copies its DuckDB file to a fresh run store, and runs
 ``dashboard.evaluation.run_label_efficiency``: the simulated reader draws 1, 2, 3, 5, 10, 20
 regions per concept on the TRAIN split (probes retrained after each batch, as in the app), concept
@@ -272,7 +272,7 @@ def replot(path: Path, out: Path, browser_json: Path) -> int:
 
     result = json.loads(Path(path).read_text())
     res = ev.EvaluationResult.from_dict(result)
-    result["summary"] = ev._jsonable(ev.summarise(res, drawing_speed=ev.load_drawing_speed(browser_json)))
+    result["summary"] = ev.jsonable(ev.summarise(res, drawing_speed=ev.load_drawing_speed(browser_json)))
     files = write_results(result, out)
     print(headline(result))
     print("wrote " + ", ".join(str(f) for f in files))
@@ -293,9 +293,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import model_zoo
     from dashboard import evaluation as ev
-    from dashboard.demo import ensure_demo
+    from dashboard.data.demo import ensure_demo
     from dashboard.settings import load_settings, pick_device
-    from dashboard.store import Store
+    from dashboard.data.store import Store
 
     if args.threads:
         torch.set_num_threads(args.threads)

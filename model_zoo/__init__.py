@@ -13,12 +13,12 @@ This package never imports ``dashboard`` (imports point pages -> dashboard -> mo
 """
 from .cards import (CARDS_DIR, WEIGHTS_DIR, ModelCard, card_from_dict, list_cards, load_card, read_card,
                     save_card, timm_data_config)
-from .errors import CardError, ModelZooError, WeightsIntegrityError, WeightsMappingError, WeightsMissingError
+from .errors import CardError, ConceptLensError, ModelZooError, WeightsIntegrityError, WeightsMappingError, WeightsMissingError
 from .factory import create_model, load_state_dict, save_weights, sha256_file, verify_weights
 
 __all__ = [
     "CARDS_DIR", "WEIGHTS_DIR", "ModelCard", "card_from_dict", "list_cards", "load_card", "read_card",
-    "save_card", "timm_data_config", "CardError", "ModelZooError", "WeightsIntegrityError",
+    "save_card", "timm_data_config", "CardError", "ConceptLensError", "ModelZooError", "WeightsIntegrityError",
     "WeightsMappingError", "WeightsMissingError", "create_model", "load_state_dict", "save_weights",
     "sha256_file", "verify_weights",
 ]

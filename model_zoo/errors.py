@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 
-class ModelZooError(Exception):
+class ConceptLensError(Exception):
+    """The root of every ConceptLens error: its message is fit to show a user, and pages catch this
+    type (not ``Exception``). It lives here, in the lowest layer, so that the model zoo's errors
+    derive from it too; ``dashboard.errors`` re-exports it."""
+
+
+class ModelZooError(ConceptLensError):
     """Base class of the model zoo's errors; the message is fit to show a user."""
 
 

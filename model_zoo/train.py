@@ -3,7 +3,7 @@
     python -m model_zoo.train --card demo-lite0-synth --patches patches.npz \
         [--epochs 3 --batch 32 --lr 3e-4 --seed 0 --device auto --out-card NAME]
 
-The patch set is the ``.npz`` written by ``dashboard.patchset`` (patches uint8 (N, S, S), labels (N,)
+The patch set is the ``.npz`` written by ``dashboard.data.patchset`` (patches uint8 (N, S, S), labels (N,)
 with 1 = lesion, split (N,) of "train"/"val"/"test"). Training starts from the offline ImageNet
 EfficientNet-Lite0 (``--init imagenet``), the card's own weights (``--init card``) or timm's random
 initialisation (``--init random``); ``auto`` picks ImageNet for efficientnet_lite0, else the card's
@@ -416,7 +416,7 @@ def _licence(meta: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model_zoo.train", description=__doc__.splitlines()[0])
     ap.add_argument("--card", required=True, help="model card to fine-tune (its arch, classes, input size)")
-    ap.add_argument("--patches", required=True, help=".npz patch set from python -m dashboard.patchset")
+    ap.add_argument("--patches", required=True, help=".npz patch set from python -m dashboard.data.patchset")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-4)

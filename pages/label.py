@@ -1,9 +1,10 @@
 """Label concepts: draw a concept on the patch; the matching units show at once; Save labels them."""
 import streamlit as st
 
-from dashboard import resources, state
-from dashboard.screens import labeling as lb
-from dashboard.screens.reading import PatchRef
+from dashboard.ui import resources
+from dashboard.ui import state
+from dashboard.ui.screens import labeling as lb
+from dashboard.ui.screens.reading import PatchRef
 
 ctx = resources.get_context()
 st.title("Label concepts")

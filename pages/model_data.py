@@ -1,8 +1,9 @@
 """Model and data: the card in use and its metrics, switch card, dataset statistics, ingest, demo."""
 import streamlit as st
 
-from dashboard import resources, state
-from dashboard.screens import model_data as md
+from dashboard.ui import resources
+from dashboard.ui import state
+from dashboard.ui.screens import model_data as md
 
 ctx = resources.get_context()
 st.title("Model and data")

@@ -1,8 +1,9 @@
 """Read: the case hung RCC | LCC over RMLO | LMLO, window/level, overlays, suspicious patches."""
 import streamlit as st
 
-from dashboard import resources, state
-from dashboard.screens import reading as rd
+from dashboard.ui import resources
+from dashboard.ui import state
+from dashboard.ui.screens import reading as rd
 
 ctx = resources.get_context()
 
@@ -131,7 +132,7 @@ if tiles:
         from PIL import Image
         from streamlit_drawable_canvas import st_canvas
 
-        from dashboard.canvas import parse_points
+        from dashboard.ui.canvas import parse_points
 
         cw = min(520, w * 2)
         ch = int(round(cw * h / w))

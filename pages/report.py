@@ -1,8 +1,9 @@
 """Report: the concepts behind an image's prediction, their maps, the probe and its metrics."""
 import streamlit as st
 
-from dashboard import resources, state
-from dashboard.screens import reporting as rp
+from dashboard.ui import resources
+from dashboard.ui import state
+from dashboard.ui.screens import reporting as rp
 
 ctx = resources.get_context()
 st.title("Report")

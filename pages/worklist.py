@@ -1,8 +1,9 @@
 """Worklist: every case with the model's score and the label status; open one to read it."""
 import streamlit as st
 
-from dashboard import resources, state
-from dashboard.screens import worklist as wl
+from dashboard.ui import resources
+from dashboard.ui import state
+from dashboard.ui.screens import worklist as wl
 
 ctx = resources.get_context()
 st.title("Worklist")

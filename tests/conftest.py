@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dashboard.settings import PROJECT_ROOT, load_settings
-from dashboard.store import Store
+from dashboard.data.store import Store
 
 
 @pytest.fixture

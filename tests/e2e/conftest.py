@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.e2e.harness import ARTIFACTS, ROOT, chromium_available, launch_chromium, streamlit_server
+from dashboard.testing.browser import ARTIFACTS, ROOT, chromium_available, launch_chromium, streamlit_server
 
 
 @pytest.fixture(scope="session")

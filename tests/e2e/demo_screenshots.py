@@ -14,9 +14,9 @@ import argparse
 import re
 from pathlib import Path
 
-from tests.e2e import flows
-from tests.e2e.data import E2E_CARD, case_with_lesion, plan_drawing
-from tests.e2e.harness import ARTIFACTS, ROOT, launch_chromium, streamlit_server
+from dashboard.testing import flows
+from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing
+from dashboard.testing.browser import ARTIFACTS, ROOT, launch_chromium, streamlit_server
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,10 @@ import shutil
 
 import pytest
 
-from dashboard.store import Store
-from tests.e2e import flows
-from tests.e2e.data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
-from tests.e2e.harness import ROOT, streamlit_server
+from dashboard.data.store import Store
+from dashboard.testing import flows
+from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
+from dashboard.testing.browser import ROOT, streamlit_server
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,801 @@
+"""The DuckDB store: the only module that writes SQL.
+
+Every value goes in through ``?`` parameters, every call gets its own cursor, and every
+write runs inside a transaction. Database errors come out as the typed errors below so the
+pages can show a clear message.
+
+Durability: an annotation is first written to a JSON journal file under
+``settings.journal_dir``; the file is removed only after the transaction that stores it has
+committed. ``replay_journal`` (called by ``open_store``) stores whatever a crash left behind,
+so a drawing that was saved is never lost.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+from dashboard.errors import ConceptLensError
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+
+# ---------------------------------------------------------------- errors
+class StoreError(ConceptLensError):
+    """Base class of every error the store raises; its message is fit to show a user."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the database file."""
+
+
+class UnknownConceptError(StoreError):
+    """An annotation names a concept the store does not know."""
+
+
+class NotFoundError(StoreError):
+    """A referenced row does not exist."""
+
+
+class ConflictError(StoreError):
+    """A write kept conflicting with concurrent writes and was given up."""
+
+
+class ValidationError(StoreError):
+    """A value is not acceptable (empty drawing, bad name, ...)."""
+
+
+# ---------------------------------------------------------------- built-in concept palette
+# BI-RADS lexicon groups plus normal structures. Colours are distinguishable on a grey image.
+BUILTIN_CONCEPTS: list[tuple[str, str, str, str]] = [
+    # name, colour, lexicon group, description
+    ("mass", "#ff1744", "mass", "Mass (any shape or margin)"),
+    ("calcification", "#00e5ff", "calcification", "Calcifications (any morphology)"),
+    ("mass-round", "#e6194b", "mass shape", "Mass, round shape"),
+    ("mass-oval", "#f58231", "mass shape", "Mass, oval shape"),
+    ("mass-irregular", "#911eb4", "mass shape", "Mass, irregular shape"),
+    ("margin-circumscribed", "#ffe119", "mass margin", "Mass margin, circumscribed"),
+    ("margin-obscured", "#bcf60c", "mass margin", "Mass margin, obscured"),
+    ("margin-microlobulated", "#fabebe", "mass margin", "Mass margin, microlobulated"),
+    ("margin-indistinct", "#aaffc3", "mass margin", "Mass margin, indistinct"),
+    ("margin-spiculated", "#f032e6", "mass margin", "Mass margin, spiculated"),
+    ("calc-coarse", "#46f0f0", "calcification morphology", "Calcifications, coarse / typically benign"),
+    ("calc-amorphous", "#008080", "calcification morphology", "Calcifications, amorphous"),
+    ("calc-fine-pleomorphic", "#3cb44b", "calcification morphology", "Calcifications, fine pleomorphic"),
+    ("calc-fine-linear", "#808000", "calcification morphology", "Calcifications, fine linear / branching"),
+    ("calc-grouped", "#9a6324", "calcification distribution", "Calcifications, grouped / cluster"),
+    ("calc-segmental", "#800000", "calcification distribution", "Calcifications, segmental"),
+    ("architectural-distortion", "#000075", "architectural distortion", "Architectural distortion"),
+    ("asymmetry", "#808080", "asymmetry", "Asymmetry (focal, global or developing)"),
+    ("vessel", "#ff4500", "normal structure", "Blood vessel"),
+    ("fibroglandular", "#ffd8b1", "normal structure", "Fibroglandular tissue"),
+    ("fat", "#fffac8", "normal structure", "Fatty tissue"),
+    ("skin", "#e6beff", "normal structure", "Skin line"),
+    ("nipple", "#ff69b4", "normal structure", "Nipple"),
+    ("pectoral-muscle", "#4363d8", "normal structure", "Pectoral muscle"),
+]
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A reader's drawing of one concept on one patch (model-space pixels, see imaging.Frame)."""
+
+    annotation_id: str
+    image_id: str
+    concept: str
+    reader: str
+    patch_x0: int
+    patch_y0: int
+    patch_size: int
+    shape: str
+    geometry: list
+    mask_png: bytes
+    model_card: str = ""
+    created_at: Any = None
+    deleted_at: Any = None
+
+
+def _translate(exc: Exception) -> StoreError:
+    msg = str(exc)
+    if isinstance(exc, duckdb.IOException) and "lock" in msg.lower():
+        return StoreLockedError(
+            "The label database is open in another ConceptLens process. "
+            "Close it or point CONCEPTLENS_DB_PATH to another file. (" + msg.splitlines()[0] + ")"
+        )
+    if isinstance(exc, duckdb.ConstraintException):
+        return ValidationError("The store refused a value: " + msg.splitlines()[0])
+    if isinstance(exc, duckdb.TransactionException):
+        return ConflictError("A concurrent write conflicted: " + msg.splitlines()[0])
+    return StoreError("Database error: " + msg.splitlines()[0])
+
+
+_PATH_LOCKS: dict[str, threading.RLock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.RLock:
+    key = str(Path(path).resolve())
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(key, threading.RLock())
+
+
+class Store:
+    """A DuckDB file plus its journal folder. Thread-safe: one connection, a cursor per call."""
+
+    def __init__(self, db_path: Path, journal_dir: Path | None = None, *, read_only: bool = False):
+        self.db_path = Path(db_path)
+        self.journal_dir = Path(journal_dir) if journal_dir else self.db_path.parent / "journal"
+        self.read_only = read_only
+        # one lock per database file in this process: two Store objects on one file (one DuckDB
+        # instance) would otherwise race, e.g. on unit_labels' recompute, into key conflicts
+        self._write_lock = _lock_for(self.db_path)
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = duckdb.connect(str(self.db_path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise _translate(exc) from exc
+        if not read_only:
+            self.migrate()
+
+    # ------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[dict]:
+        """Read rows as dicts. SQL stays in this module; callers use the named methods."""
+        cur = self._con.cursor()
+        try:
+            cur.execute(sql, list(params))
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+        except duckdb.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            cur.close()
+
+    @contextmanager
+    def transaction(self, retries: int = 5) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write transaction on a fresh cursor. Retried by ``_write`` on conflicts."""
+        cur = self._con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def _write(self, fn, *args, retries: int = 8, **kw):
+        """Run ``fn(cur, ...)`` in a transaction, retrying optimistic-concurrency conflicts."""
+        delay = 0.01
+        for attempt in range(retries):
+            try:
+                with self._write_lock, self.transaction() as cur:
+                    return fn(cur, *args, **kw)
+            except duckdb.TransactionException as exc:
+                if attempt == retries - 1:
+                    raise _translate(exc) from exc
+                time.sleep(delay)
+                delay *= 2
+            except duckdb.Error as exc:
+                raise _translate(exc) from exc
+
+    # ------------------------------------------------------------ schema
+    def schema_version(self) -> int:
+        rows = self.query(
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'schema_version'"
+        )
+        if not rows[0]["n"]:
+            return 0
+        return int(self.query("SELECT coalesce(max(version), 0) AS v FROM schema_version")[0]["v"])
+
+    def migrate(self) -> int:
+        """Apply every ``sql/NNN_*.sql`` newer than the recorded version, each in a transaction."""
+        files = sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+        cur = self._con.cursor()
+        try:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+                " applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+            )
+        finally:
+            cur.close()
+        current = self.schema_version()
+        for f in files:
+            version = int(f.name[:3])
+            if version <= current:
+                continue
+
+            def apply(cur, sql=f.read_text(), version=version, name=f.stem):
+                cur.execute(sql)
+                cur.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [version, name])
+
+            self._write(apply)
+            current = version
+        self._seed_concepts()
+        return current
+
+    def _seed_concepts(self) -> None:
+        def seed(cur):
+            for name, colour, group, desc in BUILTIN_CONCEPTS:
+                cur.execute(
+                    "INSERT INTO concepts (name, colour, lexicon_group, description, builtin)"
+                    " VALUES (?, ?, ?, ?, true) ON CONFLICT (name) DO NOTHING",
+                    [name, colour, group, desc],
+                )
+
+        self._write(seed)
+
+    # ------------------------------------------------------------ audit
+    @staticmethod
+    def _audit(cur, actor: str, action: str, entity: str, entity_id: str, payload: Any = None) -> None:
+        cur.execute(
+            "INSERT INTO audit_log (actor, action, entity, entity_id, payload) VALUES (?, ?, ?, ?, ?)",
+            [actor, action, entity, entity_id, json.dumps(payload, default=str)],
+        )
+
+    def audit_log(self, limit: int = 200) -> list[dict]:
+        return self.query("SELECT * FROM audit_log ORDER BY seq DESC LIMIT ?", [limit])
+
+    # ------------------------------------------------------------ cases and images
+    def save_case(self, case_id: str, source: str, *, split: str = "none", label: str = "unknown",
+                  description: str = "", patient_ref: str = "", actor: str = "system") -> None:
+        """Insert or update a case."""
+
+        def write(cur):
+            cur.execute(
+                "INSERT INTO cases (case_id, source, split, label, description, patient_ref)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (case_id) DO UPDATE SET"
+                " source = excluded.source, split = excluded.split, label = excluded.label,"
+                " description = excluded.description, patient_ref = excluded.patient_ref",
+                [case_id, source, split, label, description, patient_ref],
+            )
+            self._audit(cur, actor, "save", "case", case_id, {"source": source, "label": label})
+
+        self._write(write)
+
+    def save_image(self, image_id: str, case_id: str, path: str, sha256: str, *, laterality: str = "",
+                   view: str = "", rows: int, cols: int, pixel_spacing_mm: float | None = None,
+                   modality: str = "", meta: dict | None = None, actor: str = "system") -> bool:
+        """Insert an image unless one with the same content hash exists. Returns True if added."""
+
+        def write(cur):
+            cur.execute("SELECT image_id FROM images WHERE sha256 = ? OR image_id = ?", [sha256, image_id])
+            if cur.fetchone():
+                return False
+            cur.execute(
+                "INSERT INTO images (image_id, case_id, path, sha256, laterality, view, rows, cols,"
+                " pixel_spacing_mm, modality, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [image_id, case_id, str(path), sha256, laterality, view, int(rows), int(cols),
+                 pixel_spacing_mm, modality, json.dumps(meta or {}, default=str)],
+            )
+            self._audit(cur, actor, "save", "image", image_id, {"path": str(path), "sha256": sha256})
+            return True
+
+        return self._write(write)
+
+    def save_finding(self, finding_id: str, image_id: str, concept: str, *, pathology: str = "unknown",
+                     mask_path: str | None = None, bbox: tuple[int, int, int, int] | None = None,
+                     circle: tuple[float, float, float] | None = None, attributes: dict | None = None,
+                     source: str = "") -> None:
+        """Insert or replace a ground-truth finding (bbox and circle in source pixels)."""
+        x0, y0, x1, y1 = bbox if bbox else (None, None, None, None)
+        cx, cy, r = circle if circle else (None, None, None)
+
+        def write(cur):
+            cur.execute("DELETE FROM findings WHERE finding_id = ?", [finding_id])
+            cur.execute(
+                "INSERT INTO findings (finding_id, image_id, concept, pathology, mask_path, x0, y0, x1, y1,"
+                " cx, cy, radius, attributes, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [finding_id, image_id, concept, pathology, mask_path, x0, y0, x1, y1, cx, cy, r,
+                 json.dumps(attributes or {}, default=str), source],
+            )
+
+        self._write(write)
+
+    def save_findings(self, rows: list[dict]) -> int:
+        """Insert or replace many ground-truth findings in one transaction (bulk import).
+
+        Each row has the keyword arguments of ``save_finding`` plus ``finding_id``, ``image_id`` and
+        ``concept``. Returns the number of rows written; nothing is written if any row fails.
+        """
+        params = []
+        for r in rows:
+            x0, y0, x1, y1 = r.get("bbox") or (None, None, None, None)
+            cx, cy, rad = r.get("circle") or (None, None, None)
+            params.append([r["finding_id"], r["image_id"], r["concept"], r.get("pathology", "unknown"),
+                           r.get("mask_path"), x0, y0, x1, y1, cx, cy, rad,
+                           json.dumps(r.get("attributes") or {}, default=str), r.get("source", "")])
+        if not params:
+            return 0
+
+        def write(cur):
+            cur.executemany("DELETE FROM findings WHERE finding_id = ?", [[p[0]] for p in params])
+            cur.executemany(
+                "INSERT INTO findings (finding_id, image_id, concept, pathology, mask_path, x0, y0, x1, y1,"
+                " cx, cy, radius, attributes, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+            return len(params)
+
+        return self._write(write)
+
+    def list_cases(self) -> list[dict]:
+        """Cases with their image count and label status (drawings, concepts)."""
+        return self.query(
+            "SELECT c.*, count(DISTINCT i.image_id) AS n_images,"
+            " count(DISTINCT a.annotation_id) AS n_annotations,"
+            " coalesce(string_agg(DISTINCT a.concept, ', ' ORDER BY a.concept), '') AS concepts"
+            " FROM cases c LEFT JOIN images i ON i.case_id = c.case_id"
+            " LEFT JOIN annotations a ON a.image_id = i.image_id AND a.deleted_at IS NULL"
+            " GROUP BY ALL ORDER BY c.case_id"
+        )
+
+    def get_case(self, case_id: str) -> dict:
+        rows = self.query("SELECT * FROM cases WHERE case_id = ?", [case_id])
+        if not rows:
+            raise NotFoundError(f"No case {case_id!r} in the store.")
+        return rows[0]
+
+    def list_images(self, case_id: str | None = None, split: str | None = None,
+                    source: str | None = None) -> list[dict]:
+        sql = ("SELECT i.*, c.split, c.label AS case_label, c.source FROM images i"
+               " JOIN cases c ON c.case_id = i.case_id WHERE true")
+        params: list = []
+        if case_id is not None:
+            sql += " AND i.case_id = ?"
+            params.append(case_id)
+        if split is not None:
+            sql += " AND c.split = ?"
+            params.append(split)
+        if source is not None:
+            sql += " AND c.source = ?"
+            params.append(source)
+        return self.query(sql + " ORDER BY i.case_id, i.laterality DESC, i.view", params)
+
+    def get_image(self, image_id: str) -> dict:
+        rows = self.query("SELECT * FROM images WHERE image_id = ?", [image_id])
+        if not rows:
+            raise NotFoundError(f"No image {image_id!r} in the store.")
+        return rows[0]
+
+    def list_findings(self, image_id: str | None = None) -> list[dict]:
+        if image_id is None:
+            return self.query("SELECT * FROM findings ORDER BY image_id, finding_id")
+        return self.query("SELECT * FROM findings WHERE image_id = ? ORDER BY finding_id", [image_id])
+
+    def find_image_by_sha256(self, sha256: str) -> dict | None:
+        """The image row whose file content hash is ``sha256``, or None (ingest's duplicate check)."""
+        rows = self.query("SELECT * FROM images WHERE sha256 = ?", [sha256])
+        return rows[0] if rows else None
+
+    def ensure_case(self, case_id: str, source: str, *, description: str = "", patient_ref: str = "",
+                    actor: str = "system") -> bool:
+        """Insert a case unless it exists; an existing case keeps its split and label. True if added."""
+
+        def write(cur):
+            cur.execute("SELECT 1 FROM cases WHERE case_id = ?", [case_id])
+            if cur.fetchone():
+                return False
+            cur.execute(
+                "INSERT INTO cases (case_id, source, description, patient_ref) VALUES (?, ?, ?, ?)",
+                [case_id, source, description, patient_ref],
+            )
+            self._audit(cur, actor, "create", "case", case_id, {"source": source})
+            return True
+
+        return self._write(write)
+
+    # ------------------------------------------------------------ readers and concepts
+    def save_reader(self, reader: str) -> str:
+        name = (reader or "").strip()
+        if not name or len(name) > 80:
+            raise ValidationError("A reader name is required (1 to 80 characters).")
+
+        def write(cur):
+            cur.execute("INSERT INTO readers (reader) VALUES (?) ON CONFLICT (reader) DO NOTHING", [name])
+
+        self._write(write)
+        return name
+
+    def list_concepts(self) -> list[dict]:
+        return self.query("SELECT * FROM concepts ORDER BY builtin DESC, lexicon_group, name")
+
+    def get_concept(self, name: str) -> dict:
+        rows = self.query("SELECT * FROM concepts WHERE name = ?", [name])
+        if not rows:
+            raise UnknownConceptError(
+                f"Unknown concept {name!r}. Pick one from the palette or add it as a custom concept first."
+            )
+        return rows[0]
+
+    def save_concept(self, name: str, colour: str = "#00bcd4", lexicon_group: str = "custom",
+                     description: str = "", actor: str = "system") -> str:
+        """Add a custom concept. Names are lower-case words joined by hyphens."""
+        clean = "-".join((name or "").strip().lower().split())
+        if not clean or len(clean) > 60 or not all(ch.isalnum() or ch == "-" for ch in clean):
+            raise ValidationError("A concept name is 1 to 60 letters, digits or hyphens.")
+
+        def write(cur):
+            cur.execute(
+                "INSERT INTO concepts (name, colour, lexicon_group, description, builtin)"
+                " VALUES (?, ?, ?, ?, false) ON CONFLICT (name) DO NOTHING",
+                [clean, colour, lexicon_group, description],
+            )
+            self._audit(cur, actor, "save", "concept", clean, {"group": lexicon_group})
+
+        self._write(write)
+        return clean
+
+    # ------------------------------------------------------------ annotations
+    def _journal_path(self, annotation_id: str) -> Path:
+        return self.journal_dir / f"{annotation_id}.json"
+
+    def save_annotation(self, *, image_id: str, concept: str, reader: str, patch_x0: int, patch_y0: int,
+                        patch_size: int, shape: str, geometry: list, mask_png: bytes,
+                        model_card: str = "", annotation_id: str | None = None,
+                        extra_writes=None, unit_ious: dict | None = None) -> str:
+        """Store one drawing. Journaled first, so a crash mid-write loses nothing.
+
+        ``extra_writes(cur, annotation_id)`` runs in the same transaction, so the drawing and
+        whatever depends on it land together. ``unit_ious`` (``{"model_card", "layer", "units",
+        "ious"}``, the units whose IoU with the drawing passed the labeling threshold) is journaled
+        with the drawing and written in the same transaction as ``annotation_units`` rows, after
+        which ``unit_labels`` of that model and layer are recomputed (see ``_relabel_units``).
+        """
+        if not mask_png:
+            raise ValidationError("The drawing is empty: draw a region before saving.")
+        self.get_concept(concept)  # raises UnknownConceptError with a clear message
+        self.get_image(image_id)  # raises NotFoundError before anything is journaled
+        annotation_id = annotation_id or uuid.uuid4().hex
+        record = dict(annotation_id=annotation_id, image_id=image_id, concept=concept, reader=reader,
+                      patch_x0=int(patch_x0), patch_y0=int(patch_y0), patch_size=int(patch_size),
+                      shape=shape, geometry=geometry, mask_png=mask_png.hex(), model_card=model_card)
+        if unit_ious is not None:
+            record["unit_ious"] = {
+                "model_card": str(unit_ious["model_card"]), "layer": str(unit_ious["layer"]),
+                "units": [int(u) for u in unit_ious["units"]],
+                "ious": [float(v) for v in unit_ious["ious"]],
+            }
+            if len(record["unit_ious"]["units"]) != len(record["unit_ious"]["ious"]):
+                raise ValidationError("unit_ious needs one IoU per unit.")
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        jpath = self._journal_path(annotation_id)
+        tmp = jpath.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, jpath)
+        self._store_annotation(record, extra_writes)
+        jpath.unlink(missing_ok=True)
+        return annotation_id
+
+    def _store_annotation(self, record: dict, extra_writes=None) -> None:
+        def write(cur):
+            cur.execute("SELECT 1 FROM annotations WHERE annotation_id = ?", [record["annotation_id"]])
+            if cur.fetchone():
+                return  # already stored (journal replay after a commit)
+            cur.execute("SELECT 1 FROM images WHERE image_id = ?", [record["image_id"]])
+            if not cur.fetchone():
+                raise NotFoundError(f"No image {record['image_id']!r} in the store.")
+            cur.execute("INSERT INTO readers (reader) VALUES (?) ON CONFLICT (reader) DO NOTHING",
+                        [record["reader"]])
+            cur.execute(
+                "INSERT INTO annotations (annotation_id, image_id, concept, reader, patch_x0, patch_y0,"
+                " patch_size, shape, geometry, mask_png, model_card) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [record["annotation_id"], record["image_id"], record["concept"], record["reader"],
+                 record["patch_x0"], record["patch_y0"], record["patch_size"], record["shape"],
+                 json.dumps(record["geometry"]), bytes.fromhex(record["mask_png"]), record["model_card"]],
+            )
+            self._audit(cur, record["reader"], "create", "annotation", record["annotation_id"],
+                        {"image_id": record["image_id"], "concept": record["concept"]})
+            if record.get("unit_ious"):
+                ui = record["unit_ious"]
+                self._write_annotation_units(cur, record["annotation_id"], ui["model_card"], ui["layer"],
+                                             ui["units"], ui["ious"])
+            if extra_writes is not None:
+                extra_writes(cur, record["annotation_id"])
+
+        self._write(write)
+
+    def replay_journal(self) -> list[str]:
+        """Store annotations a crash left in the journal. Returns their ids."""
+        done = []
+        if not self.journal_dir.is_dir():
+            return done
+        pending = (p for p in self.journal_dir.glob("*.json") if not p.name.endswith(".rejected.json"))
+        for jpath in sorted(pending):
+            try:
+                record = json.loads(jpath.read_text())
+            except (OSError, json.JSONDecodeError):
+                # a torn journal write happened before save_annotation returned: nothing was promised
+                jpath.rename(jpath.with_suffix(".corrupt"))
+                continue
+            try:
+                self._store_annotation(record)
+            except StoreError as exc:
+                # kept on disk beside the journal with the reason, never silently dropped
+                jpath.with_suffix(".rejected.json").write_text(json.dumps({"record": record, "reason": str(exc)}))
+                jpath.unlink(missing_ok=True)
+                continue
+            jpath.unlink(missing_ok=True)
+            done.append(record["annotation_id"])
+        return done
+
+    def list_annotations(self, *, image_id: str | None = None, concept: str | None = None,
+                         include_deleted: bool = False, model_card: str | None = None) -> list[Annotation]:
+        sql = "SELECT * FROM annotations WHERE true"
+        params: list = []
+        if not include_deleted:
+            sql += " AND deleted_at IS NULL"
+        if image_id is not None:
+            sql += " AND image_id = ?"
+            params.append(image_id)
+        if concept is not None:
+            sql += " AND concept = ?"
+            params.append(concept)
+        if model_card is not None:
+            sql += " AND model_card = ?"
+            params.append(model_card)
+        rows = self.query(sql + " ORDER BY created_at, annotation_id", params)
+        out = []
+        for r in rows:
+            r["geometry"] = json.loads(r["geometry"]) if isinstance(r["geometry"], str) else r["geometry"]
+            r["mask_png"] = bytes(r["mask_png"])
+            out.append(Annotation(**r))
+        return out
+
+    def delete_annotation(self, annotation_id: str, actor: str, extra_writes=None) -> None:
+        """Soft-delete a drawing (it stays in the table with ``deleted_at`` set)."""
+
+        def write(cur):
+            cur.execute("SELECT deleted_at FROM annotations WHERE annotation_id = ?", [annotation_id])
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"No annotation {annotation_id!r}.")
+            if row[0] is not None:
+                return
+            cur.execute("UPDATE annotations SET deleted_at = current_timestamp WHERE annotation_id = ?",
+                        [annotation_id])
+            self._audit(cur, actor, "delete", "annotation", annotation_id)
+            # the drawing's unit labels go with it: recompute from the drawings still live
+            cur.execute("SELECT DISTINCT model_card, layer FROM annotation_units WHERE annotation_id = ?",
+                        [annotation_id])
+            for model_card, layer in cur.fetchall():
+                self._relabel_units(cur, model_card, layer)
+            if extra_writes is not None:
+                extra_writes(cur, annotation_id)
+
+        self._write(write)
+
+    # ------------------------------------------------------------ concept engine: unit labels
+    def _write_annotation_units(self, cur, annotation_id: str, model_card: str, layer: str,
+                                units: list[int], ious: list[float]) -> None:
+        """Insert a drawing's unit IoUs, then recompute that model/layer's unit labels."""
+        if units:
+            cur.execute(
+                "INSERT INTO annotation_units (annotation_id, model_card, layer, unit, iou)"
+                " SELECT ?, ?, ?, unnest(?::INTEGER[]), unnest(?::DOUBLE[])",
+                [annotation_id, model_card, layer, [int(u) for u in units], [float(v) for v in ious]],
+            )
+        self._relabel_units(cur, model_card, layer)
+
+    @staticmethod
+    def _relabel_units(cur, model_card: str, layer: str) -> None:
+        """Keep-best rule over live drawings: each unit takes the concept of its highest IoU.
+
+        Ties go to the earlier drawing (a later one must *beat* the best IoU), so replaying the
+        drawings one by one with the seed's incremental rule gives the same table.
+        """
+        cur.execute("DELETE FROM unit_labels WHERE model_card = ? AND layer = ?", [model_card, layer])
+        cur.execute(
+            "INSERT INTO unit_labels (model_card, layer, unit, concept, iou, annotation_id, labeled_at)"
+            " SELECT model_card, layer, unit, concept, iou, annotation_id, created_at FROM ("
+            "  SELECT au.model_card, au.layer, au.unit, a.concept, au.iou, au.annotation_id, a.created_at,"
+            "   row_number() OVER (PARTITION BY au.unit"
+            "                      ORDER BY au.iou DESC, a.created_at, au.annotation_id) AS rn"
+            "  FROM annotation_units au JOIN annotations a ON a.annotation_id = au.annotation_id"
+            "  WHERE au.model_card = ? AND au.layer = ? AND a.deleted_at IS NULL"
+            " ) WHERE rn = 1",
+            [model_card, layer],
+        )
+
+    def list_unit_labels(self, model_card: str, layer: str) -> list[dict]:
+        """Current unit labels of a model layer, with the drawing that earned each."""
+        return self.query(
+            "SELECT ul.unit, ul.concept, ul.iou, ul.annotation_id, a.image_id, a.reader, ul.labeled_at"
+            " FROM unit_labels ul JOIN annotations a ON a.annotation_id = ul.annotation_id"
+            " WHERE ul.model_card = ? AND ul.layer = ? ORDER BY ul.unit",
+            [model_card, layer],
+        )
+
+    def list_annotation_units(self, *, annotation_id: str | None = None, model_card: str | None = None,
+                              layer: str | None = None, include_deleted: bool = False) -> list[dict]:
+        """Stored unit IoUs of drawings (above the labeling threshold), with the drawing's concept."""
+        sql = ("SELECT au.*, a.concept, a.image_id, a.reader, a.deleted_at FROM annotation_units au"
+               " JOIN annotations a ON a.annotation_id = au.annotation_id WHERE true")
+        params: list = []
+        if not include_deleted:
+            sql += " AND a.deleted_at IS NULL"
+        for col, val in (("au.annotation_id", annotation_id), ("au.model_card", model_card),
+                         ("au.layer", layer)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        return self.query(sql + " ORDER BY au.annotation_id, au.unit", params)
+
+    # ------------------------------------------------------------ concept engine: probes
+    def save_probe(self, *, model_card: str, layer: str, concepts: list[str], weights: bytes,
+                   metrics: dict, annotation_ids: list[str], readers: list[str],
+                   actor: str = "system") -> int:
+        """Store a trained probe version (weights as safetensors bytes). Returns its version."""
+
+        def write(cur):
+            cur.execute(
+                "INSERT INTO probes (model_card, layer, concepts, weights, metrics, annotation_ids, readers)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING version",
+                [model_card, layer, json.dumps(list(concepts)), weights, json.dumps(metrics, default=float),
+                 json.dumps(list(annotation_ids)), json.dumps(list(readers))],
+            )
+            version = int(cur.fetchone()[0])
+            self._audit(cur, actor, "train", "probe", str(version),
+                        {"model_card": model_card, "layer": layer, "concepts": list(concepts)})
+            return version
+
+        return self._write(write)
+
+    @staticmethod
+    def _probe_row(row: dict) -> dict:
+        for key in ("concepts", "metrics", "annotation_ids", "readers"):
+            if key in row and isinstance(row[key], str):
+                row[key] = json.loads(row[key])
+        if row.get("weights") is not None:
+            row["weights"] = bytes(row["weights"])
+        return row
+
+    def get_probe(self, version: int | None = None, *, model_card: str | None = None,
+                  layer: str | None = None) -> dict:
+        """One probe version (the latest matching one when ``version`` is None)."""
+        sql = "SELECT * FROM probes WHERE true"
+        params: list = []
+        for col, val in (("version", version), ("model_card", model_card), ("layer", layer)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        rows = self.query(sql + " ORDER BY version DESC LIMIT 1", params)
+        if not rows:
+            raise NotFoundError("No trained concept probe" + (f" version {version}" if version else "")
+                                + ". Train the probes first.")
+        return self._probe_row(rows[0])
+
+    def list_probes(self, *, model_card: str | None = None, layer: str | None = None) -> list[dict]:
+        """Probe versions, newest first, without their weights."""
+        sql = ("SELECT version, model_card, layer, concepts, metrics, annotation_ids, readers, created_at"
+               " FROM probes WHERE true")
+        params: list = []
+        for col, val in (("model_card", model_card), ("layer", layer)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        return [self._probe_row(r) for r in self.query(sql + " ORDER BY version DESC", params)]
+
+    # ------------------------------------------------------------ concept engine: runs
+    def save_dissection_run(self, *, key: str, model_card: str, weights_sha: str, layer: str,
+                            data_key: str, quantile: float, top_k: int, n_patches: int, n_units: int,
+                            sample_rate: float, path: str) -> None:
+        """Record a finished dataset-statistics computation (idempotent on its key)."""
+
+        def write(cur):
+            cur.execute(
+                "INSERT INTO dissection_runs (key, model_card, weights_sha, layer, data_key, quantile,"
+                " top_k, n_patches, n_units, sample_rate, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET path = excluded.path",
+                [key, model_card, weights_sha, layer, data_key, float(quantile), int(top_k),
+                 int(n_patches), int(n_units), float(sample_rate), str(path)],
+            )
+
+        self._write(write)
+
+    def list_dissection_runs(self, *, model_card: str | None = None, layer: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM dissection_runs WHERE true"
+        params: list = []
+        for col, val in (("model_card", model_card), ("layer", layer)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        return self.query(sql + " ORDER BY created_at DESC", params)
+
+    def save_tcav_run(self, *, probe_version: int, model_card: str, layer: str, target: int,
+                      results: dict) -> int:
+        def write(cur):
+            cur.execute(
+                "INSERT INTO tcav_runs (probe_version, model_card, layer, target, results)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING run_id",
+                [int(probe_version), model_card, layer, int(target), json.dumps(results, default=float)],
+            )
+            return int(cur.fetchone()[0])
+
+        return self._write(write)
+
+    def latest_tcav_run(self, probe_version: int, target: int | None = None) -> dict | None:
+        sql = "SELECT * FROM tcav_runs WHERE probe_version = ?"
+        params: list = [int(probe_version)]
+        if target is not None:
+            sql += " AND target = ?"
+            params.append(int(target))
+        rows = self.query(sql + " ORDER BY run_id DESC LIMIT 1", params)
+        if not rows:
+            return None
+        row = rows[0]
+        row["results"] = json.loads(row["results"]) if isinstance(row["results"], str) else row["results"]
+        return row
+
+    # ------------------------------------------------------------ predictions (worklist scores)
+    def save_prediction(self, model_card: str, weights_sha: str, image_id: str, score: float,
+                        top_patches: list) -> None:
+        def write(cur):
+            cur.execute(
+                "INSERT INTO predictions (model_card, weights_sha, image_id, score, top_patches)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_card, weights_sha, image_id) DO UPDATE SET"
+                " score = excluded.score, top_patches = excluded.top_patches,"
+                " computed_at = now()",
+                [model_card, weights_sha, image_id, float(score), json.dumps(top_patches)],
+            )
+
+        self._write(write)
+
+    def get_prediction(self, model_card: str, weights_sha: str, image_id: str) -> dict | None:
+        rows = self.query(
+            "SELECT * FROM predictions WHERE model_card = ? AND weights_sha = ? AND image_id = ?",
+            [model_card, weights_sha, image_id],
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        row["top_patches"] = json.loads(row["top_patches"])
+        return row
+
+    def list_worklist(self, model_card: str, weights_sha: str) -> list[dict]:
+        """One row per case: source, split, truth label, description, max image score under this
+        model (NULL when not scored yet), drawings and concepts so far."""
+        return self.query(
+            "WITH ann AS (SELECT i.case_id, count(*) AS n_annotations,"
+            "   string_agg(DISTINCT a.concept, ', ' ORDER BY a.concept) AS concepts"
+            "   FROM annotations a JOIN images i ON i.image_id = a.image_id"
+            "   WHERE a.deleted_at IS NULL GROUP BY i.case_id),"
+            " img AS (SELECT i.case_id, count(*) AS n_images,"
+            "   string_agg(i.laterality || ' ' || i.view, ', ' ORDER BY i.laterality DESC, i.view) AS views,"
+            "   max(p.score) AS score, count(p.score) AS n_scored"
+            "   FROM images i LEFT JOIN predictions p ON p.image_id = i.image_id"
+            "   AND p.model_card = ? AND p.weights_sha = ? GROUP BY i.case_id)"
+            " SELECT c.case_id, c.source, c.split, c.label, c.description, img.views,"
+            "   coalesce(img.n_images, 0) AS n_images, img.score, coalesce(img.n_scored, 0) AS n_scored,"
+            "   coalesce(ann.n_annotations, 0) AS n_annotations, coalesce(ann.concepts, '') AS concepts"
+            " FROM cases c LEFT JOIN img ON img.case_id = c.case_id LEFT JOIN ann ON ann.case_id = c.case_id"
+            " ORDER BY c.case_id",
+            [model_card, weights_sha],
+        )
+
+
+def open_store(settings) -> Store:
+    """Open (and migrate) the store named by the settings, then replay any journaled drawing."""
+    store = Store(settings.db_path, settings.journal_dir)
+    store.replay_journal()
+    return store

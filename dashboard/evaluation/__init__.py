@@ -1,0 +1,66 @@
+"""Are the explanations true, and is labeling cheap? The simulated reader, the metrics, the faithfulness
+checks, the app's learning curve, label efficiency end to end and the model card's scoring.
+
+* ``reader``: a scripted reader draws ground-truth regions through the canvas path's calls;
+* ``metrics``: pixel AUROC, IoU, Spearman, top-concept match, map similarity;
+* ``faithfulness``: deletion by inpainting, model randomisation;
+* ``learning_curve``: validation AUROC of each concept against its number of drawings;
+* ``label_efficiency``: everything end to end on a demo store (``bench/label_efficiency.py``);
+* ``scoring``: a card's patch and image AUROC with patient-bootstrap CIs."""
+from dashboard.evaluation.reader import (
+    READER, DEFAULT_CONCEPTS, DEFAULT_BUDGETS, NORMAL_GROUP, DELETION_VARIANTS, Progress, ReaderConfig, SimDrawing, simulate_drawing, choose_label, TruthRegion, ImageTruth, load_image_truth, DrawingTask, plan_drawings, SimulatedReader,
+)
+from dashboard.evaluation.metrics import (
+    pixel_auroc, N_BINS, LOGIT_RANGE, score_histograms, auroc_from_counts, mask_iou, bootstrap_auroc_iou, spearman, top_concept_match, attribution_in_region, map_similarity, sample_grid,
+)
+from dashboard.evaluation.faithfulness import (
+    inpaint_regions, deletion_drops, randomize_model,
+)
+from dashboard.evaluation.learning_curve import (
+    load_drawing_speed, compute_learning_curve,
+)
+from dashboard.evaluation.label_efficiency import (
+    EvaluationConfig, compute_train_stats, EvaluationResult, jsonable, run_label_efficiency, summarise,
+)
+
+__all__ = [
+    "READER",
+    "DEFAULT_CONCEPTS",
+    "DEFAULT_BUDGETS",
+    "NORMAL_GROUP",
+    "DELETION_VARIANTS",
+    "Progress",
+    "ReaderConfig",
+    "SimDrawing",
+    "simulate_drawing",
+    "choose_label",
+    "TruthRegion",
+    "ImageTruth",
+    "load_image_truth",
+    "DrawingTask",
+    "plan_drawings",
+    "SimulatedReader",
+    "pixel_auroc",
+    "N_BINS",
+    "LOGIT_RANGE",
+    "score_histograms",
+    "auroc_from_counts",
+    "mask_iou",
+    "bootstrap_auroc_iou",
+    "spearman",
+    "top_concept_match",
+    "attribution_in_region",
+    "map_similarity",
+    "sample_grid",
+    "inpaint_regions",
+    "deletion_drops",
+    "randomize_model",
+    "load_drawing_speed",
+    "compute_learning_curve",
+    "EvaluationConfig",
+    "compute_train_stats",
+    "EvaluationResult",
+    "run_label_efficiency",
+    "summarise",
+    "jsonable",
+]

@@ -1,0 +1,663 @@
+"""Label efficiency end to end on a demo store: the simulated reader draws, probes retrain, every
+metric is measured on held-out images (``run_label_efficiency``, ``summarise``)."""
+from __future__ import annotations
+
+
+import copy
+import json
+import math
+import time
+import zlib
+from collections import OrderedDict
+from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from dashboard.evaluation.faithfulness import deletion_drops, inpaint_regions, randomize_model
+from dashboard.evaluation.learning_curve import compute_learning_curve
+from dashboard.evaluation.metrics import attribution_in_region, bootstrap_auroc_iou, map_similarity, sample_grid, score_histograms, spearman, top_concept_match
+from dashboard.evaluation.reader import DEFAULT_BUDGETS, DEFAULT_CONCEPTS, DELETION_VARIANTS, ImageTruth, NORMAL_GROUP, Progress, ReaderConfig, SimulatedReader, load_image_truth, plan_drawings
+
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Settings of ``run_label_efficiency``.
+
+    concepts          what the reader draws;  budgets: drawings per concept after each batch
+    heldout_splits    where the metrics are measured;  max_heldout_images: cap (None: all), a
+                      seeded sample that keeps every image with a lesion first
+    stats_patches     breast tiles of the train split for the dataset statistics (unit thresholds)
+    quantile          activation quantile that switches a unit on (the app's 0.99)
+    eval_stride       held-out maps are scored every eval_stride pixels (offset stride // 2);
+                      unit_stride: the same for the units' on-maps (1280 units: coarser)
+    layer             the concept layer drawings label and probes read (default: card.default_layer,
+                      what the app uses)
+    n_boot            bootstrap resamples over held-out images
+    report_images     abnormal held-out images for the report checks (None: all)
+    random_images     of those, how many get the randomisation check;  random_scopes: "top", "full"
+    min_region_px     a concept region smaller than this (px) is not deleted
+    """
+
+    concepts: tuple[str, ...] = DEFAULT_CONCEPTS
+    budgets: tuple[int, ...] = DEFAULT_BUDGETS
+    reader: ReaderConfig = ReaderConfig()
+    seed: int = 0
+    heldout_splits: tuple[str, ...] = ("val", "test")
+    max_heldout_images: int | None = None
+    stats_patches: int = 256
+    stats_images: int = 48
+    quantile: float = 0.99
+    eval_stride: int = 4
+    unit_stride: int = 8
+    layer: str | None = None
+    n_boot: int = 1000
+    report_images: int | None = None
+    random_images: int = 8
+    random_scopes: tuple[str, ...] = ("top", "full")
+    min_region_px: int = 16
+    attribution_method: str = "gradcam"
+    learning_curve: bool = True
+
+
+@dataclass
+class _Heldout:
+    image_id: str
+    case_id: str
+    split: str
+    feats: Any                   # (C, h', w') float16 torch tensor at the concept layer
+    truth: np.ndarray            # (K, h_g, w_g) bool on the evaluation grid
+    breast: np.ndarray           # (h_g, w_g) bool
+    shape: tuple[int, int]
+    lesion_concepts: set
+    unit_on: np.ndarray | None = None         # (C, ceil(P/8)) uint8 packed: unit above threshold, unit grid
+    unit_inter: np.ndarray | None = None      # (C, K) pixels where unit u is on inside concept k's truth
+    unit_on_count: np.ndarray | None = None   # (C,) pixels where unit u is on (in the breast)
+    unit_truth: np.ndarray | None = None      # (K, P) bool truth on the unit grid (in the breast)
+    tile: tuple[int, int] | None = None       # top tile (x0, y0) by the model's FCN log-odds
+    tile_score: float | None = None
+    patches: dict = field(default_factory=dict)   # name -> {x0, y0, patch (S, S), lesion (S, S), truth (K, S, S)}
+
+
+def compute_train_stats(store, model, card, *, cache_dir, layer: str | None = None, n_patches: int = 256,
+                        n_images: int = 48, quantile: float = 0.99, seed: int = 0, device=None,
+                        progress: Progress | None = None):
+    """Dataset statistics of the card's concept layer over breast tiles of the TRAIN split (as the
+    app's Model page computes them over the store's images, ``dissection.compute_dataset_stats``):
+    half-overlapping tiles at least half breast (``imaging.tile``), ``n_patches`` of them, an even
+    share from each of a seeded sample of ``n_images`` images (seeded). Cached under ``cache_dir``."""
+    import hashlib
+
+    from dashboard.engine.dissection import compute_dataset_stats
+    from dashboard.imaging import crop_patch, tile
+
+    size = int(card.input_size[-1])
+    rows = store.list_images(split="train")
+    pick = np.random.default_rng([seed, 0x57A7]).permutation(len(rows))[:n_images]
+    rows = [rows[i] for i in sorted(pick)]
+    per = int(math.ceil(n_patches / max(len(rows), 1)))
+    patches, h = [], hashlib.sha256()
+    for i, r in enumerate(rows):
+        t = load_image_truth(store, card, r, concepts=())
+        xy = tile(t.breast, size, size // 2, min_fraction=0.5)
+        keep = np.sort(np.random.default_rng([seed, i, 0x711E]).permutation(len(xy))[:per])
+        for x0, y0 in np.asarray(xy)[keep]:
+            patches.append(crop_patch(t.img, int(x0), int(y0), size))
+            h.update(f"{r['sha256']}:{int(x0)}:{int(y0)}:{size};".encode())
+        if progress:
+            progress(i + 1, len(rows), "breast tiles for the dataset statistics")
+    if not patches:
+        raise ValueError("no breast tiles in the train split for the dataset statistics")
+    arr = np.stack(patches[:n_patches]) if len(patches) > n_patches else np.stack(patches)  # (N, S, S)
+    return compute_dataset_stats(model, card, layer or card.default_layer, arr, data_key=h.hexdigest()[:24],
+                                 quantile=quantile, cache_dir=Path(cache_dir) / "dissection", progress=progress,
+                                 device=device, batch_size=16, store=store)
+
+
+def _logodds(logits, target: int):
+    import torch
+
+    z = torch.as_tensor(logits).double()
+    others = torch.cat([z[..., :target], z[..., target + 1:]], -1)
+    return z[..., target] - torch.logsumexp(others, -1)
+
+
+def _score_fn(model, card, target: int, device=None):
+    """(N, S, S) grey patches -> (N,) class log-odds (logit of the target against the others)."""
+    import torch
+
+    from dashboard.engine.activations import compute_activations
+    from dashboard.engine.model_state import lock_for
+
+    layer = getattr(card, "head_layer", None) or card.default_layer
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(card.preprocess(np.asarray(batch, np.float32))), dtype=torch.float32)
+        with lock_for(model):
+            _, out = compute_activations(model, [layer], x, device=device, with_output=True, out_device="cpu",
+                                         batch_size=16)
+        return _logodds(out, target).numpy()
+
+    return fn
+
+
+def _unit_maps(h: _Heldout, t: ImageTruth, feats, thresholds: np.ndarray, concepts: Sequence[str], stride: int,
+               chunk: int = 256) -> None:
+    """Which units are on where (bilinear upsampling then threshold, as the engine does), on a grid
+    of ``stride`` px inside the breast, packed 8 pixels a byte; and per unit and concept the pixels
+    on inside the truth, so per-unit IoUs over any set of images are sums. Chunked over units."""
+    off = stride // 2
+    breast = t.breast[off::stride, off::stride].reshape(-1)  # (P,)
+    truth = np.stack([t.concept_mask(c)[off::stride, off::stride].reshape(-1) for c in concepts]) & breast  # (K, P)
+    c = feats.shape[0]
+    packed, inter, count = [], np.zeros((c, len(concepts)), np.int64), np.zeros(c, np.int64)
+    tf = truth.T.astype(np.float32)  # (P, K)
+    for s0 in range(0, c, chunk):
+        a = feats[s0:s0 + chunk].float().numpy() - thresholds[s0:s0 + chunk, None, None]  # (U, h', w')
+        on = (sample_grid(a, t.img.shape, stride, off).reshape(a.shape[0], -1) > 0) & breast  # (U, P)
+        packed.append(np.packbits(on, axis=1))
+        inter[s0:s0 + chunk] = np.rint(on.astype(np.float32) @ tf).astype(np.int64)
+        count[s0:s0 + chunk] = on.sum(1)
+    h.unit_on, h.unit_inter, h.unit_on_count, h.unit_truth = np.concatenate(packed), inter, count, truth
+
+
+def _prepare_heldout(store, model, card, layer: str, thresholds: np.ndarray, cfg: EvaluationConfig, *, device=None,
+                     progress: Progress | None = None) -> list[_Heldout]:
+    """Held-out images: FCN features at the concept layer, truth on the evaluation grid, the units'
+    on-maps (``_unit_maps``), the top tile by the classifier's own FCN log-odds (its pool-linear head
+    on every window of patch-size cells of the head layer, as ``inference.compute_lesion_map``
+    does) and, for abnormal images, the patches of the report checks."""
+    import torch
+    import torch.nn.functional as F
+
+    from dashboard.engine.activations import compute_activations
+    from dashboard.imaging import crop_patch
+    from dashboard.engine.model_state import lock_for
+
+    rows = [r for s in cfg.heldout_splits for r in store.list_images(split=s)]
+    if cfg.max_heldout_images is not None and len(rows) > cfg.max_heldout_images:
+        lesion_imgs = {f["image_id"] for f in store.list_findings() if f.get("pathology") not in (None, "normal")}
+        perm = np.random.default_rng([cfg.seed, 0x4E1D]).permutation(len(rows)).tolist()
+        ranked = sorted(perm, key=lambda i: rows[i]["image_id"] not in lesion_imgs)  # stable: lesions first
+        rows = [rows[i] for i in sorted(ranked[:cfg.max_heldout_images])]
+    size = int(card.input_size[-1])
+    st, off = cfg.eval_stride, cfg.eval_stride // 2
+    t_idx = card.classes.index(card.positive_class) if getattr(card, "positive_class", None) else len(card.classes) - 1
+    head = getattr(card, "head_layer", None) or card.default_layer
+    clf = model.get_classifier()
+    out = []
+    for i, r in enumerate(rows):
+        t = load_image_truth(store, card, r, cfg.concepts)
+        x = torch.as_tensor(np.asarray(card.preprocess(t.img[None])), dtype=torch.float32)  # (1, 3, H, W)
+        with lock_for(model):
+            acts = compute_activations(model, list(dict.fromkeys([layer, head])), x, device=device, out_device="cpu")
+        feats, hfeats = acts[layer][0], acts[head][0]  # (C, h', w') each
+        truth = np.stack([t.concept_mask(c)[off::st, off::st] for c in cfg.concepts])  # (K, h_g, w_g)
+        h = _Heldout(t.image_id, t.case_id, t.split, feats.half(), truth, t.breast[off::st, off::st], t.img.shape,
+                     t.lesion_concepts())
+        _unit_maps(h, t, h.feats, thresholds, cfg.concepts, cfg.unit_stride)
+        # the model's most suspicious patch: pool-linear head over every window of size/stride cells
+        stride = t.img.shape[0] // hfeats.shape[1]
+        cells = max(1, size // stride)
+        with torch.no_grad():
+            pooled = F.avg_pool2d(hfeats[None].float(), cells, stride=1)[0]  # (C, gh, gw)
+            logits = torch.einsum("kc,cij->ijk", clf.weight.detach().float().cpu(), pooled) + clf.bias.detach().float().cpu()
+            lo = _logodds(logits, t_idx).numpy()  # (gh, gw)
+        gy, gx = np.indices(lo.shape)
+        cy = np.clip(gy * stride + size // 2, 0, t.img.shape[0] - 1)
+        cx = np.clip(gx * stride + size // 2, 0, t.img.shape[1] - 1)
+        lo = np.where(t.breast[cy, cx], lo, -np.inf)
+        if np.isfinite(lo).any():
+            j = np.unravel_index(int(np.argmax(lo)), lo.shape)
+            h.tile, h.tile_score = (int(j[1] * stride), int(j[0] * stride)), float(lo[j])
+        if h.lesion_concepts and h.tile is not None:
+            lesion = t.lesion_mask().astype(np.float32)
+            x0, y0 = h.tile
+            truth_tile = np.stack([crop_patch(t.concept_mask(c).astype(np.float32), x0, y0, size) > 0.5
+                                   for c in cfg.concepts])  # (K, S, S)
+            h.patches["top_tile"] = {"x0": x0, "y0": y0, "patch": crop_patch(t.img, x0, y0, size),
+                                     "lesion": crop_patch(lesion, x0, y0, size) > 0.5, "truth": truth_tile}
+            big = max((reg for reg in t.regions if reg.is_lesion), key=lambda reg: int(reg.mask.sum()))
+            fx, fy = int(round(big.centre[0] - size / 2)), int(round(big.centre[1] - size / 2))
+            h.patches["finding"] = {"x0": fx, "y0": fy, "patch": crop_patch(t.img, fx, fy, size),
+                                    "lesion": crop_patch(lesion, fx, fy, size) > 0.5}
+        out.append(h)
+        if progress:
+            progress(i + 1, len(rows), f"held-out image {i + 1}/{len(rows)}")
+    return out
+
+
+def _evaluate_maps(heldout: list[_Heldout], probe, concepts: Sequence[str], units: dict[str, np.ndarray],
+                   cfg: EvaluationConfig) -> dict[str, dict]:
+    """Per concept, pooled over held-out images with bootstrap intervals over images: concept-map
+    pixel AUROC and IoU (p >= 0.5); the IoU of the union of the concept's labeled units' on-maps;
+    and the labeled units' own dataset-level IoUs (Network Dissection's per-unit IoU: mean, best)."""
+    from dashboard.engine.probes import compute_concept_maps
+
+    k = len(concepts)
+    st, off = cfg.eval_stride, cfg.eval_stride // 2
+    in_probe = [c in probe.concepts for c in concepts]
+    hists, inter, union, u_inter, u_union = [], [], [], [], []
+    for h in heldout:
+        # the probe's probabilities at the feature positions (the engine's call at feature size), then
+        # read on the evaluation grid exactly as compute_concept_maps' bilinear upsampling would give them
+        coarse = compute_concept_maps(probe, h.feats.float(), tuple(h.feats.shape[1:]))  # (K_p, h', w')
+        maps = sample_grid(coarse, h.shape, st, off)  # (K_p, h_g, w_g)
+        probs = np.zeros((k,) + h.breast.shape, np.float32)
+        for ci, c in enumerate(concepts):
+            if in_probe[ci]:
+                probs[ci] = maps[probe.concepts.index(c)]
+        hists.append(score_histograms(probs, h.truth, h.breast))
+        pred = (probs >= 0.5) & h.breast[None]
+        tr = h.truth & h.breast[None]
+        inter.append((pred & tr).reshape(k, -1).sum(1))
+        union.append((pred | tr).reshape(k, -1).sum(1))
+        ui, uu = np.zeros(k), np.zeros(k)
+        n_px = h.unit_truth.shape[1]
+        for ci, c in enumerate(concepts):  # concepts, not units: a bitwise OR over the concept's units
+            us = units.get(c)
+            truth_c = h.unit_truth[ci]
+            if us is None or len(us) == 0:
+                uu[ci] = truth_c.sum()
+                continue
+            on = np.unpackbits(np.bitwise_or.reduce(h.unit_on[us], axis=0), count=n_px).astype(bool)
+            ui[ci], uu[ci] = (on & truth_c).sum(), (on | truth_c).sum()
+        u_inter.append(ui)
+        u_union.append(uu)
+    hist = np.stack(hists)
+    res = bootstrap_auroc_iou(hist, np.stack(inter), np.stack(union), n_boot=cfg.n_boot, seed=cfg.seed)
+    ures = bootstrap_auroc_iou(hist, np.stack(u_inter), np.stack(u_union), n_boot=cfg.n_boot, seed=cfg.seed)
+    # per-unit dataset IoU: sums over images of each unit's intersection and union with the truth
+    tot_inter = sum(h.unit_inter for h in heldout)  # (C, K)
+    tot_on = sum(h.unit_on_count for h in heldout)  # (C,)
+    tot_truth = sum(h.unit_truth.sum(1) for h in heldout)  # (K,)
+    pos_imgs = np.stack([h.truth.reshape(k, -1).any(1) for h in heldout]).sum(0)
+    out = {}
+    for ci, c in enumerate(concepts):
+        f = lambda v: None if v is None or not np.isfinite(v) else round(float(v), 4)  # noqa: E731
+        us = units.get(c, np.zeros(0, np.int64))
+        n_u = int(len(us))
+        per_unit = None
+        if n_u and tot_truth[ci] > 0:
+            per_unit = tot_inter[us, ci] / np.maximum(tot_on[us] + tot_truth[ci] - tot_inter[us, ci], 1)
+        out[c] = {"in_probe": in_probe[ci], "auroc": f(res["auroc"][ci]), "auroc_lo": f(res["auroc_lo"][ci]),
+                  "auroc_hi": f(res["auroc_hi"][ci]), "iou": f(res["iou"][ci]), "iou_lo": f(res["iou_lo"][ci]),
+                  "iou_hi": f(res["iou_hi"][ci]), "n_units": n_u,
+                  "unit_iou": f(ures["iou"][ci]) if n_u else None,
+                  "unit_iou_lo": f(ures["iou_lo"][ci]) if n_u else None,
+                  "unit_iou_hi": f(ures["iou_hi"][ci]) if n_u else None,
+                  "unit_iou_mean": f(per_unit.mean()) if per_unit is not None else None,
+                  "unit_iou_best": f(per_unit.max()) if per_unit is not None else None,
+                  "n_pos_images": int(pos_imgs[ci]), "n_pos_px": int(hist[:, ci, 1].sum()),
+                  "n_neg_px": int(hist[:, ci, 0].sum())}
+    return out
+
+
+def _reports(heldout: list[_Heldout], model, card, probe, store, cfg: EvaluationConfig, lesion_names: set,
+             *, device=None, progress: Progress | None = None) -> tuple[list[dict], list[dict]]:
+    """Report checks on the abnormal held-out images: top concept, attribution on the finding,
+    deletion, and (on the first ``random_images``) the randomisation sanity check."""
+    from dashboard.engine.report import build_report
+
+    t_idx = card.classes.index(card.positive_class) if getattr(card, "positive_class", None) else len(card.classes) - 1
+    labels = store.list_unit_labels(card.name, getattr(card, "head_layer", None) or card.default_layer)
+    score = _score_fn(model, card, t_idx, device)
+    cases = [h for h in heldout if "top_tile" in h.patches]
+    if cfg.report_images is not None:
+        cases = cases[:cfg.report_images]
+    randomized = {s: randomize_model(model, s, cfg.seed) for s in cfg.random_scopes} if cfg.random_images else {}
+    rows, rand_rows = [], []
+    for i, h in enumerate(cases):
+        row = {"image_id": h.image_id, "case_id": h.case_id, "finding_concepts": sorted(h.lesion_concepts),
+               "tile": list(h.tile), "tile_logodds": h.tile_score}
+        for name in ("top_tile", "finding"):
+            pt = h.patches[name]
+            x0, y0, patch, lesion = pt["x0"], pt["y0"], pt["patch"], pt["lesion"]
+            rep = build_report(model, card, patch, probe, attribution_method=cfg.attribution_method,
+                               unit_labels=labels, target=t_idx, image_id=h.image_id, patch_xy=(x0, y0), device=device)
+            shares = {c.concept: c.attribution_share for c in rep.concepts if c.attribution_share is not None}
+            m = top_concept_match(shares, h.lesion_concepts, lesion_names)
+            row[f"{name}.top"] = m["top"]
+            row[f"{name}.top_share"] = m["share"]
+            row[f"{name}.match"] = m["match"]
+            row[f"{name}.lesion"] = m["lesion"]
+            row[f"{name}.lesion_in_patch"] = bool(lesion.any())
+            row[f"{name}.attr_on_finding"] = attribution_in_region(rep.attribution_map, lesion)
+            row[f"{name}.finding_area"] = float(lesion.mean())
+            row[f"{name}.share_finding_concepts"] = float(sum(s for c, s in shares.items() if c in h.lesion_concepts))
+            row[f"{name}.probability"] = rep.probability
+            # the other reading of "top concept": the largest exact logit part of the labeled units
+            parts = {c.concept: c.logit_part for c in rep.concepts if c.logit_part is not None}
+            ml = top_concept_match(parts, h.lesion_concepts, lesion_names)
+            row[f"{name}.top_logit"], row[f"{name}.match_logit"] = ml["top"], ml["match"]
+            row[f"{name}.n_logit_parts"] = len(parts)  # 0: no labeled units at the head layer, no reading
+            if name != "top_tile":
+                continue
+            # deletion, two ways of saying where a concept is: its true region in the patch, and the
+            # report's own region (each pixel to its most probable class, background included, as the
+            # shares split it). Texture inpainting; the plain blur for comparison on the true regions.
+            entries = {c.concept: c for c in rep.concepts if c.probe_map is not None}
+            truth_regions = {c: pt["truth"][k] for k, c in enumerate(cfg.concepts)
+                             if c in entries and pt["truth"][k].sum() >= cfg.min_region_px}
+            report_regions = {}
+            if entries:
+                names = list(entries)
+                pk = np.stack([entries[c].probe_map.astype(np.float32) for c in names])  # (K, S, S)
+                winner = np.concatenate([1 - pk.sum(0, keepdims=True), pk]).argmax(0)  # 0 = background
+                report_regions = {c: winner == k + 1 for k, c in enumerate(names)
+                                  if (winner == k + 1).sum() >= cfg.min_region_px}
+            for prefix, regions, method in (("deletion_truth", truth_regions, "texture"),
+                                            ("deletion_report", report_regions, "texture"),
+                                            ("deletion_truth_blur", truth_regions, "blur")):
+                names = list(regions)
+                regs = np.stack([regions[c] for c in names] + ([lesion] if lesion.any() else [])) \
+                    if (names or lesion.any()) else np.zeros((0,) + patch.shape, bool)
+                base, drops = deletion_drops(score, patch, regs, inpaint=partial(inpaint_regions, method=method))
+                sh = [float(entries[c].attribution_share) for c in names]
+                lp = [entries[c].logit_part for c in names]
+                row[f"{prefix}.concepts"] = names
+                row[f"{prefix}.shares"] = sh
+                row[f"{prefix}.drops"] = [float(v) for v in drops[:len(names)]]
+                row[f"{prefix}.logit_parts"] = lp
+                row[f"{prefix}.base_logodds"] = base
+                row[f"{prefix}.finding_drop"] = float(drops[-1]) if lesion.any() else None
+                row[f"{prefix}.spearman"] = spearman(sh, row[f"{prefix}.drops"])
+                pairs = [(p, d) for p, d in zip(lp, row[f"{prefix}.drops"]) if p is not None]
+                row[f"{prefix}.spearman_logit_parts"] = spearman([p for p, _ in pairs], [d for _, d in pairs])
+            if i < cfg.random_images:
+                for scope, rm in randomized.items():
+                    rr = build_report(rm, card, patch, probe, attribution_method=cfg.attribution_method,
+                                      unit_labels=labels, target=t_idx, device=device)
+                    r_shares = {c.concept: c.attribution_share for c in rr.concepts if c.attribution_share is not None}
+                    names = sorted(shares)
+                    sim = map_similarity(rep.attribution_map, rr.attribution_map)
+                    flat = float(np.ptp(rr.attribution_map)) == 0.0
+                    if flat:  # the randomised model has no attribution left: nothing in common with the original
+                        sim = {"pearson": 0.0, "ssim": 0.0}
+                    rand_rows.append({"image_id": h.image_id, "scope": scope, "attr_constant": flat,
+                                      "share_spearman": spearman([shares[c] for c in names], [r_shares[c] for c in names]),
+                                      "attr_pearson": sim["pearson"], "attr_ssim": sim["ssim"],
+                                      "top_same": _top_of(shares) is not None and _top_of(r_shares) == _top_of(shares),
+                                      "probability": rep.probability, "probability_random": rr.probability})
+        rows.append(row)
+        if progress:
+            progress(i + 1, len(cases), f"report checks {i + 1}/{len(cases)}")
+    return rows, rand_rows
+
+
+def _top_of(shares: dict) -> str | None:
+    return top_concept_match(shares, [], [])["top"]
+
+
+@dataclass
+class EvaluationResult:
+    """Everything ``run_label_efficiency`` measured (JSON-able via ``to_dict``)."""
+
+    config: dict
+    rounds: list[dict]            # budget, drawings so far, probe version, per-concept metrics
+    drawings: list[dict]          # one row per simulated drawing
+    reports: list[dict]           # one row per abnormal held-out image
+    randomisation: list[dict]     # one row per (image, scope)
+    learning_curve: list[dict]    # compute_learning_curve on the simulated drawings
+    available: dict[str, int]     # drawable instances per concept on the train split
+    heldout: dict                 # counts of held-out images
+    timings: dict[str, float]
+    summary: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvaluationResult":
+        """The inverse of ``to_dict`` (extra keys, e.g. a bench's ``environment``, are ignored)."""
+        from dataclasses import fields
+
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return None if not np.isfinite(v) else float(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def run_label_efficiency(store, model, card, cfg: EvaluationConfig = EvaluationConfig(), *, cache_dir=None,
+                         device=None, drawing_speed: dict | None = None,
+                         progress: Callable[[str, int, int, str], None] | None = None) -> EvaluationResult:
+    """The whole evaluation on a demo store: statistics, the simulated reader in batches (probe
+    retrained after each), held-out metrics per batch, report checks on the last probe, and the
+    in-app learning curve on the same drawings. ``progress(stage, done, total, message)``.
+
+    The store must hold no live drawings under ``card`` yet (a fresh copy of a demo store).
+    """
+    from dashboard.engine.dissection import units_by_concept
+    from dashboard.data.store import ValidationError
+
+    if store.list_annotations(model_card=card.name):
+        raise ValidationError("The store already holds drawings for this model card: run on a fresh copy.")
+
+    def stage(name):
+        return (lambda d, t, m="": progress(name, d, t, m)) if progress else None
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if cache_dir is None:
+        import tempfile
+
+        cache_dir = tempfile.mkdtemp(prefix="conceptlens-eval-")
+    layer = cfg.layer or card.default_layer
+    stats = compute_train_stats(store, model, card, layer=layer, n_patches=cfg.stats_patches,
+                                n_images=cfg.stats_images, quantile=cfg.quantile, seed=cfg.seed, cache_dir=cache_dir,
+                                device=device, progress=stage("statistics"))
+    timings["statistics_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    heldout = _prepare_heldout(store, model, card, layer, stats.thresholds, cfg, device=device,
+                               progress=stage("held-out"))
+    timings["heldout_features_s"] = time.perf_counter() - t0
+    plan = plan_drawings(store, cfg.concepts, max(cfg.budgets), seed=cfg.seed)
+    available = {c: len(v) for c, v in plan.items()}
+    reader = SimulatedReader(store, model, card, stats, concepts=cfg.concepts, config=cfg.reader, seed=cfg.seed,
+                             layer=layer, cache_dir=cache_dir, device=device)
+    rounds, prev = [], 0
+    timings["drawing_s"] = timings["training_s"] = timings["maps_s"] = 0.0
+    for ri, budget in enumerate(sorted(set(cfg.budgets))):
+        # round robin over concepts: the store's time order interleaves them
+        batch = []
+        for j in range(prev, budget):
+            batch.extend(plan[c][j] for c in cfg.concepts if j < len(plan[c]))
+        prev = budget
+        t0 = time.perf_counter()
+        if batch:
+            reader.draw(batch, ri, progress=stage(f"drawings to {budget}/concept"))
+        timings["drawing_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        probe = reader.retrain(progress=stage(f"probe at {budget}/concept"))
+        timings["training_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        units = units_by_concept(store, card.name, layer)
+        metrics = _evaluate_maps(heldout, probe, cfg.concepts, units, cfg)
+        timings["maps_s"] += time.perf_counter() - t0
+        counts = {c: sum(1 for r in reader.log if r["concept"] == c) for c in cfg.concepts}
+        rounds.append({"budget": budget, "probe_version": probe.version, "n_drawings": counts,
+                       "n_drawings_total": len(reader.log), "metrics": metrics,
+                       "probe_validation": {c: (probe.metrics.get(c) or {}).get("auroc") for c in probe.concepts}})
+        if progress:
+            progress("rounds", ri + 1, len(set(cfg.budgets)), f"{budget} drawings/concept evaluated")
+    t0 = time.perf_counter()
+    lesion_names = {c["name"] for c in store.list_concepts() if c["lexicon_group"] != NORMAL_GROUP}
+    reports, rand_rows = _reports(heldout, model, card, probe, store, cfg, lesion_names, device=device,
+                                  progress=stage("reports"))
+    timings["reports_s"] = time.perf_counter() - t0
+    curve = []
+    if cfg.learning_curve:
+        t0 = time.perf_counter()
+        df = compute_learning_curve(store, card, model, load_patch=reader.load_patch, layer=layer, steps=cfg.budgets,
+                                    exclude_readers=(), seed=cfg.seed, cache_dir=cache_dir, device=device)
+        curve = df.to_dict("records")
+        timings["learning_curve_s"] = time.perf_counter() - t0
+    res = EvaluationResult(
+        config=jsonable(asdict(cfg)), rounds=rounds, drawings=reader.log, reports=reports, randomisation=rand_rows,
+        learning_curve=curve, available=available,
+        heldout={"images": len(heldout), "abnormal_images": sum(1 for h in heldout if h.lesion_concepts),
+                 "report_images": len(reports)},
+        timings={k: round(v, 1) for k, v in timings.items()})
+    res.summary = summarise(res, drawing_speed=drawing_speed)
+    return res
+
+
+def _first_reaching(rounds: list[dict], concept: str, key: str, target: float, *, stay: bool = False):
+    """Drawings of ``concept`` at the first batch whose metric is >= target (``stay``: and every later one)."""
+    vals = [r["metrics"][concept][key] for r in rounds]
+    for i, r in enumerate(rounds):
+        ok = [v is not None and v >= target for v in (vals[i:] if stay else vals[i:i + 1])]
+        if all(ok):
+            return r["n_drawings"][concept]
+    return None
+
+
+def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings: int = 5,
+              top1_target: float = 0.90, spearman_target: float = 0.7, flag_threshold: float = 0.5,
+              drawing_speed: dict | None = None) -> dict:
+    """Headline figures and the targets: drawings per concept to reach concept-map AUROC >= 0.90
+    (target <= 5), top-concept match on abnormal images (target >= 90 %; also on the images the model
+    flags, top-tile probability >= ``flag_threshold``), mean per-patch deletion
+    Spearman (target >= 0.7), randomisation similarity, and the reader time those drawings cost."""
+    final = res.rounds[-1] if res.rounds else None
+    evaluable = [c for c in (final["metrics"] if final else {}) if final["metrics"][c]["auroc"] is not None]
+    need = {c: _first_reaching(res.rounds, c, "auroc", auroc_target) for c in evaluable}
+    need_stable = {c: _first_reaching(res.rounds, c, "auroc", auroc_target, stay=True) for c in evaluable}
+    met = [c for c, n in need.items() if n is not None and n <= max_drawings]
+    rep = res.reports
+
+    def rate(key):
+        v = [bool(r[key]) for r in rep if r.get(key) is not None]
+        return (float(np.mean(v)) if v else None), len(v)
+
+    def mean(key):
+        v = [r[key] for r in rep if r.get(key) is not None and np.isfinite(r[key])]
+        return (float(np.mean(v)) if v else None), len(v)
+
+    top1, n_top = rate("top_tile.match")
+    flagged = [r for r in rep if (r.get("top_tile.probability") or 0) >= flag_threshold]
+    top1_flagged = float(np.mean([bool(r["top_tile.match"]) for r in flagged])) if flagged else None
+    top1_lesion, _ = rate("top_tile.lesion")
+    with_parts = [r for r in rep if r.get("top_tile.n_logit_parts", 1 if r.get("top_tile.top_logit") else 0)]
+    top1_logit = float(np.mean([bool(r["top_tile.match_logit"]) for r in with_parts])) if with_parts else None
+    top1_f, _ = rate("finding.match")
+    def finite(key):
+        return [r[key] for r in rep if r.get(key) is not None and np.isfinite(r[key])]
+
+    deletion = {}
+    for variant in DELETION_VARIANTS:
+        sp = finite(f"{variant}.spearman")
+        ci = _mean_ci(sp, seed=0)
+        lp = finite(f"{variant}.spearman_logit_parts")
+        deletion[variant] = {"spearman_mean": ci[0], "spearman_ci": list(ci[1:]), "n_patches": len(sp),
+                             "spearman_pooled": _pooled_deletion(rep, variant),
+                             "spearman_logit_parts_mean": _nanmean(lp), "n_patches_logit_parts": len(lp),
+                             "finding_drop_mean": mean(f"{variant}.finding_drop")[0]}
+    rnd = {}
+    for scope in sorted({r["scope"] for r in res.randomisation}):
+        rows = [r for r in res.randomisation if r["scope"] == scope]
+        rnd[scope] = {"n": len(rows)}
+        for k in ("share_spearman", "attr_pearson", "attr_ssim"):
+            vals = [r[k] for r in rows]
+            undefined = sum(1 for v in vals if v is None or not np.isfinite(v))
+            # undefined = a constant side (e.g. Grad-CAM all zero after randomisation): no agreement, 0
+            rnd[scope][k] = _nanmedian([0.0 if v is None or not np.isfinite(v) else v for v in vals])
+            rnd[scope][k + "_undefined"] = undefined
+        rnd[scope]["top_same_rate"] = _nanmean([float(r["top_same"]) for r in rows])
+        rnd[scope]["attr_all_zero"] = sum(1 for r in rows if r.get("attr_constant"))
+    total_needed = sum(n for n in need.values() if n is not None)
+    out = {
+        "auroc_target": auroc_target, "max_drawings_target": max_drawings,
+        "drawings_to_auroc_target": need, "drawings_to_auroc_target_stable": need_stable,
+        "concepts_meeting_target": met, "n_concepts_evaluable": len(evaluable),
+        "final_budget": final["budget"] if final else None,
+        "final_auroc": {c: final["metrics"][c]["auroc"] for c in evaluable} if final else {},
+        "final_auroc_mean": _nanmean([final["metrics"][c]["auroc"] for c in evaluable]) if final else None,
+        "top1_match_rate": top1, "top1_lesion_rate": top1_lesion, "top1_n_images": n_top,
+        "top1_match_rate_finding_patch": top1_f, "top1_target": top1_target,
+        "top1_logit_part_match_rate": top1_logit, "top1_logit_part_n_images": len(with_parts), "top1_match_rate_flagged": top1_flagged, "top1_n_flagged": len(flagged), "flag_threshold": flag_threshold,
+        "finding_area_mean": mean("top_tile.finding_area")[0],
+        "attr_on_finding_mean": mean("top_tile.attr_on_finding")[0],
+        "attr_on_finding_mean_finding_patch": mean("finding.attr_on_finding")[0],
+        "share_finding_concepts_mean": mean("top_tile.share_finding_concepts")[0],
+        "deletion": deletion, "spearman_target": spearman_target,
+        "randomisation": rnd,
+        "wrong_label_rate_observed": float(np.mean([r["wrong_label"] for r in res.drawings])) if res.drawings else None,
+        "units_won_per_drawing": float(np.mean([r["units_won"] for r in res.drawings])) if res.drawings else None,
+        "units_above_per_drawing": float(np.mean([r["units_above"] for r in res.drawings])) if res.drawings else None,
+        "units_per_drawing_by_concept": {
+            c: {"above_tau": float(np.mean([r["units_above"] for r in res.drawings if r["concept"] == c])),
+                "won": float(np.mean([r["units_won"] for r in res.drawings if r["concept"] == c])),
+                "recall": float(np.mean([r["recall"] for r in res.drawings if r["concept"] == c])),
+                "outside": float(np.mean([r["outside"] for r in res.drawings if r["concept"] == c]))}
+            for c in dict.fromkeys(r["concept"] for r in res.drawings)},
+    }
+    out["targets"] = {
+        "auroc_within_5_drawings": f"{len(met)}/{len(evaluable)} concepts",
+        "auroc_within_5_drawings_stable": f"{sum(1 for n in need_stable.values() if n is not None and n <= max_drawings)}"
+                                          f"/{len(evaluable)} concepts",
+        "top1_match_ge_90": None if top1 is None else bool(top1 >= top1_target),
+        "deletion_spearman_ge_0.7": {
+            v: None if deletion[v]["spearman_mean"] is None else bool(deletion[v]["spearman_mean"] >= spearman_target)
+            for v in ("deletion_truth", "deletion_report")},
+    }
+    if drawing_speed:
+        dpm = float(drawing_speed["drawings_per_minute"])
+        out["drawing_speed"] = dict(drawing_speed)
+        out["reader_minutes_to_target"] = round(total_needed / dpm, 2) if need else None
+        out["reader_minutes_total"] = round(len(res.drawings) / dpm, 2)
+    else:
+        out["drawing_speed"] = "missing: bench/results/browser.json (branch app) not found or has no drawing time"
+    return out
+
+
+def _nanmean(v):
+    a = np.asarray([x for x in v if x is not None], np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else None
+
+
+def _nanmedian(v):
+    a = np.asarray([x for x in v if x is not None], np.float64)
+    a = a[np.isfinite(a)]
+    return float(np.median(a)) if a.size else None
+
+
+def _mean_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """(mean, lo, hi) with a bootstrap percentile interval; Nones when empty."""
+    a = np.asarray(values, np.float64)
+    if a.size == 0:
+        return (None, None, None)
+    rng = np.random.default_rng(seed)
+    boots = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(1)
+    lo, hi = np.percentile(boots, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return (float(a.mean()), float(lo), float(hi))
+
+
+def _pooled_deletion(reports: list[dict], variant: str) -> float | None:
+    """Spearman of share vs drop pooled over all (patch, concept) pairs, each side first replaced by
+    its rank within its patch (scaled to (0, 1)), so patches with larger scores do not dominate."""
+    xs, ys = [], []
+    for r in reports:
+        s, d = r.get(f"{variant}.shares") or [], r.get(f"{variant}.drops") or []
+        if len(s) >= 2:
+            from scipy.stats import rankdata
+
+            xs.extend((rankdata(s) - 0.5) / len(s))
+            ys.extend((rankdata(d) - 0.5) / len(d))
+    v = spearman(xs, ys)
+    return None if not np.isfinite(v) else v

@@ -1,0 +1,588 @@
+"""Reading and writing mammograms: DICOM (pydicom), PNG, JPEG, TIFF; de-identified header summaries."""
+from __future__ import annotations
+
+
+import datetime as _dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from dashboard.imaging.model import ImagingError, Mammogram, VoiLut, Window
+from dashboard.imaging.segmentation import chest_wall_side, segment_breast
+from dashboard.imaging.windowing import VOI_FUNCTIONS
+
+
+
+
+# ---------------------------------------------------------------- DICOM constants
+#: SOP Class "Digital Mammography X-Ray Image Storage - For Presentation".
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+#: SOP Class "Digital Mammography X-Ray Image Storage - For Processing".
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+
+# Mammography views (DICOM CID 4014, SNOMED CT codes as in pydicom.sr.codedict).
+VIEW_CODES: dict[str, tuple[str, str]] = {
+    "CC": ("399162004", "cranio-caudal"),
+    "MLO": ("399368009", "medio-lateral oblique"),
+    "ML": ("399260004", "medio-lateral"),
+    "LM": ("399352003", "latero-medial"),
+    "LMO": ("399099002", "latero-medial oblique"),
+    "FB": ("399196006", "caudo-cranial"),
+    "SIO": ("399188001", "superolateral to inferomedial oblique"),
+    "XCCL": ("399192008", "cranio-caudal exaggerated laterally"),
+    "XCCM": ("399101009", "cranio-caudal exaggerated medially"),
+}
+_VIEW_BY_CODE = {code: view for view, (code, _) in VIEW_CODES.items()}
+
+# Attributes that identify a person or a place; dropped from ``Mammogram.meta`` unless show_phi.
+PHI_KEYWORDS = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
+    "OtherPatientIDs", "OtherPatientNames", "PatientAddress", "PatientTelephoneNumbers",
+    "PatientMotherBirthName", "MedicalRecordLocator", "IssuerOfPatientID", "EthnicGroup",
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy", "RequestingPhysician", "AccessionNumber", "StudyID",
+    "DeviceSerialNumber", "StudyDate", "StudyTime", "SeriesDate", "SeriesTime", "AcquisitionDate",
+    "AcquisitionTime", "ContentDate", "ContentTime", "AcquisitionDateTime", "StudyInstanceUID",
+    "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientWeight", "PatientSize",
+})
+
+PHI_KEYS = PHI_KEYWORDS  # the name dashboard.data.importers uses
+
+# Header attributes summarised into ``Mammogram.meta`` (non-identifying ones always kept).
+_META_KEYWORDS = (
+    "Modality", "SOPClassUID", "Manufacturer", "ManufacturerModelName", "SecondaryCaptureDeviceManufacturer", "ImageType",
+    "PresentationIntentType", "BodyPartExamined", "ImageLaterality", "Laterality", "ViewPosition",
+    "PatientOrientation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "PhotometricInterpretation", "PixelSpacing", "ImagerPixelSpacing",
+    "RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
+    "VOILUTFunction", "BreastImplantPresent", "SeriesDescription", "ConversionType",
+    "LossyImageCompression",
+)
+
+
+def _encoder_available(transfer_syntax) -> bool:
+    """True if pydicom has a working encoder for ``transfer_syntax`` in this environment."""
+    from pydicom.pixels import get_encoder
+
+    try:
+        return bool(get_encoder(transfer_syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def writable_transfer_syntaxes() -> list[str]:
+    """Transfer syntax UIDs ``write_dicom`` can produce here (uncompressed ones plus working encoders)."""
+    from pydicom import uid
+
+    out = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian]
+    for ts in (uid.RLELossless, uid.JPEGLSLossless, uid.JPEG2000Lossless):
+        if _encoder_available(ts):
+            out.append(ts)
+    return [str(t) for t in out]
+
+
+def write_dicom(path, pixels: np.ndarray, *, laterality: str, view: str, pixel_spacing_mm: float,
+                window_centers: Sequence[float], window_widths: Sequence[float],
+                photometric: str = "MONOCHROME2", transfer_syntax=None, bits_stored: int = 12,
+                patient_id: str = "ANON", patient_name: str = "ANON", study_uid: str | None = None,
+                series_uid: str | None = None, sop_uid: str | None = None,
+                extra: dict[str, Any] | None = None,
+                window_explanations: Sequence[str] | None = None) -> Path:
+    """Write one Digital Mammography X-Ray Image (For Presentation) DICOM file.
+
+    pixels            (H, W) unsigned integers, stored values exactly as given (no inversion: for
+                      MONOCHROME1 pass values where dense tissue is LOW); must fit in ``bits_stored``.
+    laterality        "L" or "R" (ImageLaterality and Laterality).
+    view              "CC", "MLO", ... (ViewPosition plus a SNOMED ViewCodeSequence when known).
+    pixel_spacing_mm  square pixel size in mm (PixelSpacing and ImagerPixelSpacing).
+    window_centers/widths  one or more VOI windows in stored-value units (rescale is identity).
+    transfer_syntax   a pydicom UID; default Explicit VR Little Endian. RLE Lossless and JPEG 2000
+                      Lossless are encoded when the installed plugins can (``writable_transfer_syntaxes``).
+    extra             further attributes by keyword, set last (they override the defaults).
+    Returns the path written.
+    """
+    import pydicom
+    from pydicom import uid as _uid
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    transfer_syntax = _uid.UID(str(transfer_syntax or _uid.ExplicitVRLittleEndian))
+    arr = np.asarray(pixels)
+    if arr.ndim != 2:
+        raise ImagingError(f"write_dicom needs a single-frame grey image (H, W); got shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ImagingError(f"write_dicom needs integer stored values; got dtype {arr.dtype}. "
+                           "Scale and round the image to unsigned integers first.")
+    if not 1 <= int(bits_stored) <= 16:
+        raise ImagingError(f"bits_stored must be between 1 and 16, got {bits_stored}.")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= (1 << int(bits_stored))):
+        raise ImagingError(f"Pixel values {int(arr.min())}..{int(arr.max())} do not fit in "
+                           f"{bits_stored} bits stored; clip them or raise bits_stored.")
+    laterality = str(laterality).upper()
+    if laterality not in {"L", "R"}:
+        raise ImagingError(f"laterality must be 'L' or 'R', got {laterality!r}.")
+    photometric = str(photometric).upper()
+    if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
+        raise ImagingError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}.")
+    centers = [float(c) for c in np.atleast_1d(window_centers)]
+    widths = [float(w) for w in np.atleast_1d(window_widths)]
+    if not centers or len(centers) != len(widths):
+        raise ImagingError("window_centers and window_widths need the same, non-zero, number of values.")
+    if min(widths) < 1:
+        raise ImagingError("Every window width must be at least 1 (DICOM PS3.3 C.11.2.1.2).")
+    if not (pixel_spacing_mm and float(pixel_spacing_mm) > 0):
+        raise ImagingError(f"pixel_spacing_mm must be a positive number, got {pixel_spacing_mm!r}.")
+    if str(transfer_syntax) not in writable_transfer_syntaxes():
+        raise ImagingError(
+            f"Cannot write transfer syntax {transfer_syntax.name} here: no working encoder. "
+            f"Use one of: {', '.join(_uid.UID(t).name for t in writable_transfer_syntaxes())}.")
+
+    bits_allocated = 8 if bits_stored <= 8 else 16
+    arr = np.ascontiguousarray(arr.astype(np.uint8 if bits_allocated == 8 else np.uint16))
+    now = _dt.datetime.now()
+    study_uid = study_uid or _uid.generate_uid()
+    series_uid = series_uid or _uid.generate_uid()
+    sop_uid = sop_uid or _uid.generate_uid()
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MG_FOR_PRESENTATION
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = _uid.ExplicitVRLittleEndian  # set to the real one after encoding
+    meta.ImplementationClassUID = _uid.PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "CONCEPTLENS"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    # SOP common / general image
+    ds.SOPClassUID = MG_FOR_PRESENTATION
+    ds.SOPInstanceUID = sop_uid
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.InstanceNumber = 1
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    # patient / study / series / equipment
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "F"
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = now.strftime("%Y%m%d")
+    ds.StudyTime = now.strftime("%H%M%S")
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.Modality = "MG"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = 1
+    ds.Manufacturer = "ConceptLens"
+    ds.FrameOfReferenceUID = _uid.generate_uid()
+    # DX / MG image modules
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.BodyPartExamined = "BREAST"
+    ds.ImageLaterality = laterality
+    ds.Laterality = laterality
+    ds.ViewPosition = str(view).upper()
+    ds.BreastImplantPresent = "NO"
+    ds.PositionerType = "MAMMOGRAPHIC"
+    ds.DetectorType = "DIRECT"
+    ds.PixelIntensityRelationship = "LOG"
+    # -1: higher stored values mean less X-ray reached the detector (dense = bright in MONOCHROME2)
+    ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME2" else 1
+    ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.WindowCenter = centers if len(centers) > 1 else centers[0]
+    ds.WindowWidth = widths if len(widths) > 1 else widths[0]
+    names = list(window_explanations or ([] if len(centers) > 1 else ["DEFAULT"]))
+    names += [f"WINDOW{i + 1}" for i in range(len(names), len(centers))]
+    ds.WindowCenterWidthExplanation = names if len(names) > 1 else names[0]
+    ds.VOILUTFunction = "LINEAR"
+    spacing = f"{float(pixel_spacing_mm):.6g}"
+    ds.PixelSpacing = [spacing, spacing]
+    ds.ImagerPixelSpacing = [spacing, spacing]
+    ds.EstimatedRadiographicMagnificationFactor = 1.0
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    anatomy = Dataset()
+    anatomy.CodeValue, anatomy.CodingSchemeDesignator, anatomy.CodeMeaning = "76752008", "SCT", "Breast"
+    ds.AnatomicRegionSequence = DicomSequence([anatomy])
+    if ds.ViewPosition in VIEW_CODES:
+        code = Dataset()
+        code.CodeValue, code.CodeMeaning = VIEW_CODES[ds.ViewPosition]
+        code.CodingSchemeDesignator = "SCT"
+        code.ViewModifierCodeSequence = DicomSequence([])
+        ds.ViewCodeSequence = DicomSequence([code])
+    # image pixel module
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = arr.shape
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = int(bits_stored)
+    ds.HighBit = int(bits_stored) - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = arr.tobytes()
+    for key, value in (extra or {}).items():
+        setattr(ds, key, value)
+
+    if transfer_syntax.is_compressed:
+        try:
+            ds.compress(transfer_syntax, arr, generate_instance_uid=False)
+        except Exception as exc:  # encoder plugins raise assorted types
+            raise ImagingError(f"Encoding to {transfer_syntax.name} failed: {exc}") from exc
+        ds.LossyImageCompression = "00"
+    else:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except Exception as exc:
+        raise ImagingError(f"Could not write DICOM file {path}: {exc}") from exc
+    return path
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- reading files
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+)
+PLAIN_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+#: File name endings the importers pick up (DICOM files without an ending are found by folder ingest).
+IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", *PLAIN_SUFFIXES})
+
+
+def sniff_format(head: bytes) -> str | None:
+    """'DICOM', 'PNG', 'JPEG', 'TIFF' from a file's first bytes (>= 132), or None if unknown."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "DICOM"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def _json_value(v: Any) -> Any:
+    """A pydicom element value as plain JSON (lists, floats, ints, strings)."""
+    from pydicom.multival import MultiValue
+
+    if isinstance(v, (MultiValue, list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    return str(v)
+
+
+def _header_meta(ds, show_phi: bool) -> dict:
+    """Header summary: the non-identifying keywords always, identifying ones only with show_phi."""
+    keys = list(_META_KEYWORDS) + (sorted(PHI_KEYWORDS) if show_phi else [])
+    meta = {}
+    for key in keys:
+        if key in ds and key != "PixelData":
+            value = ds.get(key)
+            if value is not None and value != "":
+                meta[key] = _json_value(value)
+    if not show_phi:
+        meta["deidentified"] = True
+    return meta
+
+
+def _fail(path, what: str, todo: str) -> ImagingError:
+    return ImagingError(f"{Path(path).name}: {what} {todo}".strip())
+
+
+def _read_dataset(path: Path, data: bytes):
+    """Parse DICOM bytes; raise ImagingError for non-DICOM, truncated or corrupt files."""
+    import io
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        pass
+    except Exception as exc:  # truncated headers raise EOFError, struct errors, ValueError...
+        raise _fail(path, f"the DICOM file is truncated or corrupt ({type(exc).__name__}: {exc}).",
+                    "Copy it again from the PACS or the original media.") from exc
+    try:  # old files without the 128-byte preamble; accept only if it really is an image header
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "Rows" in ds and "Columns" in ds and "PixelData" in ds:
+            return ds
+    except Exception:
+        pass
+    raise _fail(path, "this is not a DICOM file (no DICOM header found).",
+                "Check the file; only DICOM, PNG, JPEG and TIFF images can be opened.")
+
+
+def _as_list(value) -> list:
+    """A DICOM value of multiplicity 1..n as a list ([] when absent)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def _dicom_windows(ds) -> tuple[list[Window], str]:
+    """Every window in the header: VOI LUT Sequence items first, then centre/width pairs."""
+    windows: list[Window] = []
+    for i, item in enumerate(ds.get("VOILUTSequence") or []):
+        try:
+            n, first, bits = (int(v) for v in item.LUTDescriptor)
+            n = n or 65536
+            raw = item.LUTData
+            table = np.asarray(raw if not isinstance(raw, (bytes, bytearray))
+                               else np.frombuffer(raw, "<u2" if bits > 8 else "u1"), np.float64).ravel()[:n]
+            name = str(item.get("LUTExplanation", "") or f"VOI LUT {i + 1}")
+            windows.append(Window(center=first + n / 2, width=float(n), name=name,
+                                  lut=VoiLut(first_mapped=first, bits=bits, table=table)))
+        except (AttributeError, TypeError, ValueError):
+            continue  # a malformed LUT item is skipped; the centre/width windows still apply
+    cs, ws = _as_list(ds.get("WindowCenter")), _as_list(ds.get("WindowWidth"))
+    names = [str(e) for e in _as_list(ds.get("WindowCenterWidthExplanation"))]
+    for i, (c, w) in enumerate(zip(cs, ws)):
+        try:
+            c, w = float(c), float(w)
+        except (TypeError, ValueError):
+            continue
+        if w > 0:
+            windows.append(Window(center=c, width=w, name=names[i] if i < len(names) else f"WINDOW {i + 1}"))
+    fn = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    return windows, fn if fn in VOI_FUNCTIONS else "LINEAR"
+
+
+def _dicom_view(ds) -> str:
+    view = str(ds.get("ViewPosition", "") or "").upper()
+    if view:
+        return view
+    for item in ds.get("ViewCodeSequence") or []:
+        code = str(item.get("CodeValue", ""))
+        if code in _VIEW_BY_CODE:
+            return _VIEW_BY_CODE[code]
+        meaning = str(item.get("CodeMeaning", "")).lower()
+        for v, (_, text) in VIEW_CODES.items():
+            if meaning == text:
+                return v
+    # CBIS-DDSM puts the view in PatientOrientation ("CC" / "MLO"); accept only a known view name
+    po = ds.get("PatientOrientation")
+    po = "" if po is None else (po if isinstance(po, str) else "\\".join(str(x) for x in po))
+    return po.upper() if po.upper() in VIEW_CODES else ""
+
+
+def _dicom_spacing(ds) -> tuple[float | None, str]:
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(key)
+        if value is not None and len(value) == 2:
+            try:
+                dy, dx = float(value[0]), float(value[1])
+            except (TypeError, ValueError):
+                continue
+            if dy > 0 and dx > 0:
+                return (dy + dx) / 2, key
+    return None, ""
+
+
+def _stored_values(ds, path) -> np.ndarray:
+    """Decoded stored values (H, W), masked to BitsStored (sign-extended when signed)."""
+    from pydicom.pixels import get_decoder
+
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and ts.is_compressed:
+        try:
+            available = get_decoder(ts).is_available
+        except (NotImplementedError, ValueError):
+            available = False
+        if not available:
+            raise _fail(path, f"its pixel data is compressed as {ts.name}, which cannot be decoded here.",
+                        "Convert it to an uncompressed or lossless (RLE, JPEG-LS, JPEG 2000) DICOM, "
+                        "e.g. with dcmtk 'dcmdjpeg' or gdcm 'gdcmconv --raw'.")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise _fail(path, f"its pixel data cannot be decoded ({type(exc).__name__}: {exc}); the file is "
+                          "probably truncated or damaged.",
+                    "Copy it again from the PACS or the original media.") from exc
+    if arr.ndim != 2:
+        raise _fail(path, f"the decoded pixel data has shape {arr.shape}, not one grey frame.",
+                    "Export a single 2-D grey image.")
+    bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
+    if bits < arr.dtype.itemsize * 8:
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        u = arr.astype(np.int64) & ((1 << bits) - 1)
+        if signed:
+            u = np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)
+        arr = u
+    return arr
+
+
+def _modality_lut(ds, stored: np.ndarray) -> np.ndarray:
+    """Stored values -> modality values (Modality LUT Sequence or RescaleSlope/Intercept), float32."""
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(stored, ds), np.float32)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    out = stored.astype(np.float32)
+    if slope != 1 or intercept != 0:
+        out = out * np.float32(slope) + np.float32(intercept)
+    return out
+
+
+def _load_dicom(path: Path, data: bytes, show_phi: bool) -> tuple:
+    ds = _read_dataset(path, data)
+    if "PixelData" not in ds:
+        other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
+        what = ("its pixels are floating point, which mammograms never are" if other else
+                "it holds no image (for example a report, a presentation state or a structured report)")
+        raise _fail(path, f"this DICOM file has no pixel data: {what}.", "Open the image file of the study instead.")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise _fail(path, f"this DICOM holds {frames} frames (tomosynthesis or a multi-frame object).",
+                    "Only 2-D mammograms can be opened: export the 2-D or synthesized 2-D view.")
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper()
+    if spp != 1 or photometric not in {"MONOCHROME1", "MONOCHROME2"}:
+        raise _fail(path, f"this is a colour image ({photometric}, {spp} samples per pixel), not a grey mammogram.",
+                    "Open the original grey DICOM instead of a screenshot or colour export.")
+    stored = _stored_values(ds, path)
+    pixels = _modality_lut(ds, stored)
+    windows, fn = _dicom_windows(ds)
+    spacing, spacing_key = _dicom_spacing(ds)
+    lat = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").upper()[:1]
+    lat = lat if lat in {"L", "R"} else ""
+    meta = _header_meta(ds, show_phi)
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    meta.update(format="DICOM", transfer_syntax=str(ts.name) if ts else "", rows=int(pixels.shape[0]),
+                cols=int(pixels.shape[1]), spacing_source=spacing_key)
+    bits = int(ds.get("BitsStored", 16) or 16)
+    return pixels, photometric, bits, lat, _dicom_view(ds), spacing, windows, fn, meta
+
+
+def _load_plain(path: Path, fmt: str) -> tuple:
+    """PNG / JPEG via Pillow, TIFF via tifffile; grey, or colour whose channels are equal."""
+    if fmt == "TIFF":
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tf:
+                if len(tf.pages) > 1:
+                    raise _fail(path, f"this TIFF holds {len(tf.pages)} pages.",
+                                "Only single 2-D images can be opened; save one page per file.")
+                arr = tf.pages[0].asarray()
+        except ImagingError:
+            raise
+        except Exception as exc:
+            raise _fail(path, f"the TIFF file cannot be read ({type(exc).__name__}: {exc}).",
+                        "Check that the file is complete.") from exc
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                if getattr(im, "n_frames", 1) > 1:
+                    raise _fail(path, f"this {fmt} holds {im.n_frames} frames.", "Save a single image per file.")
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                arr = np.asarray(im)
+        except ImagingError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise _fail(path, f"the {fmt} file cannot be read ({exc}); it is probably truncated or damaged.",
+                        "Copy it again.") from exc
+    if arr.ndim == 3:
+        if arr.shape[2] in (2, 4):  # drop alpha
+            arr = arr[..., :-1]
+        if arr.shape[2] == 1:
+            arr = arr[..., 0]
+        else:
+            spread = np.abs(arr.astype(np.int32) - arr[..., :1].astype(np.int32)).max(axis=2)
+            tol = 8 if fmt == "JPEG" else 0  # JPEG chroma noise on a grey picture saved as colour
+            if float(spread.mean()) > tol / 4 or int(spread.max()) > max(tol * 4, 0):
+                raise _fail(path, "this is a colour image, not a grey mammogram.",
+                            "Open the original grey image (DICOM or a grey PNG/TIFF).")
+            arr = np.rint(arr.astype(np.float32).mean(axis=2)).astype(arr.dtype)
+    if arr.ndim != 2:
+        raise _fail(path, f"the image has shape {arr.shape}, not a 2-D grey image.", "Export a single grey image.")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise _fail(path, f"pixel type {arr.dtype} is not supported.", "Save the image as 8- or 16-bit grey.")
+    if np.issubdtype(arr.dtype, np.integer):
+        bits = 8 if arr.dtype.itemsize == 1 else 16
+        if arr.dtype.itemsize > 2 and arr.size:  # Pillow gives 16-bit PNGs as int32
+            bits = 16 if int(arr.max()) < 65536 and int(arr.min()) >= 0 else 32
+    else:
+        bits = 32
+    pixels = arr.astype(np.float32)
+    meta = {"format": fmt, "rows": int(arr.shape[0]), "cols": int(arr.shape[1]), "BitsStored": bits,
+            "deidentified": True}
+    return pixels, "MONOCHROME2", bits, "", "", None, [], "LINEAR", meta
+
+
+def load_image(path, *, show_phi: bool = False) -> Mammogram:
+    """Read a mammogram from a DICOM, PNG (8/16-bit), JPEG or TIFF file.
+
+    DICOM: decodes any transfer syntax the pylibjpeg plugins handle (RLE, JPEG baseline/extended/
+    lossless, JPEG-LS, JPEG 2000), masks to BitsStored, applies the modality LUT (or rescale),
+    lists every window, and reads laterality (ImageLaterality, then Laterality) and view
+    (ViewPosition, then ViewCodeSequence). When the file does not give the laterality it is
+    inferred from the breast's chest-wall side by the hanging convention and ``laterality_inferred``
+    is set. ``meta`` is de-identified unless ``show_phi``. Raises ImagingError for anything that is
+    not a readable single-frame grey 2-D image, with what is wrong and what to do.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ImagingError(f"{path}: file not found.") from exc
+    except OSError as exc:
+        raise ImagingError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
+    if not data:
+        raise _fail(path, "the file is empty.", "Copy it again.")
+    fmt = sniff_format(data[:132])
+    if fmt is None and path.suffix.lower() in DICOM_SUFFIXES:
+        fmt = "DICOM"  # preamble-less DICOM; _read_dataset decides
+    if fmt is None:
+        raise _fail(path, f"the file type ({path.suffix or 'no extension'}) is not a supported image.",
+                    "Use DICOM, PNG, JPEG or TIFF.")
+    if fmt == "DICOM":
+        fields = _load_dicom(path, data, show_phi)
+    else:
+        fields = _load_plain(path, fmt)
+    pixels, photometric, bits, lat, view, spacing, windows, fn, meta = fields
+    if pixels.size == 0 or min(pixels.shape) < 2:
+        raise _fail(path, f"the image is empty ({pixels.shape[0]} x {pixels.shape[1]} pixels).", "")
+    inferred = False
+    if not lat:
+        mask = segment_breast(-pixels if photometric == "MONOCHROME1" else pixels)
+        if mask.any():
+            lat = "R" if chest_wall_side(mask) == "right" else "L"
+            inferred = True
+    meta["laterality_inferred"] = inferred
+    return Mammogram(pixels=np.ascontiguousarray(pixels, np.float32), photometric=photometric,
+                     bits_stored=int(bits), laterality=lat, view=view, pixel_spacing_mm=spacing,
+                     windows=windows, voi_lut_function=fn, meta=meta, path=path,
+                     sha256=hashlib.sha256(data).hexdigest(), laterality_inferred=inferred, format=fmt)

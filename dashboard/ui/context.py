@@ -1,0 +1,90 @@
+"""AppContext: what every screen function needs, built once per rerun by ``resources.get_context``.
+
+Screen functions take an ``AppContext`` instead of reaching for globals, so tests build one from a
+real store in ``tmp_path`` (``build_context``) and call them without Streamlit.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dashboard.settings import Settings
+from dashboard.data.store import Store
+from dashboard.errors import ConceptLensError
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model card with its network (or the reason it could not be loaded) and its lock.
+
+    The lock serialises every forward/backward pass through this model (attribution hooks and
+    eval/train state are per model, so two sessions must not interleave on one).
+    """
+
+    card: Any | None
+    model: Any | None
+    device: str
+    weights_sha: str
+    lock: threading.RLock = field(default_factory=threading.RLock, compare=False)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """settings, store, and the model in use (card, network, device, weights SHA-256, lock)."""
+
+    settings: Settings
+    store: Store
+    card: Any | None
+    model: Any | None
+    device: str
+    weights_sha: str
+    lock: threading.RLock
+    model_error: str | None = None
+
+    @property
+    def card_name(self) -> str:
+        return self.card.name if self.card is not None else self.settings.model_card
+
+    @property
+    def model_ready(self) -> bool:
+        return self.model is not None and self.card is not None
+
+    def require_model(self) -> None:
+        """Raise ModelUnavailable with the load error when the model could not be loaded."""
+        if not self.model_ready:
+            raise ModelUnavailable(self.model_error or f"Model card {self.card_name!r} is not loaded.")
+
+
+class ModelUnavailable(ConceptLensError, RuntimeError):
+    """The model of the selected card cannot be used (missing weights, bad card...)."""
+
+
+def load_model(card_name: str, user_cards_dir: Path | None, device: str) -> LoadedModel:
+    """Load a card and its checked weights onto ``device`` (already resolved, see pick_device).
+
+    Errors are kept in ``LoadedModel.error``, not raised, so the pages that do not need the
+    model keep working and the others show why it is missing."""
+    dev = device
+    try:
+        import model_zoo
+
+        card = model_zoo.load_card(card_name, extra_dirs=[user_cards_dir] if user_cards_dir else [])
+    except Exception as exc:  # noqa: BLE001 - any card problem becomes a message on the page
+        return LoadedModel(None, None, dev, "", error=f"Model card {card_name!r}: {exc}")
+    try:
+        model = model_zoo.create_model(card, device=dev)
+    except Exception as exc:  # noqa: BLE001
+        return LoadedModel(card, None, dev, card.weights_sha256 or "", error=str(exc))
+    from dashboard.engine.model_state import lock_for
+
+    # the same lock every inference, activation and attribution call takes (``lock_for``)
+    return LoadedModel(card, model, dev, card.weights_sha256 or "", lock=lock_for(model))
+
+
+def build_context(settings: Settings, store: Store, loaded: LoadedModel) -> AppContext:
+    return AppContext(settings=settings, store=store, card=loaded.card, model=loaded.model,
+                      device=loaded.device, weights_sha=loaded.weights_sha, lock=loaded.lock,
+                      model_error=loaded.error)

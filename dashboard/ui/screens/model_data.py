@@ -1,0 +1,124 @@
+"""Model and data: the model card in use and its metrics, other cards, the store's contents,
+dataset statistics for the concept engine, folder ingest and the demo set."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dashboard.ui.context import AppContext
+
+
+@dataclass
+class ModelDataView:
+    card_name: str
+    card: dict | None                 # the card in use, flattened for display
+    metrics: list[dict]               # [{"metric", "value"}]
+    model_error: str | None
+    cards: list[dict]                 # every readable card (name, arch, description, has weights)
+    store: dict                       # counts: cases, images, annotations, by source
+    device: str
+    stats: dict | None = None         # the concept engine's dataset statistics for this card/layer
+    notes: list[str] = field(default_factory=list)
+
+
+def card_summary(card) -> dict:
+    return {
+        "name": card.name, "arch": card.arch, "description": card.description,
+        "classes": ", ".join(card.classes) if len(card.classes) <= 8 else f"{len(card.classes)} classes",
+        "positive_class": card.positive_class or "", "input_size": "x".join(map(str, card.input_size)),
+        "pixel_spacing_mm": card.pixel_spacing_mm, "concept_layers": ", ".join(card.concept_layers),
+        "default_layer": card.default_layer, "weights": card.weights_file or "(none)",
+        "weights_sha256": card.weights_sha256 or "", "training": card.training or {},
+    }
+
+
+def list_card_summaries(ctx: AppContext) -> tuple[list[dict], list[str]]:
+    """Every card the zoo can read (built-in, then the user folder), with unreadable ones noted."""
+    import warnings
+
+    import model_zoo
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cards = model_zoo.list_cards(extra_dirs=[ctx.settings.user_cards_dir])
+    out = []
+    for c in cards:
+        path = c.weights_path
+        has = bool(path and path.is_file()) if path is not None else False
+        out.append({"name": c.name, "arch": c.arch, "classes": len(c.classes),
+                    "positive_class": c.positive_class or "", "weights": "yes" if has else "missing",
+                    "auroc": (c.metrics or {}).get("auroc"), "description": c.description})
+    return out, [str(w.message) for w in caught]
+
+
+def store_summary(ctx: AppContext) -> dict:
+    cases = ctx.store.list_cases()
+    by_source: dict[str, dict] = {}
+    for c in cases:
+        s = by_source.setdefault(c["source"], {"source": c["source"], "cases": 0, "images": 0, "drawings": 0})
+        s["cases"] += 1
+        s["images"] += int(c["n_images"])
+        s["drawings"] += int(c["n_annotations"])
+    return {"cases": len(cases), "images": sum(s["images"] for s in by_source.values()),
+            "drawings": sum(s["drawings"] for s in by_source.values()),
+            "by_source": sorted(by_source.values(), key=lambda s: s["source"]), "db_path": str(ctx.store.db_path)}
+
+
+def load_model_data(ctx: AppContext) -> ModelDataView:
+    cards, notes = list_card_summaries(ctx)
+    card = card_summary(ctx.card) if ctx.card is not None else None
+    metrics = [{"metric": k, "value": v} for k, v in sorted((ctx.card.metrics or {}).items())] \
+        if ctx.card is not None else []
+    return ModelDataView(card_name=ctx.card_name, card=card, metrics=metrics, model_error=ctx.model_error,
+                         cards=cards, store=store_summary(ctx), device=ctx.device,
+                         stats=dataset_stats_status(ctx), notes=notes)
+
+
+# ---------------------------------------------------------------- actions
+def ingest(ctx: AppContext, folder: str, source: str = "ingest",
+           progress: Callable[[float, str], None] | None = None):
+    """Ingest a folder of DICOM/PNG/JPEG/TIFF files; returns the IngestReport (failures listed)."""
+    from dashboard.data import ingest as ingest_mod
+
+    folder = (folder or "").strip()
+    if not folder:
+        raise ingest_mod.IngestError("Give the folder that holds the images.")
+
+    def cb(done: int, total: int, path: str) -> None:
+        if progress:
+            progress(done / max(total, 1), f"{done}/{total} · {Path(path).name}")
+
+    return ingest_mod.ingest_folder(ctx.store, folder, source=(source or "ingest").strip() or "ingest",
+                                    show_phi=ctx.settings.show_phi, progress=cb)
+
+
+def build_demo(ctx: AppContext, n_cases: int, progress: Callable[[float, str], None] | None = None):
+    """Render the synthetic demo set (missing cases only) into the store."""
+    from dashboard.data import demo
+
+    def cb(done: int, total: int) -> None:
+        if progress:
+            progress(done / max(total, 1), f"{done}/{total} cases")
+
+    return demo.ensure_demo(ctx.settings, ctx.store, n_cases=int(n_cases), progress=cb)
+
+
+def dataset_stats_status(ctx: AppContext) -> dict | None:
+    """A summary of the concept layer's dataset statistics for this model (None when not computed)."""
+    from dashboard.ui.screens import concepts
+
+    stats = concepts.find_stats(ctx)
+    if stats is None:
+        return None
+    return {"layer": stats.layer, "units": stats.n_units, "patches": stats.n_patches,
+            "quantile": stats.quantile, "feature map": "x".join(map(str, stats.feature_shape)),
+            "sample rate": round(float(stats.sample_rate), 4), "key": stats.key}
+
+
+def compute_dataset_stats(ctx: AppContext, max_patches: int,
+                          progress: Callable[[float, str], None] | None = None):
+    """Activation quantiles, exemplars and the unit map of the card's concept layer."""
+    from dashboard.ui.screens import concepts
+
+    return concepts.compute_stats(ctx, int(max_patches), progress)
