@@ -50,12 +50,12 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dashboard.testing import flows
-from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
 from dashboard.testing.browser import ARTIFACTS, ROOT, chromium_available, launch_chromium, streamlit_server
+from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -118,15 +118,15 @@ def profile_in_process(data_dir: Path, reps: int) -> dict:
 
     import plotly.io as pio
 
-    from dashboard.ui import canvas
+    from dashboard.data.store import Store
     from dashboard.engine import probes
+    from dashboard.testing.e2e_data import _settings
+    from dashboard.ui import canvas
     from dashboard.ui.context import build_context, load_model
     from dashboard.ui.screens import labeling as lb
     from dashboard.ui.screens import reporting as rp
     from dashboard.ui.screens import worklist as wl
     from dashboard.ui.screens.reading import PatchRef
-    from dashboard.data.store import Store
-    from dashboard.testing.e2e_data import _settings
 
     plan = plan_drawing(data_dir, case_with_lesion(data_dir))
     log: dict[str, list] = {}
@@ -264,7 +264,7 @@ def run(reps: int, data_dir: Path, vertices: int) -> dict:
     res = {
         "benchmark": "browser",
         "command": "python -m bench.bench_browser" + (f" --reps {reps}" if reps != 10 else ""),
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpus": os.cpu_count(), "browser": "Debian chromium (headless=new) via Playwright",
                     "device": "cpu"},

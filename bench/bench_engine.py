@@ -23,7 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -99,18 +99,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bench.bench_model import load_model
+    from dashboard.data.store import Store
     from dashboard.engine.activations import compute_activations
-    from dashboard.engine.dissection import (compute_dataset_stats, compute_unit_ious, compute_unit_ious_reference,
-                                      drawing_to_mask, label_units_from_drawing, mask_to_png)
-    from dashboard.engine.unit_iou import prepare_unit_masks, unit_ious
+    from dashboard.engine.dissection import (
+        compute_dataset_stats,
+        compute_unit_ious,
+        compute_unit_ious_reference,
+        drawing_to_mask,
+        label_units_from_drawing,
+        mask_to_png,
+    )
     from dashboard.engine.probes import train_probes
     from dashboard.engine.report import build_report, report_figures, report_to_json
-    from dashboard.data.store import Store
+    from dashboard.engine.unit_iou import prepare_unit_masks, unit_ious
 
     card, model, what = load_model("cpu")
     layer = "bn2"
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    res: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "threads": args.threads,
+    res: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "threads": args.threads,
                  "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
                  "model": what, "layer": layer, "patch_size": SIZE, "load_avg_start": os.getloadavg()}
     a = torch.randn(1024, 1024)

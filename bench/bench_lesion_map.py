@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     from scipy.ndimage import binary_dilation
 
     from bench.bench_model import load_model
-    from dashboard.imaging import Mammogram, prepare_model_image
-    from dashboard.engine.inference import compute_lesion_map, patch_size
     from dashboard.data.phantom import generate_case
+    from dashboard.engine.inference import compute_lesion_map, patch_size
+    from dashboard.imaging import Mammogram, prepare_model_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=23)  # 2-4 images each; 2 of 3 cases have findings
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  case {ci} ({case.label}): {len(case.images)} images", flush=True)
     out = {"model": what, "seed": args.seed, "cases": args.cases, "threads": args.threads,
            "load_average_1min": __import__("os").getloadavg()[0],
-           "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "when": datetime.now(UTC).isoformat(timespec="seconds"),
            "fcn_vs_tiles_corr_mean": float(np.mean(corr)) if corr else float("nan"), "methods": {}}
     for name, st in stats.items():
         out["methods"][name] = {

@@ -18,7 +18,7 @@ import resource
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +102,8 @@ def rss_mib() -> float:
 
 def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     from dashboard.engine.attribution import attribute, attribute_image
-    from dashboard.imaging import Mammogram, prepare_model_image
     from dashboard.engine.inference import compute_lesion_map, patch_size, positive_index, predict_patches
+    from dashboard.imaging import Mammogram, prepare_model_image
 
     torch.set_num_threads(threads)
     cuda = device.startswith("cuda")
@@ -114,7 +114,7 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     s = patch_size(card)
     res: dict = {"device": device, "threads": threads, "model": what, "patch_size": s,
                  "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                 "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                 "when": datetime.now(UTC).isoformat(timespec="seconds")}
     print(f"[{device}] model: {what}")
     rng = np.random.default_rng(0)
     patches = rng.uniform(0.1, 0.6, size=(32, s, s)).astype(np.float32)  # (32, S, S)

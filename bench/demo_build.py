@@ -36,8 +36,8 @@ def main(argv=None) -> int:
         os.environ["CONCEPTLENS_DATA_DIR"] = tmp
         os.environ.pop("CONCEPTLENS_DB_PATH", None)
         from dashboard.data import demo
-        from dashboard.settings import load_settings
         from dashboard.data.store import open_store
+        from dashboard.settings import load_settings
 
         settings = load_settings()
         cpu0 = os.times()

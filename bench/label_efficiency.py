@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     import model_zoo
     from dashboard import evaluation as ev
     from dashboard.data.demo import ensure_demo
-    from dashboard.settings import load_settings, pick_device
     from dashboard.data.store import Store
+    from dashboard.settings import load_settings, pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

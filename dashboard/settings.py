@@ -68,7 +68,7 @@ class Settings:
     def user_cards_dir(self) -> Path:
         return self.data_dir / "model_cards"
 
-    def with_overrides(self, **kw) -> "Settings":
+    def with_overrides(self, **kw) -> Settings:
         return replace(self, **kw)
 
 

@@ -11,9 +11,25 @@ Public API::
 
 This package never imports ``dashboard`` (imports point pages -> dashboard -> model_zoo).
 """
-from .cards import (CARDS_DIR, WEIGHTS_DIR, ModelCard, card_from_dict, list_cards, load_card, read_card,
-                    save_card, timm_data_config)
-from .errors import CardError, ConceptLensError, ModelZooError, WeightsIntegrityError, WeightsMappingError, WeightsMissingError
+from .cards import (
+                    CARDS_DIR,
+                    WEIGHTS_DIR,
+                    ModelCard,
+                    card_from_dict,
+                    list_cards,
+                    load_card,
+                    read_card,
+                    save_card,
+                    timm_data_config,
+)
+from .errors import (
+                    CardError,
+                    ConceptLensError,
+                    ModelZooError,
+                    WeightsIntegrityError,
+                    WeightsMappingError,
+                    WeightsMissingError,
+)
 from .factory import create_model, load_state_dict, save_weights, sha256_file, verify_weights
 
 __all__ = [

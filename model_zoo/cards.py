@@ -25,9 +25,10 @@ from __future__ import annotations
 import math
 import tomllib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

@@ -6,8 +6,8 @@ fp16 files are loaded into fp32 models. ``save_weights`` writes the files the ca
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn

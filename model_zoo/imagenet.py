@@ -9,8 +9,8 @@ the pair. Nothing is downloaded and nothing is unpickled (``torch.load(weights_o
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ def _kind(name: str) -> str:
 
 
 def map_state_dict_in_order(src: Mapping[str, torch.Tensor],
-                            dst: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+                            dst: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Give ``src``'s tensors ``dst``'s names, position by position.
 
     Raises WeightsMappingError when the counts differ or a pair differs in shape or tensor kind
@@ -61,7 +61,7 @@ def map_state_dict_in_order(src: Mapping[str, torch.Tensor],
     return out
 
 
-def imagenet_lite0_state_dict() -> "OrderedDict[str, torch.Tensor]":
+def imagenet_lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
     """The package's weights under timm ``efficientnet_lite0`` names (1000-class classifier included)."""
     import timm
 

@@ -313,7 +313,7 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
         "seed": seed, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
         "augment": augment,
         "steps": total, "device": str(dev), "train_seconds": round(train_seconds, 1),
-        "trained_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "trained_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": torch.__version__,
         **(notes or {}),
     }

@@ -1,8 +1,7 @@
 """Label concepts: draw a concept on the patch; the matching units show at once; Save labels them."""
 import streamlit as st
 
-from dashboard.ui import resources
-from dashboard.ui import state
+from dashboard.ui import resources, state
 from dashboard.ui.screens import labeling as lb
 from dashboard.ui.screens.reading import PatchRef
 

@@ -1,8 +1,7 @@
 """Model and data: the card in use and its metrics, switch card, dataset statistics, ingest, demo."""
 import streamlit as st
 
-from dashboard.ui import resources
-from dashboard.ui import state
+from dashboard.ui import resources, state
 from dashboard.ui.screens import model_data as md
 
 ctx = resources.get_context()

@@ -1,8 +1,7 @@
 """Read: the case hung RCC | LCC over RMLO | LMLO, window/level, overlays, suspicious patches."""
 import streamlit as st
 
-from dashboard.ui import resources
-from dashboard.ui import state
+from dashboard.ui import resources, state
 from dashboard.ui.screens import reading as rd
 
 ctx = resources.get_context()

@@ -1,8 +1,7 @@
 """Report: the concepts behind an image's prediction, their maps, the probe and its metrics."""
 import streamlit as st
 
-from dashboard.ui import resources
-from dashboard.ui import state
+from dashboard.ui import resources, state
 from dashboard.ui.screens import reporting as rp
 
 ctx = resources.get_context()

@@ -1,8 +1,7 @@
 """Units: the unit map coloured by concept; a unit's exemplars, label and drawings; undo a drawing."""
 import streamlit as st
 
-from dashboard.ui import resources
-from dashboard.ui import state
+from dashboard.ui import resources, state
 from dashboard.ui.screens import units as un
 
 ctx = resources.get_context()

@@ -1,8 +1,7 @@
 """Worklist: every case with the model's score and the label status; open one to read it."""
 import streamlit as st
 
-from dashboard.ui import resources
-from dashboard.ui import state
+from dashboard.ui import resources, state
 from dashboard.ui.screens import worklist as wl
 
 ctx = resources.get_context()

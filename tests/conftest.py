@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.settings import PROJECT_ROOT, load_settings
 from dashboard.data.store import Store
+from dashboard.settings import PROJECT_ROOT, load_settings
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -143,7 +143,7 @@ def compute_activations(model: nn.Module, layers: list[str], x: torch.Tensor, *,
 
 
 # ---------------------------------------------------------------- fingerprints and a disk cache
-_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def model_fingerprint(model: nn.Module) -> str:

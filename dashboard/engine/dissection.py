@@ -29,19 +29,24 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from dashboard.engine.activations import compute_activations, model_fingerprint
 from dashboard.data.store import ValidationError
-from dashboard.engine.unit_iou import (UnitMasks, compute_unit_ious, compute_unit_ious_reference, prepare_unit_masks,
-                               unit_ious)
+from dashboard.engine.activations import compute_activations, model_fingerprint
+from dashboard.engine.unit_iou import (
+    UnitMasks,
+    compute_unit_ious,
+    compute_unit_ious_reference,
+    prepare_unit_masks,
+    unit_ious,
+)
 from dashboard.errors import ConceptLensError
 
 __all__ = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ HOOK_DICTS = (
     "_load_state_dict_post_hooks",
 )
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -53,7 +53,7 @@ def lock_for(model: nn.Module) -> threading.RLock:
 
 def hook_counts(model: nn.Module) -> dict[str, int]:
     """Number of registered hooks of each kind over all modules of ``model`` (for checks)."""
-    counts = {name: 0 for name in HOOK_DICTS}
+    counts = dict.fromkeys(HOOK_DICTS, 0)
     for module in model.modules():
         for name in HOOK_DICTS:
             counts[name] += len(getattr(module, name, ()) or ())

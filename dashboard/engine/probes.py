@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from dashboard.data.store import ValidationError
 from dashboard.engine.activations import compute_activations, compute_patch_activations
 from dashboard.engine.dissection import mask_from_png
-from dashboard.data.store import ValidationError
 
 __all__ = ["ProbeVersion", "ProbeData", "collect_probe_data", "fit_probe", "train_probes", "load_probe",
            "compute_concept_maps", "compute_image_concept_maps", "auroc_one_vs_rest"]

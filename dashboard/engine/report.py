@@ -26,17 +26,18 @@ import html
 import io
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dashboard.data.store import BUILTIN_CONCEPTS
 from dashboard.engine.activations import compute_activations, model_fingerprint
 from dashboard.engine.probes import ProbeVersion, compute_concept_maps
-from dashboard.data.store import BUILTIN_CONCEPTS
 
 __all__ = ["ConceptEntry", "ConceptReport", "ImageEvidence", "build_report", "build_image_report",
            "compute_image_evidence", "report_to_json",
@@ -308,8 +309,8 @@ def compute_image_evidence(model, card, image: np.ndarray, *, layers: list[str] 
     tiles: the candidate patches (x0, y0) (default: a grid over ``mask``), ``tile_source`` their
     name in the report's note.
     """
-    from dashboard.imaging import crop_patch, tile
     from dashboard.engine.model_state import lock_for
+    from dashboard.imaging import crop_patch, tile
 
     img = np.asarray(image, dtype=np.float32)
     size = int(card.input_size if np.isscalar(card.input_size) else card.input_size[-1])

@@ -89,7 +89,7 @@ class TCAVResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TCAVResult":
+    def from_dict(cls, d: dict) -> TCAVResult:
         d = dict(d)
         d["concepts"] = {k: TCAVConcept(**v) for k, v in d["concepts"].items()}
         return cls(**d)

@@ -7,20 +7,54 @@ checks, the app's learning curve, label efficiency end to end and the model card
 * ``learning_curve``: validation AUROC of each concept against its number of drawings;
 * ``label_efficiency``: everything end to end on a demo store (``bench/label_efficiency.py``);
 * ``scoring``: a card's patch and image AUROC with patient-bootstrap CIs."""
-from dashboard.evaluation.reader import (
-    READER, DEFAULT_CONCEPTS, DEFAULT_BUDGETS, NORMAL_GROUP, DELETION_VARIANTS, Progress, ReaderConfig, SimDrawing, simulate_drawing, choose_label, TruthRegion, ImageTruth, load_image_truth, DrawingTask, plan_drawings, SimulatedReader,
-)
-from dashboard.evaluation.metrics import (
-    pixel_auroc, N_BINS, LOGIT_RANGE, score_histograms, auroc_from_counts, mask_iou, bootstrap_auroc_iou, spearman, top_concept_match, attribution_in_region, map_similarity, sample_grid,
-)
 from dashboard.evaluation.faithfulness import (
-    inpaint_regions, deletion_drops, randomize_model,
-)
-from dashboard.evaluation.learning_curve import (
-    load_drawing_speed, compute_learning_curve,
+    deletion_drops,
+    inpaint_regions,
+    randomize_model,
 )
 from dashboard.evaluation.label_efficiency import (
-    EvaluationConfig, compute_train_stats, EvaluationResult, jsonable, run_label_efficiency, summarise,
+    EvaluationConfig,
+    EvaluationResult,
+    compute_train_stats,
+    jsonable,
+    run_label_efficiency,
+    summarise,
+)
+from dashboard.evaluation.learning_curve import (
+    compute_learning_curve,
+    load_drawing_speed,
+)
+from dashboard.evaluation.metrics import (
+    LOGIT_RANGE,
+    N_BINS,
+    attribution_in_region,
+    auroc_from_counts,
+    bootstrap_auroc_iou,
+    map_similarity,
+    mask_iou,
+    pixel_auroc,
+    sample_grid,
+    score_histograms,
+    spearman,
+    top_concept_match,
+)
+from dashboard.evaluation.reader import (
+    DEFAULT_BUDGETS,
+    DEFAULT_CONCEPTS,
+    DELETION_VARIANTS,
+    NORMAL_GROUP,
+    READER,
+    DrawingTask,
+    ImageTruth,
+    Progress,
+    ReaderConfig,
+    SimDrawing,
+    SimulatedReader,
+    TruthRegion,
+    choose_label,
+    load_image_truth,
+    plan_drawings,
+    simulate_drawing,
 )
 
 __all__ = [

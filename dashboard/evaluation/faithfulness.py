@@ -1,21 +1,10 @@
 """Faithfulness checks: inpaint a concept's region, the drop of the class log-odds, model randomisation."""
 from __future__ import annotations
 
-
 import copy
-import json
-import math
-import time
-import zlib
-from collections import OrderedDict
-from functools import partial
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-
 
 
 def inpaint_regions(img: np.ndarray, regions: np.ndarray, *, method: str = "texture",

@@ -2,25 +2,39 @@
 metric is measured on held-out images (``run_label_efficiency``, ``summarise``)."""
 from __future__ import annotations
 
-
-import copy
-import json
 import math
 import time
-import zlib
-from collections import OrderedDict
-from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from dashboard.evaluation.faithfulness import deletion_drops, inpaint_regions, randomize_model
 from dashboard.evaluation.learning_curve import compute_learning_curve
-from dashboard.evaluation.metrics import attribution_in_region, bootstrap_auroc_iou, map_similarity, sample_grid, score_histograms, spearman, top_concept_match
-from dashboard.evaluation.reader import DEFAULT_BUDGETS, DEFAULT_CONCEPTS, DELETION_VARIANTS, ImageTruth, NORMAL_GROUP, Progress, ReaderConfig, SimulatedReader, load_image_truth, plan_drawings
-
+from dashboard.evaluation.metrics import (
+    attribution_in_region,
+    bootstrap_auroc_iou,
+    map_similarity,
+    sample_grid,
+    score_histograms,
+    spearman,
+    top_concept_match,
+)
+from dashboard.evaluation.reader import (
+    DEFAULT_BUDGETS,
+    DEFAULT_CONCEPTS,
+    DELETION_VARIANTS,
+    NORMAL_GROUP,
+    ImageTruth,
+    Progress,
+    ReaderConfig,
+    SimulatedReader,
+    load_image_truth,
+    plan_drawings,
+)
 
 
 @dataclass(frozen=True)
@@ -174,8 +188,8 @@ def _prepare_heldout(store, model, card, layer: str, thresholds: np.ndarray, cfg
     import torch.nn.functional as F
 
     from dashboard.engine.activations import compute_activations
-    from dashboard.imaging import crop_patch
     from dashboard.engine.model_state import lock_for
+    from dashboard.imaging import crop_patch
 
     rows = [r for s in cfg.heldout_splits for r in store.list_images(split=s)]
     if cfg.max_heldout_images is not None and len(rows) > cfg.max_heldout_images:
@@ -411,7 +425,7 @@ class EvaluationResult:
         return jsonable(asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EvaluationResult":
+    def from_dict(cls, d: dict) -> EvaluationResult:
         """The inverse of ``to_dict`` (extra keys, e.g. a bench's ``environment``, are ignored)."""
         from dataclasses import fields
 
@@ -441,8 +455,8 @@ def run_label_efficiency(store, model, card, cfg: EvaluationConfig = EvaluationC
 
     The store must hold no live drawings under ``card`` yet (a fresh copy of a demo store).
     """
-    from dashboard.engine.dissection import units_by_concept
     from dashboard.data.store import ValidationError
+    from dashboard.engine.dissection import units_by_concept
 
     if store.list_annotations(model_card=card.name):
         raise ValidationError("The store already holds drawings for this model card: run on a fresh copy.")

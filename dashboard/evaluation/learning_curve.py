@@ -2,22 +2,13 @@
 the browser bench's drawing speed."""
 from __future__ import annotations
 
-
-import copy
 import json
-import math
-import time
-import zlib
-from collections import OrderedDict
-from functools import partial
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from dashboard.evaluation.reader import Progress, READER
 
+from dashboard.evaluation.reader import READER, Progress
 
 
 def load_drawing_speed(path: str | Path) -> dict | None:

@@ -1,21 +1,7 @@
 """Metrics of concept maps and reports, each a small function with a hand-made-case test."""
 from __future__ import annotations
 
-
-import copy
-import json
-import math
-import time
-import zlib
-from collections import OrderedDict
-from functools import partial
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
-
 import numpy as np
-
 
 
 # ====================================================================== metrics

@@ -1,22 +1,13 @@
 """The simulated reader: scripted drawings of ground-truth regions through the canvas path's calls."""
 from __future__ import annotations
 
-
-import copy
-import json
-import math
-import time
 import zlib
 from collections import OrderedDict
-from functools import partial
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-
 
 READER = "sim-reader"
 #: Concepts the simulated reader draws by default: the finding kinds and the normal structures.
@@ -167,8 +158,8 @@ def simulate_drawing(truth: np.ndarray, cfg: ReaderConfig, rng: np.random.Genera
     polygons and rasterised with ``dissection.drawing_to_mask`` (the canvas path's call).
     Raises ValueError when the truth is empty.
     """
-    from dashboard.engine.dissection import drawing_to_mask
     from dashboard.data.store import ValidationError
+    from dashboard.engine.dissection import drawing_to_mask
 
     truth = np.asarray(truth, bool)
     if not truth.any():
@@ -265,7 +256,7 @@ def load_image_truth(store, card, row: dict, concepts: Sequence[str] | None = No
     m = imaging.load_image(row["path"])
     img, breast, frame = imaging.prepare_model_image(m, card.pixel_spacing_mm,
                                                      default_spacing_mm=row.get("pixel_spacing_mm"))
-    groups: "OrderedDict[str, list[dict]]" = OrderedDict()
+    groups: OrderedDict[str, list[dict]] = OrderedDict()
     for f in store.list_findings(row["image_id"]):
         if f.get("mask_path"):
             groups.setdefault(str(f["mask_path"]), []).append(f)
@@ -361,7 +352,7 @@ class SimulatedReader:
         self.size = int(card.input_size[-1]) if not np.isscalar(card.input_size) else int(card.input_size)
         self.patches: dict[tuple, np.ndarray] = {}
         self.log: list[dict] = []
-        self._images: "OrderedDict[str, ImageTruth]" = OrderedDict()
+        self._images: OrderedDict[str, ImageTruth] = OrderedDict()
         self._image_cache = int(image_cache)
         self._rows = {r["image_id"]: r for r in store.list_images()}
         self._groups = {c["name"]: c["lexicon_group"] for c in store.list_concepts()}
@@ -393,7 +384,7 @@ class SimulatedReader:
 
         prepared = []
         # read each image once: the tasks of one image are prepared together, saved in plan order
-        by_image: "OrderedDict[str, list[int]]" = OrderedDict()
+        by_image: OrderedDict[str, list[int]] = OrderedDict()
         for i, t in enumerate(tasks):
             by_image.setdefault(t.image_id, []).append(i)
         slots: list[Any] = [None] * len(tasks)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 
@@ -190,11 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="add the image-level results and CIs to the card's [metrics] table")
     args = ap.parse_args(argv)
 
-    import model_zoo
     from tqdm.auto import tqdm
 
-    from dashboard.settings import load_settings, pick_device
+    import model_zoo
     from dashboard.data.store import Store, StoreError
+    from dashboard.settings import load_settings, pick_device
 
     settings = load_settings()
     bars: dict[str, tqdm] = {}

@@ -4,20 +4,50 @@ Coordinates (see ARCHITECTURE.md): *source space* is the pixel grid of the store
 y = row); *model space* is that grid resampled to the model card's pixel spacing and mirrored, when
 needed, so that the chest wall is on the LEFT. ``Frame`` converts between them. Nothing here runs at
 import time."""
-from dashboard.imaging.model import (
-    ImagingError, VoiLut, Window, Mammogram,
-)
-from dashboard.imaging.windowing import (
-    VOI_FUNCTIONS, apply_window, apply_voi_lut, auto_window, default_window, window_image,
-)
-from dashboard.imaging.segmentation import (
-    segment_breast, chest_wall_side, crop_to_mask, crop_patch, tile,
-)
 from dashboard.imaging.geometry import (
-    Frame, resample, display_flip, display_image, source_to_display, display_to_source, prepare_model_image,
+    Frame,
+    display_flip,
+    display_image,
+    display_to_source,
+    prepare_model_image,
+    resample,
+    source_to_display,
 )
 from dashboard.imaging.io import (
-    MG_FOR_PRESENTATION, MG_FOR_PROCESSING, VIEW_CODES, PHI_KEYWORDS, PHI_KEYS, writable_transfer_syntaxes, write_dicom, file_sha256, PLAIN_SUFFIXES, DICOM_SUFFIXES, IMAGE_SUFFIXES, sniff_format, load_image,
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    MG_FOR_PRESENTATION,
+    MG_FOR_PROCESSING,
+    PHI_KEYS,
+    PHI_KEYWORDS,
+    PLAIN_SUFFIXES,
+    VIEW_CODES,
+    file_sha256,
+    load_image,
+    sniff_format,
+    writable_transfer_syntaxes,
+    write_dicom,
+)
+from dashboard.imaging.model import (
+    ImagingError,
+    Mammogram,
+    VoiLut,
+    Window,
+)
+from dashboard.imaging.segmentation import (
+    chest_wall_side,
+    crop_patch,
+    crop_to_mask,
+    segment_breast,
+    tile,
+)
+from dashboard.imaging.windowing import (
+    VOI_FUNCTIONS,
+    apply_voi_lut,
+    apply_window,
+    auto_window,
+    default_window,
+    window_image,
 )
 
 __all__ = [

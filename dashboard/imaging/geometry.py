@@ -2,19 +2,13 @@
 and the model's view of a mammogram (``prepare_model_image``)."""
 from __future__ import annotations
 
-
-import datetime as _dt
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
+
 from dashboard.imaging.model import ImagingError, Mammogram, Window
 from dashboard.imaging.segmentation import _block_mean, chest_wall_side, segment_breast
 from dashboard.imaging.windowing import window_image
-
-
 
 
 # ---------------------------------------------------------------- source <-> model space

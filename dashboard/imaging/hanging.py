@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--width", type=int, default=1200)
     args = ap.parse_args(argv)
 
-    from dashboard.settings import load_settings
     from dashboard.data.store import Store, StoreError
+    from dashboard.settings import load_settings
 
     settings = load_settings()
     try:

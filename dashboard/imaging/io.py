@@ -1,20 +1,17 @@
 """Reading and writing mammograms: DICOM (pydicom), PNG, JPEG, TIFF; de-identified header summaries."""
 from __future__ import annotations
 
-
 import datetime as _dt
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
 from dashboard.imaging.model import ImagingError, Mammogram, VoiLut, Window
 from dashboard.imaging.segmentation import chest_wall_side, segment_breast
 from dashboard.imaging.windowing import VOI_FUNCTIONS
-
-
-
 
 # ---------------------------------------------------------------- DICOM constants
 #: SOP Class "Digital Mammography X-Ray Image Storage - For Presentation".
@@ -104,7 +101,6 @@ def write_dicom(path, pixels: np.ndarray, *, laterality: str, view: str, pixel_s
     extra             further attributes by keyword, set last (they override the defaults).
     Returns the path written.
     """
-    import pydicom
     from pydicom import uid as _uid
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence

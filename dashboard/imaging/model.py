@@ -1,17 +1,12 @@
 """The imaging data model: a loaded mammogram, its display windows and VOI LUT, and the error type."""
 from __future__ import annotations
 
-
-import datetime as _dt
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
+
 from dashboard.errors import ConceptLensError
-
-
 
 
 # ---------------------------------------------------------------- errors

@@ -1,17 +1,9 @@
 """The breast mask, the chest-wall side, crops, patches and tiles over a mask."""
 from __future__ import annotations
 
-
-import datetime as _dt
-import hashlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
-
 import numpy as np
+
 from dashboard.imaging.model import ImagingError
-
-
 
 
 # ---------------------------------------------------------------- breast mask

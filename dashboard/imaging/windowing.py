@@ -1,19 +1,10 @@
 """Display windows (DICOM PS3.3 C.11.2.1.2): linear and sigmoid windows, VOI LUTs, automatic windows."""
 from __future__ import annotations
 
-
-import datetime as _dt
-import hashlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
-
 import numpy as np
+
 from dashboard.imaging.model import ImagingError, Mammogram, VoiLut, Window
 from dashboard.imaging.segmentation import segment_breast
-
-
-
 
 # ---------------------------------------------------------------- windows (PS3.3 C.11.2.1.2)
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")

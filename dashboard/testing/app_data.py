@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from dashboard import imaging
-from dashboard.settings import Settings
 from dashboard.data.store import Store
+from dashboard.settings import Settings
 
 TINY_CARD = "tiny-test"
 SHAPE = (256, 200)  # rows, cols of every test image (0.2 mm pixels)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dashboard.settings import load_settings
 from dashboard.data.store import Store
+from dashboard.settings import load_settings
 
 E2E_CARD = "demo-lite0-synth"
 N_CASES = 4
@@ -69,8 +69,7 @@ def plan_drawing(data_dir: Path, case_id: str) -> dict:
 
     from dashboard import imaging
     from dashboard.ui.context import build_context, load_model
-    from dashboard.ui.screens import concepts
-    from dashboard.ui.screens import reading
+    from dashboard.ui.screens import concepts, reading
 
     settings = _settings(Path(data_dir))
     with Store(settings.db_path, settings.journal_dir, read_only=True) as store:

@@ -15,10 +15,12 @@ No streamlit here; the page passes ``CanvasResult.json_data`` and ``background_f
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+
 from dashboard.errors import ConceptLensError
 
 #: Fabric's ``resolveOrigin``: where an origin keyword sits along the object's box, centre = 0.
@@ -62,7 +64,7 @@ class Drawing:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Drawing":
+    def from_json(cls, d: dict) -> Drawing:
         return cls(shape=d["shape"], points=tuple((float(x), float(y)) for x, y in d["points"]),
                    closed=bool(d.get("closed", True)), stroke_width=float(d.get("stroke_width", 0.0)))
 

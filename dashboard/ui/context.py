@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dashboard.settings import Settings
 from dashboard.data.store import Store
 from dashboard.errors import ConceptLensError
+from dashboard.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,16 @@ weights and device, each with its own lock). Pages call ``get_context()`` once p
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import streamlit as st
 
+from dashboard.data.store import Store
+from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui import state
 from dashboard.ui.context import AppContext, LoadedModel, build_context, load_model
-from dashboard.settings import Settings, load_settings, pick_device
-from dashboard.data.store import Store
 
 
 def get_settings() -> Settings:

@@ -12,10 +12,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from dashboard.data.store import open_store
+    from dashboard.settings import load_settings, pick_device
     from dashboard.ui.context import build_context, load_model
     from dashboard.ui.screens import concepts as cx
-    from dashboard.settings import load_settings, pick_device
-    from dashboard.data.store import open_store
 
     settings = load_settings()
     loaded = load_model(settings.model_card, settings.user_cards_dir, pick_device(settings.device))

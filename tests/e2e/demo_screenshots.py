@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from dashboard.testing import flows
-from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing
 from dashboard.testing.browser import ARTIFACTS, ROOT, launch_chromium, streamlit_server
+from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,8 @@ import pytest
 
 from dashboard.data.store import Store
 from dashboard.testing import flows
-from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
 from dashboard.testing.browser import ROOT, streamlit_server
+from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
 
 pytestmark = pytest.mark.e2e
 

@@ -9,12 +9,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dashboard.engine.activations import compute_activations
-from dashboard.engine.dissection import (StaleCacheError, compute_dataset_stats, compute_unit_ious,
-                                  compute_unit_ious_reference, drawing_to_mask, label_units_from_drawing,
-                                  load_dataset_stats, mask_from_png, mask_to_png, match_drawing,
-                                  undo_annotation, unit_labels, units_by_concept)
 from dashboard.data.store import Store, ValidationError
+from dashboard.engine.activations import compute_activations
+from dashboard.engine.dissection import (
+    StaleCacheError,
+    compute_dataset_stats,
+    compute_unit_ious,
+    compute_unit_ious_reference,
+    drawing_to_mask,
+    label_units_from_drawing,
+    load_dataset_stats,
+    mask_from_png,
+    mask_to_png,
+    match_drawing,
+    undo_annotation,
+    unit_labels,
+    units_by_concept,
+)
 from dashboard.engine.unit_iou import prepare_unit_masks, unit_ious
 from dashboard.testing.engine_helpers import TinyCard, add_image, blob_mask, synthetic_patches, tiny_model
 

@@ -5,12 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from dashboard.engine.activations import compute_activations
-from dashboard.engine.dissection import label_units_from_drawing, mask_to_png, undo_annotation
-from dashboard.engine.probes import (auroc_one_vs_rest, collect_probe_data, compute_concept_maps,
-                              compute_image_concept_maps, fit_probe, fit_probes, load_probe, train_probes)
 from dashboard.data.store import NotFoundError, ValidationError
-from dashboard.testing.engine_helpers import TinyCard, blob_mask, tiny_model
+from dashboard.engine.activations import compute_activations
+from dashboard.engine.dissection import undo_annotation
+from dashboard.engine.probes import (
+    auroc_one_vs_rest,
+    collect_probe_data,
+    compute_concept_maps,
+    compute_image_concept_maps,
+    fit_probe,
+    fit_probes,
+    load_probe,
+    train_probes,
+)
+from dashboard.testing.engine_helpers import TinyCard, tiny_model
 from dashboard.testing.probe_scene import S
 from dashboard.testing.probe_scene import loader as _loader
 from dashboard.testing.probe_scene import populate as _populate

@@ -8,8 +8,15 @@ import torch
 from dashboard.engine.activations import compute_activations
 from dashboard.engine.dissection import label_units_from_drawing
 from dashboard.engine.probes import train_probes
-from dashboard.engine.report import (build_image_report, build_report, export_html, logit_decomposition, report_figures,
-                              report_from_json, report_to_json)
+from dashboard.engine.report import (
+    build_image_report,
+    build_report,
+    export_html,
+    logit_decomposition,
+    report_figures,
+    report_from_json,
+    report_to_json,
+)
 from dashboard.engine.tcav import run_tcav
 from dashboard.testing.engine_helpers import TinyCard, tiny_model
 from dashboard.testing.probe_scene import S

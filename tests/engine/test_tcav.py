@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from dashboard.engine.probes import ProbeData, collect_probe_data, train_probes
-from dashboard.engine.tcav import (CAVSet, TCAVResult, _ttest, compute_cavs, compute_layer_gradients, compute_tcav,
-                            run_tcav)
+from dashboard.engine.tcav import (
+    CAVSet,
+    TCAVResult,
+    _ttest,
+    compute_cavs,
+    compute_layer_gradients,
+    compute_tcav,
+    run_tcav,
+)
 from dashboard.testing.engine_helpers import TinyCard, tiny_model
-from dashboard.testing.probe_scene import S
 from dashboard.testing.probe_scene import loader as _loader
 from dashboard.testing.probe_scene import populate as _populate
 from dashboard.testing.probe_scene import scene as _scene

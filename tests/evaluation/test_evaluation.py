@@ -319,7 +319,7 @@ def test_load_drawing_speed(tmp_path):
 
 
 def _round(budget, aurocs, n):
-    return {"budget": budget, "probe_version": budget, "n_drawings": {c: n for c in aurocs}, "n_drawings_total": 0,
+    return {"budget": budget, "probe_version": budget, "n_drawings": dict.fromkeys(aurocs, n), "n_drawings_total": 0,
             "probe_validation": {}, "metrics": {c: {"auroc": a} for c, a in aurocs.items()}}
 
 

@@ -17,9 +17,22 @@ from pydicom import uid
 from pydicom.data import get_testdata_file
 
 from dashboard import imaging
-from dashboard.imaging import (Frame, ImagingError, apply_window, chest_wall_side, crop_patch, crop_to_mask,
-                               default_window, display_flip, load_image, prepare_model_image, segment_breast,
-                               tile, window_image, write_dicom)
+from dashboard.imaging import (
+    Frame,
+    ImagingError,
+    apply_window,
+    chest_wall_side,
+    crop_patch,
+    crop_to_mask,
+    default_window,
+    display_flip,
+    load_image,
+    prepare_model_image,
+    segment_breast,
+    tile,
+    window_image,
+    write_dicom,
+)
 
 
 # ---------------------------------------------------------------- synthetic breasts

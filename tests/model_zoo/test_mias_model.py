@@ -7,8 +7,7 @@ import pytest
 
 import model_zoo
 from dashboard import imaging
-from dashboard.data import importers
-from dashboard.data import patchset
+from dashboard.data import importers, patchset
 from dashboard.evaluation import scoring
 from dashboard.testing.real_helpers import copy_mias_subset
 

@@ -239,9 +239,7 @@ def test_demo_model_weights_load_and_match_their_card():
 @pytest.mark.slow
 def test_demo_model_reproduces_its_carded_auroc_on_held_out_cases(settings, store):
     """Re-render a few held-out demo cases with the card's seed, cut the same patches, predict, compare."""
-    from dashboard.data import demo
-    from dashboard.data import patchset
-    from dashboard.data import phantom
+    from dashboard.data import demo, patchset, phantom
     from model_zoo.metrics import compute_auroc
     from model_zoo.train import predict_patches
 

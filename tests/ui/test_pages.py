@@ -6,11 +6,11 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard.data.store import Store
+from dashboard.settings import PROJECT_ROOT
+from dashboard.testing import app_data
 from dashboard.ui import context as context_mod
 from dashboard.ui import state
-from dashboard.settings import PROJECT_ROOT
-from dashboard.data.store import Store
-from dashboard.testing import app_data
 
 APP = str(PROJECT_ROOT / "app.py")
 TIMEOUT = 120

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dashboard.data.store import Store, UnknownConceptError
+from dashboard.testing import app_data
 from dashboard.ui import canvas
 from dashboard.ui.context import build_context, load_model
 from dashboard.ui.memo import Memo
@@ -15,8 +17,6 @@ from dashboard.ui.screens import concepts as cx
 from dashboard.ui.screens import labeling as lb
 from dashboard.ui.screens import reading as rd
 from dashboard.ui.screens import worklist as wl
-from dashboard.data.store import Store, UnknownConceptError
-from dashboard.testing import app_data
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "fabric"
 

@@ -1,9 +1,9 @@
 """`python -m dashboard.ui.warmup`: dataset statistics computed once for the selected card."""
 from __future__ import annotations
 
-from dashboard.ui import warmup
 from dashboard.data.store import Store
 from dashboard.testing import app_data
+from dashboard.ui import warmup
 
 
 def test_warmup_computes_statistics_once(settings, monkeypatch, capsys):

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from dashboard.errors import ConceptLensError
 from dashboard.ui.context import AppContext
 from dashboard.ui.memo import Memo
 from dashboard.ui.screens.reading import PatchRef, model_image
-from dashboard.errors import ConceptLensError
 
 #: IoU above which a drawing labels a unit (the engine's default rule).
 TAU = 0.2

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dashboard.errors import ConceptLensError
 from dashboard.ui import canvas
 from dashboard.ui.context import AppContext
 from dashboard.ui.memo import HeadStart, Memo
 from dashboard.ui.screens.reading import PatchRef, WindowChoice, display_gray
-from dashboard.errors import ConceptLensError
 
 #: Canvas pixels per model pixel when the patch is small; the canvas is at most MAX_CANVAS wide.
 MAX_CANVAS = 448
@@ -39,7 +39,7 @@ class PatchView:
     background: np.ndarray          # (C, C, 3) uint8 shown under the canvas, display orientation
     canvas_size: int                # C, canvas pixels per side
     mirrored: bool
-    palette: "OrderedDict[str, list[dict]]"   # lexicon group -> concepts (name, colour, description)
+    palette: OrderedDict[str, list[dict]]   # lexicon group -> concepts (name, colour, description)
     annotations: list[dict]         # drawings already saved on this image
     layer: str
     notes: list[str] = field(default_factory=list)
@@ -50,7 +50,7 @@ def canvas_side(size: int) -> int:
     return int(size * max(1, MAX_CANVAS // max(size, 1))) if size <= MAX_CANVAS else MAX_CANVAS
 
 
-def palette(ctx: AppContext) -> "OrderedDict[str, list[dict]]":
+def palette(ctx: AppContext) -> OrderedDict[str, list[dict]]:
     """The store's concepts grouped by BI-RADS lexicon group (built-in groups first, custom last)."""
     groups: OrderedDict[str, list[dict]] = OrderedDict()
     for c in ctx.store.list_concepts():
@@ -174,8 +174,8 @@ def drawings_mask(drawings: list[canvas.Drawing], size: int) -> tuple[np.ndarray
     One drawing is stored in the engine's format (``drawing_to_mask(shape, geometry)`` gives the
     mask back); several as {"drawings": [{"shape", "geometry"}, ...]} under the largest one's shape.
     """
-    from dashboard.engine import dissection
     from dashboard.data.store import ValidationError
+    from dashboard.engine import dissection
 
     mask = np.zeros((size, size), dtype=bool)
     parts = []

@@ -2,9 +2,9 @@
 dataset statistics for the concept engine, folder ingest and the demo set."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from dashboard.ui.context import AppContext
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from dashboard.errors import ConceptLensError
 from dashboard.ui.context import AppContext
 from dashboard.ui.memo import Memo
 from dashboard.ui.screens.worklist import operating_threshold
-from dashboard.errors import ConceptLensError
 
 OVERLAYS = ("none", "lesion map", "attribution")
 #: Attribution methods offered in the viewer (fast enough on a whole image on 2 CPU cores).
@@ -71,7 +71,7 @@ class PatchRef:
         return (self.image_id, int(self.x0), int(self.y0), int(self.size))
 
     @classmethod
-    def from_tuple(cls, t) -> "PatchRef":
+    def from_tuple(cls, t) -> PatchRef:
         return cls(str(t[0]), int(t[1]), int(t[2]), int(t[3]))
 
 
@@ -212,9 +212,7 @@ def blend(gray: np.ndarray, heat: np.ndarray, alpha: float, vmax: float = 1.0, c
 
 def draw_boxes(rgb: np.ndarray, boxes: list[tuple[int, int, int, str, str]]) -> np.ndarray:
     """Numbered rectangles (x0, y0, size, label, colour) in display pixels."""
-    from PIL import Image, ImageDraw
-
-    from PIL import ImageFont
+    from PIL import Image, ImageDraw, ImageFont
 
     im = Image.fromarray(rgb)
     d = ImageDraw.Draw(im)

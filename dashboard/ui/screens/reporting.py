@@ -7,8 +7,8 @@ and unit labels into figures and exports. "Retrain probes" fits a new probe vers
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -527,8 +527,7 @@ def tcav_inputs(ctx: AppContext, limit: int = TCAV_INPUTS) -> np.ndarray:
 def run_tcav(ctx: AppContext, progress: Callable[[float, str], None] | None = None):
     """TCAV of the latest probe's concepts for the lesion class over the most suspicious patches."""
     ctx.require_model()
-    from dashboard.engine import probes
-    from dashboard.engine import tcav
+    from dashboard.engine import probes, tcav
 
     info = probe_info(ctx)
     if info is None:

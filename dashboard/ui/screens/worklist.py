@@ -1,8 +1,8 @@
 """Worklist: the cases in the store with the model's cached image-level score and label status."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from dashboard.ui.context import AppContext
 
@@ -134,7 +134,6 @@ def score_unscored(ctx: AppContext, progress: Callable[[float, str], None] | Non
     A bad image is reported in ``failures`` and the others still get scored.
     """
     ctx.require_model()
-    from dashboard.engine import inference  # local: torch only when scoring
 
     todo = []
     for img in ctx.store.list_images():
