@@ -513,10 +513,15 @@ def jsonable(v):
     return v
 
 
-def _stage(progress: Progress | None, start: float, stop: float, name: str) -> Progress | None:
-    """A stage of the run: its progress mapped into [start, stop] of the whole (``progress.scaled``),
-    its messages led by the stage's name."""
-    sub = scaled(progress, start, stop)
+# the run's share of the progress bar: statistics, held-out features, the rounds, the reports, the curve
+_STAGES = {"statistics": (0.0, 0.15), "held-out": (0.15, 0.3), "rounds": (0.3, 0.85), "reports": (0.85, 0.97),
+           "learning curve": (0.97, 1.0)}
+
+
+def _stage(progress: Progress | None, name: str, span: tuple[float, float] | None = None) -> Progress | None:
+    """A stage of the run: its progress mapped into ``span`` of the whole (default: the stage's share
+    in ``_STAGES``; ``progress.scaled``), its messages led by the stage's name."""
+    sub = scaled(progress, *(span or _STAGES[name]))
     if sub is None:
         return None
 
@@ -524,11 +529,6 @@ def _stage(progress: Progress | None, start: float, stop: float, name: str) -> P
         sub(done, total, f"{name}: {message}" if message else name)
 
     return staged
-
-
-# the run's share of the progress bar: statistics, held-out features, the rounds, the reports, the curve
-_STAGES = {"statistics": (0.0, 0.15), "held-out": (0.15, 0.3), "rounds": (0.3, 0.85), "reports": (0.85, 0.97),
-           "learning curve": (0.97, 1.0)}
 
 
 def run_label_efficiency(store, model, card, cfg: EvaluationConfig = EvaluationConfig(), *, cache_dir=None,
@@ -547,16 +547,16 @@ def run_label_efficiency(store, model, card, cfg: EvaluationConfig = EvaluationC
                      cache_dir if cache_dir is not None else tempfile.mkdtemp(prefix="conceptlens-eval-"), device)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    stats = compute_train_stats(ctx, cfg, progress=_stage(progress, *_STAGES["statistics"], "statistics"))
+    stats = compute_train_stats(ctx, cfg, progress=_stage(progress, "statistics"))
     timings["statistics_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    heldout = _prepare_heldout(ctx, stats.thresholds, cfg, progress=_stage(progress, *_STAGES["held-out"], "held-out"))
+    heldout = _prepare_heldout(ctx, stats.thresholds, cfg, progress=_stage(progress, "held-out"))
     timings["heldout_features_s"] = time.perf_counter() - t0
     plan = plan_drawings(store, cfg.concepts, max(cfg.budgets), seed=cfg.seed)
     reader = SimulatedReader(ctx, stats, concepts=cfg.concepts, config=cfg.reader, seed=cfg.seed)
     rounds, probe = _run_rounds(ctx, reader, plan, heldout, cfg, timings, progress)
     t0 = time.perf_counter()
-    reports, rand_rows = _reports(ctx, heldout, probe, cfg, progress=_stage(progress, *_STAGES["reports"], "reports"))
+    reports, rand_rows = _reports(ctx, heldout, probe, cfg, progress=_stage(progress, "reports"))
     timings["reports_s"] = time.perf_counter() - t0
     curve = []
     if cfg.learning_curve:
@@ -564,7 +564,7 @@ def run_label_efficiency(store, model, card, cfg: EvaluationConfig = EvaluationC
         df = compute_learning_curve(
             store, card, model, load_patch=reader.load_patch, cache_dir=ctx.cache_dir, device=device,
             config=LearningCurveConfig(layer=ctx.layer, steps=cfg.budgets, exclude_readers=(), seed=cfg.seed),
-            progress=_stage(progress, *_STAGES["learning curve"], "learning curve"))
+            progress=_stage(progress, "learning curve"))
         curve = df.to_dict("records")
         timings["learning_curve_s"] = time.perf_counter() - t0
     res = EvaluationResult(
@@ -593,10 +593,10 @@ def _run_rounds(ctx: RunContext, reader: SimulatedReader, plan: dict, heldout: l
         prev = budget
         t0 = time.perf_counter()
         if batch:
-            reader.draw(batch, ri, progress=_stage(progress, at, at + 0.6 * step, f"drawings to {budget}/concept"))
+            reader.draw(batch, ri, progress=_stage(progress, f"drawings to {budget}/concept", (at, at + 0.6 * step)))
         timings["drawing_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        probe = reader.retrain(progress=_stage(progress, at + 0.6 * step, at + step, f"probe at {budget}/concept"))
+        probe = reader.retrain(progress=_stage(progress, f"probe at {budget}/concept", (at + 0.6 * step, at + step)))
         timings["training_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         units = units_by_concept(ctx.store, ctx.card.name, ctx.layer)
@@ -606,7 +606,7 @@ def _run_rounds(ctx: RunContext, reader: SimulatedReader, plan: dict, heldout: l
         rounds.append({"budget": budget, "probe_version": probe.version, "n_drawings": counts,
                        "n_drawings_total": len(reader.log), "metrics": metrics,
                        "probe_validation": {c: (probe.metrics.get(c) or {}).get("auroc") for c in probe.concepts}})
-        report(_stage(progress, start, stop, "rounds"), ri + 1, len(budgets), f"{budget} drawings/concept evaluated")
+        report(_stage(progress, "rounds"), ri + 1, len(budgets), f"{budget} drawings/concept evaluated")
     return rounds, probe
 
 
