@@ -289,12 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     import torch
-    from tqdm import tqdm
 
     import model_zoo
     from dashboard import evaluation as ev
     from dashboard.data.demo import ensure_demo
     from dashboard.data.store import Store
+    from dashboard.progress import tqdm_progress
     from dashboard.settings import load_settings, pick_device
 
     if args.threads:
@@ -302,16 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = (args.data_dir or Path(tempfile.gettempdir()) / f"conceptlens-label-efficiency-{args.demo_seed}-{args.cases}").resolve()
     settings = load_settings().with_overrides(data_dir=data_dir, db_path=data_dir / "conceptlens.duckdb")
     t_start = time.perf_counter()
-    bar = tqdm(total=args.cases, unit="case", desc="demo set", disable=None)
-
-    def demo_progress(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    with Store(settings.db_path, settings.journal_dir) as demo_store:
-        summary = ensure_demo(settings, demo_store, n_cases=args.cases, seed=args.demo_seed, progress=demo_progress)
-    bar.close()
+    with Store(settings.db_path, settings.journal_dir) as demo_store, tqdm_progress("demo set", unit="case") as bar:
+        summary = ensure_demo(settings, demo_store, n_cases=args.cases, seed=args.demo_seed, progress=bar)
     print(summary.message)
     run_dir = data_dir / "runs" / f"seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True)
@@ -331,19 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     model = model_zoo.create_model(card, device=device)
     speed = ev.load_drawing_speed(args.browser_json)
 
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int, message: str = "") -> None:
-        b = bars.get(stage)
-        if b is None:
-            b = bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=False, disable=None)
-        b.total = total
-        b.n = done
-        b.set_postfix_str(message[:40], refresh=True)
-        if done >= total:
-            b.close()
-
-    with Store(run_dir / "run.duckdb", run_dir / "journal") as store:
+    # one bar for the whole run (in thousandths); its text names the stage
+    with Store(run_dir / "run.duckdb", run_dir / "journal") as store, \
+            tqdm_progress("label efficiency", unit="‰") as progress:
         res = ev.run_label_efficiency(store, model, card, cfg, cache_dir=settings.cache_dir, device=device,
                                       drawing_speed=speed, progress=progress)
     result = res.to_dict()

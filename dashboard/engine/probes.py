@@ -33,6 +33,7 @@ from safetensors.torch import save as st_save
 from dashboard.data.store import ValidationError
 from dashboard.engine.activations import compute_activations, compute_patch_activations
 from dashboard.engine.dissection import mask_from_png
+from model_zoo.metrics import compute_aurocs
 
 __all__ = ["ProbeVersion", "ProbeData", "collect_probe_data", "fit_probe", "train_probes", "load_probe",
            "compute_concept_maps", "compute_image_concept_maps", "auroc_one_vs_rest"]
@@ -231,22 +232,12 @@ def fit_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 0
 
 
 def auroc_one_vs_rest(scores: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """AUROC of each class vs the rest, all classes at once (Mann-Whitney with average ranks).
+    """AUROC of each class vs the rest, all classes at once (``model_zoo.metrics.compute_aurocs``).
 
     scores (N, K) probabilities, labels (N,) -> (K,) float64, NaN where a class has no positives
     or no negatives.
     """
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores, axis=0)  # (N, K), ties averaged
-    onehot = np.eye(n_classes, dtype=bool)[labels]  # (N, K)
-    n_pos = onehot.sum(0).astype(np.float64)
-    n_neg = len(labels) - n_pos
-    rank_sum = (ranks * onehot).sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return auc
+    return compute_aurocs(np.asarray(labels)[:, None] == np.arange(n_classes), scores)  # (N, K) one-hot
 
 
 def _folds(n_groups: int, k: int, seed: int) -> np.ndarray:

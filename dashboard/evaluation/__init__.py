@@ -2,7 +2,8 @@
 checks, the app's learning curve, label efficiency end to end and the model card's scoring.
 
 * ``reader``: a scripted reader draws ground-truth regions through the canvas path's calls;
-* ``metrics``: pixel AUROC, IoU, Spearman, top-concept match, map similarity;
+* ``metrics``: binned pixel AUROC, IoU, bootstrap intervals, Spearman, top-concept match, map similarity
+  (the exact rank AUROC is ``model_zoo.metrics.compute_aurocs``);
 * ``faithfulness``: deletion by inpainting, model randomisation;
 * ``learning_curve``: validation AUROC of each concept against its number of drawings;
 * ``label_efficiency``: everything end to end on a demo store (``bench/label_efficiency.py``);
@@ -13,6 +14,8 @@ from dashboard.evaluation.faithfulness import (
     randomize_model,
 )
 from dashboard.evaluation.label_efficiency import (
+    DEFAULT_BUDGETS,
+    DELETION_VARIANTS,
     EvaluationConfig,
     EvaluationResult,
     compute_train_stats,
@@ -21,6 +24,7 @@ from dashboard.evaluation.label_efficiency import (
     summarise,
 )
 from dashboard.evaluation.learning_curve import (
+    LearningCurveConfig,
     compute_learning_curve,
     load_drawing_speed,
 )
@@ -30,24 +34,22 @@ from dashboard.evaluation.metrics import (
     attribution_in_region,
     auroc_from_counts,
     bootstrap_auroc_iou,
+    bootstrap_mean,
     map_similarity,
     mask_iou,
-    pixel_auroc,
+    percentile_interval,
     sample_grid,
     score_histograms,
     spearman,
     top_concept_match,
 )
 from dashboard.evaluation.reader import (
-    DEFAULT_BUDGETS,
     DEFAULT_CONCEPTS,
-    DELETION_VARIANTS,
-    NORMAL_GROUP,
     READER,
     DrawingTask,
     ImageTruth,
-    Progress,
     ReaderConfig,
+    RunContext,
     SimDrawing,
     SimulatedReader,
     TruthRegion,
@@ -61,9 +63,7 @@ __all__ = [
     "READER",
     "DEFAULT_CONCEPTS",
     "DEFAULT_BUDGETS",
-    "NORMAL_GROUP",
     "DELETION_VARIANTS",
-    "Progress",
     "ReaderConfig",
     "SimDrawing",
     "simulate_drawing",
@@ -73,14 +73,16 @@ __all__ = [
     "load_image_truth",
     "DrawingTask",
     "plan_drawings",
+    "RunContext",
     "SimulatedReader",
-    "pixel_auroc",
     "N_BINS",
     "LOGIT_RANGE",
     "score_histograms",
     "auroc_from_counts",
     "mask_iou",
     "bootstrap_auroc_iou",
+    "percentile_interval",
+    "bootstrap_mean",
     "spearman",
     "top_concept_match",
     "attribution_in_region",
@@ -90,6 +92,7 @@ __all__ = [
     "deletion_drops",
     "randomize_model",
     "load_drawing_speed",
+    "LearningCurveConfig",
     "compute_learning_curve",
     "EvaluationConfig",
     "compute_train_stats",

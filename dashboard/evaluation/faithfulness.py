@@ -5,6 +5,8 @@ import copy
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
+from scipy import ndimage
 
 
 def inpaint_regions(img: np.ndarray, regions: np.ndarray, *, method: str = "texture",
@@ -23,8 +25,6 @@ def inpaint_regions(img: np.ndarray, regions: np.ndarray, *, method: str = "text
     Gaussian blur at ``texture_sigma``) copied from outside the region, through a few fixed cyclic
     shifts of the image (the first shift whose source pixel lies outside the region).
     """
-    from scipy import ndimage
-
     if method not in ("texture", "blur"):
         raise ValueError("method must be 'texture' or 'blur'")
     img = np.asarray(img, np.float32)
@@ -90,8 +90,6 @@ def randomize_model(model, scope: str = "top", seed: int = 0, *, top_modules: Se
     submodule with ``reset_parameters`` is reset under ``torch.manual_seed(seed)``; batch-norm
     running statistics go back to 0/1. The classifier is kept. The original is untouched.
     """
-    import torch
-
     if scope not in ("top", "full"):
         raise ValueError("scope must be 'top' or 'full'")
     m = copy.deepcopy(model)

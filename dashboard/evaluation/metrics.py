@@ -1,23 +1,16 @@
-"""Metrics of concept maps and reports, each a small function with a hand-made-case test."""
+"""Metrics of concept maps and reports, each a small function with a hand-made-case test.
+
+The exact rank AUROC lives in ``model_zoo.metrics`` (``compute_aurocs``); here are the binned
+AUROC of pooled pixel histograms, IoU, the bootstrap intervals, Spearman and the report checks."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-
-
-# ====================================================================== metrics
-def pixel_auroc(scores, labels) -> float:
-    """AUROC of ``scores`` for bool ``labels`` (any shape; Mann-Whitney, ties averaged). NaN when
-    one class is missing."""
-    from scipy.stats import rankdata
-
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels, dtype=bool).reshape(-1)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    r = rankdata(s)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
+import torch
+import torch.nn.functional as F
+from scipy.stats import bootstrap, spearmanr
+from skimage.metrics import structural_similarity
 
 #: Score histograms are binned on the logit of the probability over [-LOGIT_RANGE, LOGIT_RANGE].
 N_BINS = 2048
@@ -46,7 +39,13 @@ def score_histograms(probs: np.ndarray, truth: np.ndarray, valid: np.ndarray | N
 
 def auroc_from_counts(hist: np.ndarray) -> np.ndarray:
     """AUROC from score histograms (..., 2, B) (negatives, positives per ascending bin): the
-    probability that a positive outscores a negative, ties 1/2. NaN where a class is empty."""
+    probability that a positive outscores a negative, ties 1/2. NaN where a class is empty.
+
+    A binned estimator, not the exact rank AUROC (``model_zoo.metrics.compute_aurocs``): scores in
+    one bin (1/64 of a logit wide) count as ties, so it is close to the exact value, not equal to
+    it. It is here for memory and time: the pooled pixel AUROC of all held-out images (millions
+    of pixels per concept) is a sum of small per-image histograms, and each bootstrap resample is
+    a weighted sum of them (``bootstrap_auroc_iou``) instead of a re-sort of every pixel."""
     h = np.asarray(hist, np.float64)
     neg, pos = h[..., 0, :], h[..., 1, :]
     below = np.cumsum(neg, -1) - neg
@@ -87,22 +86,38 @@ def bootstrap_auroc_iou(hist: np.ndarray, inter: np.ndarray, union: np.ndarray, 
         aucs.append(auroc_from_counts((w @ flat).reshape(-1, k, 2, hist.shape[-1])))  # (b, K)
         ui = w @ union
         ious.append(np.divide(w @ inter, ui, out=np.full(ui.shape, np.nan), where=ui > 0))
-    a, i = np.concatenate(aucs), np.concatenate(ious)
-    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out["auroc_lo"], out["auroc_hi"] = np.nanpercentile(a, q, axis=0)
-            out["iou_lo"], out["iou_hi"] = np.nanpercentile(i, q, axis=0)
+    out["auroc_lo"], out["auroc_hi"] = percentile_interval(np.concatenate(aucs), level)
+    out["iou_lo"], out["iou_hi"] = percentile_interval(np.concatenate(ious), level)
     return out
+
+
+def percentile_interval(samples, level: float = 0.95) -> tuple:
+    """The bootstrap percentile interval (lo, hi) of ``samples`` (B, ...) along axis 0, NaNs left
+    out (a resample without a class has no AUROC); NaN where a column has no finite sample."""
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        lo, hi = np.nanpercentile(np.asarray(samples, np.float64), q, axis=0)
+    return lo, hi
+
+
+def bootstrap_mean(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
+    """(mean, lo, hi) of ``values`` (N,) with a percentile bootstrap interval: ``n_boot`` resampled
+    means from ``scipy.stats.bootstrap`` (drawn by ``np.random.default_rng(seed)``), bounded by
+    ``percentile_interval`` as every bootstrap here is. Nones when empty."""
+    a = np.asarray(values, np.float64)
+    if a.size == 0:
+        return (None, None, None)
+    if a.size == 1:  # scipy needs two observations; every resample of one value is that value
+        return (float(a[0]), float(a[0]), float(a[0]))
+    means = bootstrap((a,), np.mean, n_resamples=n_boot, method="percentile", rng=np.random.default_rng(seed),
+                      vectorized=True).bootstrap_distribution  # (n_boot,)
+    lo, hi = percentile_interval(means, level)
+    return (float(a.mean()), float(lo), float(hi))
 
 
 def spearman(a, b) -> float:
     """Spearman rank correlation of two equal-length sequences; NaN with < 3 pairs or a constant side."""
-    from scipy.stats import spearmanr
-
     x, y = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
@@ -134,12 +149,9 @@ def attribution_in_region(attribution: np.ndarray, region: np.ndarray) -> float:
     return float(a[np.asarray(region, bool)].sum() / total) if total > 0 else float("nan")
 
 
-
 def map_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Pearson correlation and SSIM (data range 1 after scaling each map to [0, 1]) of two (H, W)
     maps. Pearson is NaN when a map is constant."""
-    from skimage.metrics import structural_similarity
-
     x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
 
     def unit(v):
@@ -155,9 +167,6 @@ def sample_grid(maps, out_hw: tuple[int, int], stride: int = 4, offset: int = 2)
     """Bilinear upsampling of (N, h, w) maps to (H, W) (align_corners=False, as the engine does),
     read only at the pixels (offset + stride*i, offset + stride*j): (N, ceil((H-offset)/stride), ...).
     Equal to ``F.interpolate(maps, (H, W))[..., offset::stride, offset::stride]`` without the full map."""
-    import torch
-    import torch.nn.functional as F
-
     t = torch.as_tensor(np.asarray(maps, np.float32))
     if t.dim() == 2:
         t = t[None]

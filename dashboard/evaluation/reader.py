@@ -3,22 +3,26 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
+from skimage import measure
+
+from dashboard import imaging
+from dashboard.data.patchset import NORMAL_STRUCTURE_GROUP, finding_regions
+from dashboard.data.store import ValidationError
+from dashboard.engine.activations import compute_patch_activations
+from dashboard.engine.dissection import drawing_to_mask, label_units_from_drawing, match_drawing
+from dashboard.engine.probes import train_probes
+from dashboard.progress import Progress, report
 
 READER = "sim-reader"
 #: Concepts the simulated reader draws by default: the finding kinds and the normal structures.
 DEFAULT_CONCEPTS = ("mass", "calcification", "architectural-distortion", "vessel", "fibroglandular", "skin",
                     "nipple", "pectoral-muscle")
-#: Drawings per concept after each batch (the x axis of the label-efficiency curve).
-DEFAULT_BUDGETS = (1, 2, 3, 5, 10, 20)
-NORMAL_GROUP = "normal structure"
-#: Deletion test variants: where a concept is (its true region / the report's region) and how it is removed.
-DELETION_VARIANTS = ("deletion_truth", "deletion_report", "deletion_truth_blur")
-Progress = Callable[[int, int, str], None]
 
 
 # ====================================================================== the simulated reader
@@ -92,8 +96,6 @@ def _partial(truth: np.ndarray, coverage: float, rng: np.random.Generator) -> tu
     """The part of ``truth`` a reader covers: ``round(coverage * |truth|)`` pixels, either its interior
     (the deepest pixels by the distance transform: an erosion) or the pixels nearest a random point
     of it (clipped to a part). Thin regions (max inner distance < 3 px) are always clipped."""
-    from scipy import ndimage
-
     n = int(round(coverage * truth.sum()))
     depth = ndimage.distance_transform_edt(truth)
     mode = "clip" if depth.max() < 3 or rng.random() < 0.5 else "erode"
@@ -110,8 +112,6 @@ def _partial(truth: np.ndarray, coverage: float, rng: np.random.Generator) -> tu
 def _overdraw(target: np.ndarray, truth: np.ndarray, extra: float, rng: np.random.Generator) -> np.ndarray:
     """Dilate ``target`` until ``round(extra * |target|)`` pixels outside ``truth`` are drawn: the outside
     pixels nearest the target are added, and so are the truth pixels no farther than the last one."""
-    from scipy import ndimage
-
     n = int(round(extra * target.sum()))
     if n <= 0:
         return target.copy()
@@ -125,9 +125,6 @@ def _trace(mask: np.ndarray, cfg: ReaderConfig, rng: np.random.Generator) -> lis
     """Outline the largest ``max_parts`` pieces of ``mask``: contour -> simplified polygon -> jittered
     vertices. Returns polygons (P, 2) as (x, y) in the engine's patch coordinates (pixel centres at
     integers), holes ignored (a person outlines the outside)."""
-    from scipy import ndimage
-    from skimage import measure
-
     lab, n = ndimage.label(mask)
     if n == 0:
         return []
@@ -158,9 +155,6 @@ def simulate_drawing(truth: np.ndarray, cfg: ReaderConfig, rng: np.random.Genera
     polygons and rasterised with ``dissection.drawing_to_mask`` (the canvas path's call).
     Raises ValueError when the truth is empty.
     """
-    from dashboard.data.store import ValidationError
-    from dashboard.engine.dissection import drawing_to_mask
-
     truth = np.asarray(truth, bool)
     if not truth.any():
         raise ValueError("the true region is empty in this patch: nothing to draw")
@@ -250,9 +244,6 @@ def load_image_truth(store, card, row: dict, concepts: Sequence[str] | None = No
     """Load a store image into model space (``imaging.prepare_model_image`` at the card's spacing)
     with the masks of its findings (``patchset.finding_regions``); only regions holding one of
     ``concepts`` (default: all) are read."""
-    from dashboard import imaging
-    from dashboard.data.patchset import finding_regions
-
     m = imaging.load_image(row["path"])
     img, breast, frame = imaging.prepare_model_image(m, card.pixel_spacing_mm,
                                                      default_spacing_mm=row.get("pixel_spacing_mm"))
@@ -306,7 +297,7 @@ def plan_drawings(store, concepts: Sequence[str], max_per_concept: int, *, split
     plan = {}
     for ci, c in enumerate(concepts):
         items = sorted(rows_by_concept[c], key=lambda t: (order[t[0]], t[1]))
-        if groups.get(c) != NORMAL_GROUP:
+        if groups.get(c) != NORMAL_STRUCTURE_GROUP:
             perm = np.random.default_rng([int(seed), ci, 0x1E51]).permutation(len(items))
             items = [items[i] for i in perm]
         plan[c] = [DrawingTask(c, k, img, mp) for k, (img, mp) in enumerate(items[:max_per_concept])]
@@ -332,36 +323,49 @@ def _patch_origin(truth: ImageTruth, region: TruthRegion, concept_is_lesion: boo
     return int(round(cx - size / 2)) + int(j[0]), int(round(cy - size / 2)) + int(j[1])
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What an evaluation job works with, as the app's session does: the store that drawings go
+    into, the model and its card, the concept layer drawings label, the activation cache folder
+    and the device (None: the engine's choice)."""
+
+    store: Any
+    model: Any
+    card: Any
+    layer: str
+    cache_dir: Any = None
+    device: Any = None
+
+
 class SimulatedReader:
-    """The scripted reader: draws its tasks into ``store`` through the canvas path's library calls.
+    """The scripted reader: draws its tasks into the context's store through the canvas path's library calls.
 
     One instance per run. ``draw(tasks)`` draws a batch in the given order; ``retrain()`` fits a
     probe version as the app does. ``log`` holds one dict per drawing (what was meant, what was
     saved, recall, outside, units above tau and units won). Patches are kept in memory for
-    ``load_patch`` (what ``train_probes`` needs).
+    ``load_patch`` (what ``train_probes`` needs). ``stats``: the dataset statistics of the context's
+    layer (their unit thresholds decide which units a drawing labels).
     """
 
-    def __init__(self, store, model, card, stats, *, concepts: Sequence[str], config: ReaderConfig = ReaderConfig(),
-                 seed: int = 0, layer: str | None = None, cache_dir=None, device=None, reader: str = READER,
-                 image_cache: int = 4):
-        self.store, self.model, self.card, self.stats = store, model, card, stats
+    def __init__(self, ctx: RunContext, stats, *, concepts: Sequence[str], config: ReaderConfig = ReaderConfig(),
+                 seed: int = 0, reader: str = READER, image_cache: int = 4):
+        self.ctx, self.stats = ctx, stats
         self.concepts = list(concepts)
         self.cfg, self.seed, self.reader = config, int(seed), reader
-        self.layer = layer or card.default_layer
-        self.cache_dir, self.device = cache_dir, device
+        card = ctx.card
         self.size = int(card.input_size[-1]) if not np.isscalar(card.input_size) else int(card.input_size)
         self.patches: dict[tuple, np.ndarray] = {}
         self.log: list[dict] = []
         self._images: OrderedDict[str, ImageTruth] = OrderedDict()
         self._image_cache = int(image_cache)
-        self._rows = {r["image_id"]: r for r in store.list_images()}
-        self._groups = {c["name"]: c["lexicon_group"] for c in store.list_concepts()}
+        self._rows = {r["image_id"]: r for r in ctx.store.list_images()}
+        self._groups = {c["name"]: c["lexicon_group"] for c in ctx.store.list_concepts()}
 
     def _truth(self, image_id: str) -> ImageTruth:
         if image_id in self._images:
             self._images.move_to_end(image_id)
             return self._images[image_id]
-        t = load_image_truth(self.store, self.card, self._rows[image_id], self.concepts)
+        t = load_image_truth(self.ctx.store, self.ctx.card, self._rows[image_id], self.concepts)
         self._images[image_id] = t
         while len(self._images) > self._image_cache:
             self._images.popitem(last=False)
@@ -369,21 +373,14 @@ class SimulatedReader:
 
     def load_patch(self, a) -> np.ndarray:
         """``train_probes``' loader: annotation -> (S, S) grey patch in [0, 1]."""
-        from dashboard.imaging import crop_patch
-
         key = (a.image_id, int(a.patch_x0), int(a.patch_y0), int(a.patch_size))
         if key not in self.patches:
-            self.patches[key] = crop_patch(self._truth(a.image_id).img, key[1], key[2], key[3])
+            self.patches[key] = imaging.crop_patch(self._truth(a.image_id).img, key[1], key[2], key[3])
         return self.patches[key]
 
-    def draw(self, tasks: Sequence[DrawingTask], round_index: int = 0, progress: Progress | None = None) -> list[dict]:
-        """Draw, match and save ``tasks`` in order (the time order of the store). Returns their log rows."""
-        from dashboard.engine.activations import compute_patch_activations
-        from dashboard.engine.dissection import label_units_from_drawing, match_drawing
-        from dashboard.imaging import crop_patch
-
-        prepared = []
-        # read each image once: the tasks of one image are prepared together, saved in plan order
+    def _prepare(self, tasks: Sequence[DrawingTask]) -> list[tuple]:
+        """(task, SimDrawing, concept saved, patch key) of each task that has something to draw, in
+        task order; each image is read once and its patches kept for ``load_patch``."""
         by_image: OrderedDict[str, list[int]] = OrderedDict()
         for i, t in enumerate(tasks):
             by_image.setdefault(t.image_id, []).append(i)
@@ -396,48 +393,48 @@ class SimulatedReader:
                 region = next((r for r in truth.regions if r.key == t.mask_path and r.mask.any()), None)
                 if region is None:
                     continue
-                is_lesion = self._groups.get(t.concept) != NORMAL_GROUP
+                is_lesion = self._groups.get(t.concept) != NORMAL_STRUCTURE_GROUP
                 x0, y0 = _patch_origin(truth, region, is_lesion, self.size, self.cfg.patch_jitter_px, rng)
-                truth_patch = crop_patch(region.mask.astype(np.float32), x0, y0, self.size) > 0.5
+                truth_patch = imaging.crop_patch(region.mask.astype(np.float32), x0, y0, self.size) > 0.5
                 if not truth_patch.any():
                     continue
                 d = simulate_drawing(truth_patch, self.cfg, rng)
                 saved = choose_label(t.concept, self.concepts, self.cfg.wrong_label_rate, rng)
                 key = (image_id, x0, y0, self.size)
                 if key not in self.patches:
-                    self.patches[key] = crop_patch(truth.img, x0, y0, self.size)
+                    self.patches[key] = imaging.crop_patch(truth.img, x0, y0, self.size)
                 slots[i] = (t, d, saved, key)
-        prepared = [s for s in slots if s is not None]
+        return [s for s in slots if s is not None]
+
+    def draw(self, tasks: Sequence[DrawingTask], round_index: int = 0, progress: Progress | None = None) -> list[dict]:
+        """Draw, match and save ``tasks`` in order (the time order of the store). Returns their log rows."""
+        ctx = self.ctx
+        prepared = self._prepare(tasks)
         keys = list(dict.fromkeys(s[3] for s in prepared))
-        acts = compute_patch_activations(self.model, self.card, self.layer, [self.patches[k] for k in keys],
-                                         cache_dir=self.cache_dir, device=self.device)
+        acts = compute_patch_activations(ctx.model, ctx.card, ctx.layer, [self.patches[k] for k in keys],
+                                         cache_dir=ctx.cache_dir, device=ctx.device)
         act_of = dict(zip(keys, acts))
         rows = []
         for n, (t, d, saved, key) in enumerate(prepared):
             m = match_drawing(act_of[key], self.stats.thresholds, d.mask, tau=self.cfg.tau)
             res = label_units_from_drawing(
-                self.store, image_id=t.image_id, concept=saved, reader=self.reader, patch_x0=key[1],
+                ctx.store, image_id=t.image_id, concept=saved, reader=self.reader, patch_x0=key[1],
                 patch_y0=key[2], patch_size=self.size, shape=d.shape, geometry=d.geometry,
-                model_card=self.card.name, layer=self.layer, ious=m.ious, tau=self.cfg.tau, mask=d.mask)
-            row = {"round": int(round_index), "annotation_id": res.annotation_id, "concept": t.concept,
-                   "saved_as": saved, "wrong_label": saved != t.concept, "k": t.k, "image_id": t.image_id,
-                   "patch_x0": key[1], "patch_y0": key[2], "recall": round(d.recall, 4),
-                   "outside": round(d.outside, 4), "partial": d.partial_mode, "overdrawn": d.overdrawn,
-                   "n_pieces": len(d.geometry["drawings"]) if "drawings" in d.geometry else 1,
-                   "best_iou": round(m.best_iou, 4), "units_above": int(len(res.units_above)),
-                   "units_won": int(len(res.labeled_units))}
-            rows.append(row)
-            if progress:
-                progress(n + 1, len(prepared), f"drawing {n + 1}/{len(prepared)} ({t.concept})")
+                model_card=ctx.card.name, layer=ctx.layer, ious=m.ious, tau=self.cfg.tau, mask=d.mask)
+            rows.append({"round": int(round_index), "annotation_id": res.annotation_id, "concept": t.concept,
+                         "saved_as": saved, "wrong_label": saved != t.concept, "k": t.k, "image_id": t.image_id,
+                         "patch_x0": key[1], "patch_y0": key[2], "recall": round(d.recall, 4),
+                         "outside": round(d.outside, 4), "partial": d.partial_mode, "overdrawn": d.overdrawn,
+                         "n_pieces": len(d.geometry["drawings"]) if "drawings" in d.geometry else 1,
+                         "best_iou": round(m.best_iou, 4), "units_above": int(len(res.units_above)),
+                         "units_won": int(len(res.labeled_units))})
+            report(progress, n + 1, len(prepared), f"drawing {n + 1}/{len(prepared)} ({t.concept})")
         self.log.extend(rows)
         return rows
 
     def retrain(self, *, progress: Progress | None = None):
         """A new probe version on every live drawing of the card (the app's "Retrain probes")."""
-        from dashboard.engine.probes import train_probes
-
-        return train_probes(self.store, self.model, self.card, self.layer, load_patch=self.load_patch,
-                            progress=progress, device=self.device, cache_dir=self.cache_dir, seed=self.seed,
+        ctx = self.ctx
+        return train_probes(ctx.store, ctx.model, ctx.card, ctx.layer, load_patch=self.load_patch,
+                            progress=progress, device=ctx.device, cache_dir=ctx.cache_dir, seed=self.seed,
                             actor=self.reader)
-
-

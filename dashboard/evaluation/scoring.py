@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
+import model_zoo
 from dashboard import imaging
 from dashboard.data import patchset
+from dashboard.data.store import Store, StoreError
+from dashboard.engine.inference import compute_lesion_map, predict_patches
 from dashboard.errors import ConceptLensError
+from dashboard.evaluation.metrics import percentile_interval
+from dashboard.progress import Progress, report, scaled, tqdm_progress
+from dashboard.settings import load_settings, pick_device
+from model_zoo.metrics import compute_auroc
 
 BOOTSTRAP_RESAMPLES = 2000
 # the held-out patients (first by id) whose patch AUROC the card records for a quick re-check in tests
@@ -52,8 +59,7 @@ def card_patchset_params(card) -> dict:
 
 
 def rebuild_patches(store, card, *, source: str | None, split: str = "test", max_images: int | None = None,
-                    split_of: dict[str, str] | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> patchset.PatchSet:
+                    split_of: dict[str, str] | None = None, progress: Progress | None = None) -> patchset.PatchSet:
     """Cut the card's ``split`` patches again from the store, with the card's recorded parameters.
 
     split_of  case_id -> split, when the store holds only part of the data the split was made over
@@ -86,10 +92,8 @@ def image_is_abnormal(store, image_id: str, lesion_names: set[str]) -> bool:
 
 
 def compute_image_scores(model, card, store, rows: list[dict], *, method: str = "fcn",
-                         progress: Callable[[int, int], None] | None = None) -> ImageScores:
+                         progress: Progress | None = None) -> ImageScores:
     """Whole-image lesion-map maxima of ``rows`` (store image rows), with their labels and patients."""
-    from dashboard.engine.inference import compute_lesion_map
-
     lesion_names = patchset.lesion_concept_names(store)
     ids, patients, abnormal, scores = [], [], [], []
     used = method
@@ -103,8 +107,7 @@ def compute_image_scores(model, card, store, rows: list[dict], *, method: str = 
         patients.append(str(row.get("patient_ref") or row["case_id"]))
         abnormal.append(image_is_abnormal(store, row["image_id"], lesion_names))
         scores.append(float(lm.prob.max()))
-        if progress:
-            progress(i + 1, len(rows))
+        report(progress, i + 1, len(rows), "whole-image lesion maps")
     return ImageScores(np.array(ids, str), np.array(patients, str), np.array(abnormal, bool),
                        np.array(scores, np.float64), used)
 
@@ -116,8 +119,6 @@ def bootstrap_auroc(labels, scores, groups, *, n: int = BOOTSTRAP_RESAMPLES, see
     labels (N,) bool, scores (N,) float, groups (N,) hashable. Resamples that lack a class are
     drawn again (they are rare for a split stratified by label).
     """
-    from model_zoo.metrics import compute_auroc
-
     y = np.asarray(labels, bool)
     s = np.asarray(scores, np.float64)
     uniq, gidx = np.unique(np.asarray(groups), return_inverse=True)
@@ -134,29 +135,22 @@ def bootstrap_auroc(labels, scores, groups, *, n: int = BOOTSTRAP_RESAMPLES, see
         values.append(compute_auroc(yy, s[pick]))
     if not values:
         raise ScoringError("no bootstrap resample holds both classes")
-    a = (1 - level) / 2
-    lo, hi = np.quantile(values, [a, 1 - a])
+    lo, hi = percentile_interval(values, level)
     return float(lo), float(hi)
 
 
 def evaluate_card(model, card, store, *, source: str | None, split: str = "test", seed: int = 0,
-                  n_boot: int = BOOTSTRAP_RESAMPLES,
-                  progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Patch and image AUROC of ``split`` with patient-bootstrap 95 % CIs and the split sizes."""
-    from dashboard.engine.inference import predict_patches
-    from model_zoo.metrics import compute_auroc
-
-    def step(stage):
-        return (lambda d, t: progress(stage, d, t)) if progress else None
-
-    ps = rebuild_patches(store, card, source=source, split=split, progress=step("patches"))
+                  n_boot: int = BOOTSTRAP_RESAMPLES, progress: Progress | None = None) -> dict:
+    """Patch and image AUROC of ``split`` with patient-bootstrap 95 % CIs and the split sizes.
+    ``progress``: the patches are the first half of the job, the whole images the second."""
+    ps = rebuild_patches(store, card, source=source, split=split, progress=scaled(progress, 0.0, 0.5))
     pos = card.positive_index
     p_patch = predict_patches(model, card, ps.patches.astype(np.float32) / 255.0)[:, pos].astype(np.float64)
     y_patch = ps.labels == pos
     patient_of = {r["image_id"]: str(r.get("patient_ref") or r["case_id"]) for r in store.list_images(source=source)}
     g_patch = np.array([patient_of[i] for i in ps.image_id])
     rows = split_images(store, card, source=source, split=split)
-    im = compute_image_scores(model, card, store, rows, progress=step("images"))
+    im = compute_image_scores(model, card, store, rows, progress=scaled(progress, 0.5, 1.0))
     if im.abnormal.all() or not im.abnormal.any():
         raise ScoringError(f"the {split!r} split needs abnormal and normal images for an image AUROC")
     check = sorted(set(g_patch))[:CHECK_PATIENTS]
@@ -190,38 +184,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="add the image-level results and CIs to the card's [metrics] table")
     args = ap.parse_args(argv)
 
-    from tqdm.auto import tqdm
-
-    import model_zoo
-    from dashboard.data.store import Store, StoreError
-    from dashboard.settings import load_settings, pick_device
-
     settings = load_settings()
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = tqdm(desc=stage, unit="image")
-        bar = bars[stage]
-        bar.total = total
-        bar.update(done - bar.n)
-
     try:
         card = model_zoo.load_card(args.card, extra_dirs=(settings.user_cards_dir,))
-        import torch
-
         device = pick_device(settings.device)
         # channels-last: about twice as fast on CPU (oneDNN), the same numbers
         model = model_zoo.create_model(card, weights=True, device=device).to(memory_format=torch.channels_last)
-        with Store(settings.db_path, settings.journal_dir, read_only=True) as store:
+        with Store(settings.db_path, settings.journal_dir, read_only=True) as store, \
+                tqdm_progress(f"scoring {card.name}", unit="step") as progress:
             result = evaluate_card(model, card, store, source=args.source, split=args.split, seed=args.seed,
                                    progress=progress)
     except (model_zoo.ModelZooError, StoreError, patchset.PatchSetError, ScoringError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        for bar in bars.values():
-            bar.close()
     for key, value in result.items():
         print(f"{key}: {value}")
     if args.write_card:

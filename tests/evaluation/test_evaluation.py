@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from dashboard import evaluation as ev
+from dashboard.data.store import ValidationError
 from dashboard.engine.dissection import drawing_to_mask, mask_to_png
 from dashboard.testing.engine_helpers import TinyCard, blob_mask, tiny_model
+from model_zoo.metrics import compute_aurocs
 
 S = 96
 
@@ -126,15 +128,6 @@ def test_wrong_label_rate_over_many_draws():
 
 
 # ====================================================================== metrics, hand-made cases
-def test_pixel_auroc_known_answers():
-    y = np.array([0, 0, 0, 1, 1, 1], bool)
-    assert ev.pixel_auroc([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], y) == 1.0
-    assert ev.pixel_auroc([0.9, 0.8, 0.7, 0.3, 0.2, 0.1], y) == 0.0
-    assert ev.pixel_auroc(np.full(6, 0.5), y) == 0.5
-    assert ev.pixel_auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
-    assert np.isnan(ev.pixel_auroc([0.1, 0.2], [1, 1]))
-
-
 def test_histogram_auroc_matches_exact_and_pools_images():
     rng = np.random.default_rng(0)
     truth = rng.random((2, 3, 40, 40)) < 0.2  # (images, K, h, w)
@@ -144,7 +137,7 @@ def test_histogram_auroc_matches_exact_and_pools_images():
     hist = np.stack([ev.score_histograms(probs[i], truth[i], valid) for i in range(2)])  # (2, K, 2, B)
     pooled = ev.auroc_from_counts(hist.sum(0))
     for k in range(3):
-        exact = ev.pixel_auroc(probs[:, k][:, valid], truth[:, k][:, valid])
+        exact = compute_aurocs(truth[:, k][:, valid].reshape(-1, 1), probs[:, k][:, valid].reshape(-1, 1))[0]
         assert abs(pooled[k] - exact) < 2e-3
     perfect = ev.score_histograms(truth[0].astype(np.float32), truth[0])
     inverted = ev.score_histograms(1 - truth[0].astype(np.float32), truth[0])
@@ -395,7 +388,8 @@ def test_learning_curve_from_real_drawings(store):
                                   patch_size=LC_S, shape="polygon", geometry=[[0, 0], [1, 0], [1, 1]],
                                   mask_png=mask_to_png(mask), model_card="lc-card")
     load = lambda a: patches[a.image_id]  # noqa: E731
-    df = ev.compute_learning_curve(store, card, model, load_patch=load, layer="blocks.3", steps=(1, 2, 3, 10))
+    df = ev.compute_learning_curve(store, card, model, load_patch=load,
+                                   config=ev.LearningCurveConfig(layer="blocks.3", steps=(1, 2, 3, 10)))
     assert sorted(df["n_step"].unique()) == [1, 2, 3, 6]  # steps past the drawings are cut at 6 (all)
     for c in ("mass", "fat"):
         sub = df[df.concept == c].sort_values("n_step")
@@ -405,10 +399,11 @@ def test_learning_curve_from_real_drawings(store):
         assert ((sub["auroc"] >= 0) & (sub["auroc"] <= 1)).all()
         assert (sub["n_eval_positions"] == sub["n_eval_positions"].iloc[0]).all()  # one evaluation set
         assert sub["auroc"].iloc[-1] > 0.8  # a bright blob and a dark band are learnt from six drawings
-    only_bob = ev.compute_learning_curve(store, card, model, load_patch=load, layer="blocks.3", readers=["bob"])
+    only_bob = ev.compute_learning_curve(store, card, model, load_patch=load,
+                                         config=ev.LearningCurveConfig(layer="blocks.3", readers=("bob",)))
     assert set(only_bob["concept"]) == {"fat"}
-    none = ev.compute_learning_curve(store, card, model, load_patch=load, layer="blocks.3",
-                                     exclude_readers=("alice", "bob"))
+    none = ev.compute_learning_curve(store, card, model, load_patch=load,
+                                     config=ev.LearningCurveConfig(layer="blocks.3", exclude_readers=("alice", "bob")))
     assert none.empty and "auroc" in none.columns
 
 
@@ -445,10 +440,18 @@ def test_end_to_end_small_run(settings, store, tmp_path):
     cfg = ev.EvaluationConfig(concepts=("mass", "calcification", "vessel", "nipple"), budgets=(1, 2),
                               max_heldout_images=3, stats_patches=24, stats_images=6, n_boot=50, report_images=2,
                               random_images=1, random_scopes=("top",))
-    stages = []
+    calls = []
     res = ev.run_label_efficiency(store, model, card, cfg, cache_dir=settings.cache_dir,
-                                  progress=lambda s, d, t, m="": stages.append(s))
-    assert {"statistics", "held-out", "reports", "rounds"} <= set(stages)
+                                  progress=lambda d, t, m="": calls.append((d, t, m.split(":")[0])))
+    # one progress(done, total, message) over the whole run: each stage in its own later part of the bar
+    done_by_stage = {}
+    for d, t, stage in calls:
+        assert 0 <= d <= t
+        done_by_stage.setdefault(stage, []).append(d)
+    order = ["statistics", "held-out", "rounds", "reports", "learning curve"]
+    assert set(order) <= set(done_by_stage)
+    assert all(max(done_by_stage[a]) <= min(done_by_stage[b]) for a, b in zip(order, order[1:]))
+    assert calls[-1][0] == calls[-1][1]  # the run ends at 100 %
     # the reader's drawings are in the store, as reader sim-reader, with units labeled and one probe per batch
     anns = store.list_annotations(model_card=card.name)
     assert len(anns) == len(res.drawings) > 0 and {a.reader for a in anns} == {ev.READER}
@@ -460,7 +463,7 @@ def test_end_to_end_small_run(settings, store, tmp_path):
     # every metric is produced, finite and in range
     assert res.heldout["images"] == 3
     for rnd in res.rounds:
-        for c, m in rnd["metrics"].items():
+        for m in rnd["metrics"].values():
             if m["n_pos_images"]:
                 assert 0 <= m["auroc"] <= 1 and 0 <= m["auroc_lo"] <= m["auroc_hi"] <= 1
                 assert 0 <= m["iou"] <= 1
@@ -491,6 +494,6 @@ def test_end_to_end_small_run(settings, store, tmp_path):
     assert len(table_rows(d)) == len(cfg.budgets) * len(cfg.concepts)
     assert "drawings to reach AUROC" in headline(d)
     # a second run on the same store is refused (it would mix two readers' drawings)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="already holds drawings"):
         ev.run_label_efficiency(store, model, card, dataclasses.replace(cfg, budgets=(1,)),
                                 cache_dir=settings.cache_dir)

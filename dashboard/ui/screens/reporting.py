@@ -569,7 +569,8 @@ def learning_curve(ctx: AppContext, progress: Callable[[float, str], None] | Non
             progress(i / max(n, 1), msg)
 
     df = evaluation.compute_learning_curve(ctx.store, ctx.card, ctx.model, load_patch=annotation_patch(ctx),
-                                           layer=cx.layer_of(ctx), progress=cb)
+                                           config=evaluation.LearningCurveConfig(layer=cx.layer_of(ctx)),
+                                           progress=cb)
     rows = df.to_dict("records") if len(df) else []
     if not rows:
         return LearningCurveView([], None, "No drawings yet: the curve appears once concepts are drawn.")
