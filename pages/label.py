@@ -92,7 +92,8 @@ with left:
     nonce = st.session_state.get(state.CANVAS_NONCE, 0)
     result = resources.canvas(
         view.background, fill_color=colour + "55", stroke_color=colour, stroke_width=2, drawing_mode=tool,
-        width=view.canvas_size, height=view.canvas_size, key=f"label.canvas.{r.image_id}.{r.x0}.{r.y0}.{r.size}.{nonce}")
+        width=view.canvas_size, height=view.canvas_size,
+        key=f"label.canvas.{r.image_id}.{r.x0}.{r.y0}.{r.size}.{nonce}")
 
 drawings = None
 try:

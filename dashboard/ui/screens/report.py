@@ -14,7 +14,6 @@ import numpy as np
 import plotly.graph_objects as go
 
 from dashboard import evaluation
-from dashboard.data.store import ValidationError
 from dashboard.engine import report, tcav
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
@@ -142,7 +141,7 @@ def tcav_inputs(ctx: AppContext, limit: int = TCAV_INPUTS) -> np.ndarray:
             rows.append((float(prob), PatchRef(img["image_id"], int(x0), int(y0), int(size))))
     rows.sort(key=lambda t: -t[0])
     if not rows:
-        raise ValidationError("TCAV needs scored images: score the cases on the Worklist first.")
+        raise ReportError("TCAV needs scored images: score the cases on the Worklist first.")
     return np.stack([patch_gray(ctx, ref) for _, ref in rows[:limit]])
 
 
@@ -152,7 +151,7 @@ def run_tcav(ctx: AppContext, progress: Progress | None = None):
     ctx.require_model()
     info = probe_info(ctx)
     if info is None:
-        raise ValidationError("Train the concept probes first: TCAV uses the drawings behind them.")
+        raise ReportError("Train the concept probes first: TCAV uses the drawings behind them.")
     report_progress(progress, 1, 10, "Collecting the most suspicious patches")
     inputs = tcav_inputs(ctx)
     report_progress(progress, 3, 10, f"Scoring {len(inputs)} patches against {len(info.concepts)} concept(s)")

@@ -138,8 +138,8 @@ def score_unscored(ctx: AppContext, progress: Progress | None = None,
     failures: list[tuple[str, str]] = []
     done = 0
     for i, img in enumerate(todo):
-        report_progress(progress, i, len(todo), f"Scoring {img['case_id']} {img['laterality']}{img['view']} "
-                                       f"({i + 1}/{len(todo)})")
+        report_progress(progress, i, len(todo),
+                        f"Scoring {img['case_id']} {img['laterality']}{img['view']} ({i + 1}/{len(todo)})")
         try:
             lm = lesion_map_for(ctx, img["image_id"])
             ctx.store.save_prediction(ctx.card_name, ctx.weights_sha, img["image_id"], lm.score,
