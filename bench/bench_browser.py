@@ -46,6 +46,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -53,9 +54,22 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import plotly.io as pio
+
+from dashboard.data.store import Store
+from dashboard.engine import probes
 from dashboard.testing import flows
-from dashboard.testing.browser import ARTIFACTS, ROOT, chromium_available, launch_chromium, streamlit_server
-from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing, prepare_data_dir
+from dashboard.testing.browser import ARTIFACTS, ROOT, app_page, chromium_available
+from dashboard.testing.e2e_data import E2E_CARD, _settings, case_with_lesion, plan_drawing, prepare_data_dir
+from dashboard.ui import ConceptLensError, canvas
+from dashboard.ui.context import build_context, load_model
+from dashboard.ui.screens import label as lb
+from dashboard.ui.screens import report as rp
+from dashboard.ui.screens import worklist as wl
+from dashboard.ui.types import PatchRef
+from dashboard.ui.work import report_parts as parts
+from dashboard.ui.work.evidence import image_evidence
+from dashboard.ui.work.probe_versions import annotation_patch, probe_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -104,30 +118,41 @@ def drawings_per_minute(system: dict, vertices: int) -> dict:
     return out
 
 
-def _timed(name: str, fn, log: dict):
+def _timed(log: dict, name: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, its wall and CPU seconds appended to ``log[name]``."""
     t, c = time.perf_counter(), time.process_time()
-    value = fn()
+    value = fn(*args, **kwargs)
     log.setdefault(name, []).append((time.perf_counter() - t, time.process_time() - c))
     return value
 
 
+def _profile_drawing(log: dict, ctx, view, row: dict, case_id: str, poly) -> None:
+    """One drawing's Save -> report path in process, each step timed into ``log``."""
+    ref = view.ref
+    pts = tuple(((1 - x if view.mirrored else x) * ref.size, y * ref.size) for x, y in poly)
+    m = _timed(log, "match", lb.match, ctx, view, [canvas.Drawing("polygon", pts)])
+    res = _timed(log, "save_total", lb.save, ctx, view, m, "mass", "Bench", retrain=True)
+    log.setdefault("save.store_and_label", []).append((res.timings_s["store_and_label"], float("nan")))
+    log.setdefault("save.retrain", []).append((res.timings_s["retrain"], float("nan")))
+    anns = ctx.store.list_annotations(model_card=ctx.card_name)
+    _timed(log, "retrain.collect_probe_data (again, cached activations)", probes.collect_probe_data,
+           ctx.model, ctx.card, ctx.card.default_layer, anns, annotation_patch(ctx), cache_dir=ctx.settings.cache_dir)
+    info = _timed(log, "report.probe_info", probe_info, ctx)
+    colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
+    _timed(log, "report.concept_maps", parts.image_concept_maps, ctx, info, ref.image_id)
+    _timed(log, "report.concept_panels (+ JPEG encoding)", parts.concept_panels, ctx, info, row, colours, view.mirrored)
+    rep_obj, _, _ = _timed(log, "report.assemble (engine report)", parts.engine_report, ctx, info, row)
+    shown = _timed(log, "report.figures", parts.shown_report, rep_obj, view.mirrored)
+    _timed(log, "report.bar_panel (the bar charts as one figure)", parts.bar_panel,
+           [(n, f) for n, f in shown[1] if n not in parts.MAP_FIGURES])
+    v = _timed(log, "report.load_report (all cached now)", rp.load_report, ctx, case_id, ref.image_id)
+    _timed(log, "render.plotly_to_json (figures shown by default)", lambda figs: [pio.to_json(f) for f in figs],
+           v.figures)
+
+
 def profile_in_process(data_dir: Path, reps: int) -> dict:
     """The Save -> report path without the browser, each step timed (wall, CPU s), on a copy of the
-    prepared data dir. Same calls as the pages: labeling.match/save, reporting.load_report."""
-    import shutil
-
-    import plotly.io as pio
-
-    from dashboard.data.store import Store
-    from dashboard.engine import probes
-    from dashboard.testing.e2e_data import _settings
-    from dashboard.ui import canvas
-    from dashboard.ui.context import build_context, load_model
-    from dashboard.ui.screens import labeling as lb
-    from dashboard.ui.screens import reporting as rp
-    from dashboard.ui.screens import worklist as wl
-    from dashboard.ui.screens.reading import PatchRef
-
+    prepared data dir. Same calls as the pages: label.match/save, report.load_report."""
     plan = plan_drawing(data_dir, case_with_lesion(data_dir))
     log: dict[str, list] = {}
     with tempfile.TemporaryDirectory(prefix="conceptlens-prof-") as tmp:
@@ -140,34 +165,14 @@ def profile_in_process(data_dir: Path, reps: int) -> dict:
             case_id = store.get_image(ref.image_id)["case_id"]
             wl.score_unscored(ctx, case_ids=[case_id])  # the Read page scores the case it shows
             row = store.get_image(ref.image_id)
-            ev = _timed("evidence_once_per_image", lambda: rp.image_evidence(ctx, row), log)
+            ev = _timed(log, "evidence_once_per_image", image_evidence, ctx, row)
             view = lb.load_patch(ctx, ref)
             for rep in range(reps):
-                poly = jitter(plan["polygon"], rep)
-                pts = tuple(((1 - x if view.mirrored else x) * ref.size, y * ref.size) for x, y in poly)
-                m = _timed("match", lambda: lb.match(ctx, view, [canvas.Drawing("polygon", pts)]), log)
-                res = _timed("save_total", lambda: lb.save(ctx, view, m, "mass", "Bench", retrain=True), log)
-                log.setdefault("save.store_and_label", []).append((res.timings_s["store_and_label"], float("nan")))
-                log.setdefault("save.retrain", []).append((res.timings_s["retrain"], float("nan")))
-                anns = store.list_annotations(model_card=ctx.card_name)
-                _timed("retrain.collect_probe_data (again, cached activations)", lambda: probes.collect_probe_data(
-                    ctx.model, ctx.card, ctx.card.default_layer, anns,
-                    rp.annotation_patch(ctx), cache_dir=settings.cache_dir), log)
-                info = _timed("report.probe_info", lambda: rp.probe_info(ctx), log)
-                colours = {c["name"]: c["colour"] for c in store.list_concepts()}
-                _timed("report.concept_maps", lambda: rp.image_concept_maps(ctx, info, ref.image_id), log)
-                _timed("report.concept_panels (+ JPEG encoding)", lambda: rp.concept_panels(ctx, info, row, colours, view.mirrored), log)
-                rep_obj, key, _ = _timed("report.assemble (engine report)", lambda: rp.engine_report(ctx, info, row), log)
-                shown = _timed("report.figures", lambda: rp._shown(rep_obj, view.mirrored), log)
-                _timed("report.bar_panel (the bar charts as one figure)", lambda: rp.bar_panel(
-                    [(n, f) for n, f in shown[1] if n not in rp.MAP_FIGURES]), log)
-                v = _timed("report.load_report (all cached now)", lambda: rp.load_report(ctx, case_id, ref.image_id), log)
-                _timed("render.plotly_to_json (figures shown by default)",
-                       lambda: [pio.to_json(f) for f in v.figures], log)
+                _profile_drawing(log, ctx, view, row, case_id, jitter(plan["polygon"], rep))
             try:
-                _timed("tcav (on demand, per probe version)", lambda: rp.run_tcav(ctx), log)
+                _timed(log, "tcav (on demand, per probe version)", rp.run_tcav, ctx)
                 tcav_note = ""
-            except Exception as exc:  # noqa: BLE001 - e.g. too few background positions
+            except ConceptLensError as exc:  # e.g. too few background positions
                 tcav_note = str(exc)
     out = {}
     for name, vals in log.items():
@@ -194,9 +199,74 @@ def ready(page) -> float:
     return t_idle
 
 
-def run(reps: int, data_dir: Path, vertices: int) -> dict:
-    from playwright.sync_api import sync_playwright
+class Timings:
+    """The browser figures of every repetition, s."""
 
+    def __init__(self):
+        self.choose, self.draw_iou, self.save_only, self.save_report = [], [], [], []
+        self.report_text, self.report_run = [], []
+
+
+def time_one_drawing(page, plan: dict, rep: int, t: Timings) -> None:
+    """One repetition on the open Label page: choose the concept, draw, Save, go to the Report."""
+    flows.select_option(page, "Lexicon group", "calcification")  # set-up, not timed
+    flows.settle(page)
+    t0 = time.perf_counter()
+    page.get_by_role("combobox", name="Lexicon group", exact=True).first.click()
+    page.get_by_role("option", name="mass", exact=True).first.click()
+    flows.wait_text_shown(page, "Mass (any shape or margin)")
+    ready(page)
+    t.choose.append(time.perf_counter() - t0)
+    flows.settle(page)
+    t0 = flows.draw_polygon_timed(page, jitter(plan["polygon"], rep))
+    flows.wait_text_shown(page, "Best matching unit")
+    ready(page)
+    t.draw_iou.append(time.perf_counter() - t0)
+    flows.settle(page)
+
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Save as mass", exact=True).first.click()
+    flows.wait_text_shown(page, re.compile(rf"Saved 'mass': labeled \d+ unit.*probe v{rep + 1} retrained"))
+    t.save_only.append(time.perf_counter() - t0)
+    page.locator("[data-testid='stSidebarNavLink']", has_text="Report").first.click()
+    # the Report's own probe line ("... probe v1 retrained on 1 drawing" of the Saved message
+    # matches a looser pattern while the Label page is still shown)
+    flows.wait_text_shown(page, re.compile(rf"Concept probe v{rep + 1} · layer .*on {rep + 1} drawing"))
+    t.report_text.append(time.perf_counter() - t0)
+    t.report_run.append(ready(page) - t0)
+    t.save_report.append(time.perf_counter() - t0)
+
+
+def time_in_browser(env: dict, case_id: str, plan: dict, reps: int) -> Timings:
+    """Worklist -> Read -> Label once, then ``reps`` timed drawings (``time_one_drawing``)."""
+    t = Timings()
+    with app_page(ROOT / "app.py", env, log_path=ARTIFACTS / "bench_browser_streamlit.log",
+                  timeout_ms=flows.LONG) as page:
+        flows.heading(page, "Worklist")
+        flows.select_option(page, "Case", case_id)
+        flows.click_button(page, "Open case")
+        flows.heading(page, f"Read · {case_id}")
+        flows.open_patch_at_point(page, plan["image_label"], plan["x"], plan["y"])
+        flows.sign_in(page, "Bench")
+        for rep in range(reps):
+            time_one_drawing(page, plan, rep, t)
+            print(f"rep {rep + 1}/{reps}: concept {t.choose[-1]:.2f} s, draw->IoU {t.draw_iou[-1]:.2f} s, "
+                  f"save {t.save_only[-1]:.2f} s, save->report {t.save_report[-1]:.2f} s "
+                  f"(probe line {t.report_text[-1]:.2f} s, run done {t.report_run[-1]:.2f} s)", flush=True)
+            flows.settle(page)
+            flows.nav(page, "Label concepts")
+            flows.heading(page, "Label concepts")
+    return t
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50_s": round(pct(values, 0.5), 3), "p90_s": round(pct(values, 0.9), 3),
+            "min_s": round(min(values), 3), "max_s": round(max(values), 3),
+            "mean_s": round(statistics.fmean(values), 3), "n": len(values),
+            "samples_s": [round(v, 3) for v in values]}
+
+
+def run(reps: int, data_dir: Path, vertices: int) -> dict:
     t_prep = time.perf_counter()
     env = prepare_data_dir(data_dir)
     case_id = case_with_lesion(data_dir)
@@ -206,61 +276,9 @@ def run(reps: int, data_dir: Path, vertices: int) -> dict:
     t_prof = time.perf_counter()
     in_process = profile_in_process(data_dir, min(reps, 5))
     prof_s = time.perf_counter() - t_prof
-    choose, draw_iou, save_only, save_report, report_text, report_run = [], [], [], [], [], []
-    t_browser, c_browser = time.perf_counter(), time.process_time()
-    with streamlit_server(ROOT / "app.py", env, log_path=ARTIFACTS / "bench_browser_streamlit.log") as url, \
-            sync_playwright() as pw, launch_chromium(pw) as browser:
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.set_default_timeout(flows.LONG)
-        page.goto(url)
-        flows.heading(page, "Worklist")
-        flows.select_option(page, "Case", case_id)
-        flows.click_button(page, "Open case")
-        flows.heading(page, f"Read · {case_id}")
-        flows.open_patch_at_point(page, plan["image_label"], plan["x"], plan["y"])
-        flows.sign_in(page, "Bench")
-        for rep in range(reps):
-            flows.select_option(page, "Lexicon group", "calcification")  # set-up, not timed
-            flows.settle(page)
-            t0 = time.perf_counter()
-            page.get_by_role("combobox", name="Lexicon group", exact=True).first.click()
-            page.get_by_role("option", name="mass", exact=True).first.click()
-            flows.wait_text_shown(page, "Mass (any shape or margin)")
-            ready(page)
-            choose.append(time.perf_counter() - t0)
-            flows.settle(page)
-            t0 = flows.draw_polygon_timed(page, jitter(plan["polygon"], rep))
-            flows.wait_text_shown(page, "Best matching unit")
-            ready(page)
-            draw_iou.append(time.perf_counter() - t0)
-            flows.settle(page)
-
-            t0 = time.perf_counter()
-            page.get_by_role("button", name="Save as mass", exact=True).first.click()
-            flows.wait_text_shown(page, re.compile(rf"Saved 'mass': labeled \d+ unit.*probe v{rep + 1} retrained"))
-            save_only.append(time.perf_counter() - t0)
-            page.locator("[data-testid='stSidebarNavLink']", has_text="Report").first.click()
-            # the Report's own probe line ("... probe v1 retrained on 1 drawing" of the Saved message
-            # matches a looser pattern while the Label page is still shown)
-            flows.wait_text_shown(page, re.compile(rf"Concept probe v{rep + 1} · layer .*on {rep + 1} drawing"))
-            report_text.append(time.perf_counter() - t0)
-            report_run.append(ready(page) - t0)
-            save_report.append(time.perf_counter() - t0)
-            print(f"rep {rep + 1}/{reps}: concept {choose[-1]:.2f} s, draw->IoU {draw_iou[-1]:.2f} s, "
-                  f"save {save_only[-1]:.2f} s, save->report {save_report[-1]:.2f} s "
-                  f"(probe line {report_text[-1]:.2f} s, run done {report_run[-1]:.2f} s)", flush=True)
-            flows.settle(page)
-            flows.nav(page, "Label concepts")
-            flows.heading(page, "Label concepts")
-        page.close()
+    t_browser = time.perf_counter()
+    t = time_in_browser(env, case_id, plan, reps)
     browser_wall = time.perf_counter() - t_browser
-
-    def summary(values):
-        return {"p50_s": round(pct(values, 0.5), 3), "p90_s": round(pct(values, 0.9), 3),
-                "min_s": round(min(values), 3), "max_s": round(max(values), 3),
-                "mean_s": round(statistics.fmean(values), 3), "n": len(values),
-                "samples_s": [round(v, 3) for v in values]}
-
     res = {
         "benchmark": "browser",
         "command": "python -m bench.bench_browser" + (f" --reps {reps}" if reps != 10 else ""),
@@ -278,12 +296,12 @@ def run(reps: int, data_dir: Path, vertices: int) -> dict:
                   "report": "the Report page opens on the labeled image; its model evidence was prefetched while "
                             "the reader drew (the first Report of an image computes it otherwise)"},
         "targets": {"draw_to_iou_panel_p50_s": 1.5, "save_to_report_p50_s": 1.5},
-        "choose_concept": summary(choose),
-        "draw_to_iou_panel": summary(draw_iou),
-        "save_message": summary(save_only),
-        "save_to_report": summary(save_report),
-        "save_to_report_probe_line": summary(report_text),
-        "save_to_report_run_done": summary(report_run),
+        "choose_concept": summary(t.choose),
+        "draw_to_iou_panel": summary(t.draw_iou),
+        "save_message": summary(t.save_only),
+        "save_to_report": summary(t.save_report),
+        "save_to_report_probe_line": summary(t.report_text),
+        "save_to_report_run_done": summary(t.report_run),
         "timing_rule": ("each figure ends when the expected text is shown, the app reports its script run "
                         "finished and every image and plotly chart on the page has rendered, each checked in "
                         "the page on every animation frame (no fixed sleeps inside a timed step, no "

@@ -1,9 +1,8 @@
 """Label concepts: draw a concept on the patch; the matching units show at once; Save labels them."""
 import streamlit as st
 
-from dashboard.ui import resources, state
-from dashboard.ui.screens import labeling as lb
-from dashboard.ui.screens.reading import PatchRef
+from dashboard.ui import ConceptLensError, resources, state
+from dashboard.ui.screens import label as lb
 
 ctx = resources.get_context()
 st.title("Label concepts")
@@ -18,12 +17,12 @@ if not reader:
         try:
             st.session_state[state.READER] = lb.start_session(ctx, name)
             st.rerun()
-        except Exception as exc:  # noqa: BLE001 - the store's ValidationError says what is wrong
+        except ConceptLensError as exc:  # the store's ValidationError says what is wrong
             st.error(str(exc))
     st.stop()
 
 raw = st.session_state.get(state.PATCH)
-view = lb.load_patch(ctx, PatchRef.from_tuple(raw) if raw else None)
+view = lb.load_patch(ctx, lb.PatchRef.from_tuple(raw) if raw else None)
 if view is None:
     st.info("No patch is open. Pick a suspicious patch or a point on the Read page.")
     st.page_link("pages/read.py", label="Go to Read", icon=":material/visibility:")
@@ -38,12 +37,11 @@ st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size 
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
 for note in view.notes:
     st.warning(note)
-if "label.group_next" in st.session_state:  # a concept was just added: show its group
-    st.session_state[state.LABEL_GROUP] = st.session_state.pop("label.group_next")
-flash = st.session_state.get("label.flash")
+if state.LABEL_GROUP_NEXT in st.session_state:  # a concept was just added: show its group
+    st.session_state[state.LABEL_GROUP] = st.session_state.pop(state.LABEL_GROUP_NEXT)
+flash = st.session_state.get(state.LABEL_FLASH)
 if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
     st.success(flash[0])
-
 
 
 def save_drawing(view, match, concept: str, reader: str, nonce: int, retrain: bool) -> None:
@@ -51,10 +49,10 @@ def save_drawing(view, match, concept: str, reader: str, nonce: int, retrain: bo
     canvas (no second run after an st.rerun)."""
     try:
         res = lb.save(resources.get_context(), view, match, concept, reader, retrain=retrain)
-    except Exception as exc:  # noqa: BLE001 - shown by the run that follows
-        st.session_state["label.save_error"] = str(exc)
+    except ConceptLensError as exc:  # UnknownConceptError, ValidationError, StoreError: shown by the next run
+        st.session_state[state.LABEL_SAVE_ERROR] = str(exc)
         return
-    st.session_state["label.saved"] = {"concept": res.concept, "n_labeled": res.n_labeled, "n_above": res.n_above,
+    st.session_state[state.LABEL_SAVED] = {"concept": res.concept, "n_labeled": res.n_labeled, "n_above": res.n_above,
                                        "tau": match.tau, "nonce": nonce + 1, "probe_version": res.probe_version,
                                        "probe_drawings": res.probe_drawings, "retrain_error": res.retrain_error}
     st.session_state[state.CANVAS_NONCE] = nonce + 1  # a fresh canvas for the next drawing
@@ -79,11 +77,11 @@ with right:
         if st.button("Add concept", key="label.add_concept"):
             try:
                 added, added_group = lb.add_concept(ctx, new_name, new_group, new_colour, new_desc, reader)
-            except Exception as exc:  # noqa: BLE001
+            except ConceptLensError as exc:  # ValidationError: the name says what is wrong
                 st.error(str(exc))
             else:
-                st.session_state["label.flash"] = (f"Added {added!r} to {added_group!r}.", added_group)
-                st.session_state["label.group_next"] = added_group
+                st.session_state[state.LABEL_FLASH] = (f"Added {added!r} to {added_group!r}.", added_group)
+                st.session_state[state.LABEL_GROUP_NEXT] = added_group
                 st.rerun()
 
 with left:
@@ -91,24 +89,21 @@ with left:
                     persist_state=state.PERSIST)
     st.caption("Polygon: click the vertices, then click the first vertex again to close it. "
                "Undo, redo and clear are on the canvas toolbar (hover the canvas).")
-    from PIL import Image
-    from streamlit_drawable_canvas import st_canvas
-
     nonce = st.session_state.get(state.CANVAS_NONCE, 0)
-    result = st_canvas(
-        fill_color=colour + "55", stroke_color=colour, stroke_width=2, drawing_mode=tool,
-        background_image=Image.fromarray(view.background), width=view.canvas_size, height=view.canvas_size,
+    result = resources.canvas(
+        view.background, fill_color=colour + "55", stroke_color=colour, stroke_width=2, drawing_mode=tool,
+        width=view.canvas_size, height=view.canvas_size,
         key=f"label.canvas.{r.image_id}.{r.x0}.{r.y0}.{r.size}.{nonce}")
 
 drawings = None
 try:
     drawings = lb.drawings_from_canvas(view, result.json_data, result.background_fit)
-except Exception as exc:  # noqa: BLE001 - DrawingError: empty, degenerate or unsupported drawing
+except ConceptLensError as exc:  # DrawingError: empty, degenerate or unsupported drawing
     with right:
         st.info(str(exc))
 
 # kept until the next drawing: the fresh canvas reports itself with a rerun of its own
-saved = st.session_state.get("label.saved")
+saved = st.session_state.get(state.LABEL_SAVED)
 if saved and saved["nonce"] == nonce and not drawings:
     probe = (f" Concept probe v{saved['probe_version']} retrained on {saved['probe_drawings']} drawing(s): "
              "see the Report." if saved.get("probe_version") else "")
@@ -117,7 +112,7 @@ if saved and saved["nonce"] == nonce and not drawings:
     if saved.get("retrain_error"):
         st.warning(f"The probes were not retrained: {saved['retrain_error']}")
 
-save_error = st.session_state.pop("label.save_error", None)
+save_error = st.session_state.pop(state.LABEL_SAVE_ERROR, None)
 if save_error:  # UnknownConceptError, ValidationError, StoreError from the last Save
     st.error(save_error)
 
@@ -126,7 +121,7 @@ if drawings:
     try:
         with st.spinner("Matching units…"):
             match = lb.match(ctx, view, drawings)
-    except Exception as exc:  # noqa: BLE001 - no model / no dataset statistics / empty mask
+    except ConceptLensError as exc:  # ModelUnavailable, EngineNotReady, DrawingError (empty mask)
         st.error(str(exc))
 
 if match is not None:

@@ -1,7 +1,7 @@
 """Model and data: the card in use and its metrics, switch card, dataset statistics, ingest, demo."""
 import streamlit as st
 
-from dashboard.ui import resources, state
+from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import model_data as md
 
 ctx = resources.get_context()
@@ -63,7 +63,7 @@ if c2.button("Compute dataset statistics", key="data.stats", disabled=not ctx.mo
         with resources.progress("Computing dataset statistics", done="Dataset statistics ready") as cb:
             md.compute_dataset_stats(ctx, int(n_patches), cb)
         st.rerun()
-    except Exception as exc:  # noqa: BLE001
+    except ConceptLensError as exc:  # ModelUnavailable, EngineNotReady
         st.error(str(exc))
 
 with st.expander("Ingest a folder"):
@@ -78,7 +78,7 @@ with st.expander("Ingest a folder"):
             if report.failed:
                 st.dataframe([{"file": p, "reason": r} for p, r in report.failed], hide_index=True,
                              width="stretch", key="data.failures")
-        except Exception as exc:  # noqa: BLE001 - IngestError says what to do
+        except ConceptLensError as exc:  # IngestError says what to do
             st.error(str(exc))
 
 with st.expander("Synthetic demo set"):
@@ -89,5 +89,5 @@ with st.expander("Synthetic demo set"):
                 summary = md.build_demo(ctx, int(n), cb)
             st.success(f"Demo set: {summary.n_cases} cases" + (" (already complete)" if summary.skipped else
                                                                 f", built {summary.built_cases}"))
-        except Exception as exc:  # noqa: BLE001
+        except ConceptLensError as exc:  # DemoError
             st.error(str(exc))

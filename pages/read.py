@@ -1,15 +1,15 @@
 """Read: the case hung RCC | LCC over RMLO | LMLO, window/level, overlays, suspicious patches."""
 import streamlit as st
 
-from dashboard.ui import resources, state
-from dashboard.ui.screens import reading as rd
+from dashboard.ui import ConceptLensError, resources, state
+from dashboard.ui.screens import read as rd
 
 ctx = resources.get_context()
 
 TILE_HEIGHT = 430  # px: the four views fit on a laptop screen
 
 # the manual centre/width start from the window in use (set before the widgets exist)
-shown = st.session_state.get("read.window_shown")
+shown = st.session_state.get(state.READ_WINDOW_SHOWN)
 if shown and st.session_state.get(state.READ_WINDOW_MODE, "file") != "manual":
     st.session_state[state.READ_CENTER], st.session_state[state.READ_WIDTH] = float(shown[0]), float(shown[1])
 
@@ -19,7 +19,7 @@ with st.sidebar:
     mode = st.radio("Window", ["file", "auto", "manual"], key=state.READ_WINDOW_MODE,
                     persist_state=state.PERSIST, horizontal=True,
                     format_func={"file": "File presets", "auto": "Auto", "manual": "Manual"}.get)
-    presets = st.session_state.get("read.presets", [])
+    presets = st.session_state.get(state.READ_PRESETS, [])
     preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key=state.READ_PRESET,
                           persist_state=state.PERSIST,
                           format_func=lambda i: presets[i] if i < len(presets) else "file default",
@@ -45,9 +45,9 @@ with st.spinner("Preparing the images…"):
     view = rd.load_reading(ctx, st.session_state.get(state.CASE_ID), window, overlay, method, opacity)
 first = next((t for t in view.tiles if t.error is None), None)
 if first is not None:
-    st.session_state["read.window_shown"] = first.window[:2]
+    st.session_state[state.READ_WINDOW_SHOWN] = first.window[:2]
 if view.presets != presets:  # first view of a case: offer its own windows at once
-    st.session_state["read.presets"] = view.presets
+    st.session_state[state.READ_PRESETS] = view.presets
     st.rerun()
 
 if view.case is None:
@@ -56,12 +56,12 @@ if view.case is None:
     st.stop()
 
 case = view.case
-st.session_state["read.case"] = case["case_id"]
+st.session_state[state.READ_CASE] = case["case_id"]
 head, pick = st.columns([3, 1])
 head.title(f"Read · {case['case_id']}")
 head.caption(f"{case['source']} · truth: {case['label']} · {case['description']}")
-pick.selectbox("Case", view.case_ids, key="read.case",
-               on_change=lambda: st.session_state.update({state.CASE_ID: st.session_state["read.case"]}))
+pick.selectbox("Case", view.case_ids, key=state.READ_CASE,
+               on_change=lambda: st.session_state.update({state.CASE_ID: st.session_state[state.READ_CASE]}))
 for note in view.notes:
     st.warning(note)
 
@@ -112,8 +112,9 @@ if view.patches:
     idx = c1.selectbox("Patch", range(len(labels)), format_func=labels.__getitem__, key="read.patch")
     if c2.button("Label this patch", key="read.open_patch", type="primary"):
         p = view.patches[idx]
-        st.session_state[state.PATCH] = (p["image_id"], p["x0"], p["y0"], p["size"])
-        rd.prepare_labeling(ctx, rd.PatchRef.from_tuple(st.session_state[state.PATCH]))
+        ref = rd.PatchRef(p["image_id"], p["x0"], p["y0"], p["size"])
+        st.session_state[state.PATCH] = ref.as_tuple()
+        rd.prepare_labeling(ctx, ref)
         st.switch_page("pages/label.py")
 elif not ctx.model_ready:
     st.info(f"No suspicious patches: the model is not available ({ctx.model_error}).")
@@ -128,26 +129,19 @@ if tiles:
         px = c1.number_input("x (display px)", 0, w, w // 2, key="read.x")
         py = c2.number_input("y (display px)", 0, h, h // 2, key="read.y")
         st.caption("Or click the image (point tool); the last click wins.")
-        from PIL import Image
-        from streamlit_drawable_canvas import st_canvas
-
-        from dashboard.ui.canvas import parse_points
-
-        cw = min(520, w * 2)
-        ch = int(round(cw * h / w))
-        res = st_canvas(drawing_mode="point", background_image=Image.fromarray(tile.rgb), width=cw, height=ch,
-                        stroke_color="#ffd54f", fill_color="#ffd54f", point_display_radius=4,
-                        key=f"read.point_canvas.{tile.image_id}")
-        clicks = parse_points(res.json_data, image_size=(w, h), fit=res.background_fit, canvas_size=(cw, ch))
-        if clicks:
-            px, py = clicks[-1]
+        cw, ch = rd.point_canvas_size(tile)
+        res = resources.canvas(tile.rgb, drawing_mode="point", width=cw, height=ch, stroke_color="#ffd54f",
+                               fill_color="#ffd54f", point_display_radius=4, key=f"read.point_canvas.{tile.image_id}")
+        clicked = rd.clicked_point(tile, res.json_data, res.background_fit)
+        if clicked:
+            px, py = clicked
             st.caption(f"Clicked at ({px:.0f}, {py:.0f}) display px.")
         if c3.button("Label patch here", key="read.open_point"):
             try:
                 ref = rd.patch_at(ctx, tile.image_id, float(px), float(py))
-            except Exception as exc:  # noqa: BLE001
+            except ConceptLensError as exc:  # ReadingError: the point is outside the image
                 st.error(str(exc))
             else:
                 st.session_state[state.PATCH] = ref.as_tuple()
-                rd.prepare_labeling(ctx, rd.PatchRef.from_tuple(st.session_state[state.PATCH]))
+                rd.prepare_labeling(ctx, ref)
                 st.switch_page("pages/label.py")

@@ -1,21 +1,21 @@
 """Report: the concepts behind an image's prediction, their maps, the probe and its metrics."""
 import streamlit as st
 
-from dashboard.ui import resources, state
-from dashboard.ui.screens import reporting as rp
+from dashboard.ui import ConceptLensError, resources, state
+from dashboard.ui.screens import report as rp
 
 ctx = resources.get_context()
 st.title("Report")
 
-flash = st.session_state.pop("report.flash", None)
+flash = st.session_state.pop(state.REPORT_FLASH, None)
 if flash:
     st.success(flash)
 
 view = rp.load_report(ctx, st.session_state.get(state.CASE_ID), st.session_state.get(state.IMAGE_ID))
 if view.image_ids:
-    st.session_state["report.image"] = view.image_id
-    st.selectbox("Image", view.image_ids, key="report.image", format_func=view.image_names.get,
-                 on_change=lambda: st.session_state.update({state.IMAGE_ID: st.session_state["report.image"]}))
+    st.session_state[state.REPORT_IMAGE] = view.image_id
+    st.selectbox("Image", view.image_ids, key=state.REPORT_IMAGE, format_func=view.image_names.get,
+                 on_change=lambda: st.session_state.update({state.IMAGE_ID: st.session_state[state.REPORT_IMAGE]}))
 if view.probability is not None:
     score = f" · P({view.target}) {view.probability:.3f}"
 else:
@@ -34,9 +34,9 @@ if c2.button("Retrain probes", key="report.retrain", disabled=not ctx.model_read
     try:
         with resources.progress("Training concept probes", done="Probes trained") as cb:
             info = rp.retrain(ctx, st.session_state.get(state.READER, ""), cb)
-        st.session_state["report.flash"] = f"Concept probe v{info.version} trained on {info.n_drawings} drawing(s)."
+        st.session_state[state.REPORT_FLASH] = f"Concept probe v{info.version} trained on {info.n_drawings} drawing(s)."
         st.rerun()
-    except Exception as exc:  # noqa: BLE001 - e.g. ValidationError: no drawings yet
+    except ConceptLensError as exc:  # e.g. ValidationError: no drawings yet
         st.error(str(exc))
 
 if p is not None:
@@ -44,10 +44,10 @@ if p is not None:
         if st.button("Compute learning curve", key="report.curve"):
             try:
                 with resources.progress("Refitting probes on growing subsets", done="Learning curve ready") as cb:
-                    st.session_state["report.curve_view"] = rp.learning_curve(ctx, cb)
-            except Exception as exc:  # noqa: BLE001
+                    st.session_state[state.REPORT_CURVE] = rp.learning_curve(ctx, cb)
+            except ConceptLensError as exc:
                 st.error(str(exc))
-        curve = st.session_state.get("report.curve_view")
+        curve = st.session_state.get(state.REPORT_CURVE)
         if curve is not None:
             if curve.note:
                 st.info(curve.note)
@@ -86,9 +86,9 @@ if view.concepts:
         try:
             with resources.progress("Running TCAV", done="TCAV done") as cb:
                 rp.run_tcav(ctx, cb)
-            st.session_state["report.flash"] = "TCAV scores updated."
+            st.session_state[state.REPORT_FLASH] = "TCAV scores updated."
             st.rerun()
-        except Exception as exc:  # noqa: BLE001
+        except ConceptLensError as exc:  # ValidationError, ReportError: what TCAV still needs
             st.error(str(exc))
     for fig in view.figures:  # the engine's bar charts, one figure
         st.plotly_chart(fig, width="stretch", theme=None)  # the engine's own colours

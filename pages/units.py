@@ -1,13 +1,13 @@
 """Units: the unit map coloured by concept; a unit's exemplars, label and drawings; undo a drawing."""
 import streamlit as st
 
-from dashboard.ui import resources, state
+from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import units as un
 
 ctx = resources.get_context()
 st.title("Units")
 
-flash = st.session_state.pop("units.flash", None)
+flash = st.session_state.pop(state.UNITS_FLASH, None)
 if flash:
     st.success(flash)
 
@@ -15,7 +15,7 @@ unit = st.session_state.get(state.SELECTED_UNIT)
 concept = st.session_state.get(state.UNITS_CONCEPT) or None
 try:
     view = un.load_units(ctx, unit, concept)
-except Exception as exc:  # noqa: BLE001 - no model, no dataset statistics, unknown unit
+except ConceptLensError as exc:  # ModelUnavailable, EngineNotReady, UnitsError (unknown unit)
     st.error(str(exc))
     st.stop()
 
@@ -74,9 +74,9 @@ if d is not None:
             if c2.button("Undo this drawing", key="units.undo"):
                 try:
                     changed = un.undo(ctx, pick, st.session_state.get(state.READER, ""))
-                except Exception as exc:  # noqa: BLE001
+                except ConceptLensError as exc:  # StoreError: e.g. the drawing was undone meanwhile
                     st.error(str(exc))
                 else:
                     now = ", ".join(f"{u}: {c or 'unlabeled'}" for u, c in sorted(changed.items())) or "none"
-                    st.session_state["units.flash"] = f"Drawing undone; units it had labeled are now: {now}."
+                    st.session_state[state.UNITS_FLASH] = f"Drawing undone; units it had labeled are now: {now}."
                     st.rerun()

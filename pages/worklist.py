@@ -1,7 +1,7 @@
 """Worklist: every case with the model's score and the label status; open one to read it."""
 import streamlit as st
 
-from dashboard.ui import resources, state
+from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import worklist as wl
 
 ctx = resources.get_context()
@@ -21,14 +21,14 @@ sort = s2.selectbox("Sort by", list(wl.SORTS), format_func=wl.SORTS.get, key=sta
                     persist_state=state.PERSIST)
 descending = s3.toggle("Descending", value=True, key=state.WORKLIST_DESCENDING, persist_state=state.PERSIST)
 
-if st.session_state.pop("worklist.score_clicked", False):
+if st.session_state.pop(state.WORKLIST_SCORE_CLICKED, False):
     try:
         with resources.progress("Scoring unscored cases", done="Scoring finished") as cb:
             report = wl.score_unscored(ctx, cb)
         st.success(f"Scored {report.n_scored} of {report.n_images} image(s).")
         for image_id, msg in report.failures:
             st.error(f"{image_id}: {msg}")
-    except Exception as exc:  # noqa: BLE001 - the typed error's text is the message
+    except ConceptLensError as exc:  # ModelUnavailable: the typed error's text is the message
         st.error(str(exc))
 
 view = wl.load_worklist(ctx, wl.WorklistFilter(tuple(kinds), tuple(truths), status, scored, search, sort,
@@ -43,7 +43,7 @@ m4.metric("Model", view.model_card, help=f"weights SHA-256 {view.weights_sha[:12
 if view.model_error:
     st.warning(f"The model is not available, so cases cannot be scored: {view.model_error}")
 st.button("Score unscored cases", key="worklist.score", disabled=not view.n_unscored_cases or bool(view.model_error),
-          on_click=lambda: st.session_state.update({"worklist.score_clicked": True}))
+          on_click=lambda: st.session_state.update({state.WORKLIST_SCORE_CLICKED: True}))
 
 if not view.rows:
     st.info("No case matches these filters." if view.total else
@@ -65,12 +65,12 @@ else:
     ids = [r["case_id"] for r in view.rows]
     picked = table.selection.rows if table is not None and hasattr(table, "selection") else []
     if picked:
-        st.session_state["worklist.case"] = ids[picked[0]]
-    elif st.session_state.get("worklist.case") not in ids:
+        st.session_state[state.WORKLIST_CASE] = ids[picked[0]]
+    elif st.session_state.get(state.WORKLIST_CASE) not in ids:
         current = st.session_state.get(state.CASE_ID)
-        st.session_state["worklist.case"] = current if current in ids else ids[0]
+        st.session_state[state.WORKLIST_CASE] = current if current in ids else ids[0]
     c1, c2 = st.columns([3, 1])
-    case_id = c1.selectbox("Case", ids, key="worklist.case")
+    case_id = c1.selectbox("Case", ids, key=state.WORKLIST_CASE)
     if c2.button("Open case", key="worklist.open", type="primary"):
         st.session_state[state.CASE_ID] = case_id
         st.session_state.pop(state.IMAGE_ID, None)

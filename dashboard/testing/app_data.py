@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import timm
+import torch
 from PIL import Image
 
+import model_zoo
 from dashboard import imaging
 from dashboard.data.store import Store
 from dashboard.settings import Settings
@@ -66,11 +69,6 @@ def populate(settings: Settings, store: Store) -> list[str]:
 def make_tiny_card(settings: Settings, name: str = TINY_CARD, seed: int = 0, patch: int = 64,
                    description: str = "A tiny random resnet10t for the page tests.") -> Path:
     """A real model card for a seeded, randomly initialised timm resnet10t (``patch`` px patches)."""
-    import timm
-    import torch
-
-    import model_zoo
-
     torch.manual_seed(seed)
     model = timm.create_model("resnet10t", num_classes=2, pretrained=False)
     cards = settings.user_cards_dir

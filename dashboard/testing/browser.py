@@ -80,3 +80,19 @@ def launch_chromium(playwright):
         yield browser
     finally:
         browser.close()
+
+
+@contextmanager
+def app_page(app: Path | str, env: dict[str, str], *, log_path: Path | None = None,
+             timeout_ms: int = 240_000) -> Iterator:
+    """``streamlit run app`` and a chromium page on it, already at the app's URL (Playwright sync API)."""
+    from playwright.sync_api import sync_playwright  # optional: the browser extra (tests/e2e, bench)
+
+    with streamlit_server(app, env, log_path=log_path) as url, sync_playwright() as pw, launch_chromium(pw) as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(timeout_ms)
+        page.goto(url)
+        try:
+            yield page
+        finally:
+            page.close()

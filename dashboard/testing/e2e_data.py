@@ -6,8 +6,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dashboard import imaging
+from dashboard.data import demo
 from dashboard.data.store import Store
 from dashboard.settings import load_settings
+from dashboard.ui.context import build_context, load_model
+from dashboard.ui.screens import read
+from dashboard.ui.work import concepts, images
 
 E2E_CARD = "demo-lite0-synth"
 N_CASES = 4
@@ -30,10 +39,6 @@ def _settings(data_dir: Path):
 
 def prepare_data_dir(data_dir: Path, *, stats_patches: int = 160) -> dict[str, str]:
     """Build the data dir (idempotent) and return the environment for ``streamlit run``."""
-    from dashboard.data import demo
-    from dashboard.ui.context import build_context, load_model
-    from dashboard.ui.screens import concepts
-
     data_dir = Path(data_dir)
     settings = _settings(data_dir)
     with Store(settings.db_path, settings.journal_dir) as store:
@@ -63,29 +68,21 @@ def plan_drawing(data_dir: Path, case_id: str) -> dict:
     pass the labeling rule. Returns the image's hanging label, the display point, the patch, the
     polygon in fractions of the canvas (display orientation) and the IoU the engine should find.
     """
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from dashboard import imaging
-    from dashboard.ui.context import build_context, load_model
-    from dashboard.ui.screens import concepts, reading
-
     settings = _settings(Path(data_dir))
     with Store(settings.db_path, settings.journal_dir, read_only=True) as store:
         ctx = build_context(settings, store, load_model(E2E_CARD, settings.user_cards_dir, "cpu"))
         stats = concepts.require_stats(ctx)
-        images = store.list_images(case_id=case_id)
-        finding = next(f for i in images for f in store.list_findings(i["image_id"])
+        case_images = store.list_images(case_id=case_id)
+        finding = next(f for i in case_images for f in store.list_findings(i["image_id"])
                        if f["pathology"] in ("benign", "malignant") and f["x0"] is not None)
         row = store.get_image(finding["image_id"])
-        _, _, frame = reading.model_image(ctx, row)
+        _, _, frame = images.model_image(ctx, row)
         h, w = frame.model_shape
         cx_src, cy_src = (finding["x0"] + finding["x1"]) / 2, (finding["y0"] + finding["y1"]) / 2
         mx, my = frame.to_model([cx_src, cy_src])
         mirrored = imaging.display_flip(row["laterality"])
         x_disp, y_disp = int(round(w - mx if mirrored else mx)), int(round(my))
-        ref = reading.patch_at(ctx, row["image_id"], x_disp, y_disp)
+        ref = read.patch_at(ctx, row["image_id"], x_disp, y_disp)
         act = concepts.patch_activation(ctx, ref)  # (C, h', w')
         size = ref.size
         up = F.interpolate(torch.as_tensor(act)[None], size=(size, size), mode="bilinear",

@@ -6,6 +6,7 @@ an assertion depends on.
 from __future__ import annotations
 
 import re
+import time
 
 APP_IDLE = "[data-testid='stApp'][data-test-script-state='notRunning'][data-test-connection-state='CONNECTED']"
 LONG = 240_000  # ms: a cold model load on 2 shared cores
@@ -159,8 +160,6 @@ def screenshot(page, path, width: int = 1440) -> None:
 
 def draw_polygon_timed(page, fractions: list[tuple[float, float]]) -> float:
     """``draw_polygon``, returning ``time.perf_counter()`` right after the closing click."""
-    import time
-
     box = label_canvas(page).bounding_box()
     pts = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in fractions]
     for x, y in pts:

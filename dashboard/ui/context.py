@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import model_zoo
 from dashboard.data.store import Store
+from dashboard.engine.model_state import lock_for
 from dashboard.errors import ConceptLensError
 from dashboard.settings import Settings
+from dashboard.ui.caches import Caches
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,8 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class AppContext:
-    """settings, store, and the model in use (card, network, device, weights SHA-256, lock)."""
+    """settings, store, the model in use (card, network, device, weights SHA-256, lock) and the
+    caches of the app's computations (shared by every session of the app, see ``Caches``)."""
 
     settings: Settings
     store: Store
@@ -43,6 +47,7 @@ class AppContext:
     weights_sha: str
     lock: threading.RLock
     model_error: str | None = None
+    caches: Caches = field(default_factory=Caches, compare=False)
 
     @property
     def card_name(self) -> str:
@@ -69,8 +74,6 @@ def load_model(card_name: str, user_cards_dir: Path | None, device: str) -> Load
     model keep working and the others show why it is missing."""
     dev = device
     try:
-        import model_zoo
-
         card = model_zoo.load_card(card_name, extra_dirs=[user_cards_dir] if user_cards_dir else [])
     except Exception as exc:  # noqa: BLE001 - any card problem becomes a message on the page
         return LoadedModel(None, None, dev, "", error=f"Model card {card_name!r}: {exc}")
@@ -78,13 +81,13 @@ def load_model(card_name: str, user_cards_dir: Path | None, device: str) -> Load
         model = model_zoo.create_model(card, device=dev)
     except Exception as exc:  # noqa: BLE001
         return LoadedModel(card, None, dev, card.weights_sha256 or "", error=str(exc))
-    from dashboard.engine.model_state import lock_for
-
     # the same lock every inference, activation and attribution call takes (``lock_for``)
     return LoadedModel(card, model, dev, card.weights_sha256 or "", lock=lock_for(model))
 
 
-def build_context(settings: Settings, store: Store, loaded: LoadedModel) -> AppContext:
+def build_context(settings: Settings, store: Store, loaded: LoadedModel, caches: Caches | None = None) -> AppContext:
+    """The context of one rerun. ``caches``: the app's shared instance (``resources.get_context``);
+    a fresh one when not given (tests, command lines)."""
     return AppContext(settings=settings, store=store, card=loaded.card, model=loaded.model,
                       device=loaded.device, weights_sha=loaded.weights_sha, lock=loaded.lock,
-                      model_error=loaded.error)
+                      model_error=loaded.error, caches=caches if caches is not None else Caches())

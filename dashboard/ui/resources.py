@@ -1,19 +1,25 @@
-"""The one module of ``dashboard/`` that imports streamlit: cached loaders for the pages.
+"""The one module of ``dashboard/`` that imports streamlit: cached loaders for the pages, the
+progress box of long jobs and the drawing canvas component.
 
-``st.cache_resource`` holds the store (one per database file) and the models (one per card,
-weights and device, each with its own lock). Pages call ``get_context()`` once per rerun.
+``st.cache_resource`` holds the store (one per database file), the models (one per card,
+weights and device, each with its own lock) and the one ``Caches`` every session shares.
+Pages call ``get_context()`` once per rerun.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
 from dashboard.data.store import Store
+from dashboard.progress import Progress, fraction
 from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui import state
+from dashboard.ui.caches import Caches
 from dashboard.ui.context import AppContext, LoadedModel, build_context, load_model
 
 
@@ -44,16 +50,22 @@ def get_model(card_name: str, settings: Settings | None = None) -> LoadedModel:
     return _model(card_name, str(settings.user_cards_dir), pick_device(settings.device))
 
 
+@st.cache_resource
+def get_caches() -> Caches:
+    """The process-wide caches: every session shares the work on the same images and model."""
+    return Caches()
+
+
 def selected_card(settings: Settings) -> str:
     """The card chosen on the Model and data page for this session (default: the settings')."""
     return st.session_state.get(state.MODEL_CARD) or settings.model_card
 
 
 def get_context() -> AppContext:
-    """Settings, store and the selected model for this rerun."""
+    """Settings, store, the selected model and the shared caches for this rerun."""
     settings = get_settings()
     store = get_store(settings)
-    return build_context(settings, store, get_model(selected_card(settings), settings))
+    return build_context(settings, store, get_model(selected_card(settings), settings), get_caches())
 
 
 def forget_models() -> None:
@@ -62,17 +74,29 @@ def forget_models() -> None:
 
 
 @contextmanager
-def progress(label: str, *, done: str | None = None) -> Iterator[Callable[[float, str], None]]:
-    """An ``st.status`` box with a progress bar; yields ``callback(fraction, text)`` for long jobs."""
+def progress(label: str, *, done: str | None = None) -> Iterator[Progress]:
+    """An ``st.status`` box with a progress bar; yields ``progress(done, total, message)`` for a
+    long job (``dashboard.progress.Progress``)."""
     with st.status(label, expanded=True) as box:
         bar = st.progress(0.0, text=label)
 
-        def update(fraction: float, text: str = "") -> None:
-            bar.progress(min(max(float(fraction), 0.0), 1.0), text=text or label)
+        def update(n_done: int, total: int, message: str = "") -> None:
+            bar.progress(fraction(n_done, total), text=message or label)
 
         try:
             yield update
         except Exception:
             box.update(label=f"{label}: failed", state="error")
-            raise
+            raise  # the page shows the message (a ConceptLensError) or streamlit the bug
         box.update(label=done or label, state="complete", expanded=False)
+
+
+def canvas(background: np.ndarray, *, key: str, width: int, height: int, drawing_mode: str, **style):
+    """streamlit-drawable-canvas over an RGB (h, w, 3) uint8 background; returns its result
+    (``json_data``, ``background_fit``). ``style``: stroke/fill colours, widths, point radius."""
+    # Imported here, not at the top: importing the package registers its component, which only
+    # works inside a running app (outside one, e.g. in pytest, the import raises).
+    from streamlit_drawable_canvas import st_canvas  # optional until a page draws a canvas (see above)
+
+    return st_canvas(background_image=Image.fromarray(background), width=width, height=height,
+                     drawing_mode=drawing_mode, key=key, **style)

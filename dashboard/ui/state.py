@@ -1,15 +1,28 @@
 """Session-state keys, in one place so pages never spell them twice."""
 
+# ---------------------------------------------------------------- what the reader is working on
 READER = "reader.name"
 CASE_ID = "case.id"
 IMAGE_ID = "image.id"
 PATCH = "patch.ref"          # (image_id, x0, y0, size) in model pixels
-CANVAS_NONCE = "label.canvas_nonce"
-LAST_MATCH = "label.last_match"
-SELECTED_UNIT = "units.selected"
-PROBE_VERSION = "report.probe_version"
 MODEL_CARD = "model.card"
-WINDOW = "read.window"       # (center, width, function) or a preset name, per session
+SELECTED_UNIT = "units.selected"
+
+# ---------------------------------------------------------------- what a page keeps between its runs
+READ_WINDOW_SHOWN = "read.window_shown"   # (centre, width) of the window the last run showed
+READ_PRESETS = "read.presets"             # names of the shown case's file windows
+READ_CASE = "read.case"                   # the case picker (a widget key the page also writes)
+CANVAS_NONCE = "label.canvas_nonce"       # a new value gives a fresh canvas
+LABEL_SAVED = "label.saved"               # what the last Save did, shown until the next drawing
+LABEL_SAVE_ERROR = "label.save_error"     # why the last Save failed, shown once
+LABEL_FLASH = "label.flash"               # (message, lexicon group) after a concept was added
+LABEL_GROUP_NEXT = "label.group_next"     # the lexicon group to show on the next run
+REPORT_FLASH = "report.flash"             # a message for the next run
+REPORT_IMAGE = "report.image"             # the image picker (a widget key the page also writes)
+REPORT_CURVE = "report.curve_view"        # the learning curve computed on request
+UNITS_FLASH = "units.flash"               # a message for the next run
+WORKLIST_SCORE_CLICKED = "worklist.score_clicked"  # Score was pressed: score in this run
+WORKLIST_CASE = "worklist.case"           # the case picker (a widget key the page also writes)
 
 # ---------------------------------------------------------------- widget keys kept across pages
 # Streamlit forgets the value of a widget that a run did not draw, so a visit to another page

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import sys
 
+from dashboard.data.store import open_store
+from dashboard.progress import tqdm_progress
+from dashboard.settings import load_settings, pick_device
+from dashboard.ui.context import build_context, load_model
+from dashboard.ui.work import concepts as cx
+
 
 def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
-    from dashboard.data.store import open_store
-    from dashboard.settings import load_settings, pick_device
-    from dashboard.ui.context import build_context, load_model
-    from dashboard.ui.screens import concepts as cx
-
     settings = load_settings()
     loaded = load_model(settings.model_card, settings.user_cards_dir, pick_device(settings.device))
     if loaded.error:
@@ -28,15 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         if cx.find_stats(ctx) is not None:
             print(f"warmup: dataset statistics for {settings.model_card} / {cx.layer_of(ctx)} present; nothing to do")
             return 0
-        bar = tqdm(total=100, desc=f"dataset statistics {settings.model_card}/{cx.layer_of(ctx)}", unit="%")
-
-        def progress(fraction: float, text: str = "") -> None:
-            bar.n = int(round(100 * fraction))
-            bar.set_postfix_str(text[:40])
-            bar.refresh()
-
-        stats = cx.compute_stats(ctx, progress=progress)
-        bar.close()
+        with tqdm_progress(f"dataset statistics {settings.model_card}/{cx.layer_of(ctx)}", unit="patch") as progress:
+            stats = cx.compute_stats(ctx, progress=progress)
         print(f"warmup: dataset statistics written to {stats.path}")
     finally:
         store.close()

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from dashboard.testing import flows
-from dashboard.testing.browser import ARTIFACTS, ROOT, launch_chromium, streamlit_server
+from dashboard.testing.browser import ARTIFACTS, ROOT, app_page
 from dashboard.testing.e2e_data import E2E_CARD, case_with_lesion, plan_drawing
 
 
@@ -25,19 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     ap.add_argument("--case", default="syn1234-0000", help="a demo case with a mass (default: the first of `make run`)")
     args = ap.parse_args(argv)
-    from playwright.sync_api import sync_playwright
-
     data = args.data_dir.resolve()
     case_id = args.case or case_with_lesion(data)
     plan = plan_drawing(data, case_id)
     env = {"CONCEPTLENS_DATA_DIR": str(data), "CONCEPTLENS_DB_PATH": str(data / "conceptlens.duckdb"),
            "CONCEPTLENS_MODEL_CARD": E2E_CARD, "CONCEPTLENS_DEVICE": "cpu"}
     args.out.mkdir(parents=True, exist_ok=True)
-    with streamlit_server(ROOT / "app.py", env, log_path=ARTIFACTS / "demo_screenshots.log") as url, \
-            sync_playwright() as pw, launch_chromium(pw) as browser:
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.set_default_timeout(flows.LONG)
-        page.goto(url)
+    with app_page(ROOT / "app.py", env, log_path=ARTIFACTS / "demo_screenshots.log", timeout_ms=flows.LONG) as page:
         flows.heading(page, "Worklist")
         flows.screenshot(page, args.out / "demo_worklist.png")
         flows.select_option(page, "Case", case_id)
@@ -65,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         flows.nav(page, "Model and data")
         flows.heading(page, "Model and data")
         flows.screenshot(page, args.out / "demo_model_data.png")
-        page.close()
     print(f"case {case_id}, patch {plan['patch']}, expected IoU {plan['expected_iou']:.2f}; wrote {args.out}/demo_*.png")
     return 0
 

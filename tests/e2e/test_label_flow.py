@@ -31,94 +31,81 @@ def shot(page, artifacts, name: str) -> None:
     shutil.copy(out / f"{name}.png", DOCS / f"{name}.png")
 
 
-def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, tmp_path):
-    data_dir = tmp_path / "data"
-    env = prepare_data_dir(data_dir)
-    case_id = case_with_lesion(data_dir)
-    plan = plan_drawing(data_dir, case_id)  # outline where one unit fires in the lesion's patch
-    with streamlit_server(ROOT / "app.py", env, log_path=artifacts / "e2e" / "streamlit.log") as url:
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.set_default_timeout(flows.LONG)
-        try:
-            page.goto(url)
-            flows.heading(page, "Worklist")
-            flows.click_button(page, "Score unscored cases")
-            flows.wait_text(page, re.compile(r"Scored \d+ of \d+ image"))
-            shot(page, artifacts, "01_worklist")
+def score_and_read(page, artifacts, case_id: str) -> str:
+    """Worklist: score every case; Read the case with the lesion map; the Report before any
+    drawing. Returns the Report's text."""
+    flows.heading(page, "Worklist")
+    flows.click_button(page, "Score unscored cases")
+    flows.wait_text(page, re.compile(r"Scored \d+ of \d+ image"))
+    shot(page, artifacts, "01_worklist")
 
-            flows.select_option(page, "Case", case_id)
-            flows.click_button(page, "Open case")
-            flows.heading(page, f"Read · {case_id}")
-            page.locator("[data-testid='stImage']").first.wait_for(state="visible")
-            page.get_by_text("Lesion map", exact=True).click()
-            flows.wait_idle(page)
-            shot(page, artifacts, "02_read")
+    flows.select_option(page, "Case", case_id)
+    flows.click_button(page, "Open case")
+    flows.heading(page, f"Read · {case_id}")
+    page.locator("[data-testid='stImage']").first.wait_for(state="visible")
+    page.get_by_text("Lesion map", exact=True).click()
+    flows.wait_idle(page)
+    shot(page, artifacts, "02_read")
 
-            # the report before any drawing
-            flows.nav(page, "Report")
-            flows.heading(page, "Report")
-            flows.wait_text(page, "No concept probe is trained yet")
-            before = page.locator("[data-testid='stMain']").inner_text()
+    flows.nav(page, "Report")
+    flows.heading(page, "Report")
+    flows.wait_text(page, "No concept probe is trained yet")
+    return page.locator("[data-testid='stMain']").inner_text()
 
-            flows.nav(page, "Read")
-            flows.heading(page, f"Read · {case_id}")
-            flows.open_patch_at_point(page, plan["image_label"], plan["x"], plan["y"])
-            flows.sign_in(page, READER)
-            x0, y0, size = plan["patch"][1:]
-            flows.wait_text(page, f"patch ({x0}, {y0}) size {size} model px")
-            flows.select_option(page, "Lexicon group", "mass")
-            page.get_by_text("Mass (any shape or margin)").wait_for()
-            flows.draw_polygon(page, plan["polygon"])
-            flows.wait_text(page, "Best matching unit")
-            iou_text = page.locator("[data-testid='stMetric']", has_text="IoU").first.inner_text()
-            shot(page, artifacts, "03_label")
-            flows.click_button(page, "Save as mass")
-            saved = flows.wait_text(page, re.compile(r"Saved 'mass': labeled \d+ unit")).inner_text()
-            n_labeled = int(re.search(r"labeled (\d+) unit", saved).group(1))
-            assert "Concept probe v1 retrained on 1 drawing(s)" in saved  # Save retrains the probes
 
-            flows.nav(page, "Units")
-            flows.heading(page, "Units")
-            flows.fill_number(page, "Unit", plan["unit"])
-            flows.click_button(page, "Show unit")
-            flows.wait_text(page, f"Unit {plan['unit']} · mass")
-            flows.wait_idle(page)  # the rest of the unit's page (drawings, undo) comes later in the same run
-            unit_text = page.locator("[data-testid='stMain']").inner_text()
-            shot(page, artifacts, "04_units")
+def label_and_save(page, artifacts, case_id: str, plan: dict) -> tuple[str, str]:
+    """Read -> the planned point -> Label: outline where the unit fires, Save as mass.
+    Returns the IoU metric's text and the Saved message."""
+    flows.nav(page, "Read")
+    flows.heading(page, f"Read · {case_id}")
+    flows.open_patch_at_point(page, plan["image_label"], plan["x"], plan["y"])
+    flows.sign_in(page, READER)
+    x0, y0, size = plan["patch"][1:]
+    flows.wait_text(page, f"patch ({x0}, {y0}) size {size} model px")
+    flows.select_option(page, "Lexicon group", "mass")
+    page.get_by_text("Mass (any shape or margin)").wait_for()
+    flows.draw_polygon(page, plan["polygon"])
+    flows.wait_text(page, "Best matching unit")
+    iou_text = page.locator("[data-testid='stMetric']", has_text="IoU").first.inner_text()
+    shot(page, artifacts, "03_label")
+    flows.click_button(page, "Save as mass")
+    saved = flows.wait_text(page, re.compile(r"Saved 'mass': labeled \d+ unit")).inner_text()
+    return iou_text, saved
 
-            flows.nav(page, "Report")
-            flows.heading(page, "Report")
-            # the report already shows the probe trained with the drawing, on the labeled image
-            flows.wait_text(page, re.compile(r"Concept probe v1\b.*on 1 drawing"))
-            page.locator("[data-testid='stImage']").first.wait_for(state="visible")
-            after = page.locator("[data-testid='stMain']").inner_text()
-            shot(page, artifacts, "05_report")
-            # the engine's bar charts: one plotly figure, drawn by the browser with a subplot per chart
-            charts = page.locator("[data-testid='stMain'] [data-testid='stPlotlyChart']")
-            chart_text = charts.first.evaluate("e => e.textContent")
-            n_charts, n_cells = charts.count(), charts.first.locator(".cartesianlayer > .subplot").count()
-            flows.click_button(page, "Retrain probes")  # the manual retrain still works
-            flows.wait_text(page, "Concept probe v2 trained on 1 drawing(s).")
 
-            flows.nav(page, "Model and data")
-            flows.heading(page, "Model and data")
-            shot(page, artifacts, "06_model_data")
-        except Exception:
-            page.screenshot(path=str(artifacts / "e2e" / "failure.png"), full_page=True)
-            raise
-        finally:
-            page.close()
+def show_unit(page, artifacts, unit: int) -> str:
+    """Units: the planned unit's page. Returns its text."""
+    flows.nav(page, "Units")
+    flows.heading(page, "Units")
+    flows.fill_number(page, "Unit", unit)
+    flows.click_button(page, "Show unit")
+    flows.wait_text(page, f"Unit {unit} · mass")
+    flows.wait_idle(page)  # the rest of the unit's page (drawings, undo) comes later in the same run
+    text = page.locator("[data-testid='stMain']").inner_text()
+    shot(page, artifacts, "04_units")
+    return text
 
-    assert "Drawings behind this unit" in unit_text and "Undo this drawing" in unit_text
-    assert "No concept probe is trained yet" not in after and "Concept probe v1" in after
-    assert "mass" in after and after != before
-    assert plan["image_label"] + " · " + case_id in after  # the report opened on the labeled image
-    assert n_charts == 1 and n_cells >= 4  # shares, activation, units, TCAV (+ the logit waterfall)
-    assert "Share of the gradcam attribution per concept" in chart_text and "TCAV score for" in chart_text
-    shown_iou = float(re.search(r"IoU\s*(\d\.\d\d)", iou_text).group(1))
-    assert shown_iou >= plan["expected_iou"] - 0.05  # Fabric rounds the clicks to canvas pixels
 
-    # the server is gone: the store is ours to read
+def report_after_save(page, artifacts) -> dict:
+    """Report: the probe trained by Save, its charts; then the manual retrain. Returns what it showed."""
+    flows.nav(page, "Report")
+    flows.heading(page, "Report")
+    # the report already shows the probe trained with the drawing, on the labeled image
+    flows.wait_text(page, re.compile(r"Concept probe v1\b.*on 1 drawing"))
+    page.locator("[data-testid='stImage']").first.wait_for(state="visible")
+    after = page.locator("[data-testid='stMain']").inner_text()
+    shot(page, artifacts, "05_report")
+    # the engine's bar charts: one plotly figure, drawn by the browser with a subplot per chart
+    charts = page.locator("[data-testid='stMain'] [data-testid='stPlotlyChart']")
+    shown = {"text": after, "chart_text": charts.first.evaluate("e => e.textContent"), "n_charts": charts.count(),
+             "n_cells": charts.first.locator(".cartesianlayer > .subplot").count()}
+    flows.click_button(page, "Retrain probes")  # the manual retrain still works
+    flows.wait_text(page, "Concept probe v2 trained on 1 drawing(s).")
+    return shown
+
+
+def assert_stored(data_dir, case_id: str, plan: dict, n_labeled: int) -> None:
+    """The server is gone: the store holds the drawing, its unit labels and both probe versions."""
     with Store(data_dir / "conceptlens.duckdb", data_dir / "journal", read_only=True) as store:
         (ann,) = store.list_annotations()
         assert (ann.concept, ann.reader, ann.model_card) == ("mass", READER, E2E_CARD)
@@ -132,3 +119,41 @@ def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, 
         probes = store.list_probes(model_card=E2E_CARD)
         assert [p["version"] for p in probes] == [2, 1]  # one from Save, one from the button
         assert all(p["annotation_ids"] == [ann.annotation_id] for p in probes)
+
+
+def test_label_a_polygon_and_see_it_in_the_store_and_report(browser, artifacts, tmp_path):
+    data_dir = tmp_path / "data"
+    env = prepare_data_dir(data_dir)
+    case_id = case_with_lesion(data_dir)
+    plan = plan_drawing(data_dir, case_id)  # outline where one unit fires in the lesion's patch
+    with streamlit_server(ROOT / "app.py", env, log_path=artifacts / "e2e" / "streamlit.log") as url:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(flows.LONG)
+        try:
+            page.goto(url)
+            before = score_and_read(page, artifacts, case_id)
+            iou_text, saved = label_and_save(page, artifacts, case_id, plan)
+            n_labeled = int(re.search(r"labeled (\d+) unit", saved).group(1))
+            assert "Concept probe v1 retrained on 1 drawing(s)" in saved  # Save retrains the probes
+            unit_text = show_unit(page, artifacts, plan["unit"])
+            report = report_after_save(page, artifacts)
+            flows.nav(page, "Model and data")
+            flows.heading(page, "Model and data")
+            shot(page, artifacts, "06_model_data")
+        except Exception:
+            page.screenshot(path=str(artifacts / "e2e" / "failure.png"), full_page=True)
+            raise
+        finally:
+            page.close()
+
+    assert "Drawings behind this unit" in unit_text and "Undo this drawing" in unit_text
+    after = report["text"]
+    assert "No concept probe is trained yet" not in after and "Concept probe v1" in after
+    assert "mass" in after and after != before
+    assert plan["image_label"] + " · " + case_id in after  # the report opened on the labeled image
+    assert report["n_charts"] == 1 and report["n_cells"] >= 4  # shares, activation, units, TCAV (+ logit)
+    assert "Share of the gradcam attribution per concept" in report["chart_text"]
+    assert "TCAV score for" in report["chart_text"]
+    shown_iou = float(re.search(r"IoU\s*(\d\.\d\d)", iou_text).group(1))
+    assert shown_iou >= plan["expected_iou"] - 0.05  # Fabric rounds the clicks to canvas pixels
+    assert_stored(data_dir, case_id, plan, n_labeled)

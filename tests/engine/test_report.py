@@ -155,7 +155,7 @@ def test_json_round_trip_and_figures(setup, store, model, card, tmp_path):
     with pytest.raises(ValueError):
         report_from_json('{"hello": 1}')
     # the Report page draws the bar charts as one figure: every chart's traces, hover and title kept
-    from dashboard.ui.screens.reporting import MAP_FIGURES, bar_panel
+    from dashboard.ui.work.report_parts import MAP_FIGURES, bar_panel
 
     bars_only = [(n, f) for n, f in figs.items() if n not in MAP_FIGURES]
     panel = bar_panel(bars_only)

@@ -4,13 +4,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from dashboard.data.store import Store
 from dashboard.settings import PROJECT_ROOT
 from dashboard.testing import app_data
+from dashboard.ui import canvas, resources, state
 from dashboard.ui import context as context_mod
-from dashboard.ui import state
+from dashboard.ui.screens import label as lb
+from dashboard.ui.screens import worklist as wl
+from dashboard.ui.types import PatchRef
+from dashboard.ui.work import concepts as cx
 
 APP = str(PROJECT_ROOT / "app.py")
 TIMEOUT = 120
@@ -54,8 +59,6 @@ def frame_with(at: AppTest, *columns: str):
 
 
 def store_of(at_settings) -> Store:
-    from dashboard.ui import resources
-
     return resources.get_store(at_settings)
 
 
@@ -119,24 +122,24 @@ def test_read_hangs_the_case_with_presets_and_suspicious_patches(model_data):
     images = at.get("image")
     assert len(images) == 4  # RCC | LCC over RMLO | LMLO
     labels = [img.proto.imgs[0].caption for img in images]
-    assert [lb.split(" ·")[0] for lb in labels] == ["R CC", "L CC", "R MLO", "L MLO"]
-    assert all("STANDARD C 2000 / W 3000" in lb for lb in labels)
+    assert [cap.split(" ·")[0] for cap in labels] == ["R CC", "L CC", "R MLO", "L MLO"]
+    assert all("STANDARD C 2000 / W 3000" in cap for cap in labels)
     # the file's own windows are offered as presets
-    assert [o for o in at.selectbox(key="read.preset").options] == [
+    assert list(at.selectbox(key="read.preset").options) == [
         "1: STANDARD (C 2000 / W 3000)", "2: DENSE (C 2400 / W 1200)"]
     at.selectbox(key="read.preset").set_value(1).run()
     labels = [img.proto.imgs[0].caption for img in at.get("image")]
-    assert all("DENSE C 2400 / W 1200" in lb for lb in labels)
+    assert all("DENSE C 2400 / W 1200" in cap for cap in labels)
     at.radio(key="read.window_mode").set_value("manual").run()
     at.number_input(key="read.center").set_value(1500).run()
     at.number_input(key="read.width").set_value(800).run()
     labels = [img.proto.imgs[0].caption for img in at.get("image")]
-    assert all("MANUAL C 1500 / W 800" in lb for lb in labels)
+    assert all("MANUAL C 1500 / W 800" in cap for cap in labels)
     # every image was scored and its suspicious patches listed, best first
     patches = at.dataframe[0].value
     assert set(patches["view"]) == {"R CC", "L CC", "R MLO", "L MLO"}
     assert list(patches["probability"]) == sorted(patches["probability"], reverse=True)
-    assert all(lb.split(" · ")[1].startswith("P(lesion) ") for lb in labels)
+    assert all(cap.split(" · ")[1].startswith("P(lesion) ") for cap in labels)
 
 
 def test_read_overlays_and_opening_a_patch(model_data):
@@ -153,6 +156,19 @@ def test_read_overlays_and_opening_a_patch(model_data):
     first = at.dataframe[0].value.iloc[0]
     at.button(key="read.open_patch").click().run()
     assert at.session_state[state.PATCH] == (first["image_id"], first["x0"], first["y0"], first["size"])
+
+
+def test_a_second_session_reuses_what_the_first_computed(model_data):
+    """Sessions share the process-wide caches (``resources.get_caches``): a second reader opening the
+    same case computes no image, lesion map or display again."""
+    first = run_page("pages/read.py", {state.CASE_ID: "SYN-0001"})
+    caches = resources.get_caches()
+    misses = (caches.model_images.misses, caches.display.misses, caches.lesion_maps.misses)
+    second = run_page("pages/read.py", {state.CASE_ID: "SYN-0001"})  # a new AppTest: a new session
+    assert (caches.model_images.misses, caches.display.misses, caches.lesion_maps.misses) == misses
+    assert [i.proto.imgs[0].caption for i in second.get("image")] == [
+        i.proto.imgs[0].caption for i in first.get("image")]
+    assert len(caches.lesion_maps) >= 4  # the four views' maps are in the shared caches
 
 
 def test_read_without_a_model_still_shows_images_and_says_why(data):
@@ -184,7 +200,6 @@ def test_model_data_shows_the_card_switches_and_ingests_with_failures(model_data
     # ingest: one readable PNG, one broken file -> reported, not fatal
     folder = tmp_path / "incoming"
     folder.mkdir()
-    from PIL import Image
     Image.fromarray((app_data.breast_pixels(5, "L") >> 4).astype("uint8")).save(folder / "good.png")
     (folder / "broken.dcm").write_bytes(b"not a dicom at all")
     at.text_input(key="data.folder").input(str(folder)).run()
@@ -199,24 +214,20 @@ def test_model_data_shows_the_card_switches_and_ingests_with_failures(model_data
 
 
 def app_ctx(settings):
-    """A context on the store the app itself uses (one DuckDB connection per file in a process)."""
+    """A context on the store the app itself uses (one DuckDB connection per file in a process),
+    with the caches the app's sessions share."""
     return context_mod.build_context(settings, store_of(settings),
-                                     context_mod.load_model(settings.model_card, settings.user_cards_dir, "cpu"))
+                                     context_mod.load_model(settings.model_card, settings.user_cards_dir, "cpu"),
+                                     resources.get_caches())
 
 
 @pytest.fixture
 def labeled(model_data):
     """``model_data`` with dataset statistics and one saved drawing of 'mass'."""
-    import json as _json
-
-    from dashboard.ui.screens import concepts as cx
-    from dashboard.ui.screens import labeling as lb
-    from dashboard.ui.screens.reading import PatchRef
-
     ctx = app_ctx(model_data["settings"])
     cx.compute_stats(ctx, 120)
     view = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 20, 70, 64))
-    rec = _json.loads((PROJECT_ROOT / "tests/fixtures/fabric/polygon_448.json").read_text())
+    rec = json.loads((PROJECT_ROOT / "tests/fixtures/fabric/polygon_448.json").read_text())
     m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
     res = lb.save(ctx, view, m, "mass", "Dr Test")
     return {**model_data, "ctx": ctx, "match": m, "annotation_id": res.annotation_id}
@@ -315,10 +326,6 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     # one drawing gives too few positions for TCAV's random concepts: a clear message, no crash
     at.button(key="report.tcav").click().run()
     assert not at.exception and "TCAV needs" in at.error[0].value
-    from dashboard.ui import canvas
-    from dashboard.ui.screens import labeling as lb
-    from dashboard.ui.screens import worklist as wl
-    from dashboard.ui.screens.reading import PatchRef
     ctx = labeled["ctx"]
     wl.score_unscored(ctx)
     for image_id in ("SYN-0001-RCC", "SYN-0002-LCC"):  # small drawings leave background positions free
@@ -398,4 +405,4 @@ def test_selections_survive_visits_to_other_pages(model_data):
     assert at.number_input(key=state.READ_WIDTH).value == 800
     assert at.radio(key=state.READ_OVERLAY).value == "lesion map"
     labels = [img.proto.imgs[0].caption for img in at.get("image")]
-    assert all("MANUAL C 1500 / W 800" in lb for lb in labels)
+    assert all("MANUAL C 1500 / W 800" in cap for cap in labels)

@@ -3,20 +3,29 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dashboard.data.store import Store, UnknownConceptError
+from dashboard.engine import dissection, report
+from dashboard.engine.dissection import compute_unit_ious, drawing_to_mask, mask_from_png
 from dashboard.testing import app_data
-from dashboard.ui import canvas
+from dashboard.ui import Caches, canvas
 from dashboard.ui.context import build_context, load_model
-from dashboard.ui.memo import Memo
-from dashboard.ui.screens import concepts as cx
-from dashboard.ui.screens import labeling as lb
-from dashboard.ui.screens import reading as rd
+from dashboard.ui.memo import HeadStart, Memo
+from dashboard.ui.screens import label as lb
+from dashboard.ui.screens import read as rd
+from dashboard.ui.screens import report as rp
+from dashboard.ui.screens import units as un
 from dashboard.ui.screens import worklist as wl
+from dashboard.ui.types import EngineNotReady, PatchRef, ReadingError, WindowChoice
+from dashboard.ui.work import concepts as cx
+from dashboard.ui.work import images
+from dashboard.ui.work import report_parts as parts
+from dashboard.ui.work.evidence import image_evidence
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "fabric"
 
@@ -66,10 +75,10 @@ def test_score_unscored_caches_every_image_and_reports_bad_files(ctx, settings):
     bad = ctx.store.list_images(case_id="SYN-0002")[0]
     Path(bad["path"]).write_bytes(b"broken")
     seen = []
-    report = wl.score_unscored(ctx, lambda f, t: seen.append(f))
-    assert report.n_images == 7 and report.n_scored == 6
-    assert [i for i, _ in report.failures] == [bad["image_id"]]
-    assert seen[-1] == 1.0
+    scored = wl.score_unscored(ctx, lambda done, total, message="": seen.append((done, total)))
+    assert scored.n_images == 7 and scored.n_scored == 6
+    assert [i for i, _ in scored.failures] == [bad["image_id"]]
+    assert seen[0] == (0, 7) and seen[-1] == (7, 7)
     again = wl.score_unscored(ctx)
     assert again.n_images == 1  # only the broken one is still unscored
 
@@ -89,27 +98,27 @@ def test_hanging_order_and_display_flip(ctx):
 
 def test_window_presets_manual_and_auto_change_the_pixels(ctx):
     row = ctx.store.get_image("SYN-0001-LCC")
-    a, wa = rd.display_gray(ctx, row, rd.WindowChoice("file", 0))
-    b, wb = rd.display_gray(ctx, row, rd.WindowChoice("file", 1))
-    c, wc = rd.display_gray(ctx, row, rd.WindowChoice("manual", center=1000, width=500))
-    d, wd = rd.display_gray(ctx, row, rd.WindowChoice("auto"))
+    a, wa = images.display_gray(ctx, row, WindowChoice("file", 0))
+    b, wb = images.display_gray(ctx, row, WindowChoice("file", 1))
+    c, wc = images.display_gray(ctx, row, WindowChoice("manual", center=1000, width=500))
+    d, wd = images.display_gray(ctx, row, WindowChoice("auto"))
     assert (wa.name, wb.name, wc.name, wd.name) == ("STANDARD", "DENSE", "MANUAL", "AUTO")
     assert len({a.tobytes(), b.tobytes(), c.tobytes(), d.tobytes()}) == 4
 
 
 def test_patch_at_a_display_point_of_a_right_breast_is_mirrored_to_model_space(ctx):
-    h, w = rd.model_image(ctx, ctx.store.get_image("SYN-0001-RCC"))[2].model_shape
+    h, w = images.model_image(ctx, ctx.store.get_image("SYN-0001-RCC"))[2].model_shape
     ref = rd.patch_at(ctx, "SYN-0001-RCC", 40, 100)  # display px of a mirrored image: model x = w - 40
     assert ref.size == 64 and ref.x0 == int(round(w - 40 - 32)) and ref.y0 == 68
     ref_l = rd.patch_at(ctx, "SYN-0001-LCC", 40, 100)
     assert ref_l.x0 == 8
-    with pytest.raises(rd.ReadingError, match="outside the image"):
+    with pytest.raises(ReadingError, match="outside the image"):
         rd.patch_at(ctx, "SYN-0001-LCC", w + 5, 10)
 
 
 def test_label_match_and_save_store_the_annotation_and_unit_labels(ctx_stats):
     ctx = ctx_stats
-    view = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    view = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 20, 70, 64))
     assert view.canvas_size == 448 and not view.mirrored
     rec = fixture_json("polygon_448")
     drawings = lb.drawings_from_canvas(view, rec["json"], rec["fit"])
@@ -125,7 +134,6 @@ def test_label_match_and_save_store_the_annotation_and_unit_labels(ctx_stats):
     labels = ctx.store.list_unit_labels(ctx.card_name, "layer4")
     assert {r["unit"] for r in labels} == set(m.units_above) and res.n_labeled == len(m.units_above)
     assert all(r["concept"] == "mass" for r in labels)
-    from dashboard.engine.dissection import drawing_to_mask, mask_from_png
     np.testing.assert_array_equal(mask_from_png(ann.mask_png), m.mask)
     np.testing.assert_array_equal(drawing_to_mask(ann.shape, ann.geometry, 64), m.mask)
     with pytest.raises(UnknownConceptError):
@@ -135,8 +143,8 @@ def test_label_match_and_save_store_the_annotation_and_unit_labels(ctx_stats):
 def test_drawing_on_a_mirrored_patch_is_stored_in_model_space(ctx_stats):
     ctx = ctx_stats
     rec = fixture_json("rect_448")
-    left = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
-    right = lb.load_patch(ctx, rd.PatchRef("SYN-0001-RCC", 20, 70, 64))
+    left = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 20, 70, 64))
+    right = lb.load_patch(ctx, PatchRef("SYN-0001-RCC", 20, 70, 64))
     assert right.mirrored and not left.mirrored
     ml = lb.drawings_mask(lb.drawings_from_canvas(left, rec["json"], rec["fit"]), 64)[0]
     mr = lb.drawings_mask(lb.drawings_from_canvas(right, rec["json"], rec["fit"]), 64)[0]
@@ -147,12 +155,12 @@ def test_drawing_on_a_mirrored_patch_is_stored_in_model_space(ctx_stats):
 
 
 def test_empty_drawing_and_missing_statistics_give_clear_messages(ctx):
-    view = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    view = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 20, 70, 64))
     with pytest.raises(canvas.DrawingError, match="Nothing is drawn"):
         lb.drawings_from_canvas(view, {"objects": []}, None)
     rec = fixture_json("polygon_448")
     drawings = lb.drawings_from_canvas(view, rec["json"], rec["fit"])
-    with pytest.raises(cx.EngineNotReady, match="Model and data page"):
+    with pytest.raises(EngineNotReady, match="Model and data page"):
         lb.match(ctx, view, drawings)
 
 
@@ -167,13 +175,10 @@ def test_freehand_and_several_drawings_make_one_union_mask(ctx):
 
 
 def test_report_exports_round_trip_and_mirror_only_the_display(ctx_stats):
-    from dashboard.engine import report
-    from dashboard.ui.screens import reporting as rp
-
     ctx = ctx_stats
     rec = fixture_json("polygon_448")
     for image_id in ("SYN-0001-LCC", "SYN-0001-RCC"):
-        view = lb.load_patch(ctx, rd.PatchRef(image_id, 20, 70, 64))
+        view = lb.load_patch(ctx, PatchRef(image_id, 20, 70, 64))
         m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
         lb.save(ctx, view, m, "mass", "Dr Test")
     info = rp.retrain(ctx, "Dr Test")
@@ -182,7 +187,7 @@ def test_report_exports_round_trip_and_mirror_only_the_display(ctx_stats):
     assert r.probe.version == 1 and [c["concept"] for c in r.concepts] == ["mass"]
     back = report.report_from_json(r.export_json().decode())
     assert back.image_id == "SYN-0001-RCC" and back.probe_version == 1
-    img, _, _ = rd.model_image(ctx, ctx.store.get_image("SYN-0001-RCC"))
+    img, _, _ = images.model_image(ctx, ctx.store.get_image("SYN-0001-RCC"))
     np.testing.assert_allclose(back.image.astype(np.float32), img, atol=1e-3)  # JSON stays in model space
     html = r.export_html().decode()
     assert html.startswith("<!DOCTYPE html>") and "ConceptLens concept report" in html
@@ -192,7 +197,6 @@ def test_report_exports_round_trip_and_mirror_only_the_display(ctx_stats):
     assert curve.rows and {r["concept"] for r in curve.rows} == {"mass"}
     assert max(r["n_drawings"] for r in curve.rows) == 2
     # a drawing undone makes the probe stale
-    from dashboard.ui.screens import units as un
     un.undo(ctx, ctx.store.list_annotations()[0].annotation_id, "Dr Test")
     assert rp.probe_info(ctx).stale
 
@@ -200,37 +204,36 @@ def test_report_exports_round_trip_and_mirror_only_the_display(ctx_stats):
 def test_save_retrains_and_a_new_probe_reuses_the_image_evidence(ctx_stats):
     """Save with retrain: the new probe version holds the drawing; the report of the drawn image
     then recomputes only the probe's part (the model evidence is computed once per image)."""
-    from dashboard.ui.screens import reporting as rp
-
     ctx = ctx_stats
     rec = fixture_json("polygon_448")
-    view = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    view = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 20, 70, 64))
     m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
     res = lb.save(ctx, view, m, "mass", "Dr Test", retrain=True)
     assert res.retrain_error is None and res.probe_version == 1 and res.probe_drawings == 1
     assert ctx.store.list_probes(model_card=ctx.card_name)[0]["annotation_ids"] == [res.annotation_id]
     # the Label page's run after Save starts preparing the Report of the drawn image, once per version
-    thread = rp.prefetch_report(ctx, "SYN-0001-LCC")
+    thread = parts.prefetch_report(ctx, "SYN-0001-LCC")
     assert thread is not None and thread.name == "report-SYN-0001-LCC-v1"
     thread.join()
-    assert rp.prefetch_report(ctx, "SYN-0001-LCC") is None and not lb.prepare_report(ctx, "SYN-0001-LCC")
-    misses = (rp._PANELS.misses, rp._REPORTS.misses, rp._FIGURES.misses, rp._PANELS_FIG.misses)
+    assert parts.prefetch_report(ctx, "SYN-0001-LCC") is None and not lb.prepare_report(ctx, "SYN-0001-LCC")
+    c = ctx.caches
+    misses = (c.panels.misses, c.reports.misses, c.figures.misses, c.bar_panels.misses)
     first = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")
-    assert (rp._PANELS.misses, rp._REPORTS.misses, rp._FIGURES.misses, rp._PANELS_FIG.misses) == misses
+    assert (c.panels.misses, c.reports.misses, c.figures.misses, c.bar_panels.misses) == misses
     assert len(first.figures) == 1 and first.figure_names[0] == "shares"  # the bar charts, one figure
-    assert rp.MAP_FIGURES[0] not in first.figure_names and "tcav" in first.figure_names
-    map_misses = rp._MAP_FIGURES.misses  # the image-like figures: built when the reader asks
+    assert parts.MAP_FIGURES[0] not in first.figure_names and "tcav" in first.figure_names
+    map_misses = c.map_figures.misses  # the image-like figures: built when the reader asks
     maps = first.map_figures()
     assert [f.layout.title.text.split()[0] for f in maps] == ["Concept", "Attribution"]
-    assert rp._MAP_FIGURES.misses == map_misses + 1 and first.map_figures()[0] is maps[0]
+    assert c.map_figures.misses == map_misses + 1 and first.map_figures()[0] is maps[0]
     assert first.probe.version == 1 and not first.probe.stale
     assert any("TCAV is not computed for probe v1" in n for n in first.notes)
-    evidence_misses = rp._EVIDENCE.misses
+    evidence_misses = c.evidence.misses
     again = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")  # a rerun: nothing new
     assert again.figures[0] is first.figures[0] and again.encoded["overlay"] is first.encoded["overlay"]
     # a second drawing, saved with retrain: a new probe version, the same evidence
     d = canvas.Drawing("rect", ((2, 2), (20, 2), (20, 20), (2, 20)))
-    view2 = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 100, 40, 64))
+    view2 = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 100, 40, 64))
     res2 = lb.save(ctx, view2, lb.match(ctx, view2, [d]), "mass", "Dr Test", retrain=True)
     assert lb.prepare_report(ctx, "SYN-0001-LCC")  # the new version's report
     for t in threading.enumerate():  # (done already, or not yet)
@@ -239,16 +242,14 @@ def test_save_retrains_and_a_new_probe_reuses_the_image_evidence(ctx_stats):
     assert res2.probe_version == 2 and res2.probe_drawings == 2
     second = rp.load_report(ctx, "SYN-0001", "SYN-0001-LCC")
     assert second.probe.version == 2 and second.export_name.endswith("probe2")
-    assert rp._EVIDENCE.misses == evidence_misses  # no network pass for the new version
+    assert c.evidence.misses == evidence_misses  # no network pass for the new version
     assert not np.array_equal(second.overlay, first.overlay) or second.legend != first.legend
 
 
 def test_save_without_retrain_leaves_the_probe_stale(ctx_stats):
-    from dashboard.ui.screens import reporting as rp
-
     ctx = ctx_stats
     rec = fixture_json("polygon_448")
-    view = lb.load_patch(ctx, rd.PatchRef("SYN-0001-LCC", 20, 70, 64))
+    view = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 20, 70, 64))
     m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
     lb.save(ctx, view, m, "mass", "Dr Test", retrain=True)
     d = canvas.Drawing("rect", ((2, 2), (20, 2), (20, 20), (2, 20)))
@@ -258,38 +259,31 @@ def test_save_without_retrain_leaves_the_probe_stale(ctx_stats):
 
 
 def test_prefetched_evidence_is_what_the_report_uses(ctx_stats):
-    import time as _time
-
-    from dashboard.ui.screens import reporting as rp
-
     ctx = ctx_stats
     assert lb.prepare_report(ctx, "SYN-0001-RCC") is True
     row = ctx.store.get_image("SYN-0001-RCC")
-    ev = rp.image_evidence(ctx, row)  # waits for the background thread instead of computing again
-    assert rp.image_evidence(ctx, row) is ev
+    ev = image_evidence(ctx, row)  # waits for the background thread instead of computing again
+    assert image_evidence(ctx, row) is ev
+    assert ctx.caches.evidence.misses == 1  # computed once, by the thread
     assert lb.prepare_report(ctx, "SYN-0001-RCC") is False  # already there: no second thread
-    deadline = _time.monotonic() + 60
-    while rp._PREFETCHING and _time.monotonic() < deadline:
-        _time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while ctx.caches.evidence_head_start and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert ev.n_tiles >= 1 and ev.feats[cx.layer_of(ctx)].shape[0] == 512
 
 
 def test_statistics_of_an_older_rule_are_not_used(ctx_stats, monkeypatch):
-    from dashboard.engine import dissection
-
     stats = cx.find_stats(ctx_stats)
     assert stats is not None and stats.version == dissection.STATS_VERSION
     monkeypatch.setattr(dissection, "STATS_VERSION", "dissect-next")  # as after a rule change
     assert cx.find_stats(ctx_stats) is None
-    with pytest.raises(cx.EngineNotReady, match="No dataset statistics"):
+    with pytest.raises(EngineNotReady, match="No dataset statistics"):
         cx.require_stats(ctx_stats)
 
 
 def test_opening_a_patch_prepares_its_unit_masks_for_every_drawing(ctx_stats):
-    from dashboard.engine.dissection import compute_unit_ious
-
     ctx = ctx_stats
-    ref = rd.PatchRef("SYN-0001-LCC", 24, 60, 64)
+    ref = PatchRef("SYN-0001-LCC", 24, 60, 64)
     stats = cx.require_stats(ctx)
     assert not cx.has_unit_masks(ctx, ref, stats)
     assert lb.prepare_patch(ctx, ref) is True
@@ -303,25 +297,19 @@ def test_opening_a_patch_prepares_its_unit_masks_for_every_drawing(ctx_stats):
 
 
 def test_unit_exemplars_are_built_once_per_unit(ctx_stats):
-    from dashboard.ui.screens import units as un
-
     ctx = ctx_stats
     stats = cx.require_stats(ctx)
     a = un.unit_exemplars(ctx, stats, 3)
-    misses = un._EXEMPLARS.misses
+    misses = ctx.caches.exemplars.misses
     assert un.load_units(ctx, 3).detail.exemplars is a
-    assert un._EXEMPLARS.misses == misses
+    assert ctx.caches.exemplars.misses == misses
     assert a and all(rgb.ndim == 3 and rgb.shape[2] == 3 for rgb, _ in a)
     assert un.unit_exemplars(ctx, stats, 4) is not a
 
 
 def test_head_start_runs_once_per_key_and_swallows_errors():
-    import threading as _th
-
-    from dashboard.ui.memo import HeadStart
-
     hs = HeadStart()
-    gate, ran = _th.Event(), []
+    gate, ran = threading.Event(), []
     assert hs.start("k", lambda: (gate.wait(5), ran.append(1))) is not None
     assert hs.start("k", lambda: ran.append(2)) is None           # already running
     assert hs.start("j", lambda: ran.append(3), done=lambda: True) is None  # already done
@@ -330,16 +318,39 @@ def test_head_start_runs_once_per_key_and_swallows_errors():
     for _ in range(200):
         if not hs:
             break
-        _th.Event().wait(0.01)
+        threading.Event().wait(0.01)
     assert not hs and ran == [1]
     assert hs.start("e", lambda: 1 / 0) is not None  # an error ends the thread quietly and frees the key
     for _ in range(200):
         if not hs:
             break
-        _th.Event().wait(0.01)
+        threading.Event().wait(0.01)
     assert not hs
     once = HeadStart(once=True)
     once.start("v1", lambda: None).join()
     assert once.start("v1", lambda: None) is None  # finished once: never again
     once.start("bad", lambda: 1 / 0).join()
     assert once.start("bad", lambda: None) is not None  # a failed one may be tried again
+
+
+def test_sessions_sharing_the_caches_compute_an_image_once(ctx):
+    """Two sessions (two contexts on one ``Caches``, as ``resources.get_context`` builds them) asking
+    for the same lesion map at once: one computes it, the other waits and gets the same object."""
+    shared = Caches()
+    a = build_context(ctx.settings, ctx.store, load_model(app_data.TINY_CARD, ctx.settings.user_cards_dir, "cpu"),
+                      caches=shared)
+    b = build_context(ctx.settings, ctx.store, load_model(app_data.TINY_CARD, ctx.settings.user_cards_dir, "cpu"),
+                      caches=shared)
+    start, out = threading.Barrier(2), {}
+
+    def ask(name, c):
+        start.wait()
+        out[name] = images.lesion_map_for(c, "SYN-0001-LCC")
+
+    threads = [threading.Thread(target=ask, args=(n, c)) for n, c in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out["a"] is out["b"] and shared.lesion_maps.misses == 1
+    assert ctx.caches.lesion_maps.misses == 0  # another context's own caches were not touched

@@ -2,11 +2,17 @@
 dataset statistics for the concept engine, folder ingest and the demo set."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import model_zoo
+from dashboard.data import demo
+from dashboard.data import ingest as ingest_mod
+from dashboard.progress import Progress
+from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
+from dashboard.ui.work import concepts
 
 
 @dataclass
@@ -35,10 +41,6 @@ def card_summary(card) -> dict:
 
 def list_card_summaries(ctx: AppContext) -> tuple[list[dict], list[str]]:
     """Every card the zoo can read (built-in, then the user folder), with unreadable ones noted."""
-    import warnings
-
-    import model_zoo
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cards = model_zoo.list_cards(extra_dirs=[ctx.settings.user_cards_dir])
@@ -76,38 +78,31 @@ def load_model_data(ctx: AppContext) -> ModelDataView:
 
 
 # ---------------------------------------------------------------- actions
-def ingest(ctx: AppContext, folder: str, source: str = "ingest",
-           progress: Callable[[float, str], None] | None = None):
-    """Ingest a folder of DICOM/PNG/JPEG/TIFF files; returns the IngestReport (failures listed)."""
-    from dashboard.data import ingest as ingest_mod
-
+def ingest(ctx: AppContext, folder: str, source: str = "ingest", progress: Progress | None = None):
+    """Ingest a folder of DICOM/PNG/JPEG/TIFF files; returns the IngestReport (failures listed).
+    ``progress(done, total, message)`` counts files."""
     folder = (folder or "").strip()
     if not folder:
         raise ingest_mod.IngestError("Give the folder that holds the images.")
 
     def cb(done: int, total: int, path: str) -> None:
-        if progress:
-            progress(done / max(total, 1), f"{done}/{total} · {Path(path).name}")
+        report_progress(progress, done, total, f"{done}/{total} · {Path(path).name}")
 
     return ingest_mod.ingest_folder(ctx.store, folder, source=(source or "ingest").strip() or "ingest",
                                     show_phi=ctx.settings.show_phi, progress=cb)
 
 
-def build_demo(ctx: AppContext, n_cases: int, progress: Callable[[float, str], None] | None = None):
-    """Render the synthetic demo set (missing cases only) into the store."""
-    from dashboard.data import demo
-
+def build_demo(ctx: AppContext, n_cases: int, progress: Progress | None = None):
+    """Render the synthetic demo set (missing cases only) into the store.
+    ``progress(done, total, message)`` counts cases."""
     def cb(done: int, total: int) -> None:
-        if progress:
-            progress(done / max(total, 1), f"{done}/{total} cases")
+        report_progress(progress, done, total, f"{done}/{total} cases")
 
     return demo.ensure_demo(ctx.settings, ctx.store, n_cases=int(n_cases), progress=cb)
 
 
 def dataset_stats_status(ctx: AppContext) -> dict | None:
     """A summary of the concept layer's dataset statistics for this model (None when not computed)."""
-    from dashboard.ui.screens import concepts
-
     stats = concepts.find_stats(ctx)
     if stats is None:
         return None
@@ -116,9 +111,7 @@ def dataset_stats_status(ctx: AppContext) -> dict | None:
             "sample rate": round(float(stats.sample_rate), 4), "key": stats.key}
 
 
-def compute_dataset_stats(ctx: AppContext, max_patches: int,
-                          progress: Callable[[float, str], None] | None = None):
-    """Activation quantiles, exemplars and the unit map of the card's concept layer."""
-    from dashboard.ui.screens import concepts
-
+def compute_dataset_stats(ctx: AppContext, max_patches: int, progress: Progress | None = None):
+    """Activation quantiles, exemplars and the unit map of the card's concept layer.
+    ``progress(done, total, message)`` counts patches."""
     return concepts.compute_stats(ctx, int(max_patches), progress)

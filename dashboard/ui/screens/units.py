@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dashboard import imaging
+from dashboard.engine import dissection
 from dashboard.ui.context import AppContext
-from dashboard.ui.memo import Memo
-from dashboard.ui.screens import concepts as cx
-from dashboard.ui.screens.reading import PatchRef, WindowChoice, display_gray
-
-_EXEMPLARS = Memo(64)  # (card, weights, layer, stats key, stats dir, unit) -> [(RGB, caption)]
+from dashboard.ui.types import PatchRef, UnitsError
+from dashboard.ui.work import concepts as cx
+from dashboard.ui.work.images import display_patch
+from dashboard.ui.work.overlays import heat_rgb
+from dashboard.ui.work.unit_map import unit_scatter
 
 
 @dataclass
@@ -50,9 +52,9 @@ def load_units(ctx: AppContext, unit: int | None = None, concept: str | None = N
               "reader": r["reader"], "image_id": r["image_id"], "annotation_id": r["annotation_id"]}
              for r in rows if concept in (None, "", r["concept"])]
     if unit is not None and not 0 <= int(unit) < stats.n_units:
-        raise IndexError(f"Unit {unit} does not exist: {layer} has units 0 to {stats.n_units - 1}.")
+        raise UnitsError(f"Unit {unit} does not exist: {layer} has units 0 to {stats.n_units - 1}.")
     detail = unit_detail(ctx, stats, int(unit), rows) if unit is not None else None
-    fig = cx.unit_scatter(ctx, stats, labels, selected=None if unit is None else int(unit),
+    fig = unit_scatter(ctx, stats, labels, selected=None if unit is None else int(unit),
                           title=f"{stats.n_units} units of {layer}: {len(labels)} labeled")
     notes = [] if labels else ["No unit is labeled yet: draw concepts on the Label page."]
     return UnitsView(layer=layer, n_units=stats.n_units, figure=fig, labels=table,
@@ -67,12 +69,10 @@ def unit_exemplars(ctx: AppContext, stats, unit: int) -> list[tuple[np.ndarray, 
     Cached by model, weights, layer, dataset statistics and unit: a rerun of the Units page
     (a click elsewhere, an undo) does not rebuild them."""
     key = (ctx.card_name, ctx.weights_sha, stats.layer, str(getattr(stats, "key", "")), str(stats.path), int(unit))
-    return _EXEMPLARS.get(key, lambda: _build_exemplars(ctx, stats, int(unit)))
+    return ctx.caches.exemplars.get(key, lambda: _build_exemplars(ctx, stats, int(unit)))
 
 
 def _build_exemplars(ctx: AppContext, stats, unit: int) -> list[tuple[np.ndarray, str]]:
-    from dashboard import imaging
-
     refs = cx.stats_patch_refs(stats)
     exemplars = []
     thr = float(stats.thresholds[unit])
@@ -83,14 +83,13 @@ def _build_exemplars(ctx: AppContext, stats, unit: int) -> list[tuple[np.ndarray
         ref: PatchRef = refs[idx]
         try:
             row = ctx.store.get_image(ref.image_id)
-            gray, _ = display_gray(ctx, row, WindowChoice())
+            patch = display_patch(ctx, row, ref)
         except Exception:  # noqa: BLE001 - an image removed since the statistics were computed
             continue
-        patch = imaging.crop_patch(gray, ref.x0, ref.y0, ref.size)
         amap = cx.upsample(stats.top_maps[unit, k], ref.size)
         on = amap > thr
         vmax = max(float(amap.max()), 1e-6)
-        rgb = cx.heat_rgb(patch, np.clip(amap, 0, None) / vmax, outline=on)
+        rgb = heat_rgb(patch, np.clip(amap, 0, None) / vmax, outline=on)
         if imaging.display_flip(row["laterality"]):
             rgb = rgb[:, ::-1]
         exemplars.append((np.ascontiguousarray(rgb),
@@ -118,6 +117,4 @@ def unit_detail(ctx: AppContext, stats, unit: int, label_rows: list[dict]) -> Un
 
 def undo(ctx: AppContext, annotation_id: str, reader: str) -> dict[int, str | None]:
     """Undo a drawing: soft-delete it and give its units back their next-best live label."""
-    from dashboard.engine import dissection
-
     return dissection.undo_annotation(ctx.store, annotation_id, reader or "unknown")

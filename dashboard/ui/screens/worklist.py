@@ -1,10 +1,13 @@
 """Worklist: the cases in the store with the model's cached image-level score and label status."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dashboard.progress import Progress
+from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
+from dashboard.ui.types import operating_threshold
+from dashboard.ui.work.images import lesion_map_for
 
 #: Stored ``cases.source`` values that are synthetic; every other source is a real image set.
 SYNTHETIC_SOURCES = frozenset({"synthetic", "phantom", "demo"})
@@ -38,16 +41,6 @@ class WorklistView:
     threshold: float
     model_error: str | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def operating_threshold(card) -> float:
-    """The score above which a case is called positive: the card's recorded operating point, else 0.5."""
-    metrics = getattr(card, "metrics", None) or {}
-    for key in ("threshold", "operating_threshold", "operating_point"):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and 0 < value < 1:
-            return float(value)
-    return 0.5
 
 
 def source_kind(source: str) -> str:
@@ -127,11 +120,12 @@ class ScoreReport:
     failures: list[tuple[str, str]]  # (image_id, message)
 
 
-def score_unscored(ctx: AppContext, progress: Callable[[float, str], None] | None = None,
+def score_unscored(ctx: AppContext, progress: Progress | None = None,
                    case_ids: list[str] | None = None) -> ScoreReport:
     """Compute and cache the image-level score of every image not yet scored by this model.
 
     A bad image is reported in ``failures`` and the others still get scored.
+    ``progress(done, total, message)`` counts images.
     """
     ctx.require_model()
 
@@ -144,22 +138,14 @@ def score_unscored(ctx: AppContext, progress: Callable[[float, str], None] | Non
     failures: list[tuple[str, str]] = []
     done = 0
     for i, img in enumerate(todo):
-        if progress:
-            progress(i / max(len(todo), 1), f"Scoring {img['case_id']} {img['laterality']}{img['view']} "
-                                            f"({i + 1}/{len(todo)})")
+        report_progress(progress, i, len(todo),
+                        f"Scoring {img['case_id']} {img['laterality']}{img['view']} ({i + 1}/{len(todo)})")
         try:
-            lm = _lesion_map(ctx, img)
+            lm = lesion_map_for(ctx, img["image_id"])
             ctx.store.save_prediction(ctx.card_name, ctx.weights_sha, img["image_id"], lm.score,
                                       [list(map(float, p)) for p in lm.top_patches])
             done += 1
         except Exception as exc:  # noqa: BLE001 - reported per image, never stops the batch
             failures.append((img["image_id"], str(exc)))
-    if progress:
-        progress(1.0, f"Scored {done} image(s)")
+    report_progress(progress, len(todo), len(todo), f"Scored {done} image(s)")
     return ScoreReport(n_images=len(todo), n_scored=done, failures=failures)
-
-
-def _lesion_map(ctx: AppContext, img: dict):
-    from dashboard.ui.screens.reading import lesion_map_for
-
-    return lesion_map_for(ctx, img["image_id"])

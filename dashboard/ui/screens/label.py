@@ -1,34 +1,41 @@
 """Label concepts: a patch on the drawing canvas, the concept palette, unit matching and saving.
 
 The canvas shows the patch in display orientation (a right breast mirrored, as on the Read page)
-at ``CANVAS_SCALE`` times its model size; ``dashboard.ui.canvas`` maps drawings back to model-space
-patch pixels. As soon as a drawing arrives, every unit of the card's concept layer is matched
-against it (the engine's IoU); Save stores the annotation and labels the units in one transaction.
+at ``canvas_side`` pixels; ``dashboard.ui.canvas`` maps drawings back to model-space patch
+pixels. As soon as a drawing arrives, every unit of the card's concept layer is matched against
+it (the engine's IoU); Save stores the annotation and labels the units in one transaction.
 """
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
-from dashboard.errors import ConceptLensError
+from dashboard import imaging
+from dashboard.data.store import ValidationError
+from dashboard.engine import dissection
 from dashboard.ui import canvas
 from dashboard.ui.context import AppContext
-from dashboard.ui.memo import HeadStart, Memo
-from dashboard.ui.screens.reading import PatchRef, WindowChoice, display_gray
+from dashboard.ui.types import TAU, LabelingError, PatchRef, WindowChoice
+from dashboard.ui.work import concepts as cx
+from dashboard.ui.work import images
+from dashboard.ui.work.evidence import prefetch_evidence
+from dashboard.ui.work.overlays import heat_rgb
+from dashboard.ui.work.probe_versions import retrain as retrain_probes
+from dashboard.ui.work.report_parts import prefetch_report
+from dashboard.ui.work.unit_map import unit_scatter
 
-#: Canvas pixels per model pixel when the patch is small; the canvas is at most MAX_CANVAS wide.
+#: The canvas is at most MAX_CANVAS pixels wide (an integer zoom of the patch below that).
 MAX_CANVAS = 448
 DRAW_TOOLS = {"polygon": "Polygon", "freedraw": "Freehand", "rect": "Rectangle"}
-
-_PREPARING = HeadStart()  # patches whose unit masks a background thread is computing
-_MATCHES = Memo(64)  # (card, weights, layer, image sha, patch, drawing geometry) -> MatchView
-
-
-class LabelingError(ConceptLensError, ValueError):
-    """The patch or drawing cannot be used; the message says what to do."""
+#: Most matched units listed in the table under the unit map.
+TABLE_UNITS = 50
+#: Yellow of the best unit's region outside the drawing.
+ABOVE_RGB = np.array([255, 213, 79])
 
 
 @dataclass
@@ -59,27 +66,18 @@ def palette(ctx: AppContext) -> OrderedDict[str, list[dict]]:
     return groups
 
 
-def concept_layer(ctx: AppContext) -> str:
-    return str(getattr(ctx.card, "default_layer", "") or "")
-
-
 def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = WindowChoice()) -> PatchView | None:
     """The patch to draw on, the palette, and what was drawn before on this image."""
-    from PIL import Image
-
-    from dashboard import imaging
-
     if ref is None:
         return None
     row = ctx.store.get_image(ref.image_id)
-    gray, _ = display_gray(ctx, row, window)                    # (h, w) uint8, model orientation
+    gray, _ = images.display_gray(ctx, row, window)                    # (h, w) uint8, model orientation
     patch = imaging.crop_patch(gray, ref.x0, ref.y0, ref.size)  # (S, S), zero outside the image
     mirrored = imaging.display_flip(row["laterality"])
     if mirrored:
         patch = patch[:, ::-1]
     side = canvas_side(ref.size)
     big = Image.fromarray(np.ascontiguousarray(patch)).resize((side, side), Image.NEAREST).convert("RGB")
-    anns = [a for a in ctx.store.list_annotations(image_id=ref.image_id)]
     notes = []
     if not ctx.model_ready:
         notes.append(f"Units cannot be matched without the model: {ctx.model_error}")
@@ -88,26 +86,25 @@ def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = Win
         background=np.asarray(big), canvas_size=side, mirrored=mirrored, palette=palette(ctx),
         annotations=[{"annotation_id": a.annotation_id, "concept": a.concept, "reader": a.reader,
                       "patch": (a.patch_x0, a.patch_y0, a.patch_size), "shape": a.shape,
-                      "created_at": a.created_at} for a in anns],
-        layer=concept_layer(ctx), notes=notes)
+                      "created_at": a.created_at} for a in ctx.store.list_annotations(image_id=ref.image_id)],
+        layer=cx.layer_of(ctx), notes=notes)
 
 
 def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:
     """Start computing the open patch's activation and unit masks in the background (once), so
     the reader's first drawing only waits for its own IoUs. True when a thread was started."""
-    from dashboard.ui.screens import concepts as cx
-
     if not ctx.model_ready:
         return False
     try:
         stats = cx.find_stats(ctx)
-    except Exception:  # noqa: BLE001 - the match reports what is missing
+    except Exception:  # noqa: BLE001 - only a head start: the match reports what is missing
         return False
     if stats is None:
         return False
     key = (ctx.card_name, ctx.weights_sha, stats.key, ref.as_tuple())
-    return _PREPARING.start(key, lambda: cx.patch_unit_masks(ctx, ref, stats),
-                            done=lambda: cx.has_unit_masks(ctx, ref, stats), name=f"patch-{ref.image_id}") is not None
+    return ctx.caches.unit_masks_head_start.start(
+        key, lambda: cx.patch_unit_masks(ctx, ref, stats), done=lambda: cx.has_unit_masks(ctx, ref, stats),
+        name=f"patch-{ref.image_id}") is not None
 
 
 def prepare_report(ctx: AppContext, image_id: str) -> bool:
@@ -115,10 +112,8 @@ def prepare_report(ctx: AppContext, image_id: str) -> bool:
     (once per image), then its report under the latest probe version (once per version, so
     right after a Save retrained the probes). Save -> Report then finds it ready. True when a
     background thread was started; cheap when there is nothing new."""
-    from dashboard.ui.screens import reporting
-
     started = False
-    for prefetch in (reporting.prefetch_evidence, reporting.prefetch_report):
+    for prefetch in (prefetch_evidence, prefetch_report):
         try:
             started = bool(prefetch(ctx, image_id)) or started
         except Exception:  # noqa: BLE001 - only a head start; the Report computes it otherwise
@@ -174,9 +169,6 @@ def drawings_mask(drawings: list[canvas.Drawing], size: int) -> tuple[np.ndarray
     One drawing is stored in the engine's format (``drawing_to_mask(shape, geometry)`` gives the
     mask back); several as {"drawings": [{"shape", "geometry"}, ...]} under the largest one's shape.
     """
-    from dashboard.data.store import ValidationError
-    from dashboard.engine import dissection
-
     mask = np.zeros((size, size), dtype=bool)
     parts = []
     for d in drawings:
@@ -212,48 +204,48 @@ class MatchView:
     figure: object                   # plotly unit map with the matched units highlighted
 
 
+def display_patch(ctx: AppContext, view: PatchView) -> np.ndarray:
+    """The windowed patch of a view, model orientation, (S, S) uint8."""
+    return images.display_patch(ctx, view.image, view.ref)
+
+
+def _best_unit_rgb(ctx: AppContext, view: PatchView, act, stats, unit: int, mask: np.ndarray) -> np.ndarray:
+    """The best unit's activation as heat over the patch, its region above threshold in yellow and
+    the drawing's outline in blue: (S, S, 3) uint8, display orientation."""
+    best_map = cx.upsample(np.asarray(act[unit]), view.ref.size)          # (S, S)
+    on = best_map > float(stats.thresholds[unit])
+    vmax = max(float(best_map.max()), 1e-6)
+    rgb = heat_rgb(display_patch(ctx, view), np.clip(best_map, 0, None) / vmax, outline=mask)
+    rgb[on & ~mask] = (0.5 * rgb[on & ~mask] + 0.5 * ABOVE_RGB).astype(np.uint8)
+    if view.mirrored:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def _compute_match(ctx: AppContext, view: PatchView, drawings: list[canvas.Drawing], stats, tau: float,
+                   drawn: tuple[np.ndarray, str, object]) -> MatchView:
+    mask, shape, geometry = drawn
+    ref = view.ref
+    act = cx.patch_activation(ctx, ref)                                       # (C, h, w)
+    m = dissection.match_drawing(act, stats.thresholds, mask, tau=tau, prepared=cx.patch_unit_masks(ctx, ref, stats))
+    labels = {int(r["unit"]): r["concept"] for r in ctx.store.list_unit_labels(ctx.card_name, cx.layer_of(ctx))}
+    above = [int(u) for u in m.units_above]
+    table = [{"unit": u, "iou": round(float(m.ious[u]), 3), "label now": labels.get(u, "")} for u in above[:TABLE_UNITS]]
+    fig = unit_scatter(ctx, stats, labels, highlight={u: float(m.ious[u]) for u in above},
+                       selected=m.best_unit, title=f"{len(above)} unit(s) with IoU > {tau:g}")
+    return MatchView(drawings=drawings, mask=mask, shape=shape, geometry=geometry, ious=m.ious,
+                     best_unit=m.best_unit, best_iou=m.best_iou, units_above=above, tau=tau,
+                     best_rgb=_best_unit_rgb(ctx, view, act, stats, m.best_unit, mask), table=table, figure=fig)
+
+
 def match(ctx: AppContext, view: PatchView, drawings: list[canvas.Drawing], tau: float | None = None) -> MatchView:
     """IoU of every unit of the concept layer with the drawing (cached by patch and geometry)."""
-    from dashboard.engine import dissection
-    from dashboard.ui.screens import concepts as cx
-
-    tau = cx.TAU if tau is None else float(tau)
+    tau = TAU if tau is None else float(tau)
     stats = cx.require_stats(ctx)
-    ref = view.ref
-    mask, shape, geometry = drawings_mask(drawings, ref.size)
-    key = (ctx.card_name, ctx.weights_sha, stats.key, view.image["sha256"], ref.as_tuple(),
-           json.dumps(geometry, sort_keys=True), tau)
-
-    def compute() -> MatchView:
-        act = cx.patch_activation(ctx, ref)                                   # (C, h, w)
-        m = dissection.match_drawing(act, stats.thresholds, mask, tau=tau,
-                                     prepared=cx.patch_unit_masks(ctx, ref, stats))
-        labels = {int(r["unit"]): r["concept"] for r in ctx.store.list_unit_labels(ctx.card_name, cx.layer_of(ctx))}
-        best_map = cx.upsample(np.asarray(act[m.best_unit]), ref.size)     # (S, S)
-        on = best_map > float(stats.thresholds[m.best_unit])
-        gray = display_patch(ctx, view)                                       # (S, S) uint8, model orientation
-        vmax = max(float(best_map.max()), 1e-6)
-        rgb = cx.heat_rgb(gray, np.clip(best_map, 0, None) / vmax, outline=mask)
-        rgb[on & ~mask] = (0.5 * rgb[on & ~mask] + 0.5 * np.array([255, 213, 79])).astype(np.uint8)
-        if view.mirrored:
-            rgb = rgb[:, ::-1]
-        above = [int(u) for u in m.units_above]
-        table = [{"unit": u, "iou": round(float(m.ious[u]), 3), "label now": labels.get(u, "")} for u in above[:50]]
-        fig = cx.unit_scatter(ctx, stats, labels, highlight={u: float(m.ious[u]) for u in above},
-                              selected=m.best_unit, title=f"{len(above)} unit(s) with IoU > {tau:g}")
-        return MatchView(drawings=drawings, mask=mask, shape=shape, geometry=geometry, ious=m.ious,
-                         best_unit=m.best_unit, best_iou=m.best_iou, units_above=above, tau=tau,
-                         best_rgb=np.ascontiguousarray(rgb), table=table, figure=fig)
-
-    return _MATCHES.get(key, compute)
-
-
-def display_patch(ctx: AppContext, view: PatchView) -> np.ndarray:
-    """The windowed patch, model orientation, (S, S) uint8."""
-    from dashboard import imaging
-
-    gray, _ = display_gray(ctx, view.image, WindowChoice())
-    return imaging.crop_patch(gray, view.ref.x0, view.ref.y0, view.ref.size)
+    drawn = drawings_mask(drawings, view.ref.size)
+    key = (ctx.card_name, ctx.weights_sha, stats.key, view.image["sha256"], view.ref.as_tuple(),
+           json.dumps(drawn[2], sort_keys=True), tau)
+    return ctx.caches.matches.get(key, lambda: _compute_match(ctx, view, drawings, stats, tau, drawn))
 
 
 @dataclass
@@ -277,11 +269,6 @@ def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: s
     drawing at once. The drawing's patch activation is already cached (computed when it was
     matched), so this is the probe fit on the stored drawings, not a pass through the network
     for each of them. A failed retrain keeps the saved drawing and says why."""
-    import time
-
-    from dashboard.engine import dissection
-    from dashboard.ui.screens import concepts as cx
-
     if not reader:
         raise LabelingError("Enter your reader name first.")
     ref = view.ref
@@ -290,16 +277,14 @@ def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: s
         ctx.store, image_id=ref.image_id, concept=concept, reader=reader, patch_x0=ref.x0, patch_y0=ref.y0,
         patch_size=ref.size, shape=m.shape, geometry=m.geometry, model_card=ctx.card_name,
         layer=cx.layer_of(ctx), ious=m.ious, tau=m.tau, mask=m.mask)
-    _MATCHES.clear()  # the "label now" column and the unit map changed
+    ctx.caches.matches.clear()  # the "label now" column and the unit map changed
     out = SaveResult(annotation_id=res.annotation_id, concept=concept, n_above=int(len(res.units_above)),
                      n_labeled=int(len(res.labeled_units)), replaced=dict(res.replaced))
     out.timings_s["store_and_label"] = time.perf_counter() - t0
     if retrain:
-        from dashboard.ui.screens import reporting
-
         t0 = time.perf_counter()
         try:
-            info = reporting.retrain(ctx, reader)
+            info = retrain_probes(ctx, reader)
         except Exception as exc:  # noqa: BLE001 - the drawing is stored; the Report page can retrain
             out.retrain_error = str(exc)
         else:

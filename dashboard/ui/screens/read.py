@@ -1,0 +1,252 @@
+"""Read: a case's mammograms hung as radiologists hang them, with window/level and overlays.
+
+Hanging: RCC | LCC on the first row, RMLO | LMLO below, every image in model space (card pixel
+spacing, chest wall left) and a right breast mirrored for display (``imaging.display_flip``), so
+the chest walls meet in the middle. Overlays (the lesion-probability map, a captum attribution)
+live in model space and are mirrored with their image. The suspicious patches are listed in
+model pixels and drawn as numbered boxes.
+
+Everything expensive is cached by its inputs (image SHA-256, model card, weights SHA-256, window,
+method) in ``ctx.caches`` (see ``dashboard.ui.work.images``), so a rerun that changed nothing
+recomputes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from dashboard import imaging
+from dashboard.ui.canvas import parse_points
+from dashboard.ui.context import AppContext
+from dashboard.ui.types import PatchRef, ReadingError, WindowChoice, operating_threshold
+from dashboard.ui.work.evidence import prefetch_evidence
+from dashboard.ui.work.images import VIEWER_METHODS as VIEWER_METHODS  # the page's method choices
+from dashboard.ui.work.images import (
+    attribution_for,
+    display_gray,
+    lesion_map_for,
+    load_mammogram,
+    model_image,
+    patch_size,
+)
+from dashboard.ui.work.overlays import blend
+
+OVERLAYS = ("none", "lesion map", "attribution")
+HANGING = (("R", "CC"), ("L", "CC")), (("R", "MLO"), ("L", "MLO"))
+#: Box colours of the most suspicious patch and of the others.
+FIRST_BOX, OTHER_BOX = "#ffd54f", "#4fc3f7"
+#: Widest point-picking canvas, px (twice the model image when that is narrower).
+POINT_CANVAS_PX = 520
+
+@dataclass
+class Tile:
+    """One hung image, ready to show."""
+
+    image_id: str
+    laterality: str
+    view: str
+    label: str
+    rgb: np.ndarray | None            # (h, w, 3) uint8, display orientation
+    mirrored: bool                    # display = model space mirrored left-right
+    model_shape: tuple[int, int]
+    window: tuple[float, float, str]  # centre, width, name actually used
+    presets: list[str]                # the file's own windows, named for the preset box
+    score: float | None = None
+    patches: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class ReadingView:
+    case_ids: list[str]
+    case: dict | None
+    rows: list[list[Tile | None]]
+    extra: list[Tile]
+    patches: list[dict]
+    presets: list[str]
+    overlay: str
+    method: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tiles(self) -> list[Tile]:
+        return [t for row in self.rows for t in row if t is not None] + list(self.extra)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What to paint over every image: ``kind`` one of OVERLAYS, the attribution ``method``, ``opacity``."""
+
+    kind: str = "none"
+    method: str = "gradcam"
+    opacity: float = 0.5
+
+
+# ---------------------------------------------------------------- rendering helpers
+def draw_boxes(rgb: np.ndarray, boxes: list[tuple[int, int, int, str, str]]) -> np.ndarray:
+    """Numbered rectangles (x0, y0, size, label, colour) in display pixels."""
+    im = Image.fromarray(rgb)
+    d = ImageDraw.Draw(im)
+    lw = max(2, min(im.size) // 250)
+    font = ImageFont.load_default(size=max(12, min(im.size) // 28))
+    for x0, y0, size, label, colour in boxes:
+        d.rectangle([x0, y0, x0 + size - 1, y0 + size - 1], outline=colour, width=lw)
+        d.text((x0 + 3 * lw, y0 + 2 * lw), label, fill=colour, font=font, stroke_width=1, stroke_fill="#000000")
+    return np.asarray(im)
+
+
+def to_display_box(x0: int, size: int, width: int, mirrored: bool) -> int:
+    """A model-space patch's left edge in display pixels."""
+    return width - (x0 + size) if mirrored else x0
+
+
+def display_to_model_x(x: float, width: int, mirrored: bool) -> float:
+    return (width - x) if mirrored else x
+
+
+# ---------------------------------------------------------------- the screen
+def hang(images: list[dict]) -> tuple[list[list[dict | None]], list[dict]]:
+    """Rows of the standard hanging (RCC | LCC, RMLO | LMLO) and the images that fit no slot."""
+    rows: list[list[dict | None]] = []
+    used: set[str] = set()
+    for slots in HANGING:
+        row = []
+        for lat, view in slots:
+            hit = next((i for i in images if i["laterality"] == lat and i["view"] == view
+                        and i["image_id"] not in used), None)
+            if hit:
+                used.add(hit["image_id"])
+            row.append(hit)
+        if any(row):
+            rows.append(row)
+    return rows, [i for i in images if i["image_id"] not in used]
+
+
+def _model_layer(ctx: AppContext, row: dict, overlay: Overlay):
+    """(score, top patches, heat (h, w) in [0, 1] or None) of an image under the model in use."""
+    pred = ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, row["image_id"])
+    heat = None
+    if overlay.kind == "lesion map" or pred is None:
+        lm = lesion_map_for(ctx, row["image_id"])
+        score, tops = lm.score, lm.top_patches
+        if overlay.kind == "lesion map":
+            # only what the model calls suspicious is coloured: above its operating point
+            thr = operating_threshold(ctx.card)
+            heat = np.clip((lm.prob - thr) / max(1.0 - thr, 1e-6), 0.0, 1.0)
+    else:
+        score, tops = pred["score"], pred["top_patches"]
+    if overlay.kind == "attribution":
+        heat = np.clip(attribution_for(ctx, row["image_id"], overlay.method).map, 0, None)
+    return score, tops, heat
+
+
+def _tile(ctx: AppContext, row: dict, window: WindowChoice, overlay: Overlay) -> Tile:
+    """One image of the hanging, windowed, with its overlay and numbered suspicious patches."""
+    lat, view = row["laterality"] or "?", row["view"] or "?"
+    label = f"{lat} {view}"
+    mirrored = imaging.display_flip(lat)
+    gray, win = display_gray(ctx, row, window)
+    m = load_mammogram(ctx, row)
+    presets = [f"{i + 1}: {w.name or 'window'} (C {w.center:g} / W {w.width:g})" for i, w in enumerate(m.windows)]
+    h, w = gray.shape
+    score, patches, heat = None, [], None
+    if ctx.model_ready:
+        score, tops, heat = _model_layer(ctx, row, overlay)
+        patches = [{"image_id": row["image_id"], "view": label, "rank": rank, "x0": int(x0), "y0": int(y0),
+                    "size": int(size), "probability": float(prob)}
+                   for rank, (x0, y0, size, prob) in enumerate(tops, start=1)]
+    rgb = np.repeat(gray[..., None], 3, axis=2) if heat is None else blend(gray, heat, overlay.opacity)
+    if mirrored:
+        rgb = np.ascontiguousarray(rgb[:, ::-1])
+    boxes = [(to_display_box(p["x0"], p["size"], w, mirrored), p["y0"], p["size"], str(p["rank"]),
+              FIRST_BOX if p["rank"] == 1 else OTHER_BOX) for p in patches]
+    rgb = draw_boxes(rgb, boxes) if boxes else rgb
+    return Tile(row["image_id"], lat, view, label, rgb, mirrored, (h, w),
+                (float(win.center), float(win.width), win.name or ""), presets, score, patches)
+
+
+def _tile_or_error(ctx: AppContext, row: dict | None, window: WindowChoice, overlay: Overlay) -> Tile | None:
+    if row is None:
+        return None
+    try:
+        return _tile(ctx, row, window, overlay)
+    except Exception as exc:  # noqa: BLE001 - one unreadable image must not hide the others
+        lat, view = row["laterality"] or "?", row["view"] or "?"
+        return Tile(row["image_id"], lat, view, f"{lat} {view}", None, imaging.display_flip(lat), (0, 0),
+                    (0.0, 0.0, ""), [], error=str(exc))
+
+
+def load_reading(ctx: AppContext, case_id: str | None, window: WindowChoice = WindowChoice(), overlay: str = "none",
+                 method: str = "gradcam", opacity: float = 0.5) -> ReadingView:
+    """Everything the Read page shows for one case. Images that fail to load become tiles with
+    an error, the others still show; a missing model only disables the overlays."""
+    if overlay not in OVERLAYS:
+        raise ReadingError(f"Unknown overlay {overlay!r}; choose one of {', '.join(OVERLAYS)}.")
+    case_ids = [c["case_id"] for c in ctx.store.list_cases()]
+    if case_id is None or case_id not in case_ids:
+        if not case_ids:
+            return ReadingView(case_ids=[], case=None, rows=[], extra=[], patches=[], presets=[], overlay=overlay,
+                               method=method, notes=["The store has no cases yet."])
+        case_id = case_ids[0]
+    case = ctx.store.get_case(case_id)
+    images = ctx.store.list_images(case_id=case_id)
+    notes = []
+    if not images:
+        notes.append("This case has no images.")
+    if overlay != "none" and not ctx.model_ready:
+        notes.append(f"Overlays need the model, which is not available: {ctx.model_error}")
+        overlay = "none"
+    paint = Overlay(overlay, method, opacity)
+    rows_raw, extra_raw = hang(images)
+    rows = [[_tile_or_error(ctx, r, window, paint) for r in row] for row in rows_raw]
+    extra = [_tile_or_error(ctx, r, window, paint) for r in extra_raw]
+    view = ReadingView(case_ids=case_ids, case=case, rows=rows, extra=extra, patches=[], presets=[],
+                       overlay=overlay, method=method, notes=notes)
+    for t in view.tiles:  # the first image that has the i-th window names it
+        view.presets += t.presets[len(view.presets):]
+        view.patches += t.patches
+    view.patches.sort(key=lambda p: -p["probability"])
+    return view
+
+
+def patch_at(ctx: AppContext, image_id: str, x: float, y: float, *, display: bool = True) -> PatchRef:
+    """The patch of the card's size centred on a point of an image.
+
+    (x, y) in display pixels of the hung image (``display=True``: mirrored for a right breast)
+    or model pixels. Raises ReadingError when the point is outside the image.
+    """
+    row = ctx.store.get_image(image_id)
+    _, _, frame = model_image(ctx, row)
+    h, w = frame.model_shape
+    if not (0 <= x <= w and 0 <= y <= h):
+        raise ReadingError(f"The point ({x:.0f}, {y:.0f}) is outside the image ({w} x {h} model pixels).")
+    mx = display_to_model_x(x, w, imaging.display_flip(row["laterality"])) if display else x
+    size = patch_size(ctx)
+    return PatchRef(image_id, int(round(mx - size / 2)), int(round(y - size / 2)), size)
+
+
+def prepare_labeling(ctx: AppContext, ref: PatchRef) -> bool:
+    """A patch is being opened for labeling: start preparing the Report's model evidence of its
+    image in the background now, while the reader signs in and draws (``evidence.prefetch_evidence``).
+    True when a thread was started."""
+    try:
+        return prefetch_evidence(ctx, ref.image_id)
+    except Exception:  # noqa: BLE001 - only a head start: the Report computes it otherwise and shows why
+        return False
+
+
+# ---------------------------------------------------------------- picking a point on a tile
+def point_canvas_size(tile: Tile) -> tuple[int, int]:
+    """(width, height) of the point-picking canvas over a tile, px: at most POINT_CANVAS_PX wide."""
+    h, w = tile.model_shape
+    cw = min(POINT_CANVAS_PX, w * 2)
+    return cw, int(round(cw * h / w))
+
+
+def clicked_point(tile: Tile, json_data: dict | None, fit: dict | None) -> tuple[float, float] | None:
+    """The last point clicked on the tile's canvas, in display pixels of the tile (None: no click)."""
+    h, w = tile.model_shape
+    clicks = parse_points(json_data, image_size=(w, h), fit=fit, canvas_size=point_canvas_size(tile))
+    return clicks[-1] if clicks else None
