@@ -230,3 +230,12 @@ def list_studies(store) -> list[dict]:
 def readers_without_account(store, readers: Iterable[str]) -> list[str]:
     """The usernames among ``readers`` that have no account yet (the CLI creates them)."""
     return [r for r in readers if store.get_user(r) is None]
+
+
+def list_audit(store, *, study: str | None = None, actor: str | None = None, action: str | None = None,
+               entity: str | None = None, entity_id: str | None = None, since: datetime | None = None,
+               until: datetime | None = None, limit: int = 1000) -> list[dict]:
+    """The coordinator's audit view: rows (seq, logged_at, actor, action, entity, entity_id, payload),
+    newest first, filtered by study, actor, action, entity and a time range [since, until)."""
+    return store.query_audit(study=study, actor=actor, action=action, entity=entity, entity_id=entity_id,
+                             since=since, until=until, limit=limit)

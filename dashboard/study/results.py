@@ -122,6 +122,8 @@ def _crossed(reads: pd.DataFrame, arms: list[str], readers: list[str]):
     df = df[df["arm"].isin(arms) & df["reader"].isin(readers)]
     counts = df.groupby("case_id").size()
     cases = sorted(counts[counts == len(arms) * len(readers)].index)
+    if not cases:
+        return np.zeros((len(arms), len(readers), 0)), np.zeros(0), []
     df = df[df["case_id"].isin(cases)]
     piv = df.pivot_table(index=["arm", "reader"], columns="case_id", values="malignancy", aggfunc="first")
     scores = np.stack([np.stack([piv.loc[(a, r), cases].to_numpy(dtype=float) for r in readers]) for a in arms])
@@ -135,7 +137,7 @@ def mrmc_auroc(reads: pd.DataFrame, arms: list[str], readers: list[str], *, n_bo
     bootstrap 95 % CIs (see the module docstring). Returns {"by_arm": {arm: {"auroc", "ci95"}},
     "differences": [{"arm", "reference", "difference", "ci95"}], "n_cases", "n_readers", "n_boot"}."""
     scores, pos, cases = _crossed(reads, arms, readers)  # (A, R, C), (C,)
-    n_a, n_r, n_c = scores.shape if scores.size else (len(arms), len(readers), 0)
+    n_a, n_r, n_c = scores.shape
     empty = {"by_arm": {a: {"auroc": None, "ci95": None} for a in arms}, "differences": [], "n_cases": n_c,
              "n_readers": n_r, "n_boot": 0, "method": METHOD}
     if n_c == 0 or pos.all() or not pos.any():
