@@ -20,7 +20,7 @@
    (``reader_auroc_by_arm``, ``auroc_difference``, ``auroc_difference_ci95``, ``fleiss_kappa``,
    ``krippendorff_alpha`` and the rest of ``StudyResults.to_dict()``). Prints the figures and the runtime.
 
-Not a test: nothing is asserted. No probe is trained in a fresh demo store, so the concepts arm is
+Not a test: no figure is asserted (it stops only if blinding breaks). No probe is trained in a fresh demo store, so the concepts arm is
 created with ``probe_optional`` and its pinned probe is None (what the study records and warns about).
 """
 from __future__ import annotations
@@ -174,14 +174,14 @@ def main(argv=None) -> int:
                 while step.state == "read":
                     a = step.assignment
                     check_session(store, session.token, now=clock)
-                    view = visible_fields(store, a.assignment_id)
-                    assert not view.truth  # the blinding the page relies on
+                    view = visible_fields(store, a.assignment_id)  # what the page would show: truth hidden
+                    if view.truth:
+                        raise SystemExit("blinding broken: the truth would be shown during a study read")
                     read_id = open_read(store, a.assignment_id, reader, now=clock)
                     d = dprime[a.arm] + skill
                     malignant = truth[a.case_id] == "malignant"
                     latent = d * malignant + case_effect[a.case_id] + rng.normal(0, 0.8)
-                    seconds = float(rng.lognormal(np.log(50), 0.4)) * (1.25 if view.concept_report or
-                                                                        a.arm == "concepts" else 1.0)
+                    seconds = float(rng.lognormal(np.log(50), 0.4)) * (1.25 if a.arm == "concepts" else 1.0)
                     for k in range(int(rng.integers(1, 4))):
                         record_event(store, read_id, reader, "window_level",
                                      {"center": float(rng.uniform(0.3, 0.6)), "width": float(rng.uniform(0.5, 1))},

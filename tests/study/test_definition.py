@@ -8,6 +8,9 @@ import pytest
 from dashboard.settings import PROJECT_ROOT
 from dashboard.study import (
     Arm,
+    Blinding,
+    CaseSelection,
+    StudyDefinition,
     StudyDefinitionError,
     create_study,
     definition_to_toml,
@@ -147,3 +150,13 @@ def test_a_worklist_filter_selects_a_stratified_recorded_sample(store, settings)
     too_many = dataclasses.replace(d, name="big", cases=dataclasses.replace(d.cases, limit=50))
     assert "cases.limit: 50 cases asked, but only 12 match" in _messages(store, settings, too_many)
     assert validate_study(store, dataclasses.replace(d, name="other"), settings=settings) == []
+
+
+def test_a_code_built_definition_round_trips_through_its_stored_toml():
+    d = StudyDefinition(name="x", readers=("a", "b"),
+                        cases=CaseSelection(source="synthetic", split="test", labels=("malignant",), limit=3, seed=2),
+                        arms=(Arm("score", "S", ("score",)),
+                              Arm("c", "C", ("score", "concept_report"), probe=3, ask_helpfulness=False),
+                              Arm("u", "unaided", ())),
+                        seed=4, washout_days=1.5, blinding=Blinding(truth=False))
+    assert parse_definition(definition_to_toml(d)) == d
