@@ -47,6 +47,12 @@ class Settings:
     demo_cases: int = 120
     shared_data: Path | None = None
     extra: dict = field(default_factory=dict)
+    # reader studies: a sign-in lasts study_session_hours; signin_max_failures failed sign-ins of one
+    # username (or one client) within signin_window_minutes lock it for signin_lockout_minutes
+    study_session_hours: float = 12.0
+    signin_max_failures: int = 5
+    signin_window_minutes: float = 5.0
+    signin_lockout_minutes: float = 15.0
 
     @property
     def demo_dir(self) -> Path:
@@ -88,6 +94,10 @@ def load_settings() -> Settings:
         demo_seed=int(_env("DEMO_SEED", "1234")),
         demo_cases=int(_env("DEMO_CASES", "120")),
         shared_data=shared,
+        study_session_hours=float(_env("STUDY_SESSION_HOURS", "12")),
+        signin_max_failures=int(_env("SIGNIN_MAX_FAILURES", "5")),
+        signin_window_minutes=float(_env("SIGNIN_WINDOW_MINUTES", "5")),
+        signin_lockout_minutes=float(_env("SIGNIN_LOCKOUT_MINUTES", "15")),
     )
 
 

@@ -1,7 +1,7 @@
 """The shape of the code: which package may import which, no import circles, imports at module top.
 
 Layers, highest first (a module may import only from its own layer or below):
-    pages -> dashboard.ui -> dashboard.evaluation -> dashboard.engine -> dashboard.data -> dashboard.imaging
+    pages -> dashboard.ui -> dashboard.study -> dashboard.evaluation -> dashboard.engine -> dashboard.data -> dashboard.imaging
           -> dashboard.{settings, errors, progress} -> model_zoo
 ``dashboard.testing`` is for tests and benchmarks only: no product module imports it.
 """
@@ -15,7 +15,7 @@ import pytest
 
 from dashboard.settings import PROJECT_ROOT
 
-LAYERS = ("dashboard.ui", "dashboard.evaluation", "dashboard.engine", "dashboard.data", "dashboard.imaging")
+LAYERS = ("dashboard.ui", "dashboard.study", "dashboard.evaluation", "dashboard.engine", "dashboard.data", "dashboard.imaging")
 BASE = ("dashboard.settings", "dashboard.errors", "dashboard.progress")
 #: The only product modules that may import streamlit (the pages too, outside the package).
 STREAMLIT_MODULES = {"dashboard.ui.resources"}

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import duckdb
+from dashboard.data.accounts import AccountStoreMixin
+from dashboard.data.studies import StudyStoreMixin
 from dashboard.errors import ConceptLensError
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -100,6 +102,8 @@ class Annotation:
     model_card: str = ""
     created_at: Any = None
     deleted_at: Any = None
+    study: str | None = None   # the reader study and arm the drawing was made in (migration 005)
+    arm: str | None = None
 
 
 def _translate(exc: Exception) -> StoreError:
@@ -126,7 +130,7 @@ def _lock_for(path: Path) -> threading.RLock:
         return _PATH_LOCKS.setdefault(key, threading.RLock())
 
 
-class Store:
+class Store(AccountStoreMixin, StudyStoreMixin):
     """A DuckDB file plus its journal folder. Thread-safe: one connection, a cursor per call."""
 
     def __init__(self, db_path: Path, journal_dir: Path | None = None, *, read_only: bool = False):
