@@ -105,7 +105,7 @@ def compute_train_stats(store, model, card, *, cache_dir, layer: str | None = No
     share from each of a seeded sample of ``n_images`` images (seeded). Cached under ``cache_dir``."""
     import hashlib
 
-    from dashboard.engine.dissection import compute_dataset_stats
+    from dashboard.engine.dissection import StatsConfig, compute_dataset_stats
     from dashboard.imaging import crop_patch, tile
 
     size = int(card.input_size[-1])
@@ -126,9 +126,9 @@ def compute_train_stats(store, model, card, *, cache_dir, layer: str | None = No
     if not patches:
         raise ValueError("no breast tiles in the train split for the dataset statistics")
     arr = np.stack(patches[:n_patches]) if len(patches) > n_patches else np.stack(patches)  # (N, S, S)
-    return compute_dataset_stats(model, card, layer or card.default_layer, arr, data_key=h.hexdigest()[:24],
-                                 quantile=quantile, cache_dir=Path(cache_dir) / "dissection", progress=progress,
-                                 device=device, batch_size=16, store=store)
+    return compute_dataset_stats(model, card, layer or card.default_layer, arr, StatsConfig(
+        data_key=h.hexdigest()[:24], quantile=quantile, cache_dir=Path(cache_dir) / "dissection", device=device,
+        batch_size=16), progress=progress, store=store)
 
 
 def _logodds(logits, target: int):
@@ -314,7 +314,7 @@ def _reports(heldout: list[_Heldout], model, card, probe, store, cfg: Evaluation
              *, device=None, progress: Progress | None = None) -> tuple[list[dict], list[dict]]:
     """Report checks on the abnormal held-out images: top concept, attribution on the finding,
     deletion, and (on the first ``random_images``) the randomisation sanity check."""
-    from dashboard.engine.report import build_report
+    from dashboard.engine.report import ReportConfig, ReportInputs, build_report
 
     t_idx = card.classes.index(card.positive_class) if getattr(card, "positive_class", None) else len(card.classes) - 1
     labels = store.list_unit_labels(card.name, getattr(card, "head_layer", None) or card.default_layer)
@@ -330,8 +330,9 @@ def _reports(heldout: list[_Heldout], model, card, probe, store, cfg: Evaluation
         for name in ("top_tile", "finding"):
             pt = h.patches[name]
             x0, y0, patch, lesion = pt["x0"], pt["y0"], pt["patch"], pt["lesion"]
-            rep = build_report(model, card, patch, probe, attribution_method=cfg.attribution_method,
-                               unit_labels=labels, target=t_idx, image_id=h.image_id, patch_xy=(x0, y0), device=device)
+            rep = build_report(model, card, patch, probe,
+                               ReportConfig(attribution_method=cfg.attribution_method, target=t_idx, device=device),
+                               ReportInputs(unit_labels=labels, image_id=h.image_id, patch_xy=(x0, y0)))
             shares = {c.concept: c.attribution_share for c in rep.concepts if c.attribution_share is not None}
             m = top_concept_match(shares, h.lesion_concepts, lesion_names)
             row[f"{name}.top"] = m["top"]
@@ -383,8 +384,9 @@ def _reports(heldout: list[_Heldout], model, card, probe, store, cfg: Evaluation
                 row[f"{prefix}.spearman_logit_parts"] = spearman([p for p, _ in pairs], [d for _, d in pairs])
             if i < cfg.random_images:
                 for scope, rm in randomized.items():
-                    rr = build_report(rm, card, patch, probe, attribution_method=cfg.attribution_method,
-                                      unit_labels=labels, target=t_idx, device=device)
+                    rr = build_report(rm, card, patch, probe, ReportConfig(
+                        attribution_method=cfg.attribution_method, target=t_idx, device=device),
+                        ReportInputs(unit_labels=labels))
                     r_shares = {c.concept: c.attribution_share for c in rr.concepts if c.attribution_share is not None}
                     names = sorted(shares)
                     sim = map_similarity(rep.attribution_map, rr.attribution_map)

@@ -66,7 +66,7 @@ def compute_learning_curve(store, card, model, *, load_patch: Callable, layer: s
     import pandas as pd
     import torch
 
-    from dashboard.engine.probes import _folds, auroc_one_vs_rest, collect_probe_data, fit_probes
+    from dashboard.engine.probes import ProbeConfig, auroc_one_vs_rest, collect_probe_data, fit_probes, image_folds
 
     cols = ["n_step", "concept", "n_drawings", "n_available", "n_images", "auroc", "n_eval_positions", "reason"]
     layer = layer or card.default_layer
@@ -76,8 +76,8 @@ def compute_learning_curve(store, card, model, *, load_patch: Callable, layer: s
     anns = [a for a in anns if a.reader not in set(exclude_readers)]
     if not anns:
         return pd.DataFrame(columns=cols)
-    data = collect_probe_data(model, card, layer, anns, load_patch, cache_dir=cache_dir, device=device, seed=seed,
-                              progress=progress)
+    data = collect_probe_data(model, card, layer, anns, load_patch,
+                              ProbeConfig(cache_dir=cache_dir, device=device, seed=seed), progress=progress)
     concepts = data.classes[1:]
     # rank of each drawing within its concept, in time order
     rank = np.zeros(len(anns), np.int64)
@@ -92,7 +92,7 @@ def compute_learning_curve(store, card, model, *, load_patch: Callable, layer: s
     y = data.y.numpy()
     n_img = len(data.image_ids)
     k = min(folds, n_img)
-    fold = _folds(n_img, k, seed)[group] if k >= 2 else np.zeros(len(y), np.int64)
+    fold = image_folds(group, n_img, k, seed) if k >= 2 else np.zeros(len(y), np.int64)
     img_of_ann = np.array([data.image_ids.index(a.image_id) for a in anns])
     selected = []  # (S, N) rows each step trains on
     for s in steps:

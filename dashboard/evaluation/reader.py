@@ -379,6 +379,7 @@ class SimulatedReader:
     def draw(self, tasks: Sequence[DrawingTask], round_index: int = 0, progress: Progress | None = None) -> list[dict]:
         """Draw, match and save ``tasks`` in order (the time order of the store). Returns their log rows."""
         from dashboard.engine.activations import compute_patch_activations
+        from dashboard.data.store import DrawingRecord
         from dashboard.engine.dissection import label_units_from_drawing, match_drawing
         from dashboard.imaging import crop_patch
 
@@ -416,9 +417,10 @@ class SimulatedReader:
         for n, (t, d, saved, key) in enumerate(prepared):
             m = match_drawing(act_of[key], self.stats.thresholds, d.mask, tau=self.cfg.tau)
             res = label_units_from_drawing(
-                self.store, image_id=t.image_id, concept=saved, reader=self.reader, patch_x0=key[1],
-                patch_y0=key[2], patch_size=self.size, shape=d.shape, geometry=d.geometry,
-                model_card=self.card.name, layer=self.layer, ious=m.ious, tau=self.cfg.tau, mask=d.mask)
+                self.store, DrawingRecord(image_id=t.image_id, concept=saved, reader=self.reader, patch_x0=key[1],
+                                          patch_y0=key[2], patch_size=self.size, shape=d.shape, geometry=d.geometry,
+                                          model_card=self.card.name),
+                layer=self.layer, ious=m.ious, tau=self.cfg.tau, mask=d.mask)
             row = {"round": int(round_index), "annotation_id": res.annotation_id, "concept": t.concept,
                    "saved_as": saved, "wrong_label": saved != t.concept, "k": t.k, "image_id": t.image_id,
                    "patch_x0": key[1], "patch_y0": key[2], "recall": round(d.recall, 4),
@@ -434,10 +436,10 @@ class SimulatedReader:
 
     def retrain(self, *, progress: Progress | None = None):
         """A new probe version on every live drawing of the card (the app's "Retrain probes")."""
-        from dashboard.engine.probes import train_probes
+        from dashboard.engine.probes import ProbeConfig, train_probes
 
         return train_probes(self.store, self.model, self.card, self.layer, load_patch=self.load_patch,
-                            progress=progress, device=self.device, cache_dir=self.cache_dir, seed=self.seed,
-                            actor=self.reader)
+                            progress=progress, config=ProbeConfig(device=self.device, cache_dir=self.cache_dir,
+                                                                  seed=self.seed, actor=self.reader))
 
 

@@ -61,12 +61,12 @@ def rebuild_patches(store, card, *, source: str | None, split: str = "test", max
     """
     p = card_patchset_params(card)
     fractions = p.get("split_by_patient")
-    return patchset.build_patchset(
-        store, card, source=source, splits=(split,), per_image_lesion=int(p["per_image_lesion"]),
+    return patchset.build_patchset(store, card, patchset.PatchSetConfig(
+        source=source, splits=(split,), per_image_lesion=int(p["per_image_lesion"]),
         per_image_normal=int(p["per_image_normal"]), seed=int(p["seed"]), jitter=p.get("jitter"),
         exclusion_margin=p.get("exclusion_margin"), max_images=max_images,
         split_by_patient=tuple(fractions) if fractions and split_of is None else None,
-        split_seed=int(p.get("split_seed", 0)), split_of=split_of, progress=progress)
+        split_seed=int(p.get("split_seed", 0)), split_of=split_of), progress=progress)
 
 
 def split_images(store, card, *, source: str | None, split: str = "test") -> list[dict]:
@@ -88,7 +88,7 @@ def image_is_abnormal(store, image_id: str, lesion_names: set[str]) -> bool:
 def compute_image_scores(model, card, store, rows: list[dict], *, method: str = "fcn",
                          progress: Callable[[int, int], None] | None = None) -> ImageScores:
     """Whole-image lesion-map maxima of ``rows`` (store image rows), with their labels and patients."""
-    from dashboard.engine.inference import compute_lesion_map
+    from dashboard.engine.inference import LesionMapConfig, compute_lesion_map
 
     lesion_names = patchset.lesion_concept_names(store)
     ids, patients, abnormal, scores = [], [], [], []
@@ -97,7 +97,7 @@ def compute_image_scores(model, card, store, rows: list[dict], *, method: str = 
         m = imaging.load_image(row["path"])
         img, mask, _ = imaging.prepare_model_image(m, card.pixel_spacing_mm,
                                                    default_spacing_mm=row.get("pixel_spacing_mm"))
-        lm = compute_lesion_map(model, card, img, mask, method=method)
+        lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method=method))
         used = lm.method
         ids.append(row["image_id"])
         patients.append(str(row.get("patient_ref") or row["case_id"]))
@@ -147,7 +147,7 @@ def evaluate_card(model, card, store, *, source: str | None, split: str = "test"
     from model_zoo.metrics import compute_auroc
 
     def step(stage):
-        return (lambda d, t: progress(stage, d, t)) if progress else None
+        return (lambda d, t, _message="": progress(stage, d, t)) if progress else None
 
     ps = rebuild_patches(store, card, source=source, split=split, progress=step("patches"))
     pos = card.positive_index

@@ -195,9 +195,9 @@ def compute_stats(ctx: AppContext, max_patches: int = MAX_PATCHES,
             progress(done / max(total, 1), message)
 
     stats = dissection.compute_dataset_stats(
-        ctx.model, ctx.card, layer_of(ctx), batches(), n_patches=len(refs), data_key=data_key,
-        quantile=QUANTILE, cache_dir=ctx.settings.cache_dir / "dissection", progress=cb, device=ctx.device,
-        batch_size=16, store=ctx.store)
+        ctx.model, ctx.card, layer_of(ctx), batches(), dissection.StatsConfig(
+            n_patches=len(refs), data_key=data_key, quantile=QUANTILE, cache_dir=ctx.settings.cache_dir / "dissection",
+            device=ctx.device, batch_size=16), progress=cb, store=ctx.store)
     (Path(stats.path) / PATCHES_FILE).write_text(json.dumps([r.as_tuple() for r in refs]))
     _STATS.clear()
     return stats

@@ -97,7 +97,7 @@ def build_demo(ctx: AppContext, n_cases: int, progress: Callable[[float, str], N
     """Render the synthetic demo set (missing cases only) into the store."""
     from dashboard.data import demo
 
-    def cb(done: int, total: int) -> None:
+    def cb(done: int, total: int, message: str = "") -> None:
         if progress:
             progress(done / max(total, 1), f"{done}/{total} cases")
 

@@ -192,7 +192,7 @@ def attribution_for(ctx: AppContext, image_id: str, method: str):
         from dashboard.engine import attribution
 
         img, mask, _ = model_image(ctx, row)
-        return attribution.attribute_image(ctx.model, ctx.card, img, mask, method=method)
+        return attribution.attribute_image(ctx.model, ctx.card, img, mask, attribution.AttributionConfig(method=method))
 
     return _ATTR.get((ctx.card_name, ctx.weights_sha, row["sha256"], model_spacing(ctx), method), compute)
 

@@ -121,7 +121,8 @@ def retrain(ctx: AppContext, reader: str = "", progress: Callable[[float, str], 
             progress(done / max(total, 1), message)
 
     probes.train_probes(ctx.store, ctx.model, ctx.card, cx.layer_of(ctx), load_patch=annotation_patch(ctx),
-                        progress=cb, device=ctx.device, cache_dir=ctx.settings.cache_dir, actor=reader or "system")
+                        progress=cb, config=probes.ProbeConfig(device=ctx.device, cache_dir=ctx.settings.cache_dir,
+                                                               actor=reader or "system"))
     return probe_info(ctx)
 
 
@@ -145,10 +146,11 @@ def image_evidence(ctx: AppContext, row: dict):
         tops = pred["top_patches"] if pred and pred["top_patches"] else lesion_map_for(ctx, row["image_id"]).top_patches
         tiles = [(int(t[0]), int(t[1])) for t in tops]
         att = attribution_for(ctx, row["image_id"], REPORT_METHOD).map
-        return report.compute_image_evidence(ctx.model, ctx.card, img, layers=[layer], mask=mask, tiles=tiles,
-                                             tile_source="the lesion map's most suspicious patches",
-                                             attribution_map=att, attribution_method=REPORT_METHOD,
-                                             device=ctx.device)
+        return report.compute_image_evidence(
+            ctx.model, ctx.card, img, layers=[layer],
+            config=report.ReportConfig(attribution_method=REPORT_METHOD, device=ctx.device),
+            inputs=report.ReportInputs(mask=mask, tiles=tiles, tile_source="the lesion map's most suspicious patches",
+                                       attribution_map=att))
 
     return _EVIDENCE.get(key, compute)
 
@@ -399,10 +401,10 @@ def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
         img, mask, _ = model_image(ctx, row)
         probe = load_probe_version(ctx, info)
         tcav = TCAVResult.from_dict(run["results"]) if run else None
-        return report.build_image_report(ctx.model, ctx.card, img, probe, mask=mask, store=ctx.store,
-                                         unit_labels=labels, tcav=tcav, image_id=row["image_id"],
-                                         device=ctx.device, evidence=image_evidence(ctx, row),
-                                         probs_all=_probabilities(ctx, info, row))
+        return report.build_image_report(
+            ctx.model, ctx.card, img, probe, config=report.ReportConfig(device=ctx.device),
+            inputs=report.ReportInputs(mask=mask, store=ctx.store, unit_labels=labels, tcav=tcav, image_id=row["image_id"],
+                                       evidence=image_evidence(ctx, row), probs_all=_probabilities(ctx, info, row)))
 
     return _REPORTS.get(key, compute), key, (run["run_id"] if run else None)
 
@@ -541,7 +543,7 @@ def run_tcav(ctx: AppContext, progress: Callable[[float, str], None] | None = No
         progress(0.3, f"Scoring {len(inputs)} patches against {len(info.concepts)} concept(s)")
     probe = probes.load_probe(ctx.store, info.version)
     res = tcav.run_tcav(ctx.store, ctx.model, ctx.card, probe, inputs, load_patch=annotation_patch(ctx),
-                        cache_dir=ctx.settings.cache_dir, device=ctx.device)
+                        config=tcav.TCAVConfig(cache_dir=ctx.settings.cache_dir, device=ctx.device))
     if progress:
         progress(1.0, "TCAV done")
     return res
