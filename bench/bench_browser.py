@@ -152,7 +152,7 @@ def profile_in_process(data_dir: Path, reps: int) -> dict:
                 anns = store.list_annotations(model_card=ctx.card_name)
                 _timed("retrain.collect_probe_data (again, cached activations)", lambda: probes.collect_probe_data(
                     ctx.model, ctx.card, ctx.card.default_layer, anns,
-                    rp.annotation_patch(ctx), cache_dir=settings.cache_dir), log)
+                    rp.annotation_patch(ctx), probes.ProbeConfig(cache_dir=settings.cache_dir)), log)
                 info = _timed("report.probe_info", lambda: rp.probe_info(ctx), log)
                 colours = {c["name"]: c["colour"] for c in store.list_concepts()}
                 _timed("report.concept_maps", lambda: rp.image_concept_maps(ctx, info, ref.image_id), log)

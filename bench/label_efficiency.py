@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     bar = tqdm(total=args.cases, unit="case", desc="demo set", disable=None)
 
-    def demo_progress(done, total):
+    def demo_progress(done, total, message=""):
         bar.total = total
         bar.n = done
         bar.refresh()

@@ -330,8 +330,11 @@ def _stamp(img: np.ndarray, xs, ys, radii, amps, *, mask: np.ndarray | None = No
         mask.reshape(-1)[(py * w + px)[ok & inside]] = True
 
 
-def _curve(rng, x0, y0, heading, length, *, step=0.5, wiggle=0.04, pull=None, pull_gain=0.0):
-    """A tortuous path: heading does a smoothed random walk (radians per step). Returns (N,2) xy."""
+def _curve(rng, start, heading, length, *, step=0.5, wiggle=0.04, pull=None):
+    """A tortuous path from ``start`` (x, y): heading does a smoothed random walk (radians per step);
+    ``pull`` (target heading, gain) bends it gently towards a direction. Returns (N, 2) xy."""
+    x0, y0 = start
+    pull, pull_gain = pull if pull is not None else (None, 0.0)
     n = max(2, int(length / step))
     turn = rng.standard_normal(n).astype(np.float32) * wiggle
     turn = ndimage.gaussian_filter1d(turn, sigma=max(1.0, n / 40)) * np.sqrt(max(1.0, n / 40))
@@ -512,7 +515,7 @@ def _spicules(lrng, n, r0, length, width, rot, wiggle=0.025):
     lens = length * lrng.uniform(0.35, 1.0, n)
     widths = width * lrng.uniform(0.6, 1.0, n)
     for ang, ln, wd in zip(angles, lens, widths):
-        path = _curve(lrng, r0 * np.cos(ang), r0 * np.sin(ang), ang, ln, step=0.5, wiggle=wiggle)
+        path = _curve(lrng, (r0 * np.cos(ang), r0 * np.sin(ang)), ang, ln, step=0.5, wiggle=wiggle)
         t = np.linspace(0.0, 1.0, len(path), dtype=np.float32)
         out.append((path, wd * (1 - 0.65 * t), 1 - 0.75 * t))
     return out
@@ -814,8 +817,8 @@ def _vessels(rng, anat: _Anatomy, shape) -> tuple[np.ndarray, np.ndarray]:
                 break
         target = np.arctan2(ny + rng.normal(0, 0.15 * h) - sy, nx - sx)
         length = rng.uniform(0.45, 0.9) * anat.depth
-        path = _curve(rng, sx, sy, target + rng.normal(0, 0.15), length, step=0.7, wiggle=0.014,
-                      pull=target, pull_gain=0.7)
+        path = _curve(rng, (sx, sy), target + rng.normal(0, 0.15), length, step=0.7, wiggle=0.014,
+                      pull=(target, 0.7))
         r0 = rng.uniform(3.0, 5.5)
         radii = r0 * np.linspace(1.0, 0.45, len(path), dtype=np.float32)
         keep = (path[:, 0] >= 0) & (path[:, 0] < w) & (path[:, 1] >= 0) & (path[:, 1] < h)

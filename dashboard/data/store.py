@@ -86,25 +86,6 @@ BUILTIN_CONCEPTS: list[tuple[str, str, str, str]] = [
 
 
 @dataclass(frozen=True)
-class Annotation:
-    """A reader's drawing of one concept on one patch (model-space pixels, see imaging.Frame)."""
-
-    annotation_id: str
-    image_id: str
-    concept: str
-    reader: str
-    patch_x0: int
-    patch_y0: int
-    patch_size: int
-    shape: str
-    geometry: list
-    mask_png: bytes
-    model_card: str = ""
-    created_at: Any = None
-    deleted_at: Any = None
-
-
-@dataclass(frozen=True)
 class DrawingRecord:
     """A reader's drawing before it is stored (``Store.save_annotation``): model-space pixels.
 
@@ -125,6 +106,15 @@ class DrawingRecord:
     model_card: str = ""
     mask_png: bytes = b""
     annotation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Annotation(DrawingRecord):
+    """A stored drawing (``Store.list_annotations``): its ``annotation_id`` is always set, and
+    ``deleted_at`` is set once it was undone."""
+
+    created_at: Any = None
+    deleted_at: Any = None
 
 
 @dataclass(frozen=True)
