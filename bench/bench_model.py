@@ -151,7 +151,8 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     print(f"  source {src.shape} at 0.05 mm -> model {img.shape} at {card.pixel_spacing_mm} mm "
           f"({res['prepare_model_image_s']:.2f} s to prepare)")
     wreps = max(1, reps - 1)
-    best, _, fcn = timed(lambda: compute_lesion_map(model, card, img, mask, LesionMapConfig(method="fcn", device=device)),
+    best, _, fcn = timed(lambda: compute_lesion_map(model, card, img, mask,
+                                                    LesionMapConfig(method="fcn", device=device)),
                          wreps, sync, "lesion_map_fcn")
     res["lesion_map_fcn_s"] = best
     res["peak_rss_mib_after_fcn"] = rss_mib()
@@ -167,7 +168,8 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     print(f"  lesion map: FCN {res['lesion_map_fcn_s']:.2f} s, tiles (stride {s // 2}, "
           f"{res['lesion_map_tiles_n']} tiles) {res['lesion_map_tiles_s']:.2f} s (target <= 3 s on CPU); "
           f"FCN~tiles corr {corr:.2f}, peaks {res['fcn_vs_tiles']['peak_distance_px']:.0f} px apart")
-    best, _, _ = timed(lambda: attribute_image(model, card, img, mask, AttributionConfig(method="gradcam", device=device)),
+    best, _, _ = timed(lambda: attribute_image(model, card, img, mask,
+                                               AttributionConfig(method="gradcam", device=device)),
                        wreps, sync, "gradcam_image")
     res["gradcam_image_s"] = best
     print(f"  whole-image Grad-CAM {best:.2f} s")

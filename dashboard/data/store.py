@@ -598,7 +598,8 @@ class Store:
 
     def list_annotations(self, *, image_id: str | None = None, concept: str | None = None,
                          include_deleted: bool = False, model_card: str | None = None) -> list[Annotation]:
-        sql, params = _where("SELECT * FROM annotations WHERE true" + ("" if include_deleted else " AND deleted_at IS NULL"),
+        live = "" if include_deleted else " AND deleted_at IS NULL"
+        sql, params = _where("SELECT * FROM annotations WHERE true" + live,
                              (("image_id", image_id), ("concept", concept), ("model_card", model_card)))
         rows = self.query(sql + " ORDER BY created_at, annotation_id", params)
         out = []

@@ -56,7 +56,8 @@ from dashboard.errors import ConceptLensError
 from dashboard.progress import Progress, report
 
 __all__ = [
-    "DissectionStats", "StatsConfig", "StaleCacheError", "UnitMatch", "LabelResult", "compute_dataset_stats", "load_dataset_stats",
+    "DissectionStats", "StatsConfig", "StaleCacheError", "UnitMatch", "LabelResult", "compute_dataset_stats",
+    "load_dataset_stats",
     "dataset_stats_key", "model_fingerprint", "compute_unit_ious", "compute_unit_ious_reference",
     "UnitMasks", "prepare_unit_masks", "unit_ious",
     "match_drawing", "drawing_to_mask", "mask_to_png", "mask_from_png", "label_units_from_drawing",
@@ -289,7 +290,8 @@ class _Run:
     def __init__(self, n_units: int, fshape: tuple[int, int], n_patches: int, config: StatsConfig,
                  device: torch.device):
         h, w = fshape
-        top_k, quantile, max_buffer, max_profiles = config.top_k, config.quantile, config.max_buffer, config.max_profiles
+        top_k, quantile = config.top_k, config.quantile
+        max_buffer, max_profiles = config.max_buffer, config.max_profiles
         self.n_units, self.fshape, self.n_patches = n_units, fshape, n_patches
         self.k, self.q = top_k, quantile
         n_total = n_patches * h * w

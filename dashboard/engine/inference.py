@@ -1,4 +1,5 @@
-"""Run the classifier: patch probabilities, the whole-mammogram lesion map, layer activations.
+"""Run the classifier: patch probabilities, the whole-mammogram lesion map, and which class to explain
+(``target_class``; layer activations are ``dashboard.engine.activations``').
 
 Everything here works in model space (see ARCHITECTURE.md): grey images float in [0, 1]
 at the card's pixel spacing, chest wall on the left. A patch is ``(x0, y0, size)`` in

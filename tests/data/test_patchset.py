@@ -68,7 +68,8 @@ def demo_store(store, tmp_path):
                 store.save_finding(FindingRecord(f"{case}-{concept}", f"{case}-img", concept,
                                                  mask_path=str(d / f"{case}-mask.png")))
         elif kind == "circle":
-            store.save_finding(FindingRecord(f"{case}-f", f"{case}-img", "mass", circle=(blob[0], blob[1], 2 * blob[2])))
+            store.save_finding(FindingRecord(f"{case}-f", f"{case}-img", "mass",
+                                             circle=(blob[0], blob[1], 2 * blob[2])))
         elif kind == "unlocated":
             store.save_finding(FindingRecord(f"{case}-f", f"{case}-img", "calcification"))
     return store, {s[0]: s for s in specs}

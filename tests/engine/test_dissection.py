@@ -162,7 +162,9 @@ def test_match_drawing(model, card, patches):
 # ---------------------------------------------------------------- dataset statistics
 def test_stats_exact_against_brute_force(model, card, patches, tmp_path):
     calls = []
-    stats = compute_dataset_stats(model, card, "blocks.5", patches, StatsConfig(quantile=0.99, top_k=3, cache_dir=tmp_path, batch_size=5), progress=lambda d, n, msg: calls.append((d, n)))
+    stats = compute_dataset_stats(model, card, "blocks.5", patches,
+                                  StatsConfig(quantile=0.99, top_k=3, cache_dir=tmp_path, batch_size=5),
+                                  progress=lambda d, n, msg: calls.append((d, n)))
     acts = _all_acts(model, card, patches, "blocks.5").numpy()  # (N, C, h, w)
     n, c, h, w = acts.shape
     flat = acts.transpose(1, 0, 2, 3).reshape(c, -1).astype(np.float64)
@@ -180,7 +182,8 @@ def test_stats_exact_against_brute_force(model, card, patches, tmp_path):
     assert stats.feature_shape == (h, w) and stats.patch_size == 128
     assert calls[-1] == (12, 12) and [d for d, _ in calls[:3]] == [5, 10, 12]
     # 0.995 (Network Dissection) is a different, higher threshold and a different key
-    s2 = compute_dataset_stats(model, card, "blocks.5", patches, StatsConfig(quantile=0.995, top_k=3, cache_dir=tmp_path))
+    s2 = compute_dataset_stats(model, card, "blocks.5", patches,
+                               StatsConfig(quantile=0.995, top_k=3, cache_dir=tmp_path))
     assert s2.key != stats.key and np.all(s2.thresholds >= stats.thresholds)
     loaded = load_dataset_stats(tmp_path / stats.key)
     np.testing.assert_array_equal(loaded.thresholds, stats.thresholds)
@@ -192,7 +195,8 @@ def test_stats_sampled_when_buffer_small(model, card, patches, tmp_path):
     acts = _all_acts(model, card, patches, "blocks.3").numpy()
     c = acts.shape[1]
     flat = np.sort(acts.transpose(1, 0, 2, 3).reshape(c, -1), axis=1)
-    sampled = compute_dataset_stats(model, card, "blocks.3", patches, StatsConfig(quantile=0.9, cache_dir=tmp_path, max_buffer=c * 20))
+    sampled = compute_dataset_stats(model, card, "blocks.3", patches,
+                                    StatsConfig(quantile=0.9, cache_dir=tmp_path, max_buffer=c * 20))
     assert sampled.key != exact.key
     assert sampled.sample_rate < 1.0 and sampled.quantile_se > 0
     # the quantile level each sampled threshold reaches in the full data is within ~5 standard errors
@@ -212,7 +216,8 @@ def test_stats_resume_and_keys(model, card, patches, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        compute_dataset_stats(model, card, "bn2", data, StatsConfig(cache_dir=tmp_path / "a", batch_size=2), progress=crash_after_six)
+        compute_dataset_stats(model, card, "bn2", data, StatsConfig(cache_dir=tmp_path / "a", batch_size=2),
+                              progress=crash_after_six)
     forwards = []
     handle = model.conv_stem.register_forward_hook(lambda m, i, o: forwards.append(o.shape[0]))
     try:
@@ -247,12 +252,15 @@ def test_stats_iterable_checkpoint_never_reused_for_other_data(model, card, patc
             raise Stop
 
     with pytest.raises(Stop):
-        compute_dataset_stats(model, card, "bn2", batches(patches), StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path), progress=stop)
+        compute_dataset_stats(model, card, "bn2", batches(patches),
+                              StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path), progress=stop)
     other = patches[::-1].copy()
     with pytest.raises(StaleCacheError):
-        compute_dataset_stats(model, card, "bn2", batches(other), StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path))
+        compute_dataset_stats(model, card, "bn2", batches(other),
+                              StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path))
     # the stale checkpoint was dropped: a new run on the other data is correct
-    s = compute_dataset_stats(model, card, "bn2", batches(other), StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path))
+    s = compute_dataset_stats(model, card, "bn2", batches(other),
+                              StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path))
     ref = compute_dataset_stats(model, card, "bn2", other, StatsConfig(cache_dir=tmp_path / "ref"))
     np.testing.assert_array_equal(s.thresholds, ref.thresholds)
 
@@ -304,7 +312,10 @@ def _labels(store, card="c", layer="bn2"):
 
 
 def _save(store, concept, ious, tau=0.2, image="img1", card="c", layer="bn2", reader="r1"):
-    return label_units_from_drawing(store, DrawingRecord(image_id=image, concept=concept, reader=reader, patch_x0=0, patch_y0=0, patch_size=32, shape="rect", geometry=[2, 2, 20, 20], model_card=card), layer=layer, ious=ious, tau=tau)
+    return label_units_from_drawing(store,
+                                    DrawingRecord(image_id=image, concept=concept, reader=reader, patch_x0=0,
+                                                  patch_y0=0, patch_size=32, shape="rect", geometry=[2, 2, 20, 20],
+                                                  model_card=card), layer=layer, ious=ious, tau=tau)
 
 
 def test_labeling_keep_best_and_exact_undo(store):
@@ -350,7 +361,10 @@ def test_labeling_ties_go_to_earlier_drawing(store):
 def test_empty_drawing_rejected(store):
     add_image(store)
     with pytest.raises(ValidationError):
-        label_units_from_drawing(store, DrawingRecord(image_id="img1", concept="fat", reader="r", patch_x0=0, patch_y0=0, patch_size=32, shape="rect", geometry=[50, 50, 60, 60], model_card="c"), layer="bn2", ious=np.zeros(4))
+        label_units_from_drawing(store,
+                                 DrawingRecord(image_id="img1", concept="fat", reader="r", patch_x0=0, patch_y0=0,
+                                               patch_size=32, shape="rect", geometry=[50, 50, 60, 60], model_card="c"),
+                                 layer="bn2", ious=np.zeros(4))
     assert store.list_annotations() == []
 
 

@@ -93,7 +93,8 @@ def test_empty_fold_and_missing_class_stay_finite():
 def test_train_probes_store_metrics_and_maps(store, model, card, tmp_path):
     patches = _populate(store)
     steps = []
-    probe = train_probes(store, model, card, LAYER, load_patch=_loader(patches), progress=lambda d, n, m: steps.append(m), config=ProbeConfig(cache_dir=tmp_path, folds=3))
+    probe = train_probes(store, model, card, LAYER, load_patch=_loader(patches), progress=lambda d, n,
+                         m: steps.append(m), config=ProbeConfig(cache_dir=tmp_path, folds=3))
     assert probe.version is not None and steps
     assert probe.classes == ["background", "fat", "mass-round", "vessel"]
     mr = probe.metrics["mass-round"]
@@ -175,7 +176,9 @@ def test_single_image_gives_reason(store, model, card, tmp_path):
     patches = _populate(store, n_images=1, vessel_drawings=0)
     for _ in range(2):  # three drawings of each concept, all on one image
         for a in list(store.list_annotations())[:2]:
-            store.save_annotation(DrawingRecord(image_id=a.image_id, concept=a.concept, reader="r", patch_x0=0, patch_y0=0, patch_size=S, shape="rect", geometry=[0, 0, 1, 1], mask_png=a.mask_png, model_card="probe-card"))
+            store.save_annotation(DrawingRecord(image_id=a.image_id, concept=a.concept, reader="r", patch_x0=0,
+                                                patch_y0=0, patch_size=S, shape="rect", geometry=[0, 0, 1, 1],
+                                                mask_png=a.mask_png, model_card="probe-card"))
     probe = train_probes(store, model, card, LAYER, load_patch=_loader(patches), config=ProbeConfig(cache_dir=tmp_path))
     m = probe.metrics["mass-round"]
     assert m["auroc"] is None and "image" in m["reason"] and m["n_drawings"] == 3 and m["n_images"] == 1

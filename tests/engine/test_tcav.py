@@ -84,7 +84,8 @@ def test_ttest():
 @pytest.fixture
 def drawn(store, model, card, tmp_path):
     patches = _populate(store, n_images=4, vessel_drawings=0)
-    data = collect_probe_data(model, card, "blocks.5", store.list_annotations(), _loader(patches), ProbeConfig(cache_dir=tmp_path))
+    data = collect_probe_data(model, card, "blocks.5", store.list_annotations(), _loader(patches),
+                              ProbeConfig(cache_dir=tmp_path))
     return patches, data
 
 
@@ -121,8 +122,10 @@ def test_batched_equals_captum(drawn, model, card, inputs):
 
 def test_run_tcav_stores_and_round_trips(store, model, card, inputs, tmp_path):
     patches = _populate(store, n_images=4, vessel_drawings=0)
-    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches), config=ProbeConfig(cache_dir=tmp_path, folds=2))
-    res = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches), config=TCAVConfig(n_runs=4, cache_dir=tmp_path))
+    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches),
+                         config=ProbeConfig(cache_dir=tmp_path, folds=2))
+    res = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches),
+                   config=TCAVConfig(n_runs=4, cache_dir=tmp_path))
     assert set(res.concepts) == {"fat", "mass-round"} and res.probe_version == probe.version
     for c in res.concepts.values():
         assert 0.0 <= c.score <= 1.0 and 0.0 <= c.p_value <= 1.0 and len(c.run_scores) == 4

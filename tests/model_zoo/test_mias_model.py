@@ -105,7 +105,10 @@ def test_concept_workflow_runs_with_the_mias_card(tmp_path, shared_data, card, m
 
     refs = ["mdb005", "mdb006", "mdb010", "mdb009", "mdb023", "mdb024", "mdb012", "mdb011"]
     importers.import_mini_mias(store, copy_mias_subset(shared_data, tmp_path / "mias", refs))
-    ps = patchset.build_patchset(store, card, PatchSetConfig(source="mini-mias", per_image_lesion=1, per_image_normal=2, split_of={r["case_id"]: "train" for r in store.list_images()}, splits=("train",), jitter=0, seed=0))
+    ps = patchset.build_patchset(store, card,
+                                 PatchSetConfig(source="mini-mias", per_image_lesion=1, per_image_normal=2,
+                                                split_of={r["case_id"]: "train" for r in store.list_images()},
+                                                splits=("train",), jitter=0, seed=0))
     gray = ps.patches.astype(np.float32) / 255.0  # (N, 224, 224)
     layer = card.default_layer
     acts = torch.stack(compute_patch_activations(model, card, layer, list(gray)))  # (N, C, 7, 7)
@@ -128,7 +131,11 @@ def test_concept_workflow_runs_with_the_mias_card(tmp_path, shared_data, card, m
         np.testing.assert_array_equal(ps.patches[i], np.round(imaging.crop_patch(img, x0, y0, 224) * 255))
         match = match_drawing(acts[i], stats.thresholds, drawing, tau=0.05)
         assert match.ious.shape == (1280,) and match.best_iou > 0
-        res = label_units_from_drawing(store, DrawingRecord(image_id=image_id, concept="mass", reader="tester", patch_x0=x0, patch_y0=y0, patch_size=224, shape="freehand", geometry=[[0, 0]], model_card=card.name), layer=layer, ious=match.ious, tau=0.05, mask=drawing)
+        res = label_units_from_drawing(store,
+                                       DrawingRecord(image_id=image_id, concept="mass", reader="tester", patch_x0=x0,
+                                                     patch_y0=y0, patch_size=224, shape="freehand", geometry=[[0, 0]],
+                                                     model_card=card.name), layer=layer, ious=match.ious, tau=0.05,
+                                       mask=drawing)
         drawn.append((i, drawing))
         assert set(res.labeled_units) <= set(res.units_above.tolist())
     assert len(drawn) >= 4
@@ -136,7 +143,8 @@ def test_concept_workflow_runs_with_the_mias_card(tmp_path, shared_data, card, m
 
     by_index = {int(i): g for i, g in enumerate(gray)}
     keyed = {(str(ps.image_id[i]), int(ps.x0[i]), int(ps.y0[i])): by_index[int(i)] for i in range(len(ps))}
-    probe = train_probes(store, model, card, layer, load_patch=lambda a: keyed[(a.image_id, a.patch_x0, a.patch_y0)], config=ProbeConfig(folds=2, min_drawings=2, min_images=2, cache_dir=tmp_path / "cache"))
+    probe = train_probes(store, model, card, layer, load_patch=lambda a: keyed[(a.image_id, a.patch_x0, a.patch_y0)],
+                         config=ProbeConfig(folds=2, min_drawings=2, min_images=2, cache_dir=tmp_path / "cache"))
     assert probe.concepts == ["mass"] and probe.version is not None
     inside, outside = [], []
     for i, drawing in drawn:

@@ -256,7 +256,11 @@ def test_demo_model_reproduces_its_carded_auroc_on_held_out_cases(settings, stor
         rec = demo.render_case(str(settings.demo_dir), seed, plan.index)
         demo._store_case(store, rec, split)  # the same rows build_demo writes
     params = card.training["patchset"]
-    ps = patchset.build_patchset(store, card, PatchSetConfig(source="synthetic", splits=(split,), seed=params["seed"], per_image_lesion=params["per_image_lesion"], per_image_normal=params["per_image_normal"], jitter=params["jitter"], exclusion_margin=params["exclusion_margin"]))
+    ps = patchset.build_patchset(store, card,
+                                 PatchSetConfig(source="synthetic", splits=(split,), seed=params["seed"],
+                                                per_image_lesion=params["per_image_lesion"],
+                                                per_image_normal=params["per_image_normal"], jitter=params["jitter"],
+                                                exclusion_margin=params["exclusion_margin"]))
     y = ps.labels == card.positive_index
     assert 20 <= y.sum() and 20 <= (~y).sum()
     p = predict_patches(mz.create_model(card), card, ps.patches)

@@ -403,8 +403,9 @@ def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
         tcav = TCAVResult.from_dict(run["results"]) if run else None
         return report.build_image_report(
             ctx.model, ctx.card, img, probe, config=report.ReportConfig(device=ctx.device),
-            inputs=report.ReportInputs(mask=mask, store=ctx.store, unit_labels=labels, tcav=tcav, image_id=row["image_id"],
-                                       evidence=image_evidence(ctx, row), probs_all=_probabilities(ctx, info, row)))
+            inputs=report.ReportInputs(mask=mask, store=ctx.store, unit_labels=labels, tcav=tcav,
+                                       image_id=row["image_id"], evidence=image_evidence(ctx, row),
+                                       probs_all=_probabilities(ctx, info, row)))
 
     return _REPORTS.get(key, compute), key, (run["run_id"] if run else None)
 
