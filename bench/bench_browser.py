@@ -136,7 +136,7 @@ def _profile_drawing(log: dict, ctx, view, row: dict, case_id: str, poly) -> Non
     log.setdefault("save.retrain", []).append((res.timings_s["retrain"], float("nan")))
     anns = ctx.store.list_annotations(model_card=ctx.card_name)
     _timed(log, "retrain.collect_probe_data (again, cached activations)", probes.collect_probe_data,
-           ctx.model, ctx.card, ctx.card.default_layer, anns, annotation_patch(ctx), cache_dir=ctx.settings.cache_dir)
+           ctx.model, ctx.card, ctx.card.default_layer, anns, annotation_patch(ctx), probes.ProbeConfig(cache_dir=ctx.settings.cache_dir))
     info = _timed(log, "report.probe_info", probe_info, ctx)
     colours = {c["name"]: c["colour"] for c in ctx.store.list_concepts()}
     _timed(log, "report.concept_maps", parts.image_concept_maps, ctx, info, ref.image_id)

@@ -71,7 +71,7 @@ def _patch_source(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     from dashboard.testing.engine_helpers import synthetic_patches
 
-    for i in range(n):
+    for _ in range(n):
         yield synthetic_patches(1, SIZE, seed=int(rng.integers(1 << 30)))[0]
 
 
@@ -99,9 +99,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bench.bench_model import load_model
-    from dashboard.data.store import Store
+    from dashboard.data.store import DrawingRecord, ImageRecord, Store
     from dashboard.engine.activations import compute_activations
+    from dashboard.engine.attribution import AttributionConfig, attribute
     from dashboard.engine.dissection import (
+        StatsConfig,
         compute_dataset_stats,
         compute_unit_ious,
         compute_unit_ious_reference,
@@ -109,8 +111,8 @@ def main() -> None:
         label_units_from_drawing,
         mask_to_png,
     )
-    from dashboard.engine.probes import train_probes
-    from dashboard.engine.report import build_report, report_figures, report_to_json
+    from dashboard.engine.probes import ProbeConfig, train_probes
+    from dashboard.engine.report import ReportInputs, build_report, report_figures, report_to_json
     from dashboard.engine.unit_iou import prepare_unit_masks, unit_ious
 
     card, model, what = load_model("cpu")
@@ -134,9 +136,9 @@ def main() -> None:
     n_stats = 64 if args.skip_stats else args.n_stats
     done = []
     t, c = time.perf_counter(), time.process_time()
-    stats = compute_dataset_stats(model, card, layer, _batches(n_stats, 16), n_patches=n_stats,
-                                  data_key=f"bench-mias-{n_stats}", cache_dir=tmp / "stats", quantile=0.99, top_k=8,
-                                  progress=lambda d, n, m: done.append(d))
+    stats = compute_dataset_stats(model, card, layer, _batches(n_stats, 16), StatsConfig(
+        n_patches=n_stats, data_key=f"bench-mias-{n_stats}", cache_dir=tmp / "stats", quantile=0.99, top_k=8),
+        progress=lambda d, n, m: done.append(d))
     res["dataset_stats"] = {"n_patches": n_stats, "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c,
                             "loaded_from_cache": not done or done[-1] == n_stats and len(done) == 1,
                             "load_avg": os.getloadavg(),
@@ -147,7 +149,7 @@ def main() -> None:
           f"({1000 * res['dataset_stats']['wall_s'] / n_stats:.0f} ms/patch)")
 
     # ---- drawing -> IoU of every unit
-    patches = [p for p in _patch_source(8)]
+    patches = list(_patch_source(8))
     if "stats" not in parts:
         res.pop("dataset_stats", None)
     x = card.preprocess(np.stack(patches[:4]))
@@ -161,10 +163,11 @@ def main() -> None:
         mask = drawing_to_mask(shape, geom, SIZE)
         # the app prepares a patch's unit masks once, when the patch's activation is computed;
         # every drawing on that patch then costs only `per_drawing`
-        prep_t, prep = _timed(lambda: prepare_unit_masks(acts[i], stats.thresholds, SIZE), args.reps)
-        draw_t, fast = _timed(lambda: unit_ious(prep, mask), args.reps)
-        once_t, once = _timed(lambda: compute_unit_ious(acts[i], stats.thresholds, mask), args.reps)
-        ref_t, ref = _timed(lambda: compute_unit_ious_reference(acts[i], stats.thresholds, mask), 1)
+        # each lambda runs inside _timed at once, so the loop variables are bound as wanted (B023)
+        prep_t, prep = _timed(lambda: prepare_unit_masks(acts[i], stats.thresholds, SIZE), args.reps)  # noqa: B023
+        draw_t, fast = _timed(lambda: unit_ious(prep, mask), args.reps)  # noqa: B023
+        once_t, once = _timed(lambda: compute_unit_ious(acts[i], stats.thresholds, mask), args.reps)  # noqa: B023
+        ref_t, ref = _timed(lambda: compute_unit_ious_reference(acts[i], stats.thresholds, mask), 1)  # noqa: B023
         iou_rows.append({"shape": shape, "mask_px": int(mask.sum()), "per_drawing": draw_t,
                          "per_patch_prepare": prep_t, "vectorised": once_t, "reference_loop": ref_t,
                          "max_abs_diff": float(np.abs(fast - ref).max()),
@@ -182,24 +185,25 @@ def main() -> None:
     store = Store(tmp / f"bench-{int(time.time())}.duckdb", tmp / "journal")
     rng = np.random.default_rng(0)
     concepts = ["mass-round", "calc-grouped", "vessel", "fibroglandular"]
-    src = [p for p in _patch_source(100)]
-    ious = np.zeros(stats.n_units)
+    src = list(_patch_source(100))
     for i in range(100):
         store.save_case(f"c{i // 4}", "bench")
-        store.save_image(f"im{i}", f"c{i // 4}", f"/bench/{i}.png", f"sha{i}", rows=1024, cols=1024)
+        store.save_image(ImageRecord(f"im{i}", f"c{i // 4}", f"/bench/{i}.png", f"sha{i}", rows=1024, cols=1024))
     for j in range(200):
         i = j % 100
         cy, cx = rng.uniform(80, 430, 2)
         r = rng.uniform(30, 90)
         pts = [[cx + r * np.cos(a), cy + r * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 24, endpoint=False)]
-        store.save_annotation(image_id=f"im{i}", concept=concepts[j % 4], reader=f"reader{j % 3}", patch_x0=0,
-                              patch_y0=0, patch_size=SIZE, shape="polygon", geometry=pts,
-                              mask_png=mask_to_png(drawing_to_mask("polygon", pts, SIZE)), model_card=card.name)
+        store.save_annotation(DrawingRecord(image_id=f"im{i}", concept=concepts[j % 4], reader=f"reader{j % 3}",
+                                            patch_x0=0, patch_y0=0, patch_size=SIZE, shape="polygon", geometry=pts,
+                                            mask_png=mask_to_png(drawing_to_mask("polygon", pts, SIZE)),
+                                            model_card=card.name))
     load = lambda a: src[int(a.image_id[2:])]  # noqa: E731
     t = time.perf_counter()
-    train_probes(store, model, card, layer, load_patch=load, cache_dir=tmp / "cache", save=False)
+    train_probes(store, model, card, layer, load_patch=load, config=ProbeConfig(cache_dir=tmp / "cache", save=False))
     warm = time.perf_counter() - t
-    probe_t, probe = _timed(lambda: train_probes(store, model, card, layer, load_patch=load, cache_dir=tmp / "cache"),
+    probe_t, probe = _timed(lambda: train_probes(store, model, card, layer, load_patch=load,
+                                                 config=ProbeConfig(cache_dir=tmp / "cache")),
                             max(1, args.reps // 2))
     res["probe_retrain"] = {"drawings": 200, "patches": 100, "first_run_with_activations_s": warm, **probe_t,
                             "concepts": probe.concepts, "auroc": {k: v["auroc"] for k, v in probe.metrics.items()},
@@ -210,19 +214,19 @@ def main() -> None:
 
     # ---- per-patch report with cached activations
     for concept, (shape, geom) in zip(concepts, drawings):
-        label_units_from_drawing(store, image_id="im0", concept=concept, reader="bench", patch_x0=0, patch_y0=0,
-                                 patch_size=SIZE, shape=shape, geometry=geom, model_card=card.name, layer=layer,
+        label_units_from_drawing(store, DrawingRecord(image_id="im0", concept=concept, reader="bench", patch_x0=0,
+                                                      patch_y0=0, patch_size=SIZE, shape=shape, geometry=geom,
+                                                      model_card=card.name), layer=layer,
                                  ious=compute_unit_ious(acts[0], stats.thresholds, drawing_to_mask(shape, geom, SIZE)))
     patch = patches[0]
     xa = torch.as_tensor(np.asarray(card.preprocess(patch[None])))
     cached, logits = compute_activations(model, [layer], xa, with_output=True)
     cached = {k: v[0] for k, v in cached.items()}
-    from dashboard.engine.attribution import attribute
-
-    att = attribute(model, card, patch, method="gradcam").map
-    rep_t, rep = _timed(lambda: build_report(model, card, patch, probe, attribution_map=att, store=store,
-                                             activations=cached, logits=logits[0]), args.reps)
-    full_t, _ = _timed(lambda: build_report(model, card, patch, probe, store=store), max(1, args.reps // 2))
+    att = attribute(model, card, patch, AttributionConfig(method="gradcam")).map
+    cached_inputs = ReportInputs(attribution_map=att, store=store, activations=cached, logits=logits[0])
+    rep_t, rep = _timed(lambda: build_report(model, card, patch, probe, inputs=cached_inputs), args.reps)
+    full_t, _ = _timed(lambda: build_report(model, card, patch, probe, inputs=ReportInputs(store=store)),
+                       max(1, args.reps // 2))
     fig_t, _ = _timed(lambda: (report_figures(rep), report_to_json(rep)), max(1, args.reps // 2))
     res["report"] = {"cached_activations": rep_t, "uncached_with_gradcam": full_t, "figures_and_json": fig_t,
                      "logit_exact": rep.logit_exact, "concepts": len(rep.concepts), "load_avg": os.getloadavg()}

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.bench_model import load_model
     from dashboard.data.phantom import generate_case
-    from dashboard.engine.inference import compute_lesion_map, patch_size
+    from dashboard.engine.inference import LesionMapConfig, compute_lesion_map
     from dashboard.imaging import Mammogram, prepare_model_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     card, model, what = load_model("cpu")
-    s = patch_size(card)
+    s = card.patch_size
     base = f"tiles/{s}"
     methods = {base: dict(method="tiles", stride=s),
                "fcn": dict(method="fcn"), "fcn-raw": dict(method="fcn", refine=0),
@@ -104,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             near = binary_dilation(lesion, iterations=s // 8) if lesion.any() else lesion
             centres = [f.center_xy for f in im.findings]
 
-            def hit(patches):
+            def hit(patches, lesion=lesion):
                 return any(lesion[max(y0, 0):y0 + sz, max(x0, 0):x0 + sz].any() for x0, y0, sz, _ in patches)
             maps = {}
             for name, kw in methods.items():
                 t, c = time.perf_counter(), time.process_time()
-                lm = compute_lesion_map(model, card, img, mask, top_k=3, **kw)
+                lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(top_k=3, **kw))
                 stats[name]["seconds"].append(time.perf_counter() - t)
                 stats[name]["cpu"].append(time.process_time() - c)
                 stats[name]["score"].append(float(lm.score))

@@ -101,8 +101,8 @@ def rss_mib() -> float:
 
 
 def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
-    from dashboard.engine.attribution import attribute, attribute_image
-    from dashboard.engine.inference import compute_lesion_map, patch_size, positive_index, predict_patches
+    from dashboard.engine.attribution import AttributionConfig, attribute, attribute_image
+    from dashboard.engine.inference import LesionMapConfig, compute_lesion_map, predict_patches
     from dashboard.imaging import Mammogram, prepare_model_image
 
     torch.set_num_threads(threads)
@@ -111,7 +111,7 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     card, model, what = load_model(device)
-    s = patch_size(card)
+    s = card.patch_size
     res: dict = {"device": device, "threads": threads, "model": what, "patch_size": s,
                  "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                  "when": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -127,12 +127,12 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     print(f"  patch forward {s}px: batch 1 {res['patch_forward_b1_ms']:.1f} ms/patch, "
           f"batch 32 {res['patch_forward_b32_ms_per_patch']:.1f} ms/patch")
 
-    best, _, _ = timed(lambda: attribute(model, card, patches[0], method="gradcam", device=device), reps, sync,
-                       "gradcam")
+    best, _, _ = timed(lambda: attribute(model, card, patches[0], AttributionConfig(method="gradcam", device=device)),
+                       reps, sync, "gradcam")
     res["gradcam_ms_per_patch"] = 1000 * best
     res["peak_rss_mib_after_patches"] = rss_mib()
-    best, _, att = timed(lambda: attribute(model, card, patches[0], method="ig", n_steps=32,
-                                           internal_batch_size=ig_batch, device=device), reps, sync, "ig32")
+    best, _, att = timed(lambda: attribute(model, card, patches[0], AttributionConfig(
+        method="ig", n_steps=32, internal_batch_size=ig_batch, device=device)), reps, sync, "ig32")
     res["ig32_ms_per_patch"] = 1000 * best
     res["ig_internal_batch_size"] = ig_batch
     res["peak_rss_mib_after_ig"] = rss_mib()
@@ -151,12 +151,13 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     print(f"  source {src.shape} at 0.05 mm -> model {img.shape} at {card.pixel_spacing_mm} mm "
           f"({res['prepare_model_image_s']:.2f} s to prepare)")
     wreps = max(1, reps - 1)
-    best, _, fcn = timed(lambda: compute_lesion_map(model, card, img, mask, method="fcn", device=device), wreps, sync,
-                         "lesion_map_fcn")
+    best, _, fcn = timed(lambda: compute_lesion_map(model, card, img, mask,
+                                                    LesionMapConfig(method="fcn", device=device)),
+                         wreps, sync, "lesion_map_fcn")
     res["lesion_map_fcn_s"] = best
     res["peak_rss_mib_after_fcn"] = rss_mib()
-    best, _, tiles = timed(lambda: compute_lesion_map(model, card, img, mask, method="tiles", stride=s // 2,
-                                                      device=device), wreps, sync, "lesion_map_tiles")
+    best, _, tiles = timed(lambda: compute_lesion_map(model, card, img, mask, LesionMapConfig(
+        method="tiles", stride=s // 2, device=device)), wreps, sync, "lesion_map_tiles")
     res["lesion_map_tiles_s"] = best
     res["lesion_map_tiles_n"] = int((tiles.grid_prob > 0).sum())
     corr = float(np.corrcoef(fcn.prob[mask], tiles.prob[mask])[0, 1]) if mask.any() else float("nan")
@@ -167,8 +168,9 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
     print(f"  lesion map: FCN {res['lesion_map_fcn_s']:.2f} s, tiles (stride {s // 2}, "
           f"{res['lesion_map_tiles_n']} tiles) {res['lesion_map_tiles_s']:.2f} s (target <= 3 s on CPU); "
           f"FCN~tiles corr {corr:.2f}, peaks {res['fcn_vs_tiles']['peak_distance_px']:.0f} px apart")
-    best, _, _ = timed(lambda: attribute_image(model, card, img, mask, method="gradcam", device=device), wreps, sync,
-                       "gradcam_image")
+    best, _, _ = timed(lambda: attribute_image(model, card, img, mask,
+                                               AttributionConfig(method="gradcam", device=device)),
+                       wreps, sync, "gradcam_image")
     res["gradcam_image_s"] = best
     print(f"  whole-image Grad-CAM {best:.2f} s")
 
@@ -178,7 +180,7 @@ def run(device: str, threads: int, reps: int, ig_batch: int) -> dict:
         res["gpu"] = torch.cuda.get_device_name()
     print(f"  peak RSS {res['peak_rss_mib']:.0f} MiB"
           + (f", CUDA max allocated {res['cuda_max_allocated_mib']:.0f} MiB" if cuda else ""))
-    res["positive_index"] = positive_index(card)
+    res["positive_index"] = card.positive_index
     res["cpu_seconds_of_best_run"] = dict(CPU_SECONDS)
     res["load_average_1min"] = __import__("os").getloadavg()[0]
     print("  CPU seconds of the fastest run (/threads ~ wall time alone): "

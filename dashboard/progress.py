@@ -7,15 +7,10 @@ cases); ``total`` may be 0 when unknown.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Protocol
+# defined in the lowest layer so that model_zoo's training speaks the same protocol
+from model_zoo.progress import Progress, tqdm_progress
 
-from tqdm import tqdm
-
-
-class Progress(Protocol):
-    def __call__(self, done: int, total: int, message: str = "") -> None: ...
+__all__ = ["Progress", "fraction", "report", "scaled", "tqdm_progress"]
 
 
 def report(progress: Progress | None, done: int, total: int, message: str = "") -> None:
@@ -38,22 +33,3 @@ def scaled(progress: Progress | None, start: float, stop: float, total: int = 10
         progress(int(round(total * (start + (stop - start) * fraction(done, sub_total)))), total, message)
 
     return sub
-
-
-@contextmanager
-def tqdm_progress(desc: str, unit: str = "it") -> Iterator[Progress]:
-    """A tqdm bar on the command line, fed by ``progress(done, total, message)`` calls."""
-    bar = tqdm(total=0, desc=desc, unit=unit)
-
-    def update(done: int, total: int, message: str = "") -> None:
-        if total and bar.total != total:
-            bar.total = total
-        bar.n = done
-        if message:
-            bar.set_postfix_str(message[:40])
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        bar.close()

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 PREFIX = "CONCEPTLENS_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +107,4 @@ def pick_device(setting: str = "auto") -> str:
     """Resolve the device string once; the GPU is used when present, never required."""
     if setting != "auto":
         return setting
-    import torch  # local: settings must import without torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"

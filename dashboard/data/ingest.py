@@ -18,11 +18,16 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+
+import pydicom
 
 from dashboard import imaging
-from dashboard.imaging import ImagingError
+from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality
+from dashboard.data.store import ImageRecord, StoreError, open_store
 from dashboard.errors import ConceptLensError
+from dashboard.imaging import ImagingError
+from dashboard.progress import Progress, tqdm_progress
+from dashboard.settings import load_settings
 
 KEY_FILE = "pseudonym.key"
 
@@ -81,8 +86,6 @@ def pseudonym(key: bytes, kind: str, value: str, n: int = 16) -> str:
 
 def _dicom_ids(path: Path) -> tuple[str, str]:
     """(StudyInstanceUID, PatientID) from a DICOM header, '' where absent."""
-    import pydicom
-
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
                          specific_tags=["StudyInstanceUID", "PatientID"])
     return str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("PatientID", "") or "")
@@ -101,10 +104,10 @@ def _candidates(folder: Path) -> tuple[list[Path], int]:
 
 
 def ingest_folder(store, folder, *, source: str = "ingest", show_phi: bool = False,
-                  progress: Callable[[int, int, str], None] | None = None) -> IngestReport:
+                  progress: Progress | None = None) -> IngestReport:
     """Store every readable mammogram under ``folder``; report the rest. Idempotent.
 
-    progress(done, total, path) is called after each file. ``show_phi`` keeps identifying header
+    ``progress(done, total, path)`` is called after each file. ``show_phi`` keeps identifying header
     fields in the stored ``meta`` (off by default: de-identified). Raises IngestError only when the
     folder itself is unusable.
     """
@@ -144,18 +147,15 @@ def _ingest_one(store, root: Path, path: Path, key: bytes, source: str, show_phi
     rows, cols = m.pixels.shape
     meta = dict(m.meta, laterality_inferred=m.laterality_inferred)
     # a file without PixelSpacing from a known data set gets that set's scan spacing, stored with it
-    from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality
-
     spacing, dataset = dataset_default_spacing(m, patient)
     if dataset:
         meta["spacing_default"] = dataset
     if dataset == "mini-mias":  # mirrored files: the chest wall's side gives the wrong breast
         m.laterality = mias_laterality(path.stem)
         meta.update(laterality_inferred=False, laterality_source=MIAS_LATERALITY_SOURCE, mirrored_file=True)
-    added = store.save_image(
-        "img-" + sha[:16], case_id, str(path.resolve()), sha, laterality=m.laterality, view=m.view,
-        rows=rows, cols=cols, pixel_spacing_mm=spacing,
-        modality=str(m.meta.get("Modality", "")), meta=meta)
+    added = store.save_image(ImageRecord(
+        "img-" + sha[:16], case_id, str(path.resolve()), sha, rows=rows, cols=cols, laterality=m.laterality,
+        view=m.view, pixel_spacing_mm=spacing, modality=str(m.meta.get("Modality", "")), meta=meta))
     if added:
         report.added += 1
     else:
@@ -164,11 +164,6 @@ def _ingest_one(store, root: Path, path: Path, key: bytes, source: str, show_phi
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ingest a folder into the store named by the settings; exit status 1 if any file failed."""
-    from tqdm import tqdm
-
-    from dashboard.settings import load_settings
-    from dashboard.data.store import StoreError, open_store
-
     parser = argparse.ArgumentParser(prog="python -m dashboard.data.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="folder to walk (recursively)")
     parser.add_argument("--source", default="ingest", help="source label stored on new cases")
@@ -183,21 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bar = tqdm(total=0, unit="file", desc="ingest")
-
-    def progress(done: int, total: int, path: str) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-        bar.set_postfix_str(Path(path).name, refresh=False)
-
     try:
-        report = ingest_folder(store, args.folder, source=args.source,
-                               show_phi=args.show_phi, progress=progress)
+        with tqdm_progress("ingest", unit="file") as progress:
+            report = ingest_folder(store, args.folder, source=args.source,
+                                   show_phi=args.show_phi, progress=progress)
     except IngestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        bar.close()
         store.close()
     print(report.summary())
     return 1 if report.failed else 0

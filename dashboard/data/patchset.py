@@ -24,14 +24,20 @@ import datetime as _dt
 import json
 import sys
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage
 
+import model_zoo
 from dashboard import imaging
+from dashboard.data.store import Store, StoreError
 from dashboard.errors import ConceptLensError
+from dashboard.progress import Progress, tqdm_progress
+from dashboard.settings import load_settings
 
 NORMAL_STRUCTURE_GROUP = "normal structure"
 MIN_BREAST_FRACTION = 0.5
@@ -68,7 +74,7 @@ class PatchSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, keep: np.ndarray) -> "PatchSet":
+    def subset(self, keep: np.ndarray) -> PatchSet:
         """The patches where ``keep`` (bool (N,) or indices) selects, same meta."""
         return PatchSet(self.patches[keep], self.labels[keep], self.split[keep], self.image_id[keep],
                         self.x0[keep], self.y0[keep], dict(self.meta))
@@ -104,8 +110,6 @@ def _source_mask_to_model(mask: np.ndarray, frame: imaging.Frame) -> np.ndarray:
 
 
 def _read_mask_png(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         m = np.asarray(im.convert("L")) > 0
     if m.shape != tuple(shape):
@@ -259,55 +263,64 @@ def assign_patient_splits(rows: Iterable[dict], fractions: tuple[float, float, f
     return out
 
 
-def build_patchset(store, card, *, source: str | None = None, splits: Iterable[str] = ("train", "val", "test"),
-                   per_image_lesion: int = 6, per_image_normal: int = 4, seed: int = 0,
-                   jitter: int | None = None, exclusion_margin: int | None = None,
-                   lesion_concepts: Iterable[str] | None = None, max_images: int | None = None,
-                   base_dir: Path | None = None, split_by_patient: tuple[float, float, float] | None = None,
-                   split_seed: int = 0, split_of: dict[str, str] | None = None, progress: Callable[[int, int], None] | None = None) -> PatchSet:
-    """Cut lesion and normal patches of the card's size and spacing from the store's images.
+@dataclass(frozen=True)
+class PatchSetConfig:
+    """How ``build_patchset`` cuts patches (sizes and spacings come from the card).
 
+    source            only cases of this source (synthetic, mini-mias, ...); None: all
+    splits            the case splits to cut from
     per_image_lesion  patches per image with located lesions (round-robin over its lesions)
     per_image_normal  patches per image from breast tissue clear of lesions (>= 50 % breast)
+    seed              patches are seeded per image (seed, image id), so adding images does not
+                      change the others' patches
     jitter            max shift (model px) of a lesion patch from the lesion centre; default size // 8
     exclusion_margin  normal patches keep this far (model px) from any lesion; default size // 8
+    lesion_concepts   concepts that count as lesions (default: every concept outside the
+                      'normal structure' group)
+    max_images        cut from the first ``max_images`` images only
+    base_dir          folder that relative finding mask paths are under
     split_by_patient  (train, val, test) fractions: ignore the store's splits and assign cases by
                       patient, stratified by label (``assign_patient_splits`` with ``split_seed``),
                       for stores whose cases have split 'none' (mini-MIAS, CBIS-DDSM, ingest)
     split_of          case_id -> split given outright (e.g. ``assign_patient_splits`` over a larger set
                       than this store holds); cases missing from it are left out
-    Seeded per image (seed, image id), so adding images does not change the others' patches.
+    """
+
+    source: str | None = None
+    splits: tuple[str, ...] = ("train", "val", "test")
+    per_image_lesion: int = 6
+    per_image_normal: int = 4
+    seed: int = 0
+    jitter: int | None = None
+    exclusion_margin: int | None = None
+    lesion_concepts: Iterable[str] | None = None
+    max_images: int | None = None
+    base_dir: Path | None = None
+    split_by_patient: tuple[float, float, float] | None = None
+    split_seed: int = 0
+    split_of: dict[str, str] | None = None
+
+
+def build_patchset(store, card, config: PatchSetConfig = PatchSetConfig(), *,
+                   progress: Progress | None = None) -> PatchSet:
+    """Cut lesion and normal patches of the card's size and spacing from the store's images.
+
+    Patches are uint8 (N, S, S) in model space (card pixel spacing, chest wall left); see
+    ``PatchSetConfig`` for what is cut where. ``progress(done_images, total_images, image_id)``.
     """
     size = card.patch_size
-    jitter = size // 8 if jitter is None else int(jitter)
-    margin = size // 8 if exclusion_margin is None else int(exclusion_margin)
     if card.num_classes != 2 or card.positive_class is None:
         raise PatchSetError(f"card {card.name!r} is not a two-class lesion classifier with a positive_class")
-    pos = card.positive_index
-    neg = 1 - pos
-    lesion_names = set(lesion_concepts) if lesion_concepts is not None else lesion_concept_names(store)
-    splits = tuple(splits)
-    images = store.list_images(source=source)
-    split_info: dict = {}
-    if split_by_patient is not None or split_of is not None:
-        if split_of is None:
-            split_of = assign_patient_splits(images, split_by_patient, split_seed)
-        images = [dict(r, split=split_of[r["case_id"]]) for r in images if r["case_id"] in split_of]
-        split_info = {"split_images": {s: sum(r["split"] == s for r in images) for s in SPLIT_NAMES}}
-        if split_by_patient is not None:
-            split_info.update(split_by_patient=[float(x) for x in split_by_patient], split_seed=int(split_seed))
-    images = [r for r in images if r["split"] in splits]
-    if max_images is not None:
-        images = images[:max_images]
-    if not images:
-        raise PatchSetError(f"no images in splits {splits}" + (f" from source {source!r}" if source else ""))
-
-    from scipy import ndimage
-
+    jitter = size // 8 if config.jitter is None else int(config.jitter)
+    margin = size // 8 if config.exclusion_margin is None else int(config.exclusion_margin)
+    lesion_names = (set(config.lesion_concepts) if config.lesion_concepts is not None
+                    else lesion_concept_names(store))
+    images, split_info = _images_to_cut(store, config)
+    labels = (card.positive_index, 1 - card.positive_index)
     out = {k: [] for k in ("patches", "labels", "split", "image_id", "x0", "y0")}
     skipped_unlocated, failed = [], []
     for i, row in enumerate(images):
-        rng = np.random.default_rng([seed, zlib.crc32(row["image_id"].encode())])
+        rng = np.random.default_rng([config.seed, zlib.crc32(row["image_id"].encode())])
         try:
             m = imaging.load_image(row["path"])
             img, breast, frame = imaging.prepare_model_image(m, card.pixel_spacing_mm,
@@ -317,46 +330,89 @@ def build_patchset(store, card, *, source: str | None = None, splits: Iterable[s
             continue
         lesion_rows = [f for f in store.list_findings(row["image_id"])
                        if f["concept"] in lesion_names and f.get("pathology") != "normal"]
-        regions, unlocated = finding_regions(lesion_rows, frame, base_dir=base_dir)
+        regions, unlocated = finding_regions(lesion_rows, frame, base_dir=config.base_dir)
         if unlocated:
             skipped_unlocated.append(row["image_id"])
             continue
-        exclude = np.zeros(breast.shape, bool)
-        for reg in regions:
-            exclude |= reg.mask
-        if margin > 0 and exclude.any():
-            exclude = ndimage.binary_dilation(exclude, iterations=margin)
-        les, _ = lesion_origins(regions, size, per_image_lesion, jitter, rng)
-        nor = sample_normal_origins(breast, exclude, size, per_image_normal, rng)
-        for origins, label in ((les, pos), (nor, neg)):
-            for x0, y0 in origins:
-                patch = imaging.crop_patch(img, x0, y0, size)  # (S, S) float32 in [0, 1]
-                out["patches"].append(np.round(patch * 255).astype(np.uint8))
-                out["labels"].append(label)
-                out["split"].append(row["split"])
-                out["image_id"].append(row["image_id"])
-                out["x0"].append(int(x0))
-                out["y0"].append(int(y0))
+        les, _ = lesion_origins(regions, size, config.per_image_lesion, jitter, rng)
+        nor = sample_normal_origins(breast, _lesion_zone(breast.shape, regions, margin), size,
+                                    config.per_image_normal, rng)
+        _cut(out, img, row, ((les, labels[0]), (nor, labels[1])), size)
         if progress:
-            progress(i + 1, len(images))
+            progress(i + 1, len(images), row["image_id"])
     if not out["labels"]:
         raise PatchSetError("no patches could be cut: " + "; ".join(f"{a}: {b}" for a, b in failed[:5]))
+    counts = dict(jitter=jitter, exclusion_margin=margin, n_images=len(images) - len(failed) - len(skipped_unlocated),
+                  skipped_unlocated=len(skipped_unlocated), failed=failed[:20])
+    meta = _patchset_meta(card, config, images, np.array(out["labels"], np.int64), counts, split_info)
+    return PatchSet(np.stack(out["patches"]), np.array(out["labels"], np.int64), np.array(out["split"]),
+                    np.array(out["image_id"]), np.array(out["x0"], np.int64), np.array(out["y0"], np.int64), meta)
+
+
+def _images_to_cut(store, config: PatchSetConfig) -> tuple[list[dict], dict]:
+    """The image rows to cut from (with their split, given or assigned by patient) and what the
+    split assignment was, for the patch set's meta."""
+    splits = tuple(config.splits)
+    images = store.list_images(source=config.source)
+    split_info: dict = {}
+    split_of = config.split_of
+    if config.split_by_patient is not None or split_of is not None:
+        if split_of is None:
+            split_of = assign_patient_splits(images, config.split_by_patient, config.split_seed)
+        images = [dict(r, split=split_of[r["case_id"]]) for r in images if r["case_id"] in split_of]
+        split_info = {"split_images": {s: sum(r["split"] == s for r in images) for s in SPLIT_NAMES}}
+        if config.split_by_patient is not None:
+            split_info.update(split_by_patient=[float(x) for x in config.split_by_patient],
+                              split_seed=int(config.split_seed))
+    images = [r for r in images if r["split"] in splits]
+    if config.max_images is not None:
+        images = images[:config.max_images]
+    if not images:
+        raise PatchSetError(f"no images in splits {splits}"
+                            + (f" from source {config.source!r}" if config.source else ""))
+    return images, split_info
+
+
+def _lesion_zone(shape: tuple[int, int], regions: list[Region], margin: int) -> np.ndarray:
+    """(h, w) bool: every lesion region grown by ``margin`` model px (normal patches keep out)."""
+    exclude = np.zeros(shape, bool)
+    for reg in regions:
+        exclude |= reg.mask
+    if margin > 0 and exclude.any():
+        exclude = ndimage.binary_dilation(exclude, iterations=margin)
+    return exclude
+
+
+def _cut(out: dict[str, list], img: np.ndarray, row: dict, batches, size: int) -> None:
+    """Append the (size, size) patches of ``img`` at each batch's origins (K, 2), with its label."""
+    for origins, label in batches:
+        for x0, y0 in origins:
+            patch = imaging.crop_patch(img, x0, y0, size)  # (S, S) float32 in [0, 1]
+            out["patches"].append(np.round(patch * 255).astype(np.uint8))
+            out["labels"].append(label)
+            out["split"].append(row["split"])
+            out["image_id"].append(row["image_id"])
+            out["x0"].append(int(x0))
+            out["y0"].append(int(y0))
+
+
+def _patchset_meta(card, config: PatchSetConfig, images: list[dict], labels: np.ndarray, extra: dict,
+                   split_info: dict) -> dict:
+    """The patch set's JSON meta: card, spacing, size, how it was cut, sources, licence, counts."""
     sources = sorted({r["source"] for r in images})
-    labels = np.array(out["labels"], np.int64)
-    meta = {
-        "card": card.name, "classes": list(card.classes), "patch_size": size,
-        "pixel_spacing_mm": card.pixel_spacing_mm, "seed": seed, "splits": list(splits),
+    pos = card.positive_index
+    return {
+        "card": card.name, "classes": list(card.classes), "patch_size": card.patch_size,
+        "pixel_spacing_mm": card.pixel_spacing_mm, "seed": config.seed, "splits": list(config.splits),
         "sources": sources, "licence": " ".join(LICENCES.get(s, f"{s}: licence unknown") for s in sources),
-        "per_image_lesion": per_image_lesion, "per_image_normal": per_image_normal, "jitter": jitter,
-        "exclusion_margin": margin, "min_breast_fraction": MIN_BREAST_FRACTION,
-        "n_images": len(images) - len(failed) - len(skipped_unlocated),
-        "n_lesion": int((labels == pos).sum()), "n_normal": int((labels == neg).sum()),
-        "skipped_unlocated": len(skipped_unlocated), "failed": failed[:20],
-        "created_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "per_image_lesion": config.per_image_lesion, "per_image_normal": config.per_image_normal,
+        "jitter": extra["jitter"], "exclusion_margin": extra["exclusion_margin"],
+        "min_breast_fraction": MIN_BREAST_FRACTION, "n_images": extra["n_images"],
+        "n_lesion": int((labels == pos).sum()), "n_normal": int((labels == 1 - pos).sum()),
+        "skipped_unlocated": extra["skipped_unlocated"], "failed": extra["failed"],
+        "created_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **split_info,
     }
-    return PatchSet(np.stack(out["patches"]), labels, np.array(out["split"]), np.array(out["image_id"]),
-                    np.array(out["x0"], np.int64), np.array(out["y0"], np.int64), meta)
 
 
 # ---------------------------------------------------------------- files
@@ -412,27 +468,16 @@ def main(argv: list[str] | None = None) -> int:
         if len(fractions) != 3:
             ap.error("--split-by-patient needs three comma-separated fractions, e.g. 0.6,0.2,0.2")
 
-    import model_zoo
-    from tqdm.auto import tqdm
-
-    from dashboard.settings import load_settings
-    from dashboard.data.store import Store, StoreError
-
     settings = load_settings()
     try:
         card = model_zoo.load_card(args.card, extra_dirs=(settings.user_cards_dir,))
-        with Store(settings.db_path, settings.journal_dir, read_only=True) as store:
-            bar = tqdm(desc="patches", unit="image")
-
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            ps = build_patchset(store, card, source=args.source, splits=tuple(args.splits.split(",")),
+        config = PatchSetConfig(source=args.source, splits=tuple(args.splits.split(",")),
                                 per_image_lesion=args.per_image_lesion, per_image_normal=args.per_image_normal,
                                 seed=args.seed, max_images=args.max_images, base_dir=settings.data_dir,
-                                split_by_patient=fractions, split_seed=args.split_seed, progress=progress)
-            bar.close()
+                                split_by_patient=fractions, split_seed=args.split_seed)
+        with (Store(settings.db_path, settings.journal_dir, read_only=True) as store,
+              tqdm_progress("patches", unit="image") as progress):
+            ps = build_patchset(store, card, config, progress=progress)
     except (model_zoo.ModelZooError, StoreError, PatchSetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -330,8 +330,11 @@ def _stamp(img: np.ndarray, xs, ys, radii, amps, *, mask: np.ndarray | None = No
         mask.reshape(-1)[(py * w + px)[ok & inside]] = True
 
 
-def _curve(rng, x0, y0, heading, length, *, step=0.5, wiggle=0.04, pull=None, pull_gain=0.0):
-    """A tortuous path: heading does a smoothed random walk (radians per step). Returns (N,2) xy."""
+def _curve(rng, start, heading, length, *, step=0.5, wiggle=0.04, pull=None):
+    """A tortuous path from ``start`` (x, y): heading does a smoothed random walk (radians per step);
+    ``pull`` (target heading, gain) bends it gently towards a direction. Returns (N, 2) xy."""
+    x0, y0 = start
+    pull, pull_gain = pull if pull is not None else (None, 0.0)
     n = max(2, int(length / step))
     turn = rng.standard_normal(n).astype(np.float32) * wiggle
     turn = ndimage.gaussian_filter1d(turn, sigma=max(1.0, n / 40)) * np.sqrt(max(1.0, n / 40))
@@ -512,7 +515,7 @@ def _spicules(lrng, n, r0, length, width, rot, wiggle=0.025):
     lens = length * lrng.uniform(0.35, 1.0, n)
     widths = width * lrng.uniform(0.6, 1.0, n)
     for ang, ln, wd in zip(angles, lens, widths):
-        path = _curve(lrng, r0 * np.cos(ang), r0 * np.sin(ang), ang, ln, step=0.5, wiggle=wiggle)
+        path = _curve(lrng, (r0 * np.cos(ang), r0 * np.sin(ang)), ang, ln, step=0.5, wiggle=wiggle)
         t = np.linspace(0.0, 1.0, len(path), dtype=np.float32)
         out.append((path, wd * (1 - 0.65 * t), 1 - 0.75 * t))
     return out
@@ -697,6 +700,7 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
     findings_spec  FindingSpec list; each lesion's own shape comes from its spec.seed
     density        BI-RADS category name (overrides breast.density)
     Returns SyntheticImage with pixels uint16 (H, W) in 0..4095. ~0.2 s on one core.
+    The steps below draw from ``rng`` in a fixed order, so a seed always gives the same image.
     """
     if view not in VIEWS or laterality not in LATERALITIES:
         raise ValueError(f"view must be one of {VIEWS} and laterality one of {LATERALITIES}")
@@ -704,18 +708,43 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
     density = density or breast.density
     if density not in DENSITIES:
         raise ValueError(f"density must be one of {DENSITIES}")
-    h, w = shape
     anat = _anatomy(rng, view, breast, shape)
     inside = anat.breast
-    dist = anat.dist
+    logit, n_tex = _gland_logit(rng, anat, view, density, shape)
+    lesions = _place_findings(rng, findings_spec, view, anat, shape)
+    g = _sigmoid(logit + lesions.boost).astype(np.float32)
+    g *= inside
+    for lrng, spec, cx, cy, fmask in lesions.later:
+        _render_distortion(g, lesions.atten, fmask, lrng, spec, view, cx, cy)
+    for f in lesions.findings:
+        f.mask &= inside & ~anat.pectoral
+    vessel_amp, vessel_mask = _vessels(rng, anat, shape)
+
+    # --- Cooper's ligaments: thin curved lines (zero crossings of a smooth field) in the fat
+    n2 = power_noise(rng, shape, 4.2, stretch=1.3)
+    ligament = (np.exp(-(n2 / 0.05) ** 2) * (1 - g) * _smoothstep(anat.dist, 8, 30)
+                * (1 - 0.7 * _smoothstep(anat.dist, 60, 200)) * inside)
+
+    # fat is not flat: a faint copy of the texture gives lobular mottle
+    # vessels add density, but overlying glandular tissue hides most of their contrast
+    tissue = g + 0.08 * n_tex * inside + 0.14 * vessel_amp * (1 - 0.5 * g) + 0.08 * ligament + lesions.atten
+    pixels, skin_w = _compose(rng, tissue, lesions.calc, anat, view, shape)
+    masks = _structure_masks(anat, g, vessel_mask, lesions, skin_w, view)
+    return SyntheticImage(laterality, view, pixels, masks, lesions.findings, anat.nipple_xy, density)
+
+
+def _gland_logit(rng, anat: _Anatomy, view: str, density: str, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Fibroglandular tissue as a logit field (H, W): 1/f^3 texture, soft-thresholded inside an envelope.
+
+    Two fields: an isotropic one (the lumpy "cloud") and one generated in polar coordinates
+    around the nipple and stretched radially, so strands and ducts converge on the nipple.
+    Returns (logit, texture) float32 (H, W).
+    """
+    h, w = shape
     ax, ay = anat.axis
     nx, ny = anat.nipple_xy
     yy = np.arange(h, dtype=np.float32)[:, None]
     xx = np.arange(w, dtype=np.float32)[None, :]
-
-    # --- fibroglandular tissue: 1/f^3 texture, soft-thresholded inside an envelope.
-    # Two fields: an isotropic one (the lumpy "cloud") and one generated in polar coordinates
-    # around the nipple and stretched radially, so strands and ducts converge on the nipple.
     n1 = power_noise(rng, shape, 3.0, stretch=1.3)
     rel_x, rel_y = xx - np.float32(nx), yy - np.float32(ny)
     along = rel_x * np.float32(ax) + rel_y * np.float32(ay)      # px behind the nipple
@@ -731,22 +760,32 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
     w_s = 0.72 * _smoothstep(r_n, 40, 220)
     n_tex = np.sqrt(1 - w_s * w_s) * n1 + w_s * strands
     cone = 0.10 * h + 0.75 * np.clip(along, 0, None)          # the gland widens away from the nipple
-    envelope = _smoothstep(dist, 20, 95) * (0.35 + 0.65 * np.exp(-(across / np.minimum(cone, 0.42 * h)) ** 2))
+    envelope = _smoothstep(anat.dist, 20, 95) * (0.35 + 0.65 * np.exp(-(across / np.minimum(cone, 0.42 * h)) ** 2))
     if view == "CC":
         envelope *= _smoothstep(xx, 25, 130)               # retromammary fat at the chest wall
     else:
         envelope *= _smoothstep(anat.pect_dist, 10, 110)   # fat plane in front of the pectoral
-    logit = (n_tex + _DENSITY_OFFSET[density] - 2.6 * (1 - envelope)) / 0.55
+    return (n_tex + _DENSITY_OFFSET[density] - 2.6 * (1 - envelope)) / 0.55, n_tex
 
-    boost = np.zeros((h, w), np.float32)      # logit added where tissue hides an obscured margin
-    atten = np.zeros((h, w), np.float32)      # mass/spicule attenuation, glandular units
-    calc = np.zeros((h, w), np.float32)       # calcification attenuation, 0..1
-    particles = np.zeros((h, w), bool)
 
-    # --- findings: place all, then masses and calcifications; distortions warp the tissue after
-    findings: list[Finding] = []
+@dataclass
+class _Lesions:
+    """The findings of one image, rendered into their own layers (H, W)."""
+
+    findings: list[Finding]
+    atten: np.ndarray      # mass/spicule attenuation, glandular units
+    boost: np.ndarray      # logit added where tissue hides an obscured margin
+    calc: np.ndarray       # calcification attenuation, 0..1
+    particles: np.ndarray  # bool: calcification particles
+    later: list            # distortions: (rng, spec, cx, cy, mask), rendered once the tissue exists
+
+
+def _place_findings(rng, findings_spec, view: str, anat: _Anatomy, shape) -> _Lesions:
+    """Place every finding, then render masses and calcifications; distortions warp the tissue after."""
+    h, w = shape
+    out = _Lesions([], np.zeros((h, w), np.float32), np.zeros((h, w), np.float32), np.zeros((h, w), np.float32),
+                   np.zeros((h, w), bool), [])
     taken: list[tuple[float, float, float]] = []
-    later = []
     for i, spec in enumerate(findings_spec):
         lrng = np.random.default_rng(spec.seed)
         ext = _extent_px(spec)
@@ -754,20 +793,20 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
         taken.append((cx, cy, ext))
         fmask = np.zeros((h, w), bool)
         if spec.kind == "mass":
-            _render_mass(atten, boost, fmask, lrng, spec, view, cx, cy)
+            _render_mass(out.atten, out.boost, fmask, lrng, spec, view, cx, cy)
         elif spec.kind == "calcification":
-            _render_calcs(calc, particles, fmask, lrng, spec, view, cx, cy)
+            _render_calcs(out.calc, out.particles, fmask, lrng, spec, view, cx, cy)
         else:
-            later.append((lrng, spec, cx, cy, fmask))
-        findings.append(Finding(spec, fmask, (cx, cy), index=i))
-    g = _sigmoid(logit + boost).astype(np.float32)
-    g *= inside
-    for lrng, spec, cx, cy, fmask in later:
-        _render_distortion(g, atten, fmask, lrng, spec, view, cx, cy)
-    for f in findings:
-        f.mask &= inside & ~anat.pectoral
+            out.later.append((lrng, spec, cx, cy, fmask))
+        out.findings.append(Finding(spec, fmask, (cx, cy), index=i))
+    return out
 
-    # --- vessels: tortuous curves from the chest wall towards the nipple
+
+def _vessels(rng, anat: _Anatomy, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Tortuous vessels from the chest wall towards the nipple: (amplitude float32, mask bool) (H, W)."""
+    h, w = shape
+    nx, ny = anat.nipple_xy
+    inside = anat.breast
     vessel_amp = np.zeros((h, w), np.float32)
     vessel_mask = np.zeros((h, w), bool)
     for _ in range(int(rng.integers(2, 6))):
@@ -778,35 +817,35 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
                 break
         target = np.arctan2(ny + rng.normal(0, 0.15 * h) - sy, nx - sx)
         length = rng.uniform(0.45, 0.9) * anat.depth
-        path = _curve(rng, sx, sy, target + rng.normal(0, 0.15), length, step=0.7, wiggle=0.014,
-                      pull=target, pull_gain=0.7)
+        path = _curve(rng, (sx, sy), target + rng.normal(0, 0.15), length, step=0.7, wiggle=0.014,
+                      pull=(target, 0.7))
         r0 = rng.uniform(3.0, 5.5)
         radii = r0 * np.linspace(1.0, 0.45, len(path), dtype=np.float32)
         keep = (path[:, 0] >= 0) & (path[:, 0] < w) & (path[:, 1] >= 0) & (path[:, 1] < h)
         path, radii = path[keep], radii[keep]
         xi, yi = path[:, 0].astype(int), path[:, 1].astype(int)
-        ok = dist[yi, xi] > 12
+        ok = anat.dist[yi, xi] > 12
         if not ok.any():
             continue
         stop = int(np.argmin(ok)) if not ok.all() else ok.size
         _stamp(vessel_amp, path[:stop, 0], path[:stop, 1], radii[:stop], 1.0, mask=vessel_mask, profile="gauss")
     vessel_mask &= inside & ~anat.pectoral
+    return vessel_amp, vessel_mask
 
-    # --- Cooper's ligaments: thin curved lines (zero crossings of a smooth field) in the fat
-    n2 = power_noise(rng, shape, 4.2, stretch=1.3)
-    ligament = (np.exp(-(n2 / 0.05) ** 2) * (1 - g) * _smoothstep(dist, 8, 30)
-                * (1 - 0.7 * _smoothstep(dist, 60, 200)) * inside)
 
-    # --- compose: tissue in glandular units, tone-mapped, then thickness, skin, calcifications
-    # fat is not flat: a faint copy of the texture gives lobular mottle
-    # vessels add density, but overlying glandular tissue hides most of their contrast
-    tissue = g + 0.08 * n_tex * inside + 0.14 * vessel_amp * (1 - 0.5 * g) + 0.08 * ligament + atten
+def _compose(rng, tissue: np.ndarray, calc: np.ndarray, anat: _Anatomy, view: str, shape) -> tuple[np.ndarray, float]:
+    """Tissue (glandular units) -> stored values: tone-mapped, then the pectoral muscle (MLO),
+    thickness, skin, calcifications and quantum noise. Returns (pixels uint16 (H, W), skin width px)."""
+    h, w = shape
+    inside, dist = anat.breast, anat.dist
     tissue = 1.25 * np.tanh(tissue / 1.25)
     fat_level = rng.uniform(1450, 1650)
     gland_level = rng.uniform(3050, 3300)
     value = fat_level + (gland_level - fat_level) * tissue
     if view == "MLO":
         # the muscle thickens away from its free border and towards the axilla; fibres run along it
+        yy = np.arange(h, dtype=np.float32)[:, None]
+        xx = np.arange(w, dtype=np.float32)[None, :]
         pect_level = fat_level + (gland_level - fat_level) * rng.uniform(0.42, 0.56)
         streak = power_noise(rng, shape, 3.0, stretch=5.0, angle=2.0)  # along the muscle fibres
         ramp = 0.8 + 0.2 * _smoothstep(-anat.pect_dist, 0, 150)
@@ -824,12 +863,17 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
     # quantum noise inside (grows with signal); the air is 0, as in processed images
     value += rng.standard_normal((h, w), dtype=np.float32) * (9 + 0.005 * value)
     value *= inside
-    pixels = np.clip(np.rint(value), 0, MAX_VALUE).astype(np.uint16)
+    return np.clip(np.rint(value), 0, MAX_VALUE).astype(np.uint16), skin_w
 
-    lesion_any = np.zeros((h, w), bool)
-    for f in findings:
+
+def _structure_masks(anat: _Anatomy, g: np.ndarray, vessel_mask: np.ndarray, lesions: _Lesions, skin_w: float,
+                     view: str) -> dict[str, np.ndarray]:
+    """The exact (H, W) bool masks of the breast, its normal structures and the calcification particles."""
+    inside = anat.breast
+    lesion_any = np.zeros(inside.shape, bool)
+    for f in lesions.findings:
         lesion_any |= f.mask
-    skin = inside & (dist < skin_w)
+    skin = inside & (anat.dist < skin_w)
     fibro = (g > 0.5) & inside & ~anat.pectoral & ~skin
     masks = {
         "breast": inside,
@@ -838,11 +882,11 @@ def generate_image(rng: np.random.Generator, laterality: str, view: str, finding
         "vessel": vessel_mask,
         "fibroglandular": fibro,
         "fat": inside & ~fibro & ~anat.pectoral & ~skin & ~vessel_mask & ~anat.nipple & ~lesion_any,
-        "calcification": particles & inside,
+        "calcification": lesions.particles & inside,
     }
     if view == "MLO":
         masks["pectoral-muscle"] = anat.pectoral
-    return SyntheticImage(laterality, view, pixels, masks, findings, anat.nipple_xy, density)
+    return masks
 
 
 # ----------------------------------------------------------------------------- the case

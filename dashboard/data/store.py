@@ -16,10 +16,11 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 from dashboard.data.accounts import AccountStoreMixin
@@ -86,10 +87,17 @@ BUILTIN_CONCEPTS: list[tuple[str, str, str, str]] = [
 
 
 @dataclass(frozen=True)
-class Annotation:
-    """A reader's drawing of one concept on one patch (model-space pixels, see imaging.Frame)."""
+class DrawingRecord:
+    """A reader's drawing before it is stored (``Store.save_annotation``): model-space pixels.
 
-    annotation_id: str
+    patch_x0, patch_y0, patch_size  the patch drawn on, in the image's model pixels (imaging.Frame)
+    shape, geometry                 the outline in patch pixels (``engine.dissection.drawing_to_mask``)
+    mask_png                        the rasterised drawing as a 1-bit PNG; b"" until it is rasterised
+    annotation_id                   None: a new id is drawn
+    study, arm                      the reader study and arm the drawing was made in (None outside a study);
+                                    journaled with the drawing, so a replay keeps them
+    """
+
     image_id: str
     concept: str
     reader: str
@@ -97,13 +105,96 @@ class Annotation:
     patch_y0: int
     patch_size: int
     shape: str
-    geometry: list
-    mask_png: bytes
+    geometry: Any
     model_card: str = ""
+    mask_png: bytes = b""
+    annotation_id: str | None = None
+    study: str | None = None
+    arm: str | None = None
+
+
+@dataclass(frozen=True)
+class Annotation(DrawingRecord):
+    """A stored drawing (``Store.list_annotations``): its ``annotation_id`` is always set, and
+    ``deleted_at`` is set once it was undone."""
+
     created_at: Any = None
     deleted_at: Any = None
-    study: str | None = None   # the reader study and arm the drawing was made in (migration 005)
-    arm: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image row (``Store.save_image``): its file, content hash and header facts.
+
+    rows, cols        source pixels; pixel_spacing_mm None when the file does not say
+    meta              de-identified header summary (JSON-serialisable)
+    """
+
+    image_id: str
+    case_id: str
+    path: str
+    sha256: str
+    rows: int
+    cols: int
+    laterality: str = ""
+    view: str = ""
+    pixel_spacing_mm: float | None = None
+    modality: str = ""
+    meta: dict | None = None
+
+
+@dataclass(frozen=True)
+class FindingRecord:
+    """A ground-truth finding (``Store.save_finding(s)``); geometry in source pixels.
+
+    bbox (x0, y0, x1, y1), circle (cx, cy, radius), or mask_path (a PNG the image's size): any,
+    or none for an image-level finding.
+    """
+
+    finding_id: str
+    image_id: str
+    concept: str
+    pathology: str = "unknown"
+    mask_path: str | None = None
+    bbox: tuple[int, int, int, int] | None = None
+    circle: tuple[float, float, float] | None = None
+    attributes: dict | None = None
+    source: str = ""
+
+    def row(self) -> list:
+        """The values of one ``findings`` INSERT, in column order."""
+        x0, y0, x1, y1 = self.bbox if self.bbox else (None, None, None, None)
+        cx, cy, r = self.circle if self.circle else (None, None, None)
+        return [self.finding_id, self.image_id, self.concept, self.pathology, self.mask_path, x0, y0, x1, y1,
+                cx, cy, r, json.dumps(self.attributes or {}, default=str), self.source]
+
+
+@dataclass(frozen=True)
+class DissectionRun:
+    """A finished dataset-statistics computation (``Store.save_dissection_run``), keyed by ``key``."""
+
+    key: str
+    model_card: str
+    weights_sha: str
+    layer: str
+    data_key: str
+    quantile: float
+    top_k: int
+    n_patches: int
+    n_units: int
+    sample_rate: float
+    path: str
+
+
+def _where(sql: str, filters: Iterable[tuple[str, Any]]) -> tuple[str, list]:
+    """``sql`` (which ends in a WHERE clause) with ``AND column = ?`` for every filter whose value is
+    not None, and the parameters. Column names are this module's constants, never user input."""
+    params: list = []
+    for column, value in filters:
+        if value is not None:
+            sql += f" AND {column} = ?"
+            params.append(value)
+    return sql, params
 
 
 def _translate(exc: Exception) -> StoreError:
@@ -152,7 +243,7 @@ class Store(AccountStoreMixin, StudyStoreMixin):
     def close(self) -> None:
         self._con.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -275,58 +366,35 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
         self._write(write)
 
-    def save_image(self, image_id: str, case_id: str, path: str, sha256: str, *, laterality: str = "",
-                   view: str = "", rows: int, cols: int, pixel_spacing_mm: float | None = None,
-                   modality: str = "", meta: dict | None = None, actor: str = "system") -> bool:
+    def save_image(self, image: ImageRecord, *, actor: str = "system") -> bool:
         """Insert an image unless one with the same content hash exists. Returns True if added."""
 
         def write(cur):
-            cur.execute("SELECT image_id FROM images WHERE sha256 = ? OR image_id = ?", [sha256, image_id])
+            cur.execute("SELECT image_id FROM images WHERE sha256 = ? OR image_id = ?", [image.sha256, image.image_id])
             if cur.fetchone():
                 return False
             cur.execute(
                 "INSERT INTO images (image_id, case_id, path, sha256, laterality, view, rows, cols,"
                 " pixel_spacing_mm, modality, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [image_id, case_id, str(path), sha256, laterality, view, int(rows), int(cols),
-                 pixel_spacing_mm, modality, json.dumps(meta or {}, default=str)],
+                [image.image_id, image.case_id, str(image.path), image.sha256, image.laterality, image.view,
+                 int(image.rows), int(image.cols), image.pixel_spacing_mm, image.modality,
+                 json.dumps(image.meta or {}, default=str)],
             )
-            self._audit(cur, actor, "save", "image", image_id, {"path": str(path), "sha256": sha256})
+            self._audit(cur, actor, "save", "image", image.image_id, {"path": str(image.path), "sha256": image.sha256})
             return True
 
         return self._write(write)
 
-    def save_finding(self, finding_id: str, image_id: str, concept: str, *, pathology: str = "unknown",
-                     mask_path: str | None = None, bbox: tuple[int, int, int, int] | None = None,
-                     circle: tuple[float, float, float] | None = None, attributes: dict | None = None,
-                     source: str = "") -> None:
-        """Insert or replace a ground-truth finding (bbox and circle in source pixels)."""
-        x0, y0, x1, y1 = bbox if bbox else (None, None, None, None)
-        cx, cy, r = circle if circle else (None, None, None)
+    def save_finding(self, finding: FindingRecord) -> None:
+        """Insert or replace one ground-truth finding."""
+        self.save_findings([finding])
 
-        def write(cur):
-            cur.execute("DELETE FROM findings WHERE finding_id = ?", [finding_id])
-            cur.execute(
-                "INSERT INTO findings (finding_id, image_id, concept, pathology, mask_path, x0, y0, x1, y1,"
-                " cx, cy, radius, attributes, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [finding_id, image_id, concept, pathology, mask_path, x0, y0, x1, y1, cx, cy, r,
-                 json.dumps(attributes or {}, default=str), source],
-            )
+    def save_findings(self, findings: list[FindingRecord]) -> int:
+        """Insert or replace ground-truth findings in one transaction (bulk import).
 
-        self._write(write)
-
-    def save_findings(self, rows: list[dict]) -> int:
-        """Insert or replace many ground-truth findings in one transaction (bulk import).
-
-        Each row has the keyword arguments of ``save_finding`` plus ``finding_id``, ``image_id`` and
-        ``concept``. Returns the number of rows written; nothing is written if any row fails.
+        Returns the number of rows written; nothing is written if any row fails.
         """
-        params = []
-        for r in rows:
-            x0, y0, x1, y1 = r.get("bbox") or (None, None, None, None)
-            cx, cy, rad = r.get("circle") or (None, None, None)
-            params.append([r["finding_id"], r["image_id"], r["concept"], r.get("pathology", "unknown"),
-                           r.get("mask_path"), x0, y0, x1, y1, cx, cy, rad,
-                           json.dumps(r.get("attributes") or {}, default=str), r.get("source", "")])
+        params = [f.row() for f in findings]
         if not params:
             return 0
 
@@ -360,18 +428,9 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
     def list_images(self, case_id: str | None = None, split: str | None = None,
                     source: str | None = None) -> list[dict]:
-        sql = ("SELECT i.*, c.split, c.label AS case_label, c.source FROM images i"
-               " JOIN cases c ON c.case_id = i.case_id WHERE true")
-        params: list = []
-        if case_id is not None:
-            sql += " AND i.case_id = ?"
-            params.append(case_id)
-        if split is not None:
-            sql += " AND c.split = ?"
-            params.append(split)
-        if source is not None:
-            sql += " AND c.source = ?"
-            params.append(source)
+        sql, params = _where("SELECT i.*, c.split, c.label AS case_label, c.source FROM images i"
+                             " JOIN cases c ON c.case_id = i.case_id WHERE true",
+                             (("i.case_id", case_id), ("c.split", split), ("c.source", source)))
         return self.query(sql + " ORDER BY i.case_id, i.laterality DESC, i.view", params)
 
     def get_image(self, image_id: str) -> dict:
@@ -452,11 +511,9 @@ class Store(AccountStoreMixin, StudyStoreMixin):
     def _journal_path(self, annotation_id: str) -> Path:
         return self.journal_dir / f"{annotation_id}.json"
 
-    def save_annotation(self, *, image_id: str, concept: str, reader: str, patch_x0: int, patch_y0: int,
-                        patch_size: int, shape: str, geometry: list, mask_png: bytes,
-                        model_card: str = "", annotation_id: str | None = None,
-                        extra_writes=None, unit_ious: dict | None = None) -> str:
-        """Store one drawing. Journaled first, so a crash mid-write loses nothing.
+    def save_annotation(self, drawing: DrawingRecord, *, extra_writes=None, unit_ious: dict | None = None) -> str:
+        """Store one drawing (its ``mask_png`` must be set). Journaled first, so a crash mid-write
+        loses nothing. Returns the annotation id.
 
         ``extra_writes(cur, annotation_id)`` runs in the same transaction, so the drawing and
         whatever depends on it land together. ``unit_ious`` (``{"model_card", "layer", "units",
@@ -464,14 +521,16 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         with the drawing and written in the same transaction as ``annotation_units`` rows, after
         which ``unit_labels`` of that model and layer are recomputed (see ``_relabel_units``).
         """
-        if not mask_png:
+        if not drawing.mask_png:
             raise ValidationError("The drawing is empty: draw a region before saving.")
-        self.get_concept(concept)  # raises UnknownConceptError with a clear message
-        self.get_image(image_id)  # raises NotFoundError before anything is journaled
-        annotation_id = annotation_id or uuid.uuid4().hex
-        record = dict(annotation_id=annotation_id, image_id=image_id, concept=concept, reader=reader,
-                      patch_x0=int(patch_x0), patch_y0=int(patch_y0), patch_size=int(patch_size),
-                      shape=shape, geometry=geometry, mask_png=mask_png.hex(), model_card=model_card)
+        self.get_concept(drawing.concept)  # raises UnknownConceptError with a clear message
+        self.get_image(drawing.image_id)  # raises NotFoundError before anything is journaled
+        annotation_id = drawing.annotation_id or uuid.uuid4().hex
+        record = dict(annotation_id=annotation_id, image_id=drawing.image_id, concept=drawing.concept,
+                      reader=drawing.reader, patch_x0=int(drawing.patch_x0), patch_y0=int(drawing.patch_y0),
+                      patch_size=int(drawing.patch_size), shape=drawing.shape, geometry=drawing.geometry,
+                      mask_png=drawing.mask_png.hex(), model_card=drawing.model_card, study=drawing.study,
+                      arm=drawing.arm)
         if unit_ious is not None:
             record["unit_ious"] = {
                 "model_card": str(unit_ious["model_card"]), "layer": str(unit_ious["layer"]),
@@ -503,10 +562,12 @@ class Store(AccountStoreMixin, StudyStoreMixin):
                         [record["reader"]])
             cur.execute(
                 "INSERT INTO annotations (annotation_id, image_id, concept, reader, patch_x0, patch_y0,"
-                " patch_size, shape, geometry, mask_png, model_card) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " patch_size, shape, geometry, mask_png, model_card, study, arm)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [record["annotation_id"], record["image_id"], record["concept"], record["reader"],
                  record["patch_x0"], record["patch_y0"], record["patch_size"], record["shape"],
-                 json.dumps(record["geometry"]), bytes.fromhex(record["mask_png"]), record["model_card"]],
+                 json.dumps(record["geometry"]), bytes.fromhex(record["mask_png"]), record["model_card"],
+                 record.get("study"), record.get("arm")],
             )
             self._audit(cur, record["reader"], "create", "annotation", record["annotation_id"],
                         {"image_id": record["image_id"], "concept": record["concept"]})
@@ -545,19 +606,9 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
     def list_annotations(self, *, image_id: str | None = None, concept: str | None = None,
                          include_deleted: bool = False, model_card: str | None = None) -> list[Annotation]:
-        sql = "SELECT * FROM annotations WHERE true"
-        params: list = []
-        if not include_deleted:
-            sql += " AND deleted_at IS NULL"
-        if image_id is not None:
-            sql += " AND image_id = ?"
-            params.append(image_id)
-        if concept is not None:
-            sql += " AND concept = ?"
-            params.append(concept)
-        if model_card is not None:
-            sql += " AND model_card = ?"
-            params.append(model_card)
+        live = "" if include_deleted else " AND deleted_at IS NULL"
+        sql, params = _where("SELECT * FROM annotations WHERE true" + live,
+                             (("image_id", image_id), ("concept", concept), ("model_card", model_card)))
         rows = self.query(sql + " ORDER BY created_at, annotation_id", params)
         out = []
         for r in rows:
@@ -633,16 +684,10 @@ class Store(AccountStoreMixin, StudyStoreMixin):
     def list_annotation_units(self, *, annotation_id: str | None = None, model_card: str | None = None,
                               layer: str | None = None, include_deleted: bool = False) -> list[dict]:
         """Stored unit IoUs of drawings (above the labeling threshold), with the drawing's concept."""
-        sql = ("SELECT au.*, a.concept, a.image_id, a.reader, a.deleted_at FROM annotation_units au"
-               " JOIN annotations a ON a.annotation_id = au.annotation_id WHERE true")
-        params: list = []
-        if not include_deleted:
-            sql += " AND a.deleted_at IS NULL"
-        for col, val in (("au.annotation_id", annotation_id), ("au.model_card", model_card),
-                         ("au.layer", layer)):
-            if val is not None:
-                sql += f" AND {col} = ?"
-                params.append(val)
+        sql, params = _where("SELECT au.*, a.concept, a.image_id, a.reader, a.deleted_at FROM annotation_units au"
+                             " JOIN annotations a ON a.annotation_id = au.annotation_id WHERE true"
+                             + ("" if include_deleted else " AND a.deleted_at IS NULL"),
+                             (("au.annotation_id", annotation_id), ("au.model_card", model_card), ("au.layer", layer)))
         return self.query(sql + " ORDER BY au.annotation_id, au.unit", params)
 
     # ------------------------------------------------------------ concept engine: probes
@@ -677,12 +722,8 @@ class Store(AccountStoreMixin, StudyStoreMixin):
     def get_probe(self, version: int | None = None, *, model_card: str | None = None,
                   layer: str | None = None) -> dict:
         """One probe version (the latest matching one when ``version`` is None)."""
-        sql = "SELECT * FROM probes WHERE true"
-        params: list = []
-        for col, val in (("version", version), ("model_card", model_card), ("layer", layer)):
-            if val is not None:
-                sql += f" AND {col} = ?"
-                params.append(val)
+        sql, params = _where("SELECT * FROM probes WHERE true",
+                             (("version", version), ("model_card", model_card), ("layer", layer)))
         rows = self.query(sql + " ORDER BY version DESC LIMIT 1", params)
         if not rows:
             raise NotFoundError("No trained concept probe" + (f" version {version}" if version else "")
@@ -691,19 +732,12 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
     def list_probes(self, *, model_card: str | None = None, layer: str | None = None) -> list[dict]:
         """Probe versions, newest first, without their weights."""
-        sql = ("SELECT version, model_card, layer, concepts, metrics, annotation_ids, readers, created_at"
-               " FROM probes WHERE true")
-        params: list = []
-        for col, val in (("model_card", model_card), ("layer", layer)):
-            if val is not None:
-                sql += f" AND {col} = ?"
-                params.append(val)
+        sql, params = _where("SELECT version, model_card, layer, concepts, metrics, annotation_ids, readers,"
+                             " created_at FROM probes WHERE true", (("model_card", model_card), ("layer", layer)))
         return [self._probe_row(r) for r in self.query(sql + " ORDER BY version DESC", params)]
 
     # ------------------------------------------------------------ concept engine: runs
-    def save_dissection_run(self, *, key: str, model_card: str, weights_sha: str, layer: str,
-                            data_key: str, quantile: float, top_k: int, n_patches: int, n_units: int,
-                            sample_rate: float, path: str) -> None:
+    def save_dissection_run(self, run: DissectionRun) -> None:
         """Record a finished dataset-statistics computation (idempotent on its key)."""
 
         def write(cur):
@@ -711,19 +745,14 @@ class Store(AccountStoreMixin, StudyStoreMixin):
                 "INSERT INTO dissection_runs (key, model_card, weights_sha, layer, data_key, quantile,"
                 " top_k, n_patches, n_units, sample_rate, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET path = excluded.path",
-                [key, model_card, weights_sha, layer, data_key, float(quantile), int(top_k),
-                 int(n_patches), int(n_units), float(sample_rate), str(path)],
+                [run.key, run.model_card, run.weights_sha, run.layer, run.data_key, float(run.quantile),
+                 int(run.top_k), int(run.n_patches), int(run.n_units), float(run.sample_rate), str(run.path)],
             )
 
         self._write(write)
 
     def list_dissection_runs(self, *, model_card: str | None = None, layer: str | None = None) -> list[dict]:
-        sql = "SELECT * FROM dissection_runs WHERE true"
-        params: list = []
-        for col, val in (("model_card", model_card), ("layer", layer)):
-            if val is not None:
-                sql += f" AND {col} = ?"
-                params.append(val)
+        sql, params = _where("SELECT * FROM dissection_runs WHERE true", (("model_card", model_card), ("layer", layer)))
         return self.query(sql + " ORDER BY created_at DESC", params)
 
     def save_tcav_run(self, *, probe_version: int, model_card: str, layer: str, target: int,

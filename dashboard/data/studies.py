@@ -347,12 +347,6 @@ class StudyStoreMixin:
         return rows
 
     # ------------------------------------------------------------ study drawings
-    @staticmethod
-    def tag_annotation_study(cur, annotation_id: str, study: str, arm: str) -> None:
-        """Mark a drawing as made in a study arm; runs inside ``save_annotation``'s transaction
-        (pass it through ``extra_writes``)."""
-        cur.execute("UPDATE annotations SET study = ?, arm = ? WHERE annotation_id = ?", [study, arm, annotation_id])
-
     def list_study_annotations(self, study: str, *, include_deleted: bool = False) -> list[dict]:
         """Drawings made in a study, with geometry and mask (PNG bytes), oldest first."""
         sql = ("SELECT annotation_id, image_id, concept, reader, study, arm, patch_x0, patch_y0, patch_size, shape,"

@@ -2,7 +2,7 @@
 
 ``compute_activations`` is the one way the concept engine (and inference) reads a layer:
 hooks are registered, one no-grad forward pass runs in eval mode, and the hooks are removed
-and the model's train/eval flags restored in a ``finally`` whatever happens. Hooks return
+and the model's train/eval flags restored (``model_state_guard``) whatever happens. Hooks return
 ``None``, so the model's outputs are exactly those of a hook-free pass.
 """
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dashboard.engine.model_state import lock_for
+from dashboard.engine.model_state import lock_for, model_device, model_state_guard
 
 
 class _StopForward(Exception):
@@ -45,28 +44,10 @@ def layer_shapes(model: nn.Module, layers: list[str], input_size: int | tuple[in
                  *, device: str | torch.device | None = None) -> dict[str, tuple[int, ...]]:
     """Output shape ``(C, h, w)`` of each layer for one ``(1, 3, H, W)`` zero input."""
     hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    dev = _model_device(model) if device is None else torch.device(device)
+    dev = model_device(model, device)
     x = torch.zeros(1, 3, *hw, device=dev)  # (1, 3, H, W)
     acts = compute_activations(model, layers, x, device=dev)
     return {k: tuple(v.shape[1:]) for k, v in acts.items()}
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration, then every module's own ``training`` flag put back."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
 
 
 def compute_activations(model: nn.Module, layers: list[str], x: torch.Tensor, *,
@@ -90,7 +71,7 @@ def compute_activations(model: nn.Module, layers: list[str], x: torch.Tensor, *,
     missing = [name for name in layers if name not in modules or name == ""]
     if missing:
         raise KeyError(f"unknown layer(s) {missing}; see list_layers(model)")
-    dev = _model_device(model) if device is None else torch.device(device)
+    dev = model_device(model, device)
     odev = dev if out_device is None else torch.device(out_device)
     layers = list(dict.fromkeys(layers))  # unique, ordered
     n = x.shape[0]
@@ -117,7 +98,7 @@ def compute_activations(model: nn.Module, layers: list[str], x: torch.Tensor, *,
         try:
             for name in layers:
                 handles.append(modules[name].register_forward_hook(make_hook(name)))
-            with torch.no_grad(), _eval_mode(model):
+            with torch.no_grad(), model_state_guard(model, freeze=False):
                 for start in range(0, n, step):
                     xb = x[start:start + step].to(dev)  # (B, 3, H, W)
                     captured.clear()
@@ -189,8 +170,6 @@ def compute_patch_activations(model: nn.Module, card, layer: str, patches: list[
     keys = [patch_key(p) for p in patches]
     out: list[torch.Tensor | None] = [None] * len(patches)
     if folder is not None:
-        from safetensors.torch import load_file
-
         for i, k in enumerate(keys):
             f = folder / f"{k}.safetensors"
             if f.is_file():
@@ -211,8 +190,6 @@ def compute_patch_activations(model: nn.Module, card, layer: str, patches: list[
             for j, i in enumerate(sel):
                 out[i] = acts[j].contiguous()
                 if folder is not None:
-                    from safetensors.torch import save_file
-
                     folder.mkdir(parents=True, exist_ok=True)
                     tmp = folder / f"{keys[i]}.{os.getpid()}.tmp"
                     save_file({"a": out[i]}, str(tmp))

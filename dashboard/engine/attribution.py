@@ -24,19 +24,29 @@ are as before.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
+from captum.attr import (
+    GuidedGradCam,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
 from torch import nn
 
-from dashboard.engine.inference import model_device, patch_size, positive_index, preprocess
-from dashboard.engine.model_state import hook_counts, lock_for, model_state_guard
+from dashboard.engine.inference import preprocess, target_class
+from dashboard.engine.model_state import hook_counts, lock_for, model_device, model_state_guard
 
 __all__ = [
     "METHODS",
     "Attribution",
+    "AttributionConfig",
     "attribute",
     "attribute_image",
     "overlay",
@@ -83,33 +93,42 @@ def _resolve_layer(model: nn.Module, card: Any, layer: str | nn.Module | None) -
     return name, model.get_submodule(name)
 
 
-def _raw_attribution(
-    model: nn.Module,
-    x: torch.Tensor,
-    base: torch.Tensor,
-    method: str,
-    target: int,
-    layer: nn.Module | None,
-    *,
-    n_steps: int,
-    internal_batch_size: int,
-    kw: dict,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Captum attribution of ``model`` at ``x``.
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Which attribution ``attribute`` / ``attribute_image`` compute, and how.
+
+    method               one of ``METHODS`` (module doc)
+    target               class index or name explained (default: the card's positive class)
+    layer                layer name or module for gradcam / guided-gradcam (default ``card.default_layer``)
+    n_steps              IG integration steps (default 32 for a patch, 16 for a whole image)
+    internal_batch_size  how many IG steps (and occlusion windows) go through the model at once
+                         (default 16 for a patch, 4 for a whole image)
+    nt_samples, noise_sd ig-smooth: noisy copies, and their noise in grey units ([0, 1])
+    window, stride       occlusion window and stride in model px (patch: S/8 and window/2;
+                         whole image: the card's S/2 and S/4)
+    device               where the model is (default its own device)
+    """
+
+    method: str = "gradcam"
+    target: int | str | None = None
+    layer: str | nn.Module | None = None
+    n_steps: int | None = None
+    internal_batch_size: int | None = None
+    nt_samples: int = 8
+    noise_sd: float = 0.1
+    window: int | None = None
+    stride: int | None = None
+    device: str | torch.device | None = None
+
+
+def _raw_attribution(model: nn.Module, x: torch.Tensor, base: torch.Tensor, layer: nn.Module | None,
+                     config: AttributionConfig, card_std) -> tuple[torch.Tensor, dict[str, float]]:
+    """Captum attribution of ``model`` at ``x`` for ``config.target`` (an index here).
 
     x, base: (1, 3, H, W) preprocessed input and the preprocessed black image.
     Returns ((H, W) float32 map summed over channels, extra stats).
     """
-    from captum.attr import (
-        GuidedGradCam,
-        IntegratedGradients,
-        LayerAttribution,
-        LayerGradCam,
-        NoiseTunnel,
-        Occlusion,
-        Saliency,
-    )
-
+    method, target, n_steps, batch = config.method, config.target, config.n_steps, config.internal_batch_size
     h, w = x.shape[-2:]
     extra: dict[str, float] = {}
     x = x.detach().clone().requires_grad_(True)  # captum's layer methods need a graph
@@ -127,26 +146,24 @@ def _raw_attribution(
     elif method == "ig":
         attr, delta = IntegratedGradients(model).attribute(
             x, baselines=base, target=target, n_steps=n_steps, method="gausslegendre",
-            internal_batch_size=internal_batch_size, return_convergence_delta=True,
+            internal_batch_size=batch, return_convergence_delta=True,
         )  # (1, 3, H, W), (1,)
         extra["delta"] = float(delta.abs().max())
     elif method == "ig-smooth":
-        noise_sd = float(kw.get("noise_sd", 0.1))  # grey units; preprocessing divides by std
-        std = float(np.mean(kw["card_std"]))
-        nt_samples = int(kw.get("nt_samples", 8))
+        std = float(np.mean(card_std))  # noise is in grey units; preprocessing divides by std
         attr = NoiseTunnel(IntegratedGradients(model)).attribute(
-            x, nt_type="smoothgrad", nt_samples=nt_samples,
-            nt_samples_batch_size=max(1, internal_batch_size // n_steps), stdevs=noise_sd / std,
+            x, nt_type="smoothgrad", nt_samples=int(config.nt_samples),
+            nt_samples_batch_size=max(1, batch // n_steps), stdevs=float(config.noise_sd) / std,
             baselines=base, target=target, n_steps=n_steps, method="gausslegendre",
-            internal_batch_size=internal_batch_size,
+            internal_batch_size=batch,
         )  # (1, 3, H, W)
-        extra["nt_samples"] = float(nt_samples)
+        extra["nt_samples"] = float(int(config.nt_samples))
     elif method == "occlusion":
-        size = int(kw.get("window", max(4, min(h, w) // 8)))
-        stride = int(kw.get("stride", max(1, size // 2)))
+        size = int(config.window or max(4, min(h, w) // 8))
+        stride = int(config.stride or max(1, size // 2))
         attr = Occlusion(model).attribute(
             x, sliding_window_shapes=(3, size, size), strides=(3, stride, stride), baselines=base,
-            target=target, perturbations_per_eval=internal_batch_size,
+            target=target, perturbations_per_eval=batch,
         )  # (1, 3, H, W)
         extra["window"], extra["stride"] = float(size), float(stride)
     else:
@@ -164,40 +181,28 @@ def _normalise(raw: np.ndarray, signed: bool) -> np.ndarray:
     return out if signed else np.clip(out, 0.0, 1.0)
 
 
-def _attribute_gray(
-    model: nn.Module,
-    card: Any,
-    gray: np.ndarray,
-    method: str,
-    target: int | None,
-    layer: str | nn.Module | None,
-    n_steps: int,
-    internal_batch_size: int,
-    device: str | torch.device | None,
-    kw: dict,
-) -> Attribution:
-    """Shared body of ``attribute`` and ``attribute_image``: gray (H, W) -> Attribution."""
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; one of {METHODS}")
-    device = torch.device(device) if device is not None else model_device(model)
-    target = positive_index(card) if target is None else int(target)
+def _attribute_gray(model: nn.Module, card: Any, gray: np.ndarray, config: AttributionConfig) -> Attribution:
+    """Shared body of ``attribute`` and ``attribute_image``: gray (H, W) -> Attribution.
+
+    ``config`` has its step and batch defaults filled in; target and layer are resolved here."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown attribution method {config.method!r}; one of {METHODS}")
+    device = model_device(model, config.device)
+    target = target_class(card, config.target)[0]
     layer_name, layer_module = (None, None)
-    if method in ("gradcam", "guided-gradcam"):
-        layer_name, layer_module = _resolve_layer(model, card, layer)
+    if config.method in ("gradcam", "guided-gradcam"):
+        layer_name, layer_module = _resolve_layer(model, card, config.layer)
     g = torch.as_tensor(np.asarray(gray, dtype=np.float32), device=device)[None]  # (1, H, W)
-    kw = dict(kw, card_std=getattr(card, "std", (1.0,)))
     with lock_for(model), model_state_guard(model, no_inplace=True):
         with torch.no_grad():
             x = preprocess(card, g)  # (1, 3, H, W)
             base = preprocess(card, torch.zeros_like(g))  # (1, 3, H, W): black image
             prob = float(torch.softmax(model(x).float(), dim=1)[0, target])
         with torch.enable_grad():
-            raw_t, extra = _raw_attribution(
-                model, x, base, method, target, layer_module,
-                n_steps=n_steps, internal_batch_size=internal_batch_size, kw=kw,
-            )
+            raw_t, extra = _raw_attribution(model, x, base, layer_module, replace(config, target=target),
+                                            getattr(card, "std", (1.0,)))
         raw = raw_t.detach().float().cpu().numpy()  # (H, W)
-    signed = method in SIGNED
+    signed = config.method in SIGNED
     stats = {
         "min": float(raw.min()),
         "max": float(raw.max()),
@@ -206,65 +211,40 @@ def _attribute_gray(
         "prob": prob,
         **extra,
     }
-    return Attribution(_normalise(raw, signed), method, target, signed, layer_name, stats)
+    return Attribution(_normalise(raw, signed), config.method, target, signed, layer_name, stats)
 
 
-def attribute(
-    model: nn.Module,
-    card: Any,
-    patch: np.ndarray,
-    *,
-    method: str = "gradcam",
-    target: int | None = None,
-    layer: str | nn.Module | None = None,
-    n_steps: int = 32,
-    internal_batch_size: int = 16,
-    device: str | torch.device | None = None,
-    **kw: Any,
-) -> Attribution:
-    """Attribution map of one grey patch for class ``target`` (default: the card's positive class).
+def attribute(model: nn.Module, card: Any, patch: np.ndarray,
+              config: AttributionConfig = AttributionConfig()) -> Attribution:
+    """Attribution map of one grey patch (``AttributionConfig`` says which and for what class).
 
     patch: (S, S) float in [0, 1], model space -> ``Attribution.map`` (S, S) float32.
-    layer: layer name (default ``card.default_layer``) for gradcam / guided-gradcam.
-    n_steps, internal_batch_size: IG integration steps and how many go through the model at once
-    (also the occlusion batch). Extra keywords: ig-smooth ``nt_samples`` (8), ``noise_sd`` (0.1,
-    grey units); occlusion ``window`` (S/8 px), ``stride`` (window/2).
     """
     patch = np.asarray(patch, dtype=np.float32)
     if patch.ndim != 2:
         raise ValueError(f"patch must be (S, S), got {patch.shape}")
-    return _attribute_gray(model, card, patch, method, target, layer, n_steps, internal_batch_size, device, kw)
+    config = replace(config, n_steps=config.n_steps or 32, internal_batch_size=config.internal_batch_size or 16)
+    return _attribute_gray(model, card, patch, config)
 
 
-def attribute_image(
-    model: nn.Module,
-    card: Any,
-    img: np.ndarray,
-    mask: np.ndarray | None = None,
-    *,
-    method: str = "gradcam",
-    target: int | None = None,
-    layer: str | nn.Module | None = None,
-    n_steps: int = 16,
-    internal_batch_size: int = 4,
-    device: str | torch.device | None = None,
-    **kw: Any,
-) -> Attribution:
+def attribute_image(model: nn.Module, card: Any, img: np.ndarray, mask: np.ndarray | None = None,
+                    config: AttributionConfig = AttributionConfig()) -> Attribution:
     """Attribution over a whole model-space image for the viewer overlay.
 
     img (H, W) float in [0, 1], mask (H, W) bool -> ``Attribution.map`` (H, W), zero outside
     the mask and renormalised inside it. The model runs fully convolutionally on the whole
     image (its global pooling averages the per-position scores), so Grad-CAM gives the class
-    activation map of the FCN pass. Occlusion defaults to a window of the card's patch size
+    activation map of the FCN pass. Occlusion defaults to a window of half the card's patch size
     (slow on a whole image; prefer gradcam).
     """
     img = np.asarray(img, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"img must be (H, W), got {img.shape}")
-    if method == "occlusion":
-        size = patch_size(card)
-        kw = {"window": size // 2, "stride": size // 4, **kw}
-    att = _attribute_gray(model, card, img, method, target, layer, n_steps, internal_batch_size, device, kw)
+    config = replace(config, n_steps=config.n_steps or 16, internal_batch_size=config.internal_batch_size or 4)
+    if config.method == "occlusion":
+        size = card.patch_size
+        config = replace(config, window=config.window or size // 2, stride=config.stride or size // 4)
+    att = _attribute_gray(model, card, img, config)
     if mask is None:
         return att
     mask = np.asarray(mask, dtype=bool)
@@ -290,7 +270,7 @@ def overlay(
     non-negative map, [-m, m] with m = max |heat| for a signed one). Returns uint8 RGB (H, W, 3):
     (1 - alpha) * grey + alpha * cmap(heat).
     """
-    import matplotlib
+    import matplotlib  # optional: not in requirements.txt; only this display helper needs it
 
     gray = np.asarray(gray, dtype=np.float32)
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))

@@ -29,17 +29,22 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from skimage.draw import line, polygon
 
-from dashboard.data.store import ValidationError
+from dashboard.data.store import DissectionRun, DrawingRecord, ValidationError
 from dashboard.engine.activations import compute_activations, model_fingerprint
+from dashboard.engine.model_state import model_device
 from dashboard.engine.unit_iou import (
     UnitMasks,
     compute_unit_ious,
@@ -48,17 +53,16 @@ from dashboard.engine.unit_iou import (
     unit_ious,
 )
 from dashboard.errors import ConceptLensError
+from dashboard.progress import Progress, report
 
 __all__ = [
-    "DissectionStats", "StaleCacheError", "UnitMatch", "LabelResult", "compute_dataset_stats", "load_dataset_stats",
+    "DissectionStats", "StatsConfig", "StaleCacheError", "UnitMatch", "LabelResult", "compute_dataset_stats",
+    "load_dataset_stats",
     "dataset_stats_key", "model_fingerprint", "compute_unit_ious", "compute_unit_ious_reference",
     "UnitMasks", "prepare_unit_masks", "unit_ious",
     "match_drawing", "drawing_to_mask", "mask_to_png", "mask_from_png", "label_units_from_drawing",
     "undo_annotation", "unit_labels", "units_by_concept",
 ]
-
-Progress = Callable[[int, int, str], None]  # (done, total, message)
-
 
 class StaleCacheError(ConceptLensError, ValueError):
     """A resumed computation met data that differ from its checkpoint (the checkpoint is dropped)."""
@@ -67,6 +71,37 @@ STATS_VERSION = "dissect-v3"  # v2: thresholds tied at a unit's maximum step jus
 
 
 # ====================================================================== dataset statistics
+@dataclass(frozen=True)
+class StatsConfig:
+    """How ``compute_dataset_stats`` runs, and where it keeps its numbers.
+
+    cache_dir     statistics live under ``cache_dir/<key>/``; a finished key is loaded, an
+                  interrupted one continues from its last batch
+    quantile      the threshold's quantile of all activations, in [0.5, 1) (0.99 as the seed does,
+                  0.995 in Network Dissection)
+    top_k         exemplar patches kept per unit
+    batch_size    patches per forward pass (when ``patches`` is an array or tensor)
+    n_patches, data_key  for a generic iterable of batches: how many patches it yields and a name
+                  for the data (e.g. a hash of image SHA-256s and patch coordinates); derived from
+                  the content for arrays, tensors and sequences
+    max_buffer    most activations kept for the exact quantile before positions are sampled (module doc)
+    max_profiles  most patches whose mean activations feed the unit map (PCA)
+    seed          of the position sample
+    device        where the forward passes run (default: the model's device)
+    """
+
+    cache_dir: Path | str
+    quantile: float = 0.99
+    top_k: int = 8
+    batch_size: int = 16
+    n_patches: int | None = None
+    data_key: str | None = None
+    max_buffer: int = 16_000_000
+    max_profiles: int = 4096
+    seed: int = 0
+    device: str | torch.device | None = None
+
+
 @dataclass
 class DissectionStats:
     """Per-unit statistics of one layer over one patch set.
@@ -132,8 +167,6 @@ class DissectionStats:
 
 def load_dataset_stats(directory: Path) -> DissectionStats:
     """Load statistics saved by ``compute_dataset_stats`` (``<cache>/<key>/stats.safetensors``)."""
-    from safetensors import safe_open
-
     path = Path(directory) / "stats.safetensors"
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["meta"])
@@ -143,16 +176,15 @@ def load_dataset_stats(directory: Path) -> DissectionStats:
     return DissectionStats(**meta, **arrays)
 
 
-def dataset_stats_key(card, weights_sha: str, layer: str, data_key: str, *, quantile: float, top_k: int,
-                      max_buffer: int, max_profiles: int, seed: int) -> str:
+def dataset_stats_key(card, weights_sha: str, layer: str, data_key: str, config: StatsConfig) -> str:
     """Cache key: everything the numbers depend on. A change anywhere gives a new key."""
     payload = {
         "v": STATS_VERSION, "card": getattr(card, "name", str(card)), "weights": weights_sha,
         "card_sha": str(getattr(card, "weights_sha256", getattr(card, "sha256", ""))),
         "input_size": _jsonable(getattr(card, "input_size", None)),
         "mean": _jsonable(getattr(card, "mean", None)), "std": _jsonable(getattr(card, "std", None)),
-        "layer": layer, "data": data_key, "q": float(quantile), "k": int(top_k),
-        "buf": int(max_buffer), "prof": int(max_profiles), "seed": int(seed),
+        "layer": layer, "data": data_key, "q": float(config.quantile), "k": int(config.top_k),
+        "buf": int(config.max_buffer), "prof": int(config.max_profiles), "seed": int(config.seed),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -255,9 +287,11 @@ def _pca_units(profiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 class _Run:
     """Running state of one statistics computation; checkpointed to disk after every batch."""
 
-    def __init__(self, n_units: int, fshape: tuple[int, int], n_patches: int, top_k: int, quantile: float,
-                 max_buffer: int, max_profiles: int, device: torch.device):
+    def __init__(self, n_units: int, fshape: tuple[int, int], n_patches: int, config: StatsConfig,
+                 device: torch.device):
         h, w = fshape
+        top_k, quantile = config.top_k, config.quantile
+        max_buffer, max_profiles = config.max_buffer, config.max_profiles
         self.n_units, self.fshape, self.n_patches = n_units, fshape, n_patches
         self.k, self.q = top_k, quantile
         n_total = n_patches * h * w
@@ -340,8 +374,6 @@ def _save_checkpoint(directory: Path, run: _Run, meta: dict) -> None:
 
 
 def _load_checkpoint(directory: Path, meta: dict):
-    from safetensors import safe_open
-
     path = directory / "state.safetensors"
     if not path.is_file():
         return None, []
@@ -366,64 +398,87 @@ def _iter_batches(patches, batch_size: int):
             yield _to_numpy_batch(b)
 
 
-def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, *, quantile: float = 0.99,
-                          top_k: int = 8, cache_dir: Path | str, progress: Progress | None = None,
-                          device: str | torch.device | None = None, batch_size: int = 16,
-                          n_patches: int | None = None, data_key: str | None = None,
-                          max_buffer: int = 16_000_000, max_profiles: int = 4096, seed: int = 0,
-                          store=None) -> DissectionStats:
-    """Per-unit dataset statistics of ``layer`` over a patch set (see module doc).
+def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, config: StatsConfig, *,
+                          progress: Progress | None = None, store=None) -> DissectionStats:
+    """Per-unit dataset statistics of ``layer`` over a patch set (see module doc and ``StatsConfig``).
 
-    patches: (N, S, S) grey patches in [0, 1] (array or tensor), or an iterable of such batches;
-        for a generic iterable pass ``n_patches`` and a ``data_key`` naming the data (e.g. a hash
-        of image SHA-256s and patch coordinates). Batches are re-checked against the hashes of a
-        checkpoint, so a wrong key can never resume onto other data.
-    cache_dir: statistics live under ``cache_dir/<key>/``; a finished key is loaded, an
-        interrupted one continues from its last batch.
+    patches: (N, S, S) grey patches in [0, 1] (array or tensor), or an iterable of such batches
+        (then ``config`` needs ``n_patches`` and ``data_key`` unless it is a sequence). Batches are
+        re-checked against the hashes of a checkpoint, so a wrong key can never resume onto other data.
     progress: called as ``progress(done_patches, n_patches, message)``.
     store: if given, the finished run is recorded (``Store.save_dissection_run``).
     """
-    if not 0.5 <= quantile < 1.0:
+    if not 0.5 <= config.quantile < 1.0:
         raise ValueError("quantile must be in [0.5, 1)")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    patches, n_patches, data_key = _patch_source(patches, config)
+    config = replace(config, n_patches=n_patches, data_key=data_key)
+    weights_sha = model_fingerprint(model)
+    key = dataset_stats_key(card, weights_sha, layer, data_key, config)
+    directory = Path(config.cache_dir) / key
+    if (directory / "stats.safetensors").is_file():
+        stats = load_dataset_stats(directory)
+        report(progress, n_patches, n_patches, "dataset statistics loaded from cache")
+        return stats
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"key": key, "model_card": getattr(card, "name", ""), "layer": layer, "data_key": data_key,
+            "n_patches": n_patches, "quantile": config.quantile, "top_k": config.top_k}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        run, patch_size = _fold_batches(model, card, layer, patches, config, directory, meta, progress)
+    except _StaleData:
+        if isinstance(patches, (np.ndarray, torch.Tensor, Sequence)):
+            return compute_dataset_stats(model, card, layer, patches, config, progress=progress, store=store)
+        raise
+    stats = _finish_stats(run, card, layer, config, key, weights_sha, patch_size)
+    stats.save(directory)
+    (directory / "state.safetensors").unlink(missing_ok=True)
+    if store is not None:
+        store.save_dissection_run(DissectionRun(
+            key=key, model_card=stats.model_card, weights_sha=weights_sha, layer=layer, data_key=data_key,
+            quantile=config.quantile, top_k=config.top_k, n_patches=n_patches, n_units=stats.n_units,
+            sample_rate=stats.sample_rate, path=str(directory)))
+    report(progress, n_patches, n_patches, "dataset statistics done")
+    return stats
+
+
+class _StaleData(StaleCacheError):
+    """The data differ from an interrupted run's checkpoint (which is then dropped)."""
+
+
+def _patch_source(patches, config: StatsConfig) -> tuple[Any, int, str]:
+    """(patches as an array/tensor or the iterable as given, number of patches, data key)."""
+    n_patches, data_key = config.n_patches, config.data_key
     if isinstance(patches, (np.ndarray, torch.Tensor)):
         arr = patches if isinstance(patches, torch.Tensor) else np.asarray(patches, dtype=np.float32)
         if arr.ndim != 3:
             raise ValueError(f"patches must be (N, S, S), got {tuple(arr.shape)}")
-        n_patches = int(arr.shape[0])
         if data_key is None:
             h = hashlib.sha256()
             for b in _iter_batches(arr, 256):
                 h.update(_hash_batch(b).encode())
             data_key = h.hexdigest()[:24]
-        patches = arr
-    else:
-        if isinstance(patches, Sequence) and n_patches is None:
-            n_patches = sum(int(np.shape(b)[0]) if np.ndim(b) == 3 else 1 for b in patches)
-        if isinstance(patches, Sequence) and data_key is None:
-            data_key = hashlib.sha256("".join(_hash_batch(_to_numpy_batch(b)) for b in patches).encode()).hexdigest()[:24]
-        if n_patches is None or data_key is None:
-            raise ValueError("an iterable of batches needs n_patches= and data_key=")
+        patches, n_patches = arr, int(arr.shape[0])
+    elif isinstance(patches, Sequence) and n_patches is None:
+        n_patches = sum(int(np.shape(b)[0]) if np.ndim(b) == 3 else 1 for b in patches)
+    if isinstance(patches, Sequence) and data_key is None:
+        data_key = hashlib.sha256("".join(_hash_batch(_to_numpy_batch(b)) for b in patches).encode()).hexdigest()[:24]
+    if n_patches is None or data_key is None:
+        raise ValueError("an iterable of batches needs n_patches= and data_key=")
     if n_patches < 1:
         raise ValueError("no patches")
-    weights_sha = model_fingerprint(model)
-    key = dataset_stats_key(card, weights_sha, layer, data_key, quantile=quantile, top_k=top_k,
-                            max_buffer=max_buffer, max_profiles=max_profiles, seed=seed)
-    directory = Path(cache_dir) / key
-    if (directory / "stats.safetensors").is_file():
-        stats = load_dataset_stats(directory)
-        if progress:
-            progress(n_patches, n_patches, "dataset statistics loaded from cache")
-        return stats
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {"key": key, "model_card": getattr(card, "name", ""), "layer": layer, "data_key": data_key,
-            "n_patches": n_patches, "quantile": quantile, "top_k": top_k}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+    return patches, int(n_patches), data_key
 
+
+def _fold_batches(model, card, layer: str, patches, config: StatsConfig, directory: Path, meta: dict,
+                  progress: Progress | None) -> tuple[_Run, int | None]:
+    """Fold every batch's activations into a running ``_Run``, checkpointing after each batch and
+    skipping the batches an interrupted run already folded in. Returns (run, patch side S)."""
+    dev = model_device(model, config.device)
+    n_patches = config.n_patches
     run: _Run | None = None
     saved, saved_chunks = _load_checkpoint(directory, meta)
     patch_size = None
-    for bi, batch in enumerate(_iter_batches(patches, batch_size)):
+    for bi, batch in enumerate(_iter_batches(patches, config.batch_size)):
         patch_size = batch.shape[-1]
         bhash = _hash_batch(batch)
         if saved is not None and bi < len(saved_chunks):
@@ -431,40 +486,38 @@ def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, *, 
                 continue  # already folded in before the interruption
             # the data differ from the checkpoint: never fold new data into stale numbers
             (directory / "state.safetensors").unlink(missing_ok=True)
-            if isinstance(patches, (np.ndarray, torch.Tensor, Sequence)):
-                return compute_dataset_stats(
-                    model, card, layer, patches, quantile=quantile, top_k=top_k, cache_dir=cache_dir,
-                    progress=progress, device=device, batch_size=batch_size, n_patches=n_patches,
-                    data_key=data_key, max_buffer=max_buffer, max_profiles=max_profiles, seed=seed, store=store)
-            raise StaleCacheError(
-                f"batch {bi} differs from the checkpoint of data key {data_key!r}; the checkpoint was "
+            raise _StaleData(
+                f"batch {bi} differs from the checkpoint of data key {config.data_key!r}; the checkpoint was "
                 "discarded. Give each data set its own data_key and run again.")
         x = torch.as_tensor(np.asarray(card.preprocess(batch)), dtype=torch.float32)  # (B, 3, S, S)
         acts = compute_activations(model, [layer], x, device=dev)[layer]  # (B, C, h, w)
         if acts.dim() != 4:
             raise ValueError(f"layer {layer!r} gives {tuple(acts.shape)}, not a (N, C, h, w) feature map")
         if run is None:
-            run = _Run(acts.shape[1], tuple(acts.shape[2:]), n_patches, top_k, quantile, max_buffer,
-                       max_profiles, dev)
+            run = _Run(acts.shape[1], tuple(acts.shape[2:]), n_patches, config, dev)
             if saved is not None:
                 run.load_state_dict(saved)
                 run.chunk_hashes = list(saved_chunks)
                 saved = None
-        run.update(acts, seed)
+        run.update(acts, config.seed)
         run.chunk_hashes.append(bhash)
         _save_checkpoint(directory, run, meta)
-        if progress:
-            progress(run.done, n_patches, f"dataset statistics: {run.done}/{n_patches} patches")
+        report(progress, run.done, n_patches, f"dataset statistics: {run.done}/{n_patches} patches")
     if run is None and saved is not None:
         # every batch was already in the checkpoint: rebuild the run from it
-        fshape = tuple(saved["ex_map"].shape[2:])
-        run = _Run(saved["top"].shape[0], fshape, n_patches, top_k, quantile, max_buffer, max_profiles, dev)
+        run = _Run(saved["top"].shape[0], tuple(saved["ex_map"].shape[2:]), n_patches, config, dev)
         run.load_state_dict(saved)
         run.chunk_hashes = list(saved_chunks)
     if run is None or run.done != n_patches:
         got = 0 if run is None else run.done
         raise ValueError(f"expected {n_patches} patches, the data gave {got}")
+    return run, patch_size
 
+
+def _finish_stats(run: _Run, card, layer: str, config: StatsConfig, key: str, weights_sha: str,
+                  patch_size: int | None) -> DissectionStats:
+    """Thresholds, means, exemplars (padded to top_k) and the unit map of a finished run."""
+    quantile, top_k = config.quantile, config.top_k
     thresholds = _quantile_from_top(run.top, run.kept, quantile).float()
     thresholds, n_tied = _untie_at_max(thresholds, run.top[:, 0].float(), run.sum / max(run.seen_pos, 1))
     prof = torch.cat(run.profiles) if run.profiles else torch.zeros(0, run.n_units)
@@ -477,24 +530,15 @@ def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, *, 
         ex_val = torch.cat([ex_val, torch.full((run.n_units, pad), float("nan"))], 1)
         ex_idx = torch.cat([ex_idx, torch.full((run.n_units, pad), -1, dtype=torch.int64)], 1)
         ex_map = torch.cat([ex_map, torch.zeros(run.n_units, pad, h, w)], 1)
-    stats = DissectionStats(
+    return DissectionStats(
         key=key, model_card=getattr(card, "name", ""), weights_sha=weights_sha, layer=layer,
-        data_key=data_key, quantile=float(quantile), top_k=int(top_k), n_patches=int(n_patches),
+        data_key=config.data_key, quantile=float(quantile), top_k=int(top_k), n_patches=int(config.n_patches),
         patch_size=int(patch_size or 0), feature_shape=(int(h), int(w)), n_values=int(run.kept),
         sample_rate=float(run.kept / max(run.seen_pos, 1)),
         thresholds=thresholds.cpu().numpy(), mean=(run.sum / max(run.seen_pos, 1)).float().cpu().numpy(),
         top_values=ex_val.numpy(), top_indices=ex_idx.numpy(), top_maps=ex_map.numpy(),
         unit_xy=unit_xy, unit_xy_var=unit_var, n_tied_at_max=n_tied, version=STATS_VERSION,
     )
-    stats.save(directory)
-    (directory / "state.safetensors").unlink(missing_ok=True)
-    if store is not None:
-        store.save_dissection_run(key=key, model_card=stats.model_card, weights_sha=weights_sha, layer=layer,
-                                  data_key=data_key, quantile=quantile, top_k=top_k, n_patches=n_patches,
-                                  n_units=stats.n_units, sample_rate=stats.sample_rate, path=str(directory))
-    if progress:
-        progress(n_patches, n_patches, "dataset statistics done")
-    return stats
 
 
 # ====================================================================== drawings
@@ -508,8 +552,6 @@ def drawing_to_mask(shape: str, geometry: Any, size: int | tuple[int, int]) -> n
     shape "rect": [x0, y0, x1, y1], {"x0","y0","x1","y1"} or {"left","top","width","height"}.
     Raises ValidationError for an unknown shape, malformed geometry or an empty result.
     """
-    from skimage.draw import line, polygon
-
     hh, ww = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     mask = np.zeros((hh, ww), dtype=bool)
 
@@ -579,16 +621,13 @@ def drawing_to_mask(shape: str, geometry: Any, size: int | tuple[int, int]) -> n
 
 def mask_to_png(mask: np.ndarray) -> bytes:
     """A bool mask as a 1-bit PNG (what ``annotations.mask_png`` stores)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(mask, dtype=bool)).convert("1").save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
 def mask_from_png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
+    """The bool mask (S, S) of a drawing's 1-bit PNG (``mask_to_png``'s inverse)."""
     return np.array(Image.open(io.BytesIO(data)).convert("1"), dtype=bool)
 
 
@@ -633,31 +672,27 @@ class LabelResult:
     replaced: dict[int, str] = field(default_factory=dict)  # unit -> concept it had before
 
 
-def label_units_from_drawing(store, *, image_id: str, concept: str, reader: str, patch_x0: int,
-                             patch_y0: int, patch_size: int, shape: str, geometry, model_card: str,
-                             layer: str, ious, tau: float = 0.2, mask: np.ndarray | None = None,
-                             mask_png: bytes | None = None, annotation_id: str | None = None) -> LabelResult:
+def label_units_from_drawing(store, drawing: DrawingRecord, *, layer: str, ious, tau: float = 0.2,
+                             mask: np.ndarray | None = None) -> LabelResult:
     """Save a drawing and apply the labeling rule to every unit with IoU > tau.
 
-    ious (C,) from ``match_drawing``/``compute_unit_ious``. The drawing, its IoUs above tau
-    (annotation_units) and the recomputed unit labels are written in one transaction.
+    drawing: the reader's drawing under ``drawing.model_card``; its ``mask_png`` is rasterised here
+    (from ``mask`` (S, S) bool when given, else from its shape and geometry) when it is empty.
+    ious (C,) from ``match_drawing``/``compute_unit_ious`` at ``layer``. The drawing, its IoUs above
+    tau (annotation_units) and the recomputed unit labels are written in one transaction.
     """
     ious = np.asarray(ious, dtype=np.float64).reshape(-1)
-    if mask_png is None:
+    if not drawing.mask_png:
         if mask is None:
-            mask = drawing_to_mask(shape, geometry, patch_size)
+            mask = drawing_to_mask(drawing.shape, drawing.geometry, drawing.patch_size)
         if not np.asarray(mask).any():
             raise ValidationError("The drawing is empty: draw a region before saving.")
-        mask_png = mask_to_png(mask)
+        drawing = replace(drawing, mask_png=mask_to_png(mask))
+    model_card = drawing.model_card
     above = np.nonzero(ious > tau)[0]
     before = {r["unit"]: r for r in store.list_unit_labels(model_card, layer)}
-    aid = store.save_annotation(
-        image_id=image_id, concept=concept, reader=reader, patch_x0=patch_x0, patch_y0=patch_y0,
-        patch_size=patch_size, shape=shape, geometry=geometry, mask_png=mask_png, model_card=model_card,
-        annotation_id=annotation_id,
-        unit_ious={"model_card": model_card, "layer": layer, "units": above.tolist(),
-                   "ious": ious[above].tolist()},
-    )
+    aid = store.save_annotation(drawing, unit_ious={"model_card": model_card, "layer": layer,
+                                                    "units": above.tolist(), "ious": ious[above].tolist()})
     after = store.list_unit_labels(model_card, layer)
     won = np.array(sorted(r["unit"] for r in after if r["annotation_id"] == aid), dtype=np.int64)
     replaced = {int(u): before[int(u)]["concept"] for u in won
@@ -691,8 +726,6 @@ def undo_annotation(store, annotation_id: str, actor: str) -> dict[int, str | No
 def unit_labels(store, model_card: str, layer: str):
     """The current unit labels of a layer as a table (pandas DataFrame, one row per labeled unit):
     unit, concept, iou, annotation_id, image_id, reader, labeled_at."""
-    import pandas as pd
-
     cols = ["unit", "concept", "iou", "annotation_id", "image_id", "reader", "labeled_at"]
     return pd.DataFrame(store.list_unit_labels(model_card, layer), columns=cols)
 

@@ -1,4 +1,5 @@
-"""Run the classifier: patch probabilities, the whole-mammogram lesion map, layer activations.
+"""Run the classifier: patch probabilities, the whole-mammogram lesion map, and which class to explain
+(``target_class``; layer activations are ``dashboard.engine.activations``').
 
 Everything here works in model space (see ARCHITECTURE.md): grey images float in [0, 1]
 at the card's pixel spacing, chest wall on the left. A patch is ``(x0, y0, size)`` in
@@ -12,63 +13,45 @@ moved here (it belongs to the cache).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import maximum_filter
 from torch import nn
+from torchvision.ops import nms
 
-from dashboard.engine.model_state import lock_for, model_state_guard
+from dashboard.engine.model_state import lock_for, model_device, model_state_guard
+from dashboard.imaging import crop_patch
 
 __all__ = [
     "LesionMap",
-    "patch_size",
-    "positive_index",
+    "LesionMapConfig",
+    "target_class",
     "feature_stride",
     "is_pool_linear",
     "predict_patches",
     "compute_lesion_map",
-    "compute_patch_activations",
 ]
 
 
 # --------------------------------------------------------------------------- card helpers
-def patch_size(card: Any) -> int:
-    """Side S of the square model input in model pixels, from ``card.input_size``.
-
-    Accepts an int, ``(H, W)`` or timm's ``(C, H, W)``; non-square sizes are rejected.
-    """
-    size = card.input_size
-    if isinstance(size, (int, np.integer)):
-        return int(size)
-    size = tuple(int(s) for s in size)
-    h, w = size[-2], size[-1]
-    if h != w:
-        raise ValueError(f"square model input expected, card says {size}")
-    return h
-
-
-def positive_index(card: Any) -> int:
-    """Index of the lesion ("positive") class in the model output.
-
-    ``card.positive_class`` may be a class name from ``card.classes`` or an index.
-    """
-    pos = getattr(card, "positive_class", None)
-    if pos is None:
-        return len(card.classes) - 1
-    if isinstance(pos, (int, np.integer)):
-        return int(pos)
-    return list(card.classes).index(pos)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's parameters (CPU for a parameter-free module)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+def target_class(card: Any, target: int | str | None = None) -> tuple[int, str]:
+    """(index, name) of the class to explain: ``target`` as an index or a class name, default the
+    card's positive class (``card.positive_index``, which raises CardError for a card without one)."""
+    classes = [str(c) for c in card.classes]
+    if target is None:
+        target = card.positive_index
+    if isinstance(target, str):
+        if target not in classes:
+            raise ValueError(f"unknown class {target!r}; the card has {classes}")
+        return classes.index(target), target
+    t = int(target)
+    if not 0 <= t < len(classes):
+        raise ValueError(f"class index {t} is outside the card's {len(classes)} classes")
+    return t, classes[t]
 
 
 def preprocess(card: Any, gray: torch.Tensor) -> torch.Tensor:
@@ -96,7 +79,7 @@ def predict_patches(
     patches: (N, S, S) float in [0, 1], model space.  Returns (N, n_classes) float32.
     Batched by ``batch_size`` under ``torch.inference_mode``.
     """
-    device = torch.device(device) if device is not None else model_device(model)
+    device = model_device(model, device)
     x = torch.as_tensor(np.asarray(patches, dtype=np.float32) if not isinstance(patches, torch.Tensor) else patches)
     if x.ndim != 3:
         raise ValueError(f"patches must be (N, S, S), got {tuple(x.shape)}")
@@ -204,7 +187,7 @@ def _fcn_grid(model: nn.Module, card: Any, img: torch.Tensor, size: int) -> tupl
     clf = model.get_classifier()
     logit_map = F.conv2d(feat, clf.weight[:, :, None, None], clf.bias)  # (1, K, hf, wf)
     logit_map = F.avg_pool2d(logit_map, kernel_size=win, stride=1)  # (1, K, rows, cols)
-    prob = torch.softmax(logit_map.float(), dim=1)[0, positive_index(card)]  # (rows, cols)
+    prob = torch.softmax(logit_map.float(), dim=1)[0, card.positive_index]  # (rows, cols)
     return prob, st, off
 
 
@@ -254,7 +237,7 @@ def _tiles_grid(
         ox = (c * stride)[:, None] + torch.arange(size, device=img.device)[None]  # (B, S)
         tiles = img_p[0, 0][oy[:, :, None], ox[:, None, :]]  # (B, S, S)
         logits = model(preprocess(card, tiles))  # (B, K)
-        probs.view(-1)[sel] = torch.softmax(logits.float(), dim=1)[:, positive_index(card)]
+        probs.view(-1)[sel] = torch.softmax(logits.float(), dim=1)[:, card.positive_index]
     return probs, keep, torch.tensor([hp, wp])
 
 
@@ -264,9 +247,6 @@ def _top_patches(
 ) -> list[tuple[int, int, int, float]]:
     """Local maxima of the grid (3x3 neighbourhood) among ``valid`` positions, greedy
     non-maximum suppression by box IoU, best ``top_k`` as (x0, y0, size, prob)."""
-    from scipy.ndimage import maximum_filter
-    from torchvision.ops import nms
-
     masked = np.where(valid, grid, -np.inf)
     peaks = valid & (masked >= maximum_filter(masked, size=3, mode="constant", cval=-np.inf))
     if not peaks.any() or top_k <= 0:
@@ -277,42 +257,47 @@ def _top_patches(
     return [(int(px[i]), int(py[i]), int(size), float(pp[i])) for i in keep]
 
 
-def compute_lesion_map(
-    model: nn.Module,
-    card: Any,
-    img: np.ndarray,
-    mask: np.ndarray | None = None,
-    *,
-    method: str = "fcn",
-    stride: int | None = None,
-    top_k: int = 5,
-    refine: int = 8,
-    min_fraction: float = 0.1,
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-) -> LesionMap:
-    """Lesion probability map of a whole mammogram in model space.
+@dataclass(frozen=True)
+class LesionMapConfig:
+    """How ``compute_lesion_map`` scans an image.
+
+    method        "fcn": one fully convolutional pass over the zero-padded image:
+                  ``forward_features``, the classifier as a 1x1 convolution, averaged over a window of
+                  S/stride cells, so each position gets what the S-pixel patch centred there would get
+                  (up to padding effects); evaluated every feature stride (32 px for most backbones)
+                  and bilinearly interpolated. Needs a pool-linear head (``card.head`` and a numeric
+                  check of ``forward_head``); otherwise "tiles" runs (with a warning) and
+                  ``LesionMap.method`` says so.
+                  "tiles": overlapping S-pixel tiles every ``stride`` px (default S/2) from (0, 0),
+                  batched by ``batch_size``; tiles under ``min_fraction`` breast are skipped; each pixel
+                  gets the mean probability of the kept tiles covering it.
+    stride        tiles only, in model px (FCN steps by the backbone's feature stride in its one pass)
+    top_k         how many suspicious patches to return
+    refine        fcn only: the best ``refine`` FCN candidates (local maxima after NMS) are re-scored
+                  by exact patch passes; top patches and the score are then those exact
+                  probabilities (0: pure FCN figures). The map itself stays the FCN map.
+    min_fraction  tiles only: least breast fraction of a tile that is run
+    batch_size    patches per forward pass (tiles, refinement)
+    device        where the model is (default: the model's own device; the model is never moved)
+    """
+
+    method: str = "fcn"
+    stride: int | None = None
+    top_k: int = 5
+    refine: int = 8
+    min_fraction: float = 0.1
+    batch_size: int = 32
+    device: str | torch.device | None = None
+
+
+def compute_lesion_map(model: nn.Module, card: Any, img: np.ndarray, mask: np.ndarray | None = None,
+                       config: LesionMapConfig = LesionMapConfig()) -> LesionMap:
+    """Lesion probability map of a whole mammogram in model space (see ``LesionMapConfig``).
 
     img   (H, W) float in [0, 1], model space (card pixel spacing)
     mask  (H, W) bool breast mask (None: everything)
-    method
-      "fcn"    one fully convolutional pass over the zero-padded image: ``forward_features``,
-               the classifier as a 1x1 convolution, averaged over a window of S/stride cells,
-               so each position gets what the S-pixel patch centred there would get (up to
-               padding effects); evaluated every feature stride (32 px for most backbones)
-               and bilinearly interpolated. Needs a pool-linear head (``card.head`` and a numeric
-               check of ``forward_head``); otherwise "tiles" runs
-               (with a warning) and ``LesionMap.method`` says so.
-      "tiles"  overlapping S-pixel tiles every ``stride`` px (default S/2) from (0, 0), batched
-               by ``batch_size``; tiles under ``min_fraction`` breast are skipped; each pixel
-               gets the mean probability of the kept tiles covering it.
-    stride     tiles only (FCN steps by the backbone's feature stride in its one pass)
-    top_k      how many suspicious patches to return
-    refine     fcn only: the best ``refine`` FCN candidates (local maxima after NMS) are re-scored
-               by exact patch passes; top patches and the score are then those exact
-               probabilities (0: pure FCN figures). The map itself stays the FCN map.
-    Runs on the model's device (``device`` must be where the model is).
     """
+    method = config.method
     if method not in ("fcn", "tiles"):
         raise ValueError(f"unknown lesion-map method {method!r}")
     img_np = np.asarray(img, dtype=np.float32)
@@ -321,63 +306,37 @@ def compute_lesion_map(
     mask_np = np.ones(img_np.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
     if mask_np.shape != img_np.shape:
         raise ValueError(f"mask {mask_np.shape} does not match image {img_np.shape}")
-    size = patch_size(card)
-    h, w = img_np.shape
+    size = card.patch_size
     if method == "fcn" and (getattr(card, "head", "pool-linear") not in (None, "pool-linear")
                             or not is_pool_linear(model)):
         warnings.warn("classifier head is not pool-linear; lesion map falls back to tiles", stacklevel=2)
         method = "tiles"
-    device = torch.device(device) if device is not None else model_device(model)
+    device = model_device(model, config.device)
     img_t = torch.from_numpy(img_np).to(device)  # (H, W)
     mask_t = torch.from_numpy(mask_np).to(device)  # (H, W)
-
     with lock_for(model), model_state_guard(model), torch.inference_mode():
         if method == "fcn":
-            grid, st, off = _fcn_grid(model, card, img_t, size)
-            rows, cols = grid.shape
-            centres_y = torch.arange(rows, device=device) * st  # patch centre pixels
-            centres_x = torch.arange(cols, device=device) * st
-            prob = _grid_to_image(grid, 0.0, st, (h, w))
-            x0 = (centres_x - size // 2).cpu().numpy()
-            y0 = (centres_y - size // 2).cpu().numpy()
+            prob, grid, x0, y0, keep = _fcn_map(model, card, img_t, size)
         else:
-            stride = int(stride or max(1, size // 2))
-            grid, keep, (hp, wp) = _tiles_grid(model, card, img_t, mask_t, size, stride, min_fraction, batch_size)
-            rows, cols = grid.shape
-            # mean over covering tiles: fold sums each tile's constant value over its footprint
-            values = (grid * keep).flatten()[None, None].expand(1, size * size, -1)  # (1, S*S, L)
-            weights = keep.float().flatten()[None, None].expand(1, size * size, -1)
-            num = F.fold(values.contiguous(), (int(hp), int(wp)), size, stride=stride)[0, 0, :h, :w]
-            den = F.fold(weights.contiguous(), (int(hp), int(wp)), size, stride=stride)[0, 0, :h, :w]
-            prob = torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
-            x0 = (torch.arange(cols) * stride).numpy()
-            y0 = (torch.arange(rows) * stride).numpy()
+            stride = int(config.stride or max(1, size // 2))
+            prob, grid, x0, y0, keep = _tiles_map(model, card, img_t, mask_t, size, stride, config)
         prob = (prob * mask_t).float().cpu().numpy()  # (H, W)
         grid_np = grid.float().cpu().numpy()  # (rows, cols)
-
     gx0, gy0 = np.meshgrid(x0, y0)  # (rows, cols) each
+    h, w = img_np.shape
     cx = np.clip(gx0 + size // 2, 0, w - 1)
     cy = np.clip(gy0 + size // 2, 0, h - 1)
     inside = (gx0 + size // 2 < w) & (gy0 + size // 2 < h) & mask_np[cy, cx]
-    if method == "tiles":
-        inside &= keep.cpu().numpy()
+    if keep is not None:
+        inside &= keep
     score = float(grid_np[inside].max()) if inside.any() else 0.0
-    refine = max(int(refine), 0) if method == "fcn" else 0
-    top = _top_patches(grid_np, gx0, gy0, inside, size, max(top_k, refine))
+    refine = max(int(config.refine), 0) if method == "fcn" else 0
+    top = _top_patches(grid_np, gx0, gy0, inside, size, max(config.top_k, refine))
     if refine and top:
-        # FCN proposes, the classifier confirms: exact passes on the best candidates, because
-        # window-averaged features lack the patch-border context the model was trained with
-        from dashboard.imaging import crop_patch
-
-        crops = np.stack([crop_patch(img_np, x0_, y0_, size) for x0_, y0_, _, _ in top])  # (K, S, S)
-        exact = predict_patches(model, card, crops, batch_size=batch_size, device=device)[:, positive_index(card)]
-        order = np.argsort(-exact, kind="stable")
-        top = [(top[i][0], top[i][1], size, float(exact[i])) for i in order]
-        score = float(exact[order[0]])
-    top = top[:top_k]
+        top, score = _refine_top(model, card, img_np, top, size, config, device)
     return LesionMap(
         prob=prob.astype(np.float32),
-        top_patches=top,
+        top_patches=top[:config.top_k],
         score=score,
         method=method,
         grid_prob=grid_np,
@@ -385,30 +344,46 @@ def compute_lesion_map(
     )
 
 
-# --------------------------------------------------------------------------- activations
-def compute_patch_activations(
-    model: nn.Module,
-    card: Any,
-    patches: np.ndarray | torch.Tensor,
-    layers: Sequence[str],
-    *,
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-) -> dict[str, torch.Tensor]:
-    """Activations of grey patches at named layers, via ``dashboard.engine.activations``.
+def _fcn_map(model: nn.Module, card: Any, img: torch.Tensor, size: int):
+    """The FCN pass: (prob (H, W), grid (rows, cols), x0 (cols,), y0 (rows,), None): patch top-left
+    corners of the grid positions in model px; every position was evaluated."""
+    h, w = img.shape
+    grid, st, _ = _fcn_grid(model, card, img, size)
+    rows, cols = grid.shape
+    centres_y = torch.arange(rows, device=img.device) * st  # patch centre pixels
+    centres_x = torch.arange(cols, device=img.device) * st
+    prob = _grid_to_image(grid, 0.0, st, (h, w))
+    x0 = (centres_x - size // 2).cpu().numpy()
+    y0 = (centres_y - size // 2).cpu().numpy()
+    return prob, grid, x0, y0, None
 
-    patches (N, S, S) float in [0, 1] -> {layer: (N, C, h, w) float32 on the CPU}.
-    Held under the model's lock and state guard, batched.
-    """
-    from dashboard.engine.activations import compute_activations  # engine branch owns the hooks
 
-    device = torch.device(device) if device is not None else model_device(model)
-    x = torch.as_tensor(np.asarray(patches, dtype=np.float32) if not isinstance(patches, torch.Tensor) else patches)
-    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    with lock_for(model), model_state_guard(model), torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            gray = x[start : start + batch_size].to(device=device, dtype=torch.float32)  # (B, S, S)
-            acts = compute_activations(model, list(layers), preprocess(card, gray), out_device="cpu")
-            for name in layers:
-                chunks[name].append(acts[name].float())  # (B, C, h, w)
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+def _tiles_map(model: nn.Module, card: Any, img: torch.Tensor, mask: torch.Tensor, size: int, stride: int,
+               config: LesionMapConfig):
+    """The tiled pass: (prob (H, W), grid (rows, cols), x0 (cols,), y0 (rows,), keep (rows, cols) bool):
+    each pixel's probability is the mean over the kept tiles that cover it."""
+    h, w = img.shape
+    grid, keep, (hp, wp) = _tiles_grid(model, card, img, mask, size, stride, config.min_fraction,
+                                       config.batch_size)
+    rows, cols = grid.shape
+    # mean over covering tiles: fold sums each tile's constant value over its footprint
+    values = (grid * keep).flatten()[None, None].expand(1, size * size, -1)  # (1, S*S, L)
+    weights = keep.float().flatten()[None, None].expand(1, size * size, -1)
+    num = F.fold(values.contiguous(), (int(hp), int(wp)), size, stride=stride)[0, 0, :h, :w]
+    den = F.fold(weights.contiguous(), (int(hp), int(wp)), size, stride=stride)[0, 0, :h, :w]
+    prob = torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
+    x0 = (torch.arange(cols) * stride).numpy()
+    y0 = (torch.arange(rows) * stride).numpy()
+    return prob, grid, x0, y0, keep.cpu().numpy()
+
+
+def _refine_top(model: nn.Module, card: Any, img: np.ndarray, top: list, size: int, config: LesionMapConfig,
+                device: torch.device) -> tuple[list[tuple[int, int, int, float]], float]:
+    """Exact patch passes on the FCN's candidates: (candidates re-ranked by exact probability, best).
+
+    FCN proposes, the classifier confirms: window-averaged features lack the patch-border context
+    the model was trained with."""
+    crops = np.stack([crop_patch(img, x0_, y0_, size) for x0_, y0_, _, _ in top])  # (K, S, S)
+    exact = predict_patches(model, card, crops, batch_size=config.batch_size, device=device)[:, card.positive_index]
+    order = np.argsort(-exact, kind="stable")
+    return [(top[i][0], top[i][1], size, float(exact[i])) for i in order], float(exact[order[0]])

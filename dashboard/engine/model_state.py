@@ -51,6 +51,16 @@ def lock_for(model: nn.Module) -> threading.RLock:
         return lock
 
 
+def model_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """Where a run's inputs go: ``device`` when given, else the device of the model's parameters
+    (CPU for a parameter-free module). The model itself is never moved (it belongs to the cache)."""
+    if device is not None:
+        return torch.device(device)
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 def hook_counts(model: nn.Module) -> dict[str, int]:
     """Number of registered hooks of each kind over all modules of ``model`` (for checks)."""
     counts = dict.fromkeys(HOOK_DICTS, 0)

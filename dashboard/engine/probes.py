@@ -22,6 +22,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,13 +34,42 @@ from safetensors.torch import save as st_save
 from dashboard.data.store import ValidationError
 from dashboard.engine.activations import compute_activations, compute_patch_activations
 from dashboard.engine.dissection import mask_from_png
+from dashboard.progress import Progress, report
 from model_zoo.metrics import compute_aurocs
 
-__all__ = ["ProbeVersion", "ProbeData", "collect_probe_data", "fit_probe", "train_probes", "load_probe",
-           "compute_concept_maps", "compute_image_concept_maps", "auroc_one_vs_rest"]
+__all__ = ["ProbeVersion", "ProbeData", "ProbeConfig", "collect_probe_data", "fit_probe", "fit_probes",
+           "train_probes", "load_probe", "image_folds", "compute_concept_maps", "compute_image_concept_maps",
+           "auroc_one_vs_rest"]
 
 BACKGROUND = "background"
-Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """How probes are trained (``train_probes``) and their feature vectors collected (``collect_probe_data``).
+
+    folds         validation folds by image (fewer when there are fewer images; < 2: no validation)
+    l2, max_iter  the L2 penalty on standardised features and the L-BFGS iterations (``fit_probes``)
+    min_drawings, min_images  a concept's AUROC is reported only above these counts (else a reason)
+    seed          background sampling and the fold assignment
+    device        where the activations are computed (default: the model's device)
+    cache_dir     the activation cache (``activations.compute_patch_activations``); None: no cache
+    annotations   the drawings to use (default: the live drawings made under the card)
+    save          store the probe as a new version
+    actor         who trained it, for the audit log
+    """
+
+    folds: int = 5
+    l2: float = 0.1
+    max_iter: int = 25
+    min_drawings: int = 3
+    min_images: int = 2
+    seed: int = 0
+    device: str | torch.device | None = None
+    cache_dir: Path | str | None = None
+    annotations: list | None = None
+    save: bool = True
+    actor: str = "system"
 
 
 @dataclass
@@ -86,7 +116,7 @@ class ProbeVersion:
 @dataclass
 class ProbeData:
     """Feature vectors behind a probe. X (N, C) float32; y (N,) class index (0 = background);
-    group (N,) image index; drawing (N,) annotation index (-1 for background)."""
+    group (N,) image index; drawing (N,) annotation index (-1 for background); ``layer`` they come from."""
 
     X: torch.Tensor
     y: torch.Tensor
@@ -98,6 +128,7 @@ class ProbeData:
     readers: list[str]
     annotation_concepts: list[str]
     feature_shape: tuple[int, int]
+    layer: str = ""
 
 
 def _cell_coverage(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -111,12 +142,13 @@ def _cell_coverage(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(masks.float()[:, None], (h, w))[:, 0]
 
 
-def collect_probe_data(model, card, layer: str, annotations: list, load_patch: Callable, *, cache_dir=None,
-                       device=None, seed: int = 0, progress: Progress | None = None) -> ProbeData:
+def collect_probe_data(model, card, layer: str, annotations: list, load_patch: Callable,
+                       config: ProbeConfig = ProbeConfig(), *, progress: Progress | None = None) -> ProbeData:
     """Feature vectors of drawn positions and sampled background (see module doc).
 
     annotations: store.Annotation rows (live drawings). load_patch(annotation) -> (S, S) grey
     patch in [0, 1] for the annotation's (image_id, patch_x0, patch_y0, patch_size).
+    Uses ``config.cache_dir``, ``config.device`` and ``config.seed`` (background sampling).
     """
     if not annotations:
         raise ValidationError("No drawings to train concept probes on: draw some concepts first.")
@@ -125,15 +157,14 @@ def collect_probe_data(model, card, layer: str, annotations: list, load_patch: C
         groups.setdefault((a.image_id, a.patch_x0, a.patch_y0, a.patch_size), []).append(i)
     keys = list(groups)
     patches = [np.asarray(load_patch(annotations[groups[k][0]]), dtype=np.float32) for k in keys]
-    if progress:
-        progress(0, len(keys), "activations of the drawn patches")
-    acts = compute_patch_activations(model, card, layer, patches, cache_dir=cache_dir, device=device)
+    report(progress, 0, len(keys), "activations of the drawn patches")
+    acts = compute_patch_activations(model, card, layer, patches, cache_dir=config.cache_dir, device=config.device)
     concepts = sorted({a.concept for a in annotations})
     classes = [BACKGROUND] + concepts
     cidx = {c: i for i, c in enumerate(classes)}
     image_ids = sorted({k[0] for k in keys})
     gidx = {g: i for i, g in enumerate(image_ids)}
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(config.seed)
     sel_patch, sel_pos, sel_y, sel_d = [], [], [], []
     h = w = None
     for pi, k in enumerate(keys):  # per patch (not per unit): masks -> cell coverage -> positions
@@ -156,8 +187,7 @@ def collect_probe_data(model, card, layer: str, annotations: list, load_patch: C
         sel_pos.append(np.concatenate([p_idx, bg]))
         sel_y.append(np.concatenate([[cidx[annotations[members[m]].concept] for m in m_idx], np.zeros(n_bg)]))
         sel_d.append(np.concatenate([member_arr[m_idx], np.full(n_bg, -1)]))
-        if progress:
-            progress(pi + 1, len(keys), "feature vectors of the drawings")
+        report(progress, pi + 1, len(keys), "feature vectors of the drawings")
     patch_of = np.concatenate(sel_patch).astype(np.int64)
     pos_of = np.concatenate(sel_pos).astype(np.int64)
     # one gather per patch of only the chosen positions: (C, k) columns, transposed to rows
@@ -168,7 +198,7 @@ def collect_probe_data(model, card, layer: str, annotations: list, load_patch: C
                      group=group, drawing=torch.as_tensor(np.concatenate(sel_d).astype(np.int64)),
                      classes=classes, image_ids=image_ids, annotation_ids=[a.annotation_id for a in annotations],
                      readers=sorted({a.reader for a in annotations}),
-                     annotation_concepts=[a.concept for a in annotations], feature_shape=(h, w))
+                     annotation_concepts=[a.concept for a in annotations], feature_shape=(h, w), layer=layer)
 
 
 def fit_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, train: torch.Tensor, *, l2: float = 0.1,
@@ -240,11 +270,17 @@ def auroc_one_vs_rest(scores: np.ndarray, labels: np.ndarray, n_classes: int) ->
     return compute_aurocs(np.asarray(labels)[:, None] == np.arange(n_classes), scores)  # (N, K) one-hot
 
 
-def _folds(n_groups: int, k: int, seed: int) -> np.ndarray:
-    perm = np.random.default_rng(seed).permutation(n_groups)
-    fold = np.empty(n_groups, dtype=np.int64)
-    fold[perm] = np.arange(n_groups) % k
-    return fold
+def image_folds(group, n_images: int, k: int, seed: int) -> np.ndarray:
+    """Validation fold (0..k-1) of every position, by image, so an image's positions stay together.
+
+    group (N,) image index of each position (``ProbeData.group``) in 0..n_images-1. The images are
+    dealt to the k folds round-robin in a seeded random order (fold sizes differ by one at most).
+    Returns (N,) int64.
+    """
+    perm = np.random.default_rng(seed).permutation(n_images)
+    fold = np.empty(n_images, dtype=np.int64)
+    fold[perm] = np.arange(n_images) % k
+    return fold[np.asarray(group)]
 
 
 def _metrics(data: ProbeData, oof: np.ndarray | None, min_drawings: int, min_images: int, k: int) -> dict:
@@ -272,33 +308,29 @@ def _metrics(data: ProbeData, oof: np.ndarray | None, min_drawings: int, min_ima
 
 
 def train_probes(store, model, card, layer: str | None = None, *, load_patch: Callable,
-                 progress: Progress | None = None, device=None, cache_dir=None, annotations: list | None = None,
-                 folds: int = 5, l2: float = 0.1, max_iter: int = 25, min_drawings: int = 3,
-                 min_images: int = 2, seed: int = 0, save: bool = True, actor: str = "system") -> ProbeVersion:
+                 config: ProbeConfig = ProbeConfig(), progress: Progress | None = None) -> ProbeVersion:
     """Train (and store) a new probe version on the live drawings made under this model card.
 
-    layer: default the card's ``default_layer``. annotations: override the drawings used.
-    Returns the ProbeVersion with its store version number (``save=True``).
+    layer: default the card's ``default_layer``. load_patch(annotation) -> (S, S) grey patch in [0, 1].
+    Returns the ProbeVersion with its store version number (``config.save``).
     """
     layer = layer or card.default_layer
+    annotations = config.annotations
     if annotations is None:
         annotations = store.list_annotations(model_card=card.name)
-    data = collect_probe_data(model, card, layer, annotations, load_patch, cache_dir=cache_dir, device=device,
-                              seed=seed, progress=progress)
+    data = collect_probe_data(model, card, layer, annotations, load_patch, config, progress=progress)
     n_cls = len(data.classes)
-    n_img = len(data.image_ids)
-    k = min(folds, n_img)
-    oof = None
+    k = min(config.folds, len(data.image_ids))
     # models 0..k-1 leave one image fold out each; model k (the probe) sees every drawing
     fold = torch.zeros(len(data.y), dtype=torch.int64)
     if k >= 2:
-        fold = torch.from_numpy(_folds(n_img, k, seed))[data.group]  # (N,)
+        fold = torch.from_numpy(image_folds(data.group.numpy(), len(data.image_ids), k, config.seed))  # (N,)
         train = torch.stack([fold != f for f in range(k)] + [torch.ones_like(fold, dtype=torch.bool)])
     else:
         train = torch.ones(1, len(data.y), dtype=torch.bool)
-    if progress:
-        progress(0, 1, f"training the probe and {k if k >= 2 else 0} validation folds")
-    Ws, bs, mus, sds = fit_probes(data.X, data.y, n_cls, train, l2=l2, max_iter=max_iter)
+    report(progress, 0, 1, f"training the probe and {k if k >= 2 else 0} validation folds")
+    Ws, bs, mus, sds = fit_probes(data.X, data.y, n_cls, train, l2=config.l2, max_iter=config.max_iter)
+    oof = None
     if k >= 2:
         with torch.no_grad():
             oof_t = torch.zeros(len(data.y), n_cls, dtype=torch.float64)
@@ -307,16 +339,17 @@ def train_probes(store, model, card, layer: str | None = None, *, load_patch: Ca
                 oof_t[test] = torch.softmax(((data.X[test] - mus[f]) / sds[f]) @ Ws[f].T + bs[f], 1).double()
         oof = oof_t.numpy()
     W, b, mu, sd = Ws[-1], bs[-1], mus[-1], sds[-1]
-    if progress:
-        progress(1, 1, "probe trained")
+    report(progress, 1, 1, "probe trained")
     probe = ProbeVersion(model_card=card.name, layer=layer, classes=data.classes, weight=W.numpy(), bias=b.numpy(),
-                         mean=mu.numpy(), std=sd.numpy(), metrics=_metrics(data, oof, min_drawings, min_images, k),
+                         mean=mu.numpy(), std=sd.numpy(),
+                         metrics=_metrics(data, oof, config.min_drawings, config.min_images, k),
                          annotation_ids=data.annotation_ids, readers=data.readers,
                          created_at=time.strftime("%Y-%m-%d %H:%M:%S"))
-    if save:
+    if config.save:
         probe.version = store.save_probe(model_card=probe.model_card, layer=layer, concepts=probe.concepts,
                                          weights=probe.to_bytes(), metrics=probe.metrics,
-                                         annotation_ids=probe.annotation_ids, readers=probe.readers, actor=actor)
+                                         annotation_ids=probe.annotation_ids, readers=probe.readers,
+                                         actor=config.actor)
     return probe
 
 

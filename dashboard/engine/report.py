@@ -27,21 +27,28 @@ import io
 import json
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from plotly.offline import get_plotlyjs
 
 from dashboard.data.store import BUILTIN_CONCEPTS
 from dashboard.engine.activations import compute_activations, model_fingerprint
+from dashboard.engine.attribution import AttributionConfig, attribute, attribute_image
+from dashboard.engine.inference import target_class
+from dashboard.engine.model_state import lock_for
 from dashboard.engine.probes import ProbeVersion, compute_concept_maps
+from dashboard.imaging import crop_patch, tile
 
-__all__ = ["ConceptEntry", "ConceptReport", "ImageEvidence", "build_report", "build_image_report",
-           "compute_image_evidence", "report_to_json",
-           "report_from_json", "report_figures", "export_html", "logit_decomposition"]
+__all__ = ["ConceptEntry", "ConceptReport", "ImageEvidence", "ReportConfig", "ReportInputs", "build_report",
+           "build_image_report", "compute_image_evidence", "report_to_json", "report_from_json", "report_figures",
+           "export_html", "logit_decomposition"]
 
 _DEFAULT_COLOURS = {name: colour for name, colour, _g, _d in BUILTIN_CONCEPTS}
 _FALLBACK = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -107,16 +114,6 @@ class ConceptReport:
 
 
 # ---------------------------------------------------------------- computation
-def _target(card, target) -> tuple[int, str]:
-    classes = list(card.classes)
-    if target is None:
-        pos = getattr(card, "positive_class", None)
-        target = len(classes) - 1 if pos is None else pos
-    if isinstance(target, str):
-        return classes.index(target), target
-    return int(target), classes[int(target)]
-
-
 def _unit_layer(card) -> str:
     return getattr(card, "head_layer", None) or card.default_layer
 
@@ -164,39 +161,100 @@ def _shares(prob_all: np.ndarray, attribution: np.ndarray) -> tuple[np.ndarray, 
     return mass[1:], float(mass[0])
 
 
-def _assemble(*, kind, model, card, probe, image, attribution, attribution_method, probs_all, logits, t_idx,
-              t_name, unit_act, label_rows, tcav, colours, image_id, patch, notes) -> ConceptReport:
+@dataclass(frozen=True)
+class ReportConfig:
+    """How a report is computed.
+
+    attribution_method  attribution the concept shares are taken of (when none is given)
+    target              class index or name explained (default: the card's positive class)
+    device              where the model is (default its own device)
+    stride, batch_size  image reports: tile stride in model px (default S/2) and tiles per forward pass
+    colours             concept -> colour overrides (else the store's palette, then the built-in one)
+    """
+
+    attribution_method: str = "gradcam"
+    target: int | str | None = None
+    device: str | torch.device | None = None
+    stride: int | None = None
+    batch_size: int = 8
+    colours: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the caller already has; every field left None is computed (or read from ``store``).
+
+    store            unit labels and concept colours are read from here
+    unit_labels      rows as ``Store.list_unit_labels`` gives them
+    tcav             a ``tcav.TCAVResult`` for this probe
+    image_id         the image the report is about (shown in the report)
+    attribution_map  (S, S) or (H, W): any attribution (e.g. ``attribution.attribute(...).map``)
+    patch_xy         patch reports: the patch's (x0, y0) in its image's model pixels
+    activations, logits  patch reports: {layer: (C, h, w)} and (K,) of a cached forward pass
+    mask             image reports: (H, W) bool breast mask the tiles are laid over
+    tiles, tile_source  image reports: candidate patches (x0, y0) (default: a grid over ``mask``) and
+                     their name in the report's note
+    evidence         image reports: the probe-independent part (``compute_image_evidence``)
+    probs_all        image reports: the probe's maps over the image, (K+1, H, W), background first
+    """
+
+    store: Any = None
+    unit_labels: list[dict] | None = None
+    tcav: Any = None
+    image_id: str | None = None
+    attribution_map: np.ndarray | None = None
+    patch_xy: tuple[int, int] | None = None
+    activations: dict[str, torch.Tensor] | None = None
+    logits: Any = None
+    mask: np.ndarray | None = None
+    tiles: list[tuple[int, int]] | None = None
+    tile_source: str = "tiles"
+    evidence: ImageEvidence | None = None
+    probs_all: np.ndarray | None = None
+
+
+@dataclass
+class _Parts:
+    """Everything ``_assemble`` turns into a report: the network's outputs and the context."""
+
+    kind: str                       # "patch" | "image"
+    image: np.ndarray               # (H, W) grey in [0, 1]
+    attribution: np.ndarray         # (H, W)
+    attribution_method: str
+    probs_all: np.ndarray           # (K+1, H, W) probe probabilities, background first
+    logits: torch.Tensor            # (K,)
+    target: tuple[int, str]         # (index, name)
+    unit_act: torch.Tensor | None   # (C, h, w) at the unit layer
+    label_rows: list[dict]
+    tcav: Any
+    colours: dict[str, str]
+    image_id: str | None
+    patch: tuple[int, int, int] | None
+    notes: list[str]
+
+
+def _assemble(model, card, probe: ProbeVersion, parts: _Parts) -> ConceptReport:
     spacing = float(getattr(card, "pixel_spacing_mm", 0.0) or 0.0)
     px_area = spacing * spacing
-    unit_layer = _unit_layer(card)
-    labels = _labels_by_concept(label_rows)
+    t_idx, t_name = parts.target
+    logits, unit_act, notes = parts.logits, parts.unit_act, parts.notes
+    labels = _labels_by_concept(parts.label_rows)
     concept_names = list(probe.concepts) + sorted(c for c in labels if c not in probe.concepts)
-    shares, unexplained = _shares(probs_all, attribution)
-    head_pool_linear = getattr(card, "head", "pool-linear") == "pool-linear"
-    parts, bias, rest, total, exact = {}, None, None, None, False
-    if head_pool_linear and unit_act is not None:
-        try:
-            parts, bias, rest, total = logit_decomposition(model, unit_act, t_idx,
-                                                           {c: labels[c][0] for c in labels})
-            exact = abs(total - float(logits[t_idx])) <= 1e-4 * max(1.0, abs(float(logits[t_idx])))
-            if not exact:
-                notes.append(f"logit parts sum to {total:.6f}, model logit {float(logits[t_idx]):.6f}: "
-                             f"{unit_layer!r} does not feed the pool directly")
-        except ValueError as exc:
-            notes.append(f"no logit decomposition: {exc}")
+    shares, unexplained = _shares(parts.probs_all, parts.attribution)
+    parts_, bias, rest, exact = _logit_parts(model, card, unit_act, logits, t_idx, labels, notes)
     mean_act = unit_act.double().mean(dim=(1, 2)).numpy() if unit_act is not None else None  # (C,)
-    tc = tcav.concepts if tcav is not None else {}
+    tc = parts.tcav.concepts if parts.tcav is not None else {}
     entries = []
     for ci, name in enumerate(concept_names):
         in_probe = name in probe.concepts
         k = probe.concepts.index(name) if in_probe else None
-        pmap = probs_all[k + 1] if in_probe else None
+        pmap = parts.probs_all[k + 1] if in_probe else None
         units, ious = labels.get(name, (np.zeros(0, np.int64), np.zeros(0)))
         acts = mean_act[units] if (mean_act is not None and len(units)) else np.zeros(0)
         m = probe.metrics.get(name, {}) if in_probe else {}
         t = tc.get(name)
         entries.append(ConceptEntry(
-            concept=name, colour=colours.get(name) or _FALLBACK[ci % len(_FALLBACK)],
+            concept=name, colour=parts.colours.get(name) or _FALLBACK[ci % len(_FALLBACK)],
             probe_map=pmap.astype(np.float16) if pmap is not None else None,
             area_mm2=float((pmap >= 0.5).sum() * px_area) if pmap is not None else None,
             expected_area_mm2=float(pmap.astype(np.float64).sum() * px_area) if pmap is not None else None,
@@ -204,7 +262,7 @@ def _assemble(*, kind, model, card, probe, image, attribution, attribution_metho
             attribution_share=float(shares[k]) if in_probe else None,
             units=[int(u) for u in units], unit_activations=[float(v) for v in acts],
             unit_ious=[float(v) for v in ious], mean_unit_activation=float(acts.mean()) if len(acts) else None,
-            logit_part=parts.get(name) if parts else None,
+            logit_part=parts_.get(name) if parts_ else None,
             tcav_score=t.score if t else None, tcav_p_value=t.p_value if t else None,
             tcav_significant=t.significant if t else None,
             probe_auroc=m.get("auroc"), n_drawings=int(m.get("n_drawings", 0)), n_images=int(m.get("n_images", 0)),
@@ -212,16 +270,33 @@ def _assemble(*, kind, model, card, probe, image, attribution, attribution_metho
         ))
     probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 0).numpy()
     return ConceptReport(
-        kind=kind, model_card=getattr(card, "name", ""), weights_sha=model_fingerprint(model),
-        probe_version=probe.version, probe_layer=probe.layer, unit_layer=unit_layer, image_id=image_id,
-        patch=tuple(int(v) for v in patch) if patch is not None else None, pixel_spacing_mm=spacing,
+        kind=parts.kind, model_card=getattr(card, "name", ""), weights_sha=model_fingerprint(model),
+        probe_version=probe.version, probe_layer=probe.layer, unit_layer=_unit_layer(card), image_id=parts.image_id,
+        patch=tuple(int(v) for v in parts.patch) if parts.patch is not None else None, pixel_spacing_mm=spacing,
         target=t_idx, target_name=t_name, classes=[str(c) for c in card.classes],
         probabilities=[float(p) for p in probs], probability=float(probs[t_idx]), logit=float(logits[t_idx]),
-        image=np.asarray(image, dtype=np.float16), attribution_method=attribution_method,
-        attribution_map=np.asarray(attribution, dtype=np.float32), concepts=entries,
+        image=np.asarray(parts.image, dtype=np.float16), attribution_method=parts.attribution_method,
+        attribution_map=np.asarray(parts.attribution, dtype=np.float32), concepts=entries,
         unexplained_share=float(unexplained), logit_bias=bias, logit_unlabeled=rest,
-        logit_exact=bool(exact), tcav_n_inputs=getattr(tcav, "n_inputs", None),
+        logit_exact=bool(exact), tcav_n_inputs=getattr(parts.tcav, "n_inputs", None),
         created_at=time.strftime("%Y-%m-%d %H:%M:%S"), notes=notes)
+
+
+def _logit_parts(model, card, unit_act, logits, t_idx: int, labels: dict, notes: list[str]):
+    """({concept: logit part}, bias, unlabeled remainder, exact?) for a pool-linear head, else ({}, None,
+    None, False); a note says why the parts are missing or do not add up."""
+    if getattr(card, "head", "pool-linear") != "pool-linear" or unit_act is None:
+        return {}, None, None, False
+    try:
+        parts, bias, rest, total = logit_decomposition(model, unit_act, t_idx, {c: labels[c][0] for c in labels})
+    except ValueError as exc:
+        notes.append(f"no logit decomposition: {exc}")
+        return {}, None, None, False
+    exact = abs(total - float(logits[t_idx])) <= 1e-4 * max(1.0, abs(float(logits[t_idx])))
+    if not exact:
+        notes.append(f"logit parts sum to {total:.6f}, model logit {float(logits[t_idx]):.6f}: "
+                     f"{_unit_layer(card)!r} does not feed the pool directly")
+    return parts, bias, rest, exact
 
 
 def _colours(store, colours):
@@ -232,47 +307,48 @@ def _colours(store, colours):
     return out
 
 
-def build_report(model, card, patch: np.ndarray, probe: ProbeVersion, *, attribution_map: np.ndarray | None = None,
-                 attribution_method: str = "gradcam", store=None, unit_labels: list[dict] | None = None,
-                 tcav=None, activations: dict[str, torch.Tensor] | None = None, logits=None,
-                 target=None, image_id: str | None = None, patch_xy: tuple[int, int] | None = None,
-                 colours: dict[str, str] | None = None, device=None) -> ConceptReport:
+def _label_rows(card, inputs: ReportInputs) -> list[dict]:
+    """The unit labels at the head's layer: given, else read from the store, else none."""
+    if inputs.unit_labels is not None:
+        return inputs.unit_labels
+    if inputs.store is None:
+        return []
+    return inputs.store.list_unit_labels(getattr(card, "name", ""), _unit_layer(card))
+
+
+def build_report(model, card, patch: np.ndarray, probe: ProbeVersion, config: ReportConfig = ReportConfig(),
+                 inputs: ReportInputs = ReportInputs()) -> ConceptReport:
     """Concept report for one grey patch (S, S) in [0, 1] (model space).
 
-    attribution_map (S, S): any attribution (e.g. ``attribution.attribute(...).map``); computed
-    with Grad-CAM when None. activations {layer: (C, h, w)} and logits (K,) from a cached
-    forward pass skip the model; otherwise one pass gives both layers and the logits.
-    unit_labels: rows as ``Store.list_unit_labels`` gives (read from ``store`` when None).
-    tcav: a ``tcav.TCAVResult`` for this probe (optional).
+    Without ``inputs.attribution_map`` the attribution is ``config.attribution_method``'s. Without
+    ``inputs.activations`` and ``inputs.logits`` one forward pass gives both layers and the logits.
     """
     patch = np.asarray(patch, dtype=np.float32)
     size = patch.shape[0]
-    t_idx, t_name = _target(card, target)
+    t_idx, t_name = target_class(card, config.target)
     unit_layer = _unit_layer(card)
     need = [probe.layer] + ([unit_layer] if unit_layer != probe.layer else [])
-    acts = dict(activations or {})
+    acts = dict(inputs.activations or {})
+    logits = inputs.logits
     if any(name not in acts for name in need) or logits is None:
-        from dashboard.engine.model_state import lock_for
-
         x = torch.as_tensor(np.asarray(card.preprocess(patch[None])), dtype=torch.float32)  # (1, 3, S, S)
         with lock_for(model):
-            got, out = compute_activations(model, need, x, device=device, with_output=True, out_device="cpu")
+            got, out = compute_activations(model, need, x, device=config.device, with_output=True, out_device="cpu")
         acts = {k: v[0] for k, v in got.items()}
         logits = out[0]
     logits = torch.as_tensor(logits).detach().double().cpu().reshape(-1)
+    attribution_map = inputs.attribution_map
     if attribution_map is None:
-        from dashboard.engine.attribution import attribute
-
-        att = attribute(model, card, patch, method=attribution_method, target=t_idx, device=device)
-        attribution_map = att.map
+        attribution_map = attribute(model, card, patch, AttributionConfig(
+            method=config.attribution_method, target=t_idx, device=config.device)).map
     probs_all = compute_concept_maps(probe, acts[probe.layer], size, include_background=True)  # (K+1, S, S)
-    if unit_labels is None:
-        unit_labels = store.list_unit_labels(getattr(card, "name", ""), unit_layer) if store is not None else []
-    return _assemble(kind="patch", model=model, card=card, probe=probe, image=patch, attribution=attribution_map,
-                     attribution_method=attribution_method, probs_all=probs_all, logits=logits, t_idx=t_idx,
-                     t_name=t_name, unit_act=torch.as_tensor(acts[unit_layer]), label_rows=unit_labels, tcav=tcav,
-                     colours=_colours(store, colours), image_id=image_id,
-                     patch=(patch_xy[0], patch_xy[1], size) if patch_xy is not None else None, notes=[])
+    patch_xy = inputs.patch_xy
+    return _assemble(model, card, probe, _Parts(
+        kind="patch", image=patch, attribution=attribution_map, attribution_method=config.attribution_method,
+        probs_all=probs_all, logits=logits, target=(t_idx, t_name), unit_act=torch.as_tensor(acts[unit_layer]),
+        label_rows=_label_rows(card, inputs), tcav=inputs.tcav, colours=_colours(inputs.store, config.colours),
+        image_id=inputs.image_id, patch=(patch_xy[0], patch_xy[1], size) if patch_xy is not None else None,
+        notes=[]))
 
 
 @dataclass
@@ -298,114 +374,105 @@ class ImageEvidence:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def compute_image_evidence(model, card, image: np.ndarray, *, layers: list[str] | tuple[str, ...] = (),
-                           mask: np.ndarray | None = None, attribution_map: np.ndarray | None = None,
-                           attribution_method: str = "gradcam", tiles: list[tuple[int, int]] | None = None,
-                           stride: int | None = None, target=None, device=None, batch_size: int = 8,
-                           tile_source: str = "tiles") -> ImageEvidence:
+def compute_image_evidence(model, card, image: np.ndarray, layers: list[str] | tuple[str, ...] = (),
+                           config: ReportConfig = ReportConfig(),
+                           inputs: ReportInputs = ReportInputs()) -> ImageEvidence:
     """The probe-independent part of ``build_image_report`` for a model-space image (H, W) in [0, 1].
 
-    layers: the layers whose whole-image feature maps are kept (the probes' layers).
-    tiles: the candidate patches (x0, y0) (default: a grid over ``mask``), ``tile_source`` their
-    name in the report's note.
+    layers: the layers whose whole-image feature maps are kept (the probes' layers). Uses
+    ``inputs.mask``, ``inputs.tiles`` / ``tile_source`` and ``inputs.attribution_map`` when given.
     """
-    from dashboard.engine.model_state import lock_for
-    from dashboard.imaging import crop_patch, tile
-
     img = np.asarray(image, dtype=np.float32)
-    size = int(card.input_size if np.isscalar(card.input_size) else card.input_size[-1])
-    stride = stride or size // 2
-    t_idx, _ = _target(card, target)
-    unit_layer = _unit_layer(card)
-    timings: dict[str, float] = {}
+    size = card.patch_size
+    t_idx, _ = target_class(card, config.target)
+    tiles = inputs.tiles
     if tiles is None:
-        m = np.ones(img.shape, bool) if mask is None else np.asarray(mask, bool)
-        tiles = [tuple(int(v) for v in xy) for xy in tile(m, size, stride, 0.1 if mask is not None else 0.0)]
+        m = np.ones(img.shape, bool) if inputs.mask is None else np.asarray(inputs.mask, bool)
+        tiles = [tuple(int(v) for v in xy)
+                 for xy in tile(m, size, config.stride or size // 2, 0.1 if inputs.mask is not None else 0.0)]
     if not len(tiles):
         raise ValueError("no tile of the image holds enough breast tissue")
-    best = (-1.0, None, None, None)
-    feats: dict[str, torch.Tensor] = {}
+    timings: dict[str, float] = {}
     with lock_for(model):
         t0 = time.perf_counter()
-        for s in range(0, len(tiles), batch_size):
-            chunk = tiles[s:s + batch_size]
-            g = np.stack([crop_patch(img, x0, y0, size) for x0, y0 in chunk])  # (B, S, S)
-            x = torch.as_tensor(np.asarray(card.preprocess(g)), dtype=torch.float32)  # (B, 3, S, S)
-            acts, out = compute_activations(model, [unit_layer], x, device=device, with_output=True, out_device="cpu")
-            p = torch.softmax(out.double(), 1)[:, t_idx]  # (B,)
-            j = int(p.argmax())
-            if float(p[j]) > best[0]:
-                best = (float(p[j]), chunk[j], acts[unit_layer][j], out[j])
+        xy, unit_act, logits = _best_tile(model, card, img, tiles, t_idx, config)
         timings["tiles"] = time.perf_counter() - t0
+        feats: dict[str, torch.Tensor] = {}
         if layers:
             t0 = time.perf_counter()
             x_img = torch.as_tensor(np.asarray(card.preprocess(img[None])), dtype=torch.float32)  # (1, 3, H, W)
-            got = compute_activations(model, list(dict.fromkeys(layers)), x_img, device=device, out_device="cpu")
+            got = compute_activations(model, list(dict.fromkeys(layers)), x_img, device=config.device,
+                                      out_device="cpu")
             feats = {k: v[0] for k, v in got.items()}  # {layer: (C, H', W')}
             timings["feature_map"] = time.perf_counter() - t0
+    attribution_map = inputs.attribution_map
     if attribution_map is None:
-        from dashboard.engine.attribution import attribute_image
-
         t0 = time.perf_counter()
-        attribution_map = attribute_image(model, card, img, mask, method=attribution_method, target=t_idx,
-                                          device=device).map
+        attribution_map = attribute_image(model, card, img, inputs.mask, AttributionConfig(
+            method=config.attribution_method, target=t_idx, device=config.device)).map
         timings["attribution"] = time.perf_counter() - t0
-    _, xy, unit_act, logits = best
     return ImageEvidence(best_tile=(int(xy[0]), int(xy[1])), n_tiles=len(tiles), unit_act=unit_act, logits=logits,
                          feats=feats, attribution_map=np.asarray(attribution_map, dtype=np.float32),
-                         attribution_method=attribution_method, target=t_idx, tile_source=tile_source,
-                         timings_s=timings)
+                         attribution_method=config.attribution_method, target=t_idx,
+                         tile_source=inputs.tile_source, timings_s=timings)
 
 
-def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, *, mask: np.ndarray | None = None,
-                       attribution_map: np.ndarray | None = None, attribution_method: str = "gradcam",
-                       tiles: list[tuple[int, int]] | None = None, stride: int | None = None, store=None,
-                       unit_labels: list[dict] | None = None, tcav=None, target=None, image_id: str | None = None,
-                       colours: dict[str, str] | None = None, device=None, batch_size: int = 8,
-                       evidence: ImageEvidence | None = None, probs_all: np.ndarray | None = None) -> ConceptReport:
+def _best_tile(model, card, img: np.ndarray, tiles: list, t_idx: int, config: ReportConfig):
+    """((x0, y0), unit activation (C, h, w), logits (K,)) of the tile with the highest target probability."""
+    size = card.patch_size
+    unit_layer = _unit_layer(card)
+    best = (-1.0, None, None, None)
+    for s in range(0, len(tiles), config.batch_size):
+        chunk = tiles[s:s + config.batch_size]
+        g = np.stack([crop_patch(img, x0, y0, size) for x0, y0 in chunk])  # (B, S, S)
+        x = torch.as_tensor(np.asarray(card.preprocess(g)), dtype=torch.float32)  # (B, 3, S, S)
+        acts, out = compute_activations(model, [unit_layer], x, device=config.device, with_output=True,
+                                        out_device="cpu")
+        p = torch.softmax(out.double(), 1)[:, t_idx]  # (B,)
+        j = int(p.argmax())
+        if float(p[j]) > best[0]:
+            best = (float(p[j]), chunk[j], acts[unit_layer][j], out[j])
+    return best[1], best[2], best[3]
+
+
+def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, config: ReportConfig = ReportConfig(),
+                       inputs: ReportInputs = ReportInputs()) -> ConceptReport:
     """Concept report for a whole model-space mammogram (H, W) in [0, 1].
 
     The image's probability is the highest tile probability (tiles of the card's patch size, from
-    ``imaging.tile`` over ``mask`` or a regular grid); the logit parts and unit activations are
+    ``imaging.tile`` over ``inputs.mask`` or a regular grid); the logit parts and unit activations are
     those of that tile. Concept maps come from one fully convolutional pass over the whole image,
-    and the attribution shares from the whole-image attribution map (Grad-CAM when None).
-    evidence: the probe-independent part (``compute_image_evidence``) when the caller has it
-    cached; then only the probe's maps and the assembly are computed here.
-    probs_all: the probe's maps over this image, (K+1, H, W) with background first
-    (``compute_concept_maps(probe, feats, image.shape, include_background=True)``), when the
-    caller has them already; then only the assembly is computed here.
+    and the attribution shares from the whole-image attribution map (``config.attribution_method``
+    when ``inputs`` has none). With ``inputs.evidence`` (cached by the caller) only the probe's maps
+    and the assembly are computed here; with ``inputs.probs_all`` too, only the assembly.
     """
     img = np.asarray(image, dtype=np.float32)
-    t_idx, t_name = _target(card, target)
+    t_idx, t_name = target_class(card, config.target)
+    evidence = inputs.evidence
     if evidence is None or evidence.target != t_idx:
-        evidence = compute_image_evidence(model, card, img, layers=[probe.layer], mask=mask,
-                                          attribution_map=attribution_map, attribution_method=attribution_method,
-                                          tiles=tiles, stride=stride, target=t_idx, device=device,
-                                          batch_size=batch_size)
+        evidence = compute_image_evidence(model, card, img, [probe.layer],
+                                          replace(config, target=t_idx), inputs)
+    probs_all = inputs.probs_all
     if probs_all is None:
         feats = evidence.feats.get(probe.layer)
         if feats is None:  # a probe at another layer than the cached pass: one more FCN pass
-            from dashboard.engine.model_state import lock_for
-
             x_img = torch.as_tensor(np.asarray(card.preprocess(img[None])), dtype=torch.float32)  # (1, 3, H, W)
             with lock_for(model):
-                feats = compute_activations(model, [probe.layer], x_img, device=device,
+                feats = compute_activations(model, [probe.layer], x_img, device=config.device,
                                             out_device="cpu")[probe.layer][0]
         probs_all = compute_concept_maps(probe, feats, img.shape, include_background=True)  # (K+1, H, W)
     elif probs_all.shape != (len(probe.concepts) + 1, *img.shape):
         raise ValueError(f"probs_all {probs_all.shape} is not (K+1, H, W) for {len(probe.concepts)} concepts "
                          f"over {img.shape}")
-    if unit_labels is None:
-        unit_labels = store.list_unit_labels(getattr(card, "name", ""), _unit_layer(card)) if store is not None else []
     x0, y0 = evidence.best_tile
-    size = int(card.input_size if np.isscalar(card.input_size) else card.input_size[-1])
     notes = [f"image probability = highest of {evidence.n_tiles} {evidence.tile_source}; logit parts and unit "
              f"activations of the patch at ({x0}, {y0})"]
-    return _assemble(kind="image", model=model, card=card, probe=probe, image=img,
-                     attribution=evidence.attribution_map, attribution_method=evidence.attribution_method,
-                     probs_all=probs_all, logits=evidence.logits.double(), t_idx=t_idx, t_name=t_name,
-                     unit_act=evidence.unit_act, label_rows=unit_labels, tcav=tcav, colours=_colours(store, colours),
-                     image_id=image_id, patch=(x0, y0, size), notes=notes)
+    return _assemble(model, card, probe, _Parts(
+        kind="image", image=img, attribution=evidence.attribution_map,
+        attribution_method=evidence.attribution_method, probs_all=probs_all, logits=evidence.logits.double(),
+        target=(t_idx, t_name), unit_act=evidence.unit_act, label_rows=_label_rows(card, inputs),
+        tcav=inputs.tcav, colours=_colours(inputs.store, config.colours), image_id=inputs.image_id,
+        patch=(x0, y0, card.patch_size), notes=notes))
 
 
 # ---------------------------------------------------------------- JSON
@@ -470,8 +537,6 @@ def report_figures(report: ConceptReport, *, max_side: int = 256,
 
     Image-like figures are area-averaged to ``max_side`` pixels on the long side.
     only: the names of the figures wanted (default all of them)."""
-    import plotly.graph_objects as go
-
     names = [c.concept for c in report.concepts]
     cols = [c.colour for c in report.concepts]
     figs: dict[str, Any] = {}
@@ -544,8 +609,6 @@ def report_figures(report: ConceptReport, *, max_side: int = 256,
 
 # ---------------------------------------------------------------- HTML
 def _png_data_uri(rgb: np.ndarray) -> str:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -570,8 +633,6 @@ def _overlay_rgb(report: ConceptReport) -> tuple[np.ndarray, np.ndarray]:
 
 def export_html(report: ConceptReport, path: Path | str) -> Path:
     """One self-contained, offline HTML file: plotly.js inlined, images as data URIs."""
-    from plotly.offline import get_plotlyjs
-
     path = Path(path)
     figs = report_figures(report)
     divs = [fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}", config={"displaylogo": False})

@@ -32,16 +32,50 @@ scores; significant when p < alpha / K (Bonferroni over the K concepts tested).
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from captum.concept import TCAV, Concept
+from captum.concept._utils.classifier import Classifier
+from captum.concept._utils.common import concepts_to_str
+from scipy.stats import ttest_ind
+from torch.utils.data import DataLoader, TensorDataset
 
-from dashboard.engine.activations import _eval_mode
-from dashboard.engine.probes import ProbeData, ProbeVersion, collect_probe_data, fit_probes
+from dashboard.engine.inference import target_class
+from dashboard.engine.model_state import model_device, model_state_guard
+from dashboard.engine.probes import ProbeConfig, ProbeData, ProbeVersion, collect_probe_data, fit_probes
 
-__all__ = ["TCAVConcept", "TCAVResult", "compute_cavs", "compute_layer_gradients", "compute_tcav", "run_tcav",
-           "CAVSet"]
+__all__ = ["TCAVConcept", "TCAVResult", "TCAVConfig", "compute_cavs", "compute_layer_gradients", "compute_tcav",
+           "run_tcav", "CAVSet"]
+
+
+@dataclass(frozen=True)
+class TCAVConfig:
+    """How TCAV runs (module doc).
+
+    target       class index or name (default: the card's positive class)
+    n_runs       random sets A_r (concept-vs-random CAVs per concept, and random-vs-random nulls)
+    alpha        significance level before the Bonferroni correction over concepts
+    engine       "batched" (one matmul) or "captum" (``captum.concept.TCAV``); the same numbers
+    random_size  positions per random set
+    seed         of the random sets (and of the background positions ``run_tcav`` collects)
+    device       where the gradients are computed (default: the model's device)
+    cache_dir    ``run_tcav``: the activation cache of the drawn patches
+    save         ``run_tcav``: store the result in ``tcav_runs``
+    """
+
+    target: int | str | None = None
+    n_runs: int = 10
+    alpha: float = 0.05
+    engine: str = "batched"
+    random_size: int = 500
+    seed: int = 0
+    device: str | torch.device | None = None
+    cache_dir: Path | str | None = None
+    save: bool = True
 
 
 @dataclass
@@ -95,23 +129,9 @@ class TCAVResult:
         return cls(**d)
 
 
-def _target_index(card, target) -> tuple[int, str]:
-    classes = list(getattr(card, "classes", []) or [])
-    if target is None:
-        target = getattr(card, "positive_class", None)
-        if target is None:
-            target = len(classes) - 1 if classes else 1
-    if isinstance(target, str):
-        if target not in classes:
-            raise ValueError(f"unknown class {target!r}; the card has {classes}")
-        return classes.index(target), target
-    t = int(target)
-    return t, (classes[t] if t < len(classes) else str(t))
-
-
 def compute_cavs(data: ProbeData, *, concepts: list[str] | None = None, n_runs: int = 10,
                  random_size: int = 500, l2: float = 0.1, seed: int = 0, max_iter: int = 50) -> CAVSet:
-    """Concept-vs-random and random-vs-random CAVs from drawn positions (see module doc)."""
+    """Concept-vs-random and random-vs-random CAVs from drawn positions at ``data.layer`` (module doc)."""
     concepts = [c for c in (concepts or data.classes[1:]) if c in data.classes[1:]]
     y = data.y
     pool = torch.nonzero(y == 0).flatten()
@@ -123,7 +143,7 @@ def compute_cavs(data: ProbeData, *, concepts: list[str] | None = None, n_runs: 
     k = len(concepts)
     trains, labels = [], []
     a_sets = []
-    for r in range(n_runs):
+    for _r in range(n_runs):
         perm = pool[torch.randperm(len(pool), generator=gen)]
         a_r, b_r = perm[:m], perm[m:2 * m]
         a_sets.append(a_r)
@@ -152,7 +172,7 @@ def compute_cavs(data: ProbeData, *, concepts: list[str] | None = None, n_runs: 
     per_run = k + 1
     concept_idx = np.array([[r * per_run + j for r in range(n_runs)] for j in range(k)], dtype=np.int64)
     random_idx = np.array([r * per_run + k for r in range(n_runs)], dtype=np.int64)
-    return CAVSet(layer="", concepts=concepts, vectors=v.numpy().astype(np.float32), concept_idx=concept_idx,
+    return CAVSet(layer=data.layer, concepts=concepts, vectors=v.numpy().astype(np.float32), concept_idx=concept_idx,
                   random_idx=random_idx, accuracy=acc.numpy(), n_runs=n_runs)
 
 
@@ -166,7 +186,7 @@ def compute_layer_gradients(model, layer: str, x: torch.Tensor, target: int, *, 
     modules = dict(model.named_modules())
     if layer not in modules:
         raise KeyError(f"unknown layer {layer!r}")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = model_device(model, device)
     out = []
     holder: dict[str, torch.Tensor] = {}
 
@@ -177,7 +197,7 @@ def compute_layer_gradients(model, layer: str, x: torch.Tensor, target: int, *, 
 
     handle = modules[layer].register_forward_hook(hook)
     try:
-        with torch.enable_grad(), _eval_mode(model):
+        with torch.enable_grad(), model_state_guard(model, freeze=False):
             for s in range(0, x.shape[0], batch_size):
                 xb = x[s:s + batch_size].to(dev)  # (B, 3, H, W)
                 logits = model(xb)  # (B, K)
@@ -190,57 +210,44 @@ def compute_layer_gradients(model, layer: str, x: torch.Tensor, target: int, *, 
 
 
 def _ttest(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import ttest_ind
-
     if np.allclose(a, a[0]) and np.allclose(b, b[0]):
         # no spread in either group: the difference is either nothing or certain
         return 1.0 if np.isclose(a[0], b[0]) else 0.0
-    import warnings
-
     with warnings.catch_warnings():  # one constant group is fine for Welch's test; scipy still warns
         warnings.simplefilter("ignore", RuntimeWarning)
         p = float(ttest_ind(a, b, equal_var=False).pvalue)
     return 1.0 if not np.isfinite(p) else p
 
 
-class _PrecomputedCAVs:
+class _PrecomputedCAVs(Classifier):
     """captum Classifier that returns CAVs we computed, for whichever concept ids it is given."""
 
-    def __new__(cls, *args, **kwargs):
-        from captum.concept._utils.classifier import Classifier
+    def __init__(self, table: dict[tuple[int, int], np.ndarray], hw: int):
+        self.table = table  # (first id, second id) -> flattened CAV of the first concept
+        self.hw = hw
+        self._ids: list[int] = []
 
-        class PrecomputedCAVClassifier(Classifier):
-            def __init__(self, table: dict[tuple[int, int], np.ndarray], hw: int):
-                self.table = table  # (first id, second id) -> flattened CAV of the first concept
-                self.hw = hw
-                self._ids: list[int] = []
+    def train_and_eval(self, dataloader, **kwargs):
+        ids: list[int] = []
+        for _x, y in dataloader:  # only the labels: which concepts are in this set
+            for v in y.tolist():
+                if v not in ids:
+                    ids.append(v)
+        self._ids = ids
+        return {"accs": torch.tensor(1.0)}
 
-            def train_and_eval(self, dataloader, **kwargs):
-                ids: list[int] = []
-                for _x, y in dataloader:  # only the labels: which concepts are in this set
-                    for v in y.tolist():
-                        if v not in ids:
-                            ids.append(v)
-                self._ids = ids
-                return {"accs": torch.tensor(1.0)}
+    def weights(self):
+        a, b = self._ids
+        v = torch.as_tensor(self.table[(a, b)] if (a, b) in self.table else -self.table[(b, a)])
+        flat = v.repeat_interleave(self.hw)  # (C*h*w,), captum's flattening of (C, h, w)
+        return torch.stack([flat, -flat])
 
-            def weights(self):
-                a, b = self._ids
-                v = torch.as_tensor(self.table[(a, b)] if (a, b) in self.table else -self.table[(b, a)])
-                flat = v.repeat_interleave(self.hw)  # (C*h*w,), captum's flattening of (C, h, w)
-                return torch.stack([flat, -flat])
-
-            def classes(self):
-                return list(self._ids)
-
-        return PrecomputedCAVClassifier(*args, **kwargs)
+    def classes(self):
+        return list(self._ids)
 
 
 def _captum_scores(model, layer: str, x: torch.Tensor, target: int, cavs: CAVSet, hw: int, device):
     """sign_count and magnitude for every CAV, computed by captum.concept.TCAV."""
-    from captum.concept import TCAV, Concept
-    from torch.utils.data import DataLoader, TensorDataset
-
     k, r = cavs.concept_idx.shape
     blank = TensorDataset(torch.zeros(1, 3, 32, 32))
     loader = lambda: DataLoader(blank, batch_size=1, collate_fn=lambda b: torch.stack([t[0] for t in b]))  # noqa: E731
@@ -256,15 +263,13 @@ def _captum_scores(model, layer: str, x: torch.Tensor, target: int, cavs: CAVSet
         table[(k + j, k + r + j)] = cavs.vectors[cavs.random_idx[j]]
         sets.append([rand_a[j], rand_b[j]])
     clf = _PrecomputedCAVs(table, hw)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    with tempfile.TemporaryDirectory() as tmp, _eval_mode(model):
+    dev = model_device(model, device)
+    with tempfile.TemporaryDirectory() as tmp, model_state_guard(model, freeze=False):
         tcav = TCAV(model, [layer], model_id="conceptlens", classifier=clf, save_path=tmp)
         out = tcav.interpret(x.to(dev), sets, target=target)
     n_in = x.shape[0]
     sign = np.zeros(cavs.vectors.shape[0])
     mag = np.zeros(cavs.vectors.shape[0])
-    from captum.concept._utils.common import concepts_to_str
-
     for j in range(r):
         for i in range(k):
             res = out[concepts_to_str([concept_objs[i], rand_a[j]])][layer]
@@ -277,50 +282,40 @@ def _captum_scores(model, layer: str, x: torch.Tensor, target: int, cavs: CAVSet
     return sign, mag
 
 
-def compute_tcav(model, card, data: ProbeData, inputs, *, layer: str, target=None, n_runs: int = 10,
-                 alpha: float = 0.05, engine: str = "batched", probe: ProbeVersion | None = None,
-                 random_size: int = 500, seed: int = 0, device=None, cavs: CAVSet | None = None) -> TCAVResult:
-    """TCAV of every drawn concept for the target class over a set of inputs.
+def compute_tcav(model, card, cavs: CAVSet, inputs, config: TCAVConfig = TCAVConfig(), *,
+                 probe: ProbeVersion | None = None) -> TCAVResult:
+    """TCAV of every concept of ``cavs`` (at ``cavs.layer``) for the target class over a set of inputs.
 
-    data: drawn positions at ``layer`` (``collect_probe_data``). inputs: (N, 3, H, W) preprocessed
-    tensor or (N, S, S) grey patches in [0, 1]. target: class index or name (default: the card's
-    positive class). Returns per concept score, magnitude, p-value and significance (module doc).
+    cavs: ``compute_cavs`` of the drawn positions. inputs: (N, 3, H, W) preprocessed tensor or
+    (N, S, S) grey patches in [0, 1]. probe: its own directions are scored too. Returns per concept
+    score, magnitude, p-value and significance (module doc).
     """
-    t_idx, t_name = _target_index(card, target)
+    if not cavs.layer:
+        raise ValueError("the CAVs do not say their layer; collect the drawn positions with collect_probe_data")
+    layer = cavs.layer
+    t_idx, t_name = target_class(card, config.target)
     x = inputs
     if not torch.is_tensor(x) or x.dim() == 3:
         x = torch.as_tensor(np.asarray(card.preprocess(np.asarray(inputs, dtype=np.float32))), dtype=torch.float32)
-    cavs = cavs or compute_cavs(data, n_runs=n_runs, random_size=random_size, seed=seed)
-    cavs.layer = layer
-    grads = compute_layer_gradients(model, layer, x, t_idx, device=device)  # (N, C, h, w)
+    grads = compute_layer_gradients(model, layer, x, t_idx, device=config.device)  # (N, C, h, w)
     n, c, h, w = grads.shape
     g_sum = grads.sum(dim=(2, 3)).double()  # (N, C)
-    probe_vecs = None
-    if probe is not None:
-        pv = probe.directions()  # (K_probe, C)
-        probe_vecs = {cn: pv[i] for i, cn in enumerate(probe.concepts)}
-    if engine == "batched":
+    if config.engine == "batched":
         V = torch.as_tensor(cavs.vectors, dtype=torch.float64)  # (M, C)
         S = g_sum @ V.T  # (N, M): every input against every CAV in one matmul
         sign = (S > 0).sum(0).numpy() / n
         mag = S.mean(0).numpy()
-    elif engine == "captum":
-        sign, mag = _captum_scores(model, layer, x, t_idx, cavs, h * w, device)
+    elif config.engine == "captum":
+        sign, mag = _captum_scores(model, layer, x, t_idx, cavs, h * w, config.device)
     else:
         raise ValueError("engine must be 'batched' or 'captum'")
-    probe_scores = {}
-    if probe_vecs:
-        names = [cn for cn in cavs.concepts if cn in probe_vecs]
-        if names:
-            P = torch.as_tensor(np.stack([probe_vecs[cn] for cn in names]), dtype=torch.float64)  # (K', C)
-            ps = ((g_sum @ P.T) > 0).double().mean(0).numpy()
-            probe_scores = dict(zip(names, ps.tolist()))
+    probe_scores = _probe_scores(probe, cavs.concepts, g_sum)
     k = len(cavs.concepts)
-    alpha_c = alpha / max(k, 1)
+    alpha_c = config.alpha / max(k, 1)
     rand_scores = sign[cavs.random_idx]
     result = TCAVResult(model_card=getattr(card, "name", ""), layer=layer, target=t_idx, target_name=t_name,
-                        n_inputs=int(n), n_runs=cavs.n_runs, alpha=alpha, alpha_corrected=alpha_c, engine=engine,
-                        probe_version=getattr(probe, "version", None))
+                        n_inputs=int(n), n_runs=cavs.n_runs, alpha=config.alpha, alpha_corrected=alpha_c,
+                        engine=config.engine, probe_version=getattr(probe, "version", None))
     for i, cn in enumerate(cavs.concepts):
         runs = sign[cavs.concept_idx[i]]
         p = _ttest(runs, rand_scores)
@@ -332,16 +327,30 @@ def compute_tcav(model, card, data: ProbeData, inputs, *, layer: str, target=Non
     return result
 
 
-def run_tcav(store, model, card, probe: ProbeVersion, inputs, *, load_patch, target=None, n_runs: int = 10,
-             alpha: float = 0.05, engine: str = "batched", cache_dir=None, device=None, seed: int = 0,
-             save: bool = True) -> TCAVResult:
-    """TCAV with the drawings behind a probe version, at its layer; stored in ``tcav_runs``."""
+def _probe_scores(probe: ProbeVersion | None, concepts: list[str], g_sum: torch.Tensor) -> dict[str, float]:
+    """{concept: fraction of inputs whose summed gradient g_sum (N, C) points along the probe's direction}."""
+    if probe is None:
+        return {}
+    pv = probe.directions()  # (K_probe, C)
+    probe_vecs = {cn: pv[i] for i, cn in enumerate(probe.concepts)}
+    names = [cn for cn in concepts if cn in probe_vecs]
+    if not names:
+        return {}
+    P = torch.as_tensor(np.stack([probe_vecs[cn] for cn in names]), dtype=torch.float64)  # (K', C)
+    ps = ((g_sum @ P.T) > 0).double().mean(0).numpy()
+    return dict(zip(names, ps.tolist()))
+
+
+def run_tcav(store, model, card, probe: ProbeVersion, inputs, *, load_patch,
+             config: TCAVConfig = TCAVConfig()) -> TCAVResult:
+    """TCAV with the drawings behind a probe version, at its layer; stored in ``tcav_runs`` (``config.save``)."""
     wanted = set(probe.annotation_ids)
     ann = [a for a in store.list_annotations(include_deleted=True) if a.annotation_id in wanted]
-    data = collect_probe_data(model, card, probe.layer, ann, load_patch, cache_dir=cache_dir, device=device, seed=seed)
-    res = compute_tcav(model, card, data, inputs, layer=probe.layer, target=target, n_runs=n_runs, alpha=alpha,
-                       engine=engine, probe=probe, seed=seed, device=device)
-    if save and probe.version is not None:
+    data = collect_probe_data(model, card, probe.layer, ann, load_patch,
+                              ProbeConfig(cache_dir=config.cache_dir, device=config.device, seed=config.seed))
+    cavs = compute_cavs(data, n_runs=config.n_runs, random_size=config.random_size, seed=config.seed)
+    res = compute_tcav(model, card, cavs, inputs, config, probe=probe)
+    if config.save and probe.version is not None:
         store.save_tcav_run(probe_version=probe.version, model_card=res.model_card, layer=res.layer,
                             target=res.target, results=res.to_dict())
     return res

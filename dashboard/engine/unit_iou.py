@@ -164,7 +164,7 @@ def prepare_unit_masks(activation, thresholds, size) -> UnitMasks:
     seg = above_f @ cell_px.reshape(-1)  # (C,) counts: exact in float64
     mixed = ~(above | below) & (cell_px > 0)
     u, ch, cw = np.nonzero(mixed)  # (K,) each
-    mixed_seg, _ = _refine(a, t, tol, ax_h, ax_w, u, ch, cw, None, None)
+    mixed_seg, _ = _refine(a, t, tol, (ax_h, ax_w), (u, ch, cw))
     seg += np.bincount(u, weights=mixed_seg, minlength=c_units)
     return UnitMasks(a=a, t=t, tol=tol, size=(hh, ww), seg=seg, above=above_f, mixed_u=u, mixed_h=ch,
                      mixed_w=cw, mixed_seg=mixed_seg)
@@ -192,8 +192,8 @@ def unit_ious(masks: UnitMasks, drawing_mask) -> np.ndarray:
     inter += np.bincount(masks.mixed_u[full], weights=masks.mixed_seg[full], minlength=c_units)
     part = np.nonzero((km > 0) & ~full)[0]
     if part.size:
-        _, part_inter = _refine(masks.a, masks.t, masks.tol, ax_h, ax_w, masks.mixed_u[part],
-                                masks.mixed_h[part], masks.mixed_w[part], m, integral)
+        cells = (masks.mixed_u[part], masks.mixed_h[part], masks.mixed_w[part])
+        _, part_inter = _refine(masks.a, masks.t, masks.tol, (ax_h, ax_w), cells, (m, integral))
         inter += np.bincount(masks.mixed_u[part], weights=part_inter, minlength=c_units)
     union = masks.seg + float(m.sum()) - inter
     return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
@@ -227,14 +227,18 @@ def _cell_counts(ax_h: dict, ax_w: dict, integral: np.ndarray | None) -> np.ndar
                      ax_w["start"][None, :], ax_w["stop"][None, :]).astype(np.float64)
 
 
-def _refine(a, t, tol, ax_h, ax_w, u, ch, cw, m, integral):
+def _refine(a, t, tol, axes: tuple[dict, dict], cells: tuple, drawing: tuple | None = None):
     """Exact counts inside straddling cells by a quadtree over all (unit, block) pairs at once.
 
-    u, ch, cw (K,): the cells. Returns (seg, inter), each (K,) float64: pixels above threshold in
-    each cell, and of those inside the drawing ``m`` (H, W) bool. Without a drawing (``m`` None)
-    inter is zeros. With one, blocks outside the drawing are dropped early, so seg is then partial
-    and only inter is meaningful.
+    a (C, h, w), t and tol (C,); axes (ax_h, ax_w) from ``_axis_np``; cells (u, ch, cw), each (K,):
+    unit, cell row, cell column. drawing (m (H, W) bool, its integral image (H+1, W+1)) or None.
+    Returns (seg, inter), each (K,) float64: pixels above threshold in each cell, and of those inside
+    the drawing. Without a drawing inter is zeros. With one, blocks outside the drawing are dropped
+    early, so seg is then partial and only inter is meaningful.
     """
+    ax_h, ax_w = axes
+    u, ch, cw = cells
+    m, integral = drawing if drawing is not None else (None, None)
     k_cells = u.size
     seg = np.zeros(k_cells, dtype=np.float64)
     inter = np.zeros(k_cells, dtype=np.float64)
@@ -246,16 +250,7 @@ def _refine(a, t, tol, ax_h, ax_w, u, ch, cw, m, integral):
     cid = np.arange(k_cells)  # each block points at its cell (corner values and accumulator)
     r0, r1 = ax_h["start"][ch], ax_h["stop"][ch]
     c0, c1 = ax_w["start"][cw], ax_w["stop"][cw]
-    l0h, l1h, l0w, l1w = ax_h["l0"], ax_h["l1"], ax_w["l0"], ax_w["l1"]
     m_flat = None if m is None else m.reshape(-1)
-
-    def values(x, rr, cc):
-        # x (K, 4) cell corners, rr (K, R) pixel rows, cc (K, Q) pixel cols -> (K, R, Q), in ATen's
-        # order: (x00*w0 + x01*w1)*h0 + (x10*w0 + x11*w1)*h1, separable so weights are gathered once
-        w0, w1 = l0w[cc], l1w[cc]
-        top = x[:, 0:1] * w0 + x[:, 1:2] * w1  # (K, Q)
-        bot = x[:, 2:3] * w0 + x[:, 3:4] * w1
-        return top[:, None, :] * l0h[rr][:, :, None] + bot[:, None, :] * l1h[rr][:, :, None]
 
     def add(target, idx, vals):
         target += np.bincount(idx, weights=vals, minlength=k_cells)
@@ -276,7 +271,7 @@ def _refine(a, t, tol, ax_h, ax_w, u, ch, cw, m, integral):
                 br, bc = divmod(int(sid), _DENSE + 1)
                 rr = r0[s, None] + off[:br]  # (k, br)
                 cc = c0[s, None] + off[:bc]  # (k, bc)
-                v = values(corners[cid[s]], rr, cc)  # (k, br, bc)
+                v = _bilinear(corners[cid[s]], rr, cc, axes)  # (k, br, bc)
                 hit = v > t[u[cid[s]]][:, None, None]
                 add(seg, cid[s], hit.sum((1, 2)))
                 if m_flat is not None:
@@ -286,7 +281,7 @@ def _refine(a, t, tol, ax_h, ax_w, u, ch, cw, m, integral):
         cid, r0, r1, c0, c1 = cid[s], r0[s], r1[s], c0[s], c1[s]
         if not cid.size:
             break
-        v = values(corners[cid], np.stack([r0, r1 - 1], 1), np.stack([c0, c1 - 1], 1)).reshape(-1, 4)  # (K, 4)
+        v = _bilinear(corners[cid], np.stack([r0, r1 - 1], 1), np.stack([c0, c1 - 1], 1), axes).reshape(-1, 4)  # (K, 4)
         uu = u[cid]
         tu, tolu = t[uu], tol[uu]
         vmin, vmax = v.min(1), v.max(1)
@@ -307,6 +302,17 @@ def _refine(a, t, tol, ax_h, ax_w, u, ch, cw, m, integral):
         keep = np.nonzero((r1 > r0) & (c1 > c0))[0]
         cid, r0, r1, c0, c1 = cid[keep], r0[keep], r1[keep], c0[keep], c1[keep]
     return seg, inter
+
+
+def _bilinear(x: np.ndarray, rr: np.ndarray, cc: np.ndarray, axes: tuple[dict, dict]) -> np.ndarray:
+    """Upsampled values of pixels inside cells: x (K, 4) cell corners, rr (K, R) pixel rows, cc (K, Q)
+    pixel cols -> (K, R, Q), in ATen's order: (x00*w0 + x01*w1)*h0 + (x10*w0 + x11*w1)*h1, separable
+    so the weights are gathered once."""
+    ax_h, ax_w = axes
+    w0, w1 = ax_w["l0"][cc], ax_w["l1"][cc]
+    top = x[:, 0:1] * w0 + x[:, 1:2] * w1  # (K, Q)
+    bot = x[:, 2:3] * w0 + x[:, 3:4] * w1
+    return top[:, None, :] * ax_h["l0"][rr][:, :, None] + bot[:, None, :] * ax_h["l1"][rr][:, :, None]
 
 
 @lru_cache(maxsize=64)

@@ -20,10 +20,10 @@ from scipy.stats import rankdata
 from dashboard.data.patchset import lesion_concept_names
 from dashboard.data.store import ValidationError
 from dashboard.engine.activations import compute_activations
-from dashboard.engine.dissection import compute_dataset_stats, units_by_concept
+from dashboard.engine.dissection import StatsConfig, compute_dataset_stats, units_by_concept
 from dashboard.engine.model_state import lock_for
 from dashboard.engine.probes import compute_concept_maps
-from dashboard.engine.report import build_report
+from dashboard.engine.report import ReportConfig, ReportInputs, build_report
 from dashboard.evaluation.faithfulness import deletion_drops, inpaint_regions, randomize_model
 from dashboard.evaluation.learning_curve import LearningCurveConfig, compute_learning_curve
 from dashboard.evaluation.metrics import (
@@ -139,10 +139,9 @@ def compute_train_stats(ctx: RunContext, cfg: EvaluationConfig, *, progress: Pro
     if not patches:
         raise ValueError("no breast tiles in the train split for the dataset statistics")
     arr = np.stack(patches[:cfg.stats_patches])  # (N, S, S)
-    return compute_dataset_stats(ctx.model, ctx.card, ctx.layer, arr, data_key=h.hexdigest()[:24],
-                                 quantile=cfg.quantile, cache_dir=Path(ctx.cache_dir) / "dissection",
-                                 progress=scaled(progress, 0.2, 1.0), device=ctx.device, batch_size=16,
-                                 store=ctx.store)
+    return compute_dataset_stats(ctx.model, ctx.card, ctx.layer, arr, StatsConfig(
+        data_key=h.hexdigest()[:24], quantile=cfg.quantile, cache_dir=Path(ctx.cache_dir) / "dissection",
+        device=ctx.device, batch_size=16), progress=scaled(progress, 0.2, 1.0), store=ctx.store)
 
 
 def _logodds(logits, target: int):
@@ -350,8 +349,10 @@ class _ReportChecks:
     randomized: dict
 
     def build(self, model, patch: np.ndarray, **where):
-        return build_report(model, self.ctx.card, patch, self.probe, attribution_method=self.cfg.attribution_method,
-                            unit_labels=self.unit_labels, target=self.target, device=self.ctx.device, **where)
+        return build_report(model, self.ctx.card, patch, self.probe,
+                            ReportConfig(attribution_method=self.cfg.attribution_method, target=self.target,
+                                         device=self.ctx.device),
+                            ReportInputs(unit_labels=self.unit_labels, **where))
 
 
 def _reports(ctx: RunContext, heldout: list[_Heldout], probe, cfg: EvaluationConfig, *,

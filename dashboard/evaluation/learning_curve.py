@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dashboard.engine.probes import _folds, auroc_one_vs_rest, collect_probe_data, fit_probes
+from dashboard.engine.probes import ProbeConfig, auroc_one_vs_rest, collect_probe_data, fit_probes, image_folds
 from dashboard.evaluation.reader import READER
 from dashboard.progress import Progress, report
 
@@ -97,8 +97,8 @@ def compute_learning_curve(store, card, model, *, load_patch: Callable,
     anns = _curve_annotations(store, card, config)
     if not anns:
         return pd.DataFrame(columns=CURVE_COLUMNS)
-    data = collect_probe_data(model, card, config.layer or card.default_layer, anns, load_patch, cache_dir=cache_dir,
-                              device=device, seed=config.seed, progress=progress)
+    data = collect_probe_data(model, card, config.layer or card.default_layer, anns, load_patch,
+                              ProbeConfig(cache_dir=cache_dir, device=device, seed=config.seed), progress=progress)
     rank = _ranks_in_concept(anns)
     steps = sorted({int(s) for s in config.steps if 0 < int(s) < rank.max() + 1} | {int(rank.max()) + 1})
     n_img = len(data.image_ids)
@@ -106,7 +106,7 @@ def compute_learning_curve(store, card, model, *, load_patch: Callable,
     aucs = None
     if k >= 2:
         sel = _step_rows(data, anns, rank, steps)
-        fold = _folds(n_img, k, config.seed)[data.group.numpy()]
+        fold = image_folds(data.group.numpy(), n_img, k, config.seed)
         aucs = _out_of_fold_aurocs(data, sel, fold, k, config, progress)
     return pd.DataFrame(_curve_rows(anns, rank, steps, data.y.numpy(), data.classes[1:], aucs, k, config.min_images),
                         columns=CURVE_COLUMNS)

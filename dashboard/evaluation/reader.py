@@ -13,10 +13,10 @@ from skimage import measure
 
 from dashboard import imaging
 from dashboard.data.patchset import NORMAL_STRUCTURE_GROUP, finding_regions
-from dashboard.data.store import ValidationError
+from dashboard.data.store import DrawingRecord, ValidationError
 from dashboard.engine.activations import compute_patch_activations
 from dashboard.engine.dissection import drawing_to_mask, label_units_from_drawing, match_drawing
-from dashboard.engine.probes import train_probes
+from dashboard.engine.probes import ProbeConfig, train_probes
 from dashboard.progress import Progress, report
 
 READER = "sim-reader"
@@ -418,9 +418,10 @@ class SimulatedReader:
         for n, (t, d, saved, key) in enumerate(prepared):
             m = match_drawing(act_of[key], self.stats.thresholds, d.mask, tau=self.cfg.tau)
             res = label_units_from_drawing(
-                ctx.store, image_id=t.image_id, concept=saved, reader=self.reader, patch_x0=key[1],
-                patch_y0=key[2], patch_size=self.size, shape=d.shape, geometry=d.geometry,
-                model_card=ctx.card.name, layer=ctx.layer, ious=m.ious, tau=self.cfg.tau, mask=d.mask)
+                ctx.store, DrawingRecord(image_id=t.image_id, concept=saved, reader=self.reader, patch_x0=key[1],
+                                         patch_y0=key[2], patch_size=self.size, shape=d.shape, geometry=d.geometry,
+                                         model_card=ctx.card.name),
+                layer=ctx.layer, ious=m.ious, tau=self.cfg.tau, mask=d.mask)
             rows.append({"round": int(round_index), "annotation_id": res.annotation_id, "concept": t.concept,
                          "saved_as": saved, "wrong_label": saved != t.concept, "k": t.k, "image_id": t.image_id,
                          "patch_x0": key[1], "patch_y0": key[2], "recall": round(d.recall, 4),
@@ -436,5 +437,5 @@ class SimulatedReader:
         """A new probe version on every live drawing of the card (the app's "Retrain probes")."""
         ctx = self.ctx
         return train_probes(ctx.store, ctx.model, ctx.card, ctx.layer, load_patch=self.load_patch,
-                            progress=progress, device=ctx.device, cache_dir=ctx.cache_dir, seed=self.seed,
-                            actor=self.reader)
+                            progress=progress, config=ProbeConfig(device=ctx.device, cache_dir=ctx.cache_dir,
+                                                                  seed=self.seed, actor=self.reader))

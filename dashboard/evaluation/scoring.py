@@ -22,7 +22,7 @@ import model_zoo
 from dashboard import imaging
 from dashboard.data import patchset
 from dashboard.data.store import Store, StoreError
-from dashboard.engine.inference import compute_lesion_map, predict_patches
+from dashboard.engine.inference import LesionMapConfig, compute_lesion_map, predict_patches
 from dashboard.errors import ConceptLensError
 from dashboard.evaluation.metrics import percentile_interval
 from dashboard.progress import Progress, report, scaled, tqdm_progress
@@ -67,12 +67,12 @@ def rebuild_patches(store, card, *, source: str | None, split: str = "test", max
     """
     p = card_patchset_params(card)
     fractions = p.get("split_by_patient")
-    return patchset.build_patchset(
-        store, card, source=source, splits=(split,), per_image_lesion=int(p["per_image_lesion"]),
+    return patchset.build_patchset(store, card, patchset.PatchSetConfig(
+        source=source, splits=(split,), per_image_lesion=int(p["per_image_lesion"]),
         per_image_normal=int(p["per_image_normal"]), seed=int(p["seed"]), jitter=p.get("jitter"),
         exclusion_margin=p.get("exclusion_margin"), max_images=max_images,
         split_by_patient=tuple(fractions) if fractions and split_of is None else None,
-        split_seed=int(p.get("split_seed", 0)), split_of=split_of, progress=progress)
+        split_seed=int(p.get("split_seed", 0)), split_of=split_of), progress=progress)
 
 
 def split_images(store, card, *, source: str | None, split: str = "test") -> list[dict]:
@@ -101,7 +101,7 @@ def compute_image_scores(model, card, store, rows: list[dict], *, method: str = 
         m = imaging.load_image(row["path"])
         img, mask, _ = imaging.prepare_model_image(m, card.pixel_spacing_mm,
                                                    default_spacing_mm=row.get("pixel_spacing_mm"))
-        lm = compute_lesion_map(model, card, img, mask, method=method)
+        lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method=method))
         used = lm.method
         ids.append(row["image_id"])
         patients.append(str(row.get("patient_ref") or row["case_id"]))

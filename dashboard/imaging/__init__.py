@@ -22,6 +22,7 @@ from dashboard.imaging.io import (
     PHI_KEYWORDS,
     PLAIN_SUFFIXES,
     VIEW_CODES,
+    DicomHeader,
     file_sha256,
     load_image,
     sniff_format,
@@ -35,6 +36,7 @@ from dashboard.imaging.model import (
     Window,
 )
 from dashboard.imaging.segmentation import (
+    block_mean,
     chest_wall_side,
     crop_patch,
     crop_to_mask,
@@ -62,6 +64,7 @@ __all__ = [
     "default_window",
     "window_image",
     "segment_breast",
+    "block_mean",
     "chest_wall_side",
     "crop_to_mask",
     "crop_patch",
@@ -79,6 +82,7 @@ __all__ = [
     "PHI_KEYWORDS",
     "PHI_KEYS",
     "writable_transfer_syntaxes",
+    "DicomHeader",
     "write_dicom",
     "file_sha256",
     "PLAIN_SUFFIXES",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from dashboard.imaging.model import ImagingError, Mammogram, Window
-from dashboard.imaging.segmentation import _block_mean, chest_wall_side, segment_breast
+from dashboard.imaging.segmentation import block_mean, chest_wall_side, segment_breast
 from dashboard.imaging.windowing import window_image
 
 
@@ -56,11 +57,9 @@ def resample(img: np.ndarray, frame: Frame, order: int = 1) -> np.ndarray:
     (sigma = (s - 1) / 2 for the remaining factor s > 1) and linear interpolation at the model
     pixel centres, so the geometry is exactly ``Frame.to_model``.
     """
-    from scipy import ndimage
-
     a = np.asarray(img, np.float32)
     k = max(1, int(np.floor(frame.scale + 1e-9)))
-    a = _block_mean(a, k)
+    a = block_mean(a, k)
     s = frame.scale / k
     if s > 1:
         a = ndimage.gaussian_filter(a, sigma=(s - 1) / 2, mode="nearest")

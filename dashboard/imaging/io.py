@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+import tifffile
+from PIL import Image, UnidentifiedImageError
+from pydicom import uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, get_decoder, get_encoder
+from pydicom.sequence import Sequence as DicomSequence
 
 from dashboard.imaging.model import ImagingError, Mammogram, VoiLut, Window
 from dashboard.imaging.segmentation import chest_wall_side, segment_breast
@@ -62,8 +73,6 @@ _META_KEYWORDS = (
 
 def _encoder_available(transfer_syntax) -> bool:
     """True if pydicom has a working encoder for ``transfer_syntax`` in this environment."""
-    from pydicom.pixels import get_encoder
-
     try:
         return bool(get_encoder(transfer_syntax).is_available)
     except (NotImplementedError, ValueError):
@@ -72,8 +81,6 @@ def _encoder_available(transfer_syntax) -> bool:
 
 def writable_transfer_syntaxes() -> list[str]:
     """Transfer syntax UIDs ``write_dicom`` can produce here (uncompressed ones plus working encoders)."""
-    from pydicom import uid
-
     out = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian]
     for ts in (uid.RLELossless, uid.JPEGLSLossless, uid.JPEG2000Lossless):
         if _encoder_available(ts):
@@ -81,32 +88,65 @@ def writable_transfer_syntaxes() -> list[str]:
     return [str(t) for t in out]
 
 
-def write_dicom(path, pixels: np.ndarray, *, laterality: str, view: str, pixel_spacing_mm: float,
-                window_centers: Sequence[float], window_widths: Sequence[float],
-                photometric: str = "MONOCHROME2", transfer_syntax=None, bits_stored: int = 12,
-                patient_id: str = "ANON", patient_name: str = "ANON", study_uid: str | None = None,
-                series_uid: str | None = None, sop_uid: str | None = None,
-                extra: dict[str, Any] | None = None,
-                window_explanations: Sequence[str] | None = None) -> Path:
+@dataclass(frozen=True)
+class DicomHeader:
+    """What ``write_dicom`` writes besides the pixels: the header of one mammogram file.
+
+    laterality        "L" or "R" (ImageLaterality and Laterality)
+    view              "CC", "MLO", ... (ViewPosition plus a SNOMED ViewCodeSequence when known)
+    pixel_spacing_mm  square pixel size in mm (PixelSpacing and ImagerPixelSpacing)
+    window_centers, window_widths  one or more VOI windows in stored-value units (rescale is identity)
+    window_explanations  one name per window (default "DEFAULT" for one window, else WINDOW1, ...)
+    photometric       "MONOCHROME2" (dense tissue bright) or "MONOCHROME1"
+    transfer_syntax   a pydicom UID; default Explicit VR Little Endian. RLE Lossless and JPEG 2000
+                      Lossless are encoded when the installed plugins can (``writable_transfer_syntaxes``)
+    bits_stored       1..16; the stored values must fit
+    patient_id, patient_name, study_uid, series_uid, sop_uid  (UIDs are generated when None)
+    extra             further attributes by keyword, set last (they override the defaults)
+    """
+
+    laterality: str
+    view: str
+    pixel_spacing_mm: float
+    window_centers: Sequence[float]
+    window_widths: Sequence[float]
+    window_explanations: Sequence[str] | None = None
+    photometric: str = "MONOCHROME2"
+    transfer_syntax: Any = None
+    bits_stored: int = 12
+    patient_id: str = "ANON"
+    patient_name: str = "ANON"
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+    extra: dict[str, Any] | None = None
+
+
+def write_dicom(path, pixels: np.ndarray, header: DicomHeader) -> Path:
     """Write one Digital Mammography X-Ray Image (For Presentation) DICOM file.
 
-    pixels            (H, W) unsigned integers, stored values exactly as given (no inversion: for
-                      MONOCHROME1 pass values where dense tissue is LOW); must fit in ``bits_stored``.
-    laterality        "L" or "R" (ImageLaterality and Laterality).
-    view              "CC", "MLO", ... (ViewPosition plus a SNOMED ViewCodeSequence when known).
-    pixel_spacing_mm  square pixel size in mm (PixelSpacing and ImagerPixelSpacing).
-    window_centers/widths  one or more VOI windows in stored-value units (rescale is identity).
-    transfer_syntax   a pydicom UID; default Explicit VR Little Endian. RLE Lossless and JPEG 2000
-                      Lossless are encoded when the installed plugins can (``writable_transfer_syntaxes``).
-    extra             further attributes by keyword, set last (they override the defaults).
-    Returns the path written.
+    pixels  (H, W) unsigned integers, stored values exactly as given (no inversion: for
+            MONOCHROME1 pass values where dense tissue is LOW); must fit in ``header.bits_stored``.
+    Returns the path written. Raises ImagingError for pixels or header values a reader would reject.
     """
-    from pydicom import uid as _uid
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence as DicomSequence
+    arr, transfer_syntax = _checked_pixels(pixels, header)
+    photometric = str(header.photometric).upper()
+    sop_uid = header.sop_uid or uid.generate_uid()
+    ds = Dataset()
+    ds.file_meta = _file_meta(sop_uid)
+    _set_general(ds, header, sop_uid)
+    _set_mammography(ds, header, photometric)
+    _set_pixels(ds, arr, header, photometric)
+    for key, value in (header.extra or {}).items():
+        setattr(ds, key, value)
+    return _encode_and_save(ds, arr, transfer_syntax, Path(path))
 
-    transfer_syntax = _uid.UID(str(transfer_syntax or _uid.ExplicitVRLittleEndian))
+
+def _checked_pixels(pixels: np.ndarray, header: DicomHeader) -> tuple[np.ndarray, uid.UID]:
+    """The pixels as contiguous uint8/uint16 (H, W) and the transfer syntax, after every check."""
+    transfer_syntax = uid.UID(str(header.transfer_syntax or uid.ExplicitVRLittleEndian))
     arr = np.asarray(pixels)
+    bits_stored = header.bits_stored
     if arr.ndim != 2:
         raise ImagingError(f"write_dicom needs a single-frame grey image (H, W); got shape {arr.shape}.")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -117,43 +157,52 @@ def write_dicom(path, pixels: np.ndarray, *, laterality: str, view: str, pixel_s
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= (1 << int(bits_stored))):
         raise ImagingError(f"Pixel values {int(arr.min())}..{int(arr.max())} do not fit in "
                            f"{bits_stored} bits stored; clip them or raise bits_stored.")
-    laterality = str(laterality).upper()
+    _check_header(header)
+    if str(transfer_syntax) not in writable_transfer_syntaxes():
+        raise ImagingError(
+            f"Cannot write transfer syntax {transfer_syntax.name} here: no working encoder. "
+            f"Use one of: {', '.join(uid.UID(t).name for t in writable_transfer_syntaxes())}.")
+    dtype = np.uint8 if bits_stored <= 8 else np.uint16
+    return np.ascontiguousarray(arr.astype(dtype)), transfer_syntax
+
+
+def _check_header(header: DicomHeader) -> None:
+    """Raise ImagingError for a laterality, photometric, window or spacing a reader would reject."""
+    laterality = str(header.laterality).upper()
     if laterality not in {"L", "R"}:
         raise ImagingError(f"laterality must be 'L' or 'R', got {laterality!r}.")
-    photometric = str(photometric).upper()
+    photometric = str(header.photometric).upper()
     if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
         raise ImagingError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}.")
-    centers = [float(c) for c in np.atleast_1d(window_centers)]
-    widths = [float(w) for w in np.atleast_1d(window_widths)]
+    centers, widths = _window_values(header)
     if not centers or len(centers) != len(widths):
         raise ImagingError("window_centers and window_widths need the same, non-zero, number of values.")
     if min(widths) < 1:
         raise ImagingError("Every window width must be at least 1 (DICOM PS3.3 C.11.2.1.2).")
-    if not (pixel_spacing_mm and float(pixel_spacing_mm) > 0):
-        raise ImagingError(f"pixel_spacing_mm must be a positive number, got {pixel_spacing_mm!r}.")
-    if str(transfer_syntax) not in writable_transfer_syntaxes():
-        raise ImagingError(
-            f"Cannot write transfer syntax {transfer_syntax.name} here: no working encoder. "
-            f"Use one of: {', '.join(_uid.UID(t).name for t in writable_transfer_syntaxes())}.")
+    spacing = header.pixel_spacing_mm
+    if not (spacing and float(spacing) > 0):
+        raise ImagingError(f"pixel_spacing_mm must be a positive number, got {spacing!r}.")
 
-    bits_allocated = 8 if bits_stored <= 8 else 16
-    arr = np.ascontiguousarray(arr.astype(np.uint8 if bits_allocated == 8 else np.uint16))
-    now = _dt.datetime.now()
-    study_uid = study_uid or _uid.generate_uid()
-    series_uid = series_uid or _uid.generate_uid()
-    sop_uid = sop_uid or _uid.generate_uid()
 
+def _window_values(header: DicomHeader) -> tuple[list[float], list[float]]:
+    return ([float(c) for c in np.atleast_1d(header.window_centers)],
+            [float(w) for w in np.atleast_1d(header.window_widths)])
+
+
+def _file_meta(sop_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MG_FOR_PRESENTATION
     meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = _uid.ExplicitVRLittleEndian  # set to the real one after encoding
-    meta.ImplementationClassUID = _uid.PYDICOM_IMPLEMENTATION_UID
+    meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian  # set to the real one after encoding
+    meta.ImplementationClassUID = uid.PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "CONCEPTLENS"
+    return meta
 
-    ds = Dataset()
-    ds.file_meta = meta
+
+def _set_general(ds: Dataset, header: DicomHeader, sop_uid: str) -> None:
+    """SOP common, general image, patient, study, series and equipment modules."""
+    now = _dt.datetime.now()
     ds.SpecificCharacterSet = "ISO_IR 100"
-    # SOP common / general image
     ds.SOPClassUID = MG_FOR_PRESENTATION
     ds.SOPInstanceUID = sop_uid
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
@@ -162,28 +211,31 @@ def write_dicom(path, pixels: np.ndarray, *, laterality: str, view: str, pixel_s
     ds.ContentTime = now.strftime("%H%M%S")
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
-    # patient / study / series / equipment
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
+    ds.PatientName = header.patient_name
+    ds.PatientID = header.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = "F"
-    ds.StudyInstanceUID = study_uid
+    ds.StudyInstanceUID = header.study_uid or uid.generate_uid()
     ds.StudyDate = now.strftime("%Y%m%d")
     ds.StudyTime = now.strftime("%H%M%S")
     ds.StudyID = "1"
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.Modality = "MG"
-    ds.SeriesInstanceUID = series_uid
+    ds.SeriesInstanceUID = header.series_uid or uid.generate_uid()
     ds.SeriesNumber = 1
     ds.Manufacturer = "ConceptLens"
-    ds.FrameOfReferenceUID = _uid.generate_uid()
-    # DX / MG image modules
+    ds.FrameOfReferenceUID = uid.generate_uid()
+
+
+def _set_mammography(ds: Dataset, header: DicomHeader, photometric: str) -> None:
+    """DX and MG image modules: laterality, view, intensity relationship, VOI windows, spacing."""
+    laterality = str(header.laterality).upper()
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.BodyPartExamined = "BREAST"
     ds.ImageLaterality = laterality
     ds.Laterality = laterality
-    ds.ViewPosition = str(view).upper()
+    ds.ViewPosition = str(header.view).upper()
     ds.BreastImplantPresent = "NO"
     ds.PositionerType = "MAMMOGRAPHIC"
     ds.DetectorType = "DIRECT"
@@ -194,13 +246,14 @@ def write_dicom(path, pixels: np.ndarray, *, laterality: str, view: str, pixel_s
     ds.RescaleIntercept = 0
     ds.RescaleSlope = 1
     ds.RescaleType = "US"
+    centers, widths = _window_values(header)
     ds.WindowCenter = centers if len(centers) > 1 else centers[0]
     ds.WindowWidth = widths if len(widths) > 1 else widths[0]
-    names = list(window_explanations or ([] if len(centers) > 1 else ["DEFAULT"]))
+    names = list(header.window_explanations or ([] if len(centers) > 1 else ["DEFAULT"]))
     names += [f"WINDOW{i + 1}" for i in range(len(names), len(centers))]
     ds.WindowCenterWidthExplanation = names if len(names) > 1 else names[0]
     ds.VOILUTFunction = "LINEAR"
-    spacing = f"{float(pixel_spacing_mm):.6g}"
+    spacing = f"{float(header.pixel_spacing_mm):.6g}"
     ds.PixelSpacing = [spacing, spacing]
     ds.ImagerPixelSpacing = [spacing, spacing]
     ds.EstimatedRadiographicMagnificationFactor = 1.0
@@ -214,18 +267,22 @@ def write_dicom(path, pixels: np.ndarray, *, laterality: str, view: str, pixel_s
         code.CodingSchemeDesignator = "SCT"
         code.ViewModifierCodeSequence = DicomSequence([])
         ds.ViewCodeSequence = DicomSequence([code])
-    # image pixel module
+
+
+def _set_pixels(ds: Dataset, arr: np.ndarray, header: DicomHeader, photometric: str) -> None:
+    """Image pixel module: one grey sample per pixel, unsigned, ``bits_stored`` of 8 or 16 allocated."""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = arr.shape
-    ds.BitsAllocated = bits_allocated
-    ds.BitsStored = int(bits_stored)
-    ds.HighBit = int(bits_stored) - 1
+    ds.BitsAllocated = 8 if header.bits_stored <= 8 else 16
+    ds.BitsStored = int(header.bits_stored)
+    ds.HighBit = int(header.bits_stored) - 1
     ds.PixelRepresentation = 0
     ds.PixelData = arr.tobytes()
-    for key, value in (extra or {}).items():
-        setattr(ds, key, value)
 
+
+def _encode_and_save(ds: Dataset, arr: np.ndarray, transfer_syntax: uid.UID, path: Path) -> Path:
+    """Compress the pixels when the transfer syntax asks for it, then write the file."""
     if transfer_syntax.is_compressed:
         try:
             ds.compress(transfer_syntax, arr, generate_instance_uid=False)
@@ -234,7 +291,6 @@ def write_dicom(path, pixels: np.ndarray, *, laterality: str, view: str, pixel_s
         ds.LossyImageCompression = "00"
     else:
         ds.file_meta.TransferSyntaxUID = transfer_syntax
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         ds.save_as(path, enforce_file_format=True)
@@ -276,8 +332,6 @@ def sniff_format(head: bytes) -> str | None:
 
 def _json_value(v: Any) -> Any:
     """A pydicom element value as plain JSON (lists, floats, ints, strings)."""
-    from pydicom.multival import MultiValue
-
     if isinstance(v, (MultiValue, list, tuple)):
         return [_json_value(x) for x in v]
     if isinstance(v, (bytes, bytearray)):
@@ -311,11 +365,6 @@ def _fail(path, what: str, todo: str) -> ImagingError:
 
 def _read_dataset(path: Path, data: bytes):
     """Parse DICOM bytes; raise ImagingError for non-DICOM, truncated or corrupt files."""
-    import io
-
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -403,8 +452,6 @@ def _dicom_spacing(ds) -> tuple[float | None, str]:
 
 def _stored_values(ds, path) -> np.ndarray:
     """Decoded stored values (H, W), masked to BitsStored (sign-extended when signed)."""
-    from pydicom.pixels import get_decoder
-
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is not None and ts.is_compressed:
         try:
@@ -437,8 +484,6 @@ def _stored_values(ds, path) -> np.ndarray:
 def _modality_lut(ds, stored: np.ndarray) -> np.ndarray:
     """Stored values -> modality values (Modality LUT Sequence or RescaleSlope/Intercept), float32."""
     if "ModalityLUTSequence" in ds:
-        from pydicom.pixels import apply_modality_lut
-
         return np.asarray(apply_modality_lut(stored, ds), np.float32)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
@@ -481,8 +526,6 @@ def _load_dicom(path: Path, data: bytes, show_phi: bool) -> tuple:
 def _load_plain(path: Path, fmt: str) -> tuple:
     """PNG / JPEG via Pillow, TIFF via tifffile; grey, or colour whose channels are equal."""
     if fmt == "TIFF":
-        import tifffile
-
         try:
             with tifffile.TiffFile(path) as tf:
                 if len(tf.pages) > 1:
@@ -495,8 +538,6 @@ def _load_plain(path: Path, fmt: str) -> tuple:
             raise _fail(path, f"the TIFF file cannot be read ({type(exc).__name__}: {exc}).",
                         "Check that the file is complete.") from exc
     else:
-        from PIL import Image, UnidentifiedImageError
-
         try:
             with Image.open(path) as im:
                 if getattr(im, "n_frames", 1) > 1:

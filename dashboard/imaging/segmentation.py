@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
 
 from dashboard.imaging.model import ImagingError
 
 
 # ---------------------------------------------------------------- breast mask
-def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
-    """Mean over k x k blocks (the last < k rows/cols are dropped). (H, W) -> (H//k, W//k) float32."""
+def block_mean(img: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k pixel blocks: (H, W) any units -> (H//k, W//k) float32 in the same units.
+
+    The last < k rows and columns are dropped; k <= 1 returns the image as float32.
+    """
     if k <= 1:
         return np.asarray(img, np.float32)
     h, w = (img.shape[0] // k) * k, (img.shape[1] // k) * k
@@ -23,14 +28,11 @@ def segment_breast(img: np.ndarray, *, work_size: int = 512) -> np.ndarray:
     film labels and markers, which are separate bright blobs, drop out), then hole filling. The
     mask is scaled back to the input size by nearest neighbour.
     """
-    from scipy import ndimage
-    from skimage.filters import threshold_otsu
-
     a = np.asarray(img)
     if a.ndim != 2 or min(a.shape) < 2:
         raise ImagingError(f"segment_breast needs a 2-D grey image; got shape {a.shape}.")
     k = max(1, int(np.ceil(max(a.shape) / work_size)))
-    t = _block_mean(a, k)
+    t = block_mean(a, k)
     if not np.isfinite(t).all():
         t = np.nan_to_num(t, nan=float(np.nanmin(t)) if np.isfinite(t).any() else 0.0)
     if float(t.max()) <= float(t.min()):

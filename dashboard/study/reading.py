@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from dashboard.data.store import DrawingRecord
 from dashboard.study.definition import SUS_ITEMS
 from dashboard.study.errors import AnswerError, NoAssignmentError, ReadingError, utcnow
 from dashboard.study.protocol import Study, load_study
@@ -220,11 +221,11 @@ def save_drawing(store, read_id: str, reader: str, *, now: datetime | None = Non
         raise ReadingError("This read was submitted: it takes no more drawings.")
     now = now or utcnow()
 
-    def tag(cur, annotation_id):
-        store.tag_annotation_study(cur, annotation_id, r["study"], r["arm"])
+    def first_drawing(cur, annotation_id):
         store.set_first_drawing(read_id, actor=reader, now=now, cur=cur)
 
-    return store.save_annotation(reader=reader, extra_writes=tag, **annotation)
+    drawing = DrawingRecord(reader=reader, study=r["study"], arm=r["arm"], **annotation)
+    return store.save_annotation(drawing, extra_writes=first_drawing)
 
 
 # ----------------------------------------------------------------------------- blinding and questions

@@ -12,7 +12,7 @@ from PIL import Image
 
 import model_zoo
 from dashboard import imaging
-from dashboard.data.store import Store
+from dashboard.data.store import ImageRecord, Store
 from dashboard.settings import Settings
 
 TINY_CARD = "tiny-test"
@@ -53,15 +53,14 @@ def populate(settings: Settings, store: Store) -> list[str]:
             blob = (110, 60) if image_id == "SYN-0001-LCC" else None
             px = breast_pixels(100 * k + j, lat, blob=blob)
             if source == "synthetic":
-                path = imaging.write_dicom(img_dir / f"{image_id}.dcm", px, laterality=lat, view=view,
-                                           pixel_spacing_mm=0.2, window_centers=[2000, 2400],
-                                           window_widths=[3000, 1200],
-                                           window_explanations=["STANDARD", "DENSE"])
+                path = imaging.write_dicom(img_dir / f"{image_id}.dcm", px, imaging.DicomHeader(
+                    laterality=lat, view=view, pixel_spacing_mm=0.2, window_centers=[2000, 2400],
+                    window_widths=[3000, 1200], window_explanations=["STANDARD", "DENSE"]))
             else:
                 path = img_dir / f"{image_id}.png"
                 Image.fromarray((px >> 4).astype(np.uint8)).save(path)
-            store.save_image(image_id, case_id, str(path), imaging.file_sha256(path), laterality=lat, view=view,
-                             rows=SHAPE[0], cols=SHAPE[1], pixel_spacing_mm=0.2, modality="MG")
+            store.save_image(ImageRecord(image_id, case_id, str(path), imaging.file_sha256(path), laterality=lat,
+                                         view=view, rows=SHAPE[0], cols=SHAPE[1], pixel_spacing_mm=0.2, modality="MG"))
             ids.append(image_id)
     return ids
 

@@ -1,46 +1,33 @@
-"""Helpers for the concept-engine tests: a card-like object and tiny seeded timm models.
-
-The real ModelCard comes from model_zoo (branch `model`); these tests only need its fields.
+"""Helpers for the concept-engine tests: a 128-px efficientnet_lite0 card, tiny seeded timm models,
+synthetic patches and store rows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import timm
 import torch
 
+from dashboard.data.store import ImageRecord
+from dashboard.testing import tinymodels
 
-@dataclass
-class TinyCard:
+
+@dataclass(frozen=True)
+class TinyCard(tinymodels.TinyCard):
+    """``tinymodels.TinyCard`` with the engine tests' defaults: efficientnet_lite0, 128 px."""
+
     name: str = "test-lite0"
     arch: str = "efficientnet_lite0"
-    classes: tuple = ("benign", "malignant")
-    positive_class: str = "malignant"
-    input_size: int = 128
-    mean: tuple = (0.485, 0.456, 0.406)
-    std: tuple = (0.229, 0.224, 0.225)
-    pixel_spacing_mm: float = 0.2
-    concept_layers: tuple = ("blocks.5", "bn2")
+    classes: tuple[str, ...] = ("benign", "malignant")
+    positive_class: str | None = "malignant"
+    input_size: tuple[int, int, int] | int = 128
+    concept_layers: tuple[str, ...] = ("blocks.5", "bn2")
     default_layer: str = "bn2"
-    head: str = "pool-linear"
-    weights_sha256: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def preprocess(self, gray):
-        g = torch.as_tensor(np.asarray(gray, dtype=np.float32))
-        if g.dim() == 2:
-            g = g[None]
-        x = g[:, None].expand(-1, 3, -1, -1)  # (N, 3, H, W)
-        mean = torch.tensor(self.mean, dtype=torch.float32)[None, :, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32)[None, :, None, None]
-        return (x - mean) / std
 
 
 def tiny_model(arch: str = "efficientnet_lite0", seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, num_classes=2, pretrained=False)
-    return model.eval()
+    """A seeded randomly initialised 2-class timm model in eval mode (``tinymodels.make_model``)."""
+    return tinymodels.make_model(arch, seed)
 
 
 def synthetic_patches(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -65,5 +52,5 @@ def blob_mask(size: int, cy: float, cx: float, r: float) -> np.ndarray:
 
 def add_image(store, image_id: str = "img1", case_id: str = "case1") -> str:
     store.save_case(case_id, "synthetic")
-    store.save_image(image_id, case_id, f"/tmp/{image_id}.png", f"sha-{image_id}", rows=512, cols=512)
+    store.save_image(ImageRecord(image_id, case_id, f"/tmp/{image_id}.png", f"sha-{image_id}", rows=512, cols=512))
     return image_id

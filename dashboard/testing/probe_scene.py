@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dashboard.data.store import DrawingRecord, ImageRecord
 from dashboard.engine.dissection import mask_to_png
 from dashboard.testing.engine_helpers import blob_mask
 
@@ -29,25 +30,29 @@ def scene(seed):
 
 
 def populate(store, n_images=6, vessel_drawings=1):
+    """``n_images`` images with a mass and a fat drawing each (two readers) and ``vessel_drawings``
+    vessel strips, under the card "probe-card". Returns {image_id: patch (S, S)}."""
     patches = {}
     for i in range(n_images):
         image_id = f"im{i}"
         store.save_case(f"c{i}", "synthetic")
-        store.save_image(image_id, f"c{i}", f"/x/{i}.png", f"sha{i}", rows=S, cols=S)
+        store.save_image(ImageRecord(image_id, f"c{i}", f"/x/{i}.png", f"sha{i}", rows=S, cols=S))
         patch, mass, fat = scene(i)
         patches[image_id] = patch
         for concept, mask in (("mass-round", mass), ("fat", fat)):
-            store.save_annotation(image_id=image_id, concept=concept, reader=f"reader{i % 2}", patch_x0=0,
-                                  patch_y0=0, patch_size=S, shape="polygon", geometry=[[0, 0], [1, 0], [1, 1]],
-                                  mask_png=mask_to_png(mask), model_card="probe-card")
+            store.save_annotation(DrawingRecord(
+                image_id=image_id, concept=concept, reader=f"reader{i % 2}", patch_x0=0, patch_y0=0, patch_size=S,
+                shape="polygon", geometry=[[0, 0], [1, 0], [1, 1]], mask_png=mask_to_png(mask),
+                model_card="probe-card"))
         if i < vessel_drawings:
             m = np.zeros((S, S), bool)
             m[60:70, 0:S] = True
-            store.save_annotation(image_id=image_id, concept="vessel", reader="reader0", patch_x0=0, patch_y0=0,
-                                  patch_size=S, shape="rect", geometry=[0, 60, S, 70], mask_png=mask_to_png(m),
-                                  model_card="probe-card")
+            store.save_annotation(DrawingRecord(
+                image_id=image_id, concept="vessel", reader="reader0", patch_x0=0, patch_y0=0, patch_size=S,
+                shape="rect", geometry=[0, 60, S, 70], mask_png=mask_to_png(m), model_card="probe-card"))
     return patches
 
 
 def loader(patches):
+    """load_patch for the probes: an annotation's patch from ``populate``'s dict."""
     return lambda a: patches[a.image_id]

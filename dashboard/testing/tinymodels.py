@@ -1,12 +1,12 @@
-"""Tiny real timm models and a card-like object for inference/attribution tests.
+"""Tiny real timm models and real model cards with test defaults for the engine's tests.
 
-``TinyCard`` carries the ModelCard fields that dashboard.engine.inference/attribution read
-(name, arch, classes, positive_class, input_size, mean, std, pixel_spacing_mm,
-concept_layers, default_layer, head, preprocess) so the tests do not depend on the
-model branch.
+``TinyCard`` is a ``model_zoo.ModelCard`` (so ``positive_index``, ``patch_size`` and
+``preprocess`` are the product's own) whose fields default to a 64-px two-class resnet10t;
+``input_size`` may be given as the patch side alone.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -15,28 +15,25 @@ import timm
 import torch
 from scipy.ndimage import gaussian_filter
 
+from model_zoo import ModelCard, create_model, load_card
+
 
 @dataclass(frozen=True)
-class TinyCard:
+class TinyCard(ModelCard):
     name: str = "tiny-resnet10t"
     arch: str = "resnet10t"
     classes: tuple[str, ...] = ("normal", "lesion")
-    positive_class: str = "lesion"
-    input_size: int = 64
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     pixel_spacing_mm: float = 0.2
     concept_layers: tuple[str, ...] = ("layer3", "layer4")
     default_layer: str = "layer4"
-    head: str = "pool-linear"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    input_size: tuple[int, int, int] | int = 64
+    positive_class: str | None = "lesion"
 
-    def preprocess(self, gray):
-        """(N, H, W) in [0, 1] -> (N, 3, H, W) normalised (grey repeated on 3 channels)."""
-        x = torch.as_tensor(gray, dtype=torch.float32)
-        x = x[:, None].expand(-1, 3, -1, -1)  # (N, 3, H, W)
-        mean = torch.tensor(self.mean, device=x.device)[None, :, None, None]
-        std = torch.tensor(self.std, device=x.device)[None, :, None, None]
-        return (x - mean) / std
+    def __post_init__(self):
+        if isinstance(self.input_size, (int, np.integer)):  # the patch side alone: (3, S, S)
+            object.__setattr__(self, "input_size", (3, int(self.input_size), int(self.input_size)))
 
 
 def make_model(arch: str = "resnet10t", seed: int = 0) -> torch.nn.Module:
@@ -68,11 +65,11 @@ def fit_blob_head(model: torch.nn.Module, card: TinyCard, n: int = 96, seed: int
     backbone frozen); a weak penalty lets the head lean on patch-border features that a
     fully convolutional pass does not reproduce.
     """
-    s = int(card.input_size if isinstance(card.input_size, int) else card.input_size[-1])
+    s = card.patch_size
     rng = np.random.default_rng(seed)
     shape = (3 * s, 4 * s)
     pos, neg = [], []
-    for k in range(n // 4):
+    for _k in range(n // 4):
         clean, mask = breast_image(shape, blob_at=None, seed=int(rng.integers(1 << 30)))
         padded = np.pad(clean, s)
         for _ in range(4):
@@ -140,10 +137,6 @@ def demo_card_detector(size: int = 64):
 
     Returns (card, model); shared by the test files of one pytest run.
     """
-    import dataclasses
-
-    from model_zoo import create_model, load_card
-
     card = dataclasses.replace(load_card("demo-lite0-synth"), input_size=(3, size, size))
     torch.manual_seed(0)
     return card, fit_blob_head(create_model(card, weights=False), card)

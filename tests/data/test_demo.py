@@ -9,8 +9,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dashboard.data import demo
-from dashboard.data import phantom
+from dashboard.data import demo, phantom
 from dashboard.data.store import Store
 
 N_CASES = 4
@@ -44,7 +43,7 @@ def built(tmp_path_factory):
     calls = []
     with Store(settings.db_path, settings.journal_dir) as store:
         summary = demo.ensure_demo(settings, store, n_cases=N_CASES, seed=SEED, workers=1,
-                                   progress=lambda d, t: calls.append((d, t)))
+                                   progress=lambda d, t, m="": calls.append((d, t)))
     cases = {c.case_id: c for c in (phantom.generate_case(SEED, i) for i in range(N_CASES))}
     yield settings, summary, cases, calls
     mp.undo()

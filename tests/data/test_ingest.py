@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from dashboard.data import ingest
-from dashboard.imaging import write_dicom
 from dashboard.data.ingest import IngestError, ingest_folder
+from dashboard.imaging import DicomHeader, write_dicom
 
 
 def _breast(seed, h=200, w=150):
@@ -28,11 +28,12 @@ def mixed_folder(tmp_path):
     (root / "study2").mkdir()
     common = dict(pixel_spacing_mm=0.1, window_centers=[2000], window_widths=[4000],
                   patient_id="MRN-123456", patient_name="Doe^Jane")
-    write_dicom(root / "study1" / "lcc.dcm", _breast(1), laterality="L", view="CC", study_uid="1.2.3.4.1", **common)
-    write_dicom(root / "study1" / "rcc.dcm", _breast(2)[:, ::-1].copy(), laterality="R", view="CC",
-                study_uid="1.2.3.4.1", **common)
-    write_dicom(root / "study2" / "lmlo.dcm", _breast(3), laterality="L", view="MLO", study_uid="1.2.3.4.2",
-                transfer_syntax="1.2.840.10008.1.2.5", **common)
+    write_dicom(root / "study1" / "lcc.dcm", _breast(1),
+                DicomHeader(laterality="L", view="CC", study_uid="1.2.3.4.1", **common))
+    write_dicom(root / "study1" / "rcc.dcm", _breast(2)[:, ::-1].copy(),
+                DicomHeader(laterality="R", view="CC", study_uid="1.2.3.4.1", **common))
+    write_dicom(root / "study2" / "lmlo.dcm", _breast(3), DicomHeader(
+        laterality="L", view="MLO", study_uid="1.2.3.4.2", transfer_syntax="1.2.840.10008.1.2.5", **common))
     Image.fromarray((_breast(4) >> 4).astype(np.uint8)).save(root / "film.png")
     good = (root / "study1" / "lcc.dcm").read_bytes()
     bad = {
@@ -88,8 +89,9 @@ def test_case_ids_are_stable_across_runs_and_copies(store, mixed_folder, tmp_pat
     ingest_folder(store, root)
     first = {i["sha256"]: i["case_id"] for i in store.list_images()}
     # the same study re-exported (new bytes, same StudyInstanceUID) joins the same case
-    write_dicom(root / "study1" / "lmlo.dcm", _breast(9), laterality="L", view="MLO", pixel_spacing_mm=0.1,
-                window_centers=[2000], window_widths=[4000], study_uid="1.2.3.4.1")
+    write_dicom(root / "study1" / "lmlo.dcm", _breast(9), DicomHeader(
+        laterality="L", view="MLO", pixel_spacing_mm=0.1, window_centers=[2000], window_widths=[4000],
+        study_uid="1.2.3.4.1"))
     report = ingest_folder(store, root)
     assert report.added == 1
     new = [i for i in store.list_images() if i["sha256"] not in first]

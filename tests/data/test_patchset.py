@@ -11,6 +11,8 @@ from PIL import Image
 
 from dashboard import imaging
 from dashboard.data import patchset
+from dashboard.data.patchset import PatchSetConfig
+from dashboard.data.store import FindingRecord, ImageRecord
 from model_zoo.cards import card_from_dict
 
 SIZE = 48  # patch side in model pixels
@@ -50,24 +52,27 @@ def demo_store(store, tmp_path):
     ]
     for case, split, lat, blob, kind in specs:
         pixels = _breast(laterality=lat, blob=blob, seed=len(case) + ord(case[-1]))
-        path = imaging.write_dicom(d / f"{case}.dcm", pixels, laterality=lat, view="CC", pixel_spacing_mm=0.2,
-                                   window_centers=[2000], window_widths=[4000], patient_id=case)
+        path = imaging.write_dicom(d / f"{case}.dcm", pixels, imaging.DicomHeader(
+            laterality=lat, view="CC", pixel_spacing_mm=0.2, window_centers=[2000], window_widths=[4000],
+            patient_id=case))
         m = imaging.load_image(path)
         store.save_case(case, "test-src", split=split, label="normal" if blob is None else "malignant")
-        store.save_image(f"{case}-img", case, str(path), m.sha256, laterality=lat, view="CC",
-                         rows=m.shape[0], cols=m.shape[1], pixel_spacing_mm=0.2)
+        store.save_image(ImageRecord(f"{case}-img", case, str(path), m.sha256, laterality=lat, view="CC",
+                                     rows=m.shape[0], cols=m.shape[1], pixel_spacing_mm=0.2))
         if kind == "mask":
             cx, cy, r = blob
             yy, xx = np.mgrid[:m.shape[0], :m.shape[1]]
             mask = ((xx - cx) ** 2 + (yy - cy) ** 2 <= (2 * r) ** 2).astype(np.uint8) * 255
             Image.fromarray(mask).save(d / f"{case}-mask.png")
             for concept in ("mass", "mass-round"):  # one lesion stored once per concept
-                store.save_finding(f"{case}-{concept}", f"{case}-img", concept, mask_path=str(d / f"{case}-mask.png"))
+                store.save_finding(FindingRecord(f"{case}-{concept}", f"{case}-img", concept,
+                                                 mask_path=str(d / f"{case}-mask.png")))
         elif kind == "circle":
-            store.save_finding(f"{case}-f", f"{case}-img", "mass", circle=(blob[0], blob[1], 2 * blob[2]))
+            store.save_finding(FindingRecord(f"{case}-f", f"{case}-img", "mass",
+                                             circle=(blob[0], blob[1], 2 * blob[2])))
         elif kind == "unlocated":
-            store.save_finding(f"{case}-f", f"{case}-img", "calcification")
-    return store, dict((s[0], s) for s in specs)
+            store.save_finding(FindingRecord(f"{case}-f", f"{case}-img", "calcification"))
+    return store, {s[0]: s for s in specs}
 
 
 def _model_blob(store, image_id, blob):
@@ -78,7 +83,7 @@ def _model_blob(store, image_id, blob):
 
 def test_lesion_patches_sit_on_the_findings_in_model_space(demo_store, card):
     store, specs = demo_store
-    ps = patchset.build_patchset(store, card, per_image_lesion=5, per_image_normal=3, seed=1)
+    ps = patchset.build_patchset(store, card, PatchSetConfig(per_image_lesion=5, per_image_normal=3, seed=1))
     jitter = ps.meta["jitter"]
     assert jitter == SIZE // 8
     for case in ("c1", "c2"):  # mask finding on a left breast, circle finding on a mirrored right breast
@@ -111,7 +116,7 @@ def test_finding_masks_are_mapped_and_mirrored_like_the_image(demo_store):
 
 def test_normal_patches_are_mostly_breast_and_clear_of_lesions(demo_store, card):
     store, specs = demo_store
-    ps = patchset.build_patchset(store, card, per_image_lesion=2, per_image_normal=6, seed=2)
+    ps = patchset.build_patchset(store, card, PatchSetConfig(per_image_lesion=2, per_image_normal=6, seed=2))
     normal = ps.labels == 1 - card.positive_index
     assert set(ps.image_id[normal]) == {"c1-img", "c2-img", "c3-img"}  # c4's lesion has no location
     assert "c4-img" not in set(ps.image_id) and ps.meta["skipped_unlocated"] == 1
@@ -130,19 +135,19 @@ def test_normal_patches_are_mostly_breast_and_clear_of_lesions(demo_store, card)
 
 def test_splits_seed_and_source_filter(demo_store, card):
     store, _ = demo_store
-    a = patchset.build_patchset(store, card, splits=("train",), seed=5)
+    a = patchset.build_patchset(store, card, PatchSetConfig(splits=("train",), seed=5))
     assert set(a.split) == {"train"} and set(a.image_id) == {"c1-img", "c3-img"}
-    b = patchset.build_patchset(store, card, splits=("train",), seed=5)
+    b = patchset.build_patchset(store, card, PatchSetConfig(splits=("train",), seed=5))
     np.testing.assert_array_equal(a.patches, b.patches)
-    c = patchset.build_patchset(store, card, splits=("train",), seed=6)
+    c = patchset.build_patchset(store, card, PatchSetConfig(splits=("train",), seed=6))
     assert not (np.array_equal(a.x0, c.x0) and np.array_equal(a.y0, c.y0))
     with pytest.raises(patchset.PatchSetError, match="other-src"):
-        patchset.build_patchset(store, card, source="other-src")
+        patchset.build_patchset(store, card, PatchSetConfig(source="other-src"))
 
 
 def test_save_and_load_round_trip_without_pickles(demo_store, card, tmp_path):
     store, _ = demo_store
-    ps = patchset.build_patchset(store, card, per_image_lesion=3, per_image_normal=2, seed=0)
+    ps = patchset.build_patchset(store, card, PatchSetConfig(per_image_lesion=3, per_image_normal=2, seed=0))
     path = patchset.save_patchset(ps, tmp_path / "p.npz")
     with np.load(path, allow_pickle=False) as z:  # loads without pickles, dtypes as documented
         assert z["patches"].dtype == np.uint8 and z["patches"].shape[1:] == (SIZE, SIZE)

@@ -7,6 +7,7 @@ import torch
 
 from dashboard.data.patchset import PatchSetError, assign_patient_splits
 from model_zoo import train
+from model_zoo.errors import ModelZooError
 
 
 def _rows(n_patients=60, seed=0):
@@ -64,7 +65,7 @@ def test_mammo_augmentation_keeps_the_chest_wall_left_and_the_background_black()
     flipped = bottom > top
     assert 0.2 < flipped.float().mean() < 0.8  # up-down flips happen, about half the time
     torch.testing.assert_close(out, train.augment_batch(x, torch.Generator().manual_seed(0), "mammo"))
-    with pytest.raises(Exception):
+    with pytest.raises(ModelZooError, match="unknown augmentation"):
         train.augment_batch(x, torch.Generator(), "rot90-everything")
 
 

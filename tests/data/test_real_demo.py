@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.data import demo
-from dashboard.data import importers
+from dashboard.data import demo, importers
 from dashboard.data.store import Store
 
 N_CASES = 1

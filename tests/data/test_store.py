@@ -1,6 +1,7 @@
 """The DuckDB store: migrations, typed errors, transactions, journal replay, concurrency."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,23 +11,26 @@ import threading
 import duckdb
 import pytest
 
-from dashboard.settings import PROJECT_ROOT
-from dashboard.data.store import (SQL_DIR, 
+from dashboard.data.store import (
     BUILTIN_CONCEPTS,
+    SQL_DIR,
+    DrawingRecord,
+    FindingRecord,
+    ImageRecord,
     NotFoundError,
     Store,
     StoreError,
-    StoreLockedError,
     UnknownConceptError,
     ValidationError,
     open_store,
 )
+from dashboard.settings import PROJECT_ROOT
 
 
 def _seed_image(store: Store, image_id="img1", case_id="case1"):
     store.save_case(case_id, "synthetic", split="train", label="benign")
-    store.save_image(image_id, case_id, f"/data/{image_id}.dcm", f"sha-{image_id}", laterality="L",
-                     view="CC", rows=100, cols=80, pixel_spacing_mm=0.2, modality="MG")
+    store.save_image(ImageRecord(image_id, case_id, f"/data/{image_id}.dcm", f"sha-{image_id}", laterality="L",
+                                 view="CC", rows=100, cols=80, pixel_spacing_mm=0.2, modality="MG"))
 
 
 def _annotation(**kw):
@@ -64,7 +68,7 @@ def test_failed_transaction_rolls_back(store):
 
 def test_annotation_round_trip_and_soft_delete(store):
     _seed_image(store)
-    ann_id = store.save_annotation(**_annotation())
+    ann_id = store.save_annotation(DrawingRecord(**_annotation()))
     [ann] = store.list_annotations(image_id="img1")
     assert ann.annotation_id == ann_id and ann.geometry == [[1, 1], [50, 1], [50, 50]]
     assert ann.mask_png == b"\x89PNG-bytes" and ann.reader == "dr-a"
@@ -79,11 +83,11 @@ def test_annotation_round_trip_and_soft_delete(store):
 def test_bad_input_gets_typed_clear_errors(store):
     _seed_image(store)
     with pytest.raises(UnknownConceptError, match="Unknown concept 'tumour-blob'"):
-        store.save_annotation(**_annotation(concept="tumour-blob"))
+        store.save_annotation(DrawingRecord(**_annotation(concept="tumour-blob")))
     with pytest.raises(ValidationError, match="empty"):
-        store.save_annotation(**_annotation(mask_png=b""))
+        store.save_annotation(DrawingRecord(**_annotation(mask_png=b"")))
     with pytest.raises(NotFoundError):
-        store.save_annotation(**_annotation(image_id="no-such-image"))
+        store.save_annotation(DrawingRecord(**_annotation(image_id="no-such-image")))
     with pytest.raises(ValidationError):
         store.save_reader("   ")
     with pytest.raises(ValidationError):
@@ -116,15 +120,15 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import os, sys
     sys.path.insert(0, {root!r})
-    from dashboard.data.store import Store
+    from dashboard.data.store import DrawingRecord, Store
     store = Store({db!r}, {journal!r})
-    store.save_annotation(image_id="img1", concept="mass-round", reader="dr-a", patch_x0=0, patch_y0=0,
-                          patch_size=224, shape="rect", geometry=[[0, 0], [9, 9]], mask_png=b"committed")
+    store.save_annotation(DrawingRecord(image_id="img1", concept="mass-round", reader="dr-a", patch_x0=0,
+                          patch_y0=0, patch_size=224, shape="rect", geometry=[[0, 0], [9, 9]], mask_png=b"committed"))
     def die(cur, annotation_id):
         os._exit(17)          # the process dies inside the transaction, before COMMIT
-    store.save_annotation(image_id="img1", concept="calc-coarse", reader="dr-a", patch_x0=0, patch_y0=0,
-                          patch_size=224, shape="rect", geometry=[[0, 0], [5, 5]], mask_png=b"in-flight",
-                          annotation_id="crashed", extra_writes=die)
+    store.save_annotation(DrawingRecord(image_id="img1", concept="calc-coarse", reader="dr-a", patch_x0=0,
+                          patch_y0=0, patch_size=224, shape="rect", geometry=[[0, 0], [5, 5]],
+                          mask_png=b"in-flight", annotation_id="crashed"), extra_writes=die)
     """
 )
 
@@ -159,7 +163,7 @@ def test_two_readers_labeling_at_once(store):
     def reader(name):
         try:
             for i in range(15):
-                store.save_annotation(**_annotation(reader=name, geometry=[[i, i]]))
+                store.save_annotation(DrawingRecord(**_annotation(reader=name, geometry=[[i, i]])))
         except Exception as exc:  # pragma: no cover - the assertion below reports it
             errors.append(exc)
 
@@ -204,19 +208,18 @@ def test_store_error_wraps_duckdb_errors(store):
 
 def test_bulk_findings_replace_and_all_or_nothing(store):
     _seed_image(store)
-    rows = [{"finding_id": f"f{k}", "image_id": "img1", "concept": "mass", "pathology": "benign",
-             "bbox": (k, k, k + 5, k + 5), "attributes": {"k": k}, "source": "synthetic"} for k in range(3)]
+    rows = [FindingRecord(f"f{k}", "img1", "mass", pathology="benign", bbox=(k, k, k + 5, k + 5), attributes={"k": k},
+                          source="synthetic") for k in range(3)]
     assert store.save_findings(rows) == 3
     got = {f["finding_id"]: f for f in store.list_findings("img1")}
     assert sorted(got) == ["f0", "f1", "f2"] and got["f2"]["x1"] == 7
     # a second write replaces rows by id instead of duplicating them
-    rows[0]["pathology"] = "malignant"
+    rows[0] = dataclasses.replace(rows[0], pathology="malignant")
     assert store.save_findings(rows[:1]) == 1
     got = {f["finding_id"]: f for f in store.list_findings("img1")}
     assert len(got) == 3 and got["f0"]["pathology"] == "malignant"
     # one bad row (unknown image) writes nothing of the batch
-    bad = [{"finding_id": "f9", "image_id": "img1", "concept": "mass"},
-           {"finding_id": "f10", "image_id": "no-such-image", "concept": "mass"}]
+    bad = [FindingRecord("f9", "img1", "mass"), FindingRecord("f10", "no-such-image", "mass")]
     with pytest.raises(StoreError):
         store.save_findings(bad)
     assert "f9" not in {f["finding_id"] for f in store.list_findings("img1")}

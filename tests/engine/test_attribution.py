@@ -11,6 +11,7 @@ import torch
 from dashboard.engine.attribution import (
     METHODS,
     Attribution,
+    AttributionConfig,
     attribute,
     attribute_image,
     hook_counts,
@@ -64,7 +65,7 @@ FAST = dict(n_steps=8, internal_batch_size=8, nt_samples=3, window=16, stride=8)
 def test_each_method_nontrivial_and_model_unchanged(detector, card, patch, method):
     before = _state(detector)
     grads_before = [p.requires_grad for p in detector.parameters()]
-    att = attribute(detector, card, patch, method=method, **FAST)
+    att = attribute(detector, card, patch, AttributionConfig(method=method, **FAST))
     assert isinstance(att, Attribution) and att.method == method and att.target == 1
     m = att.map
     assert m.shape == (S, S) and m.dtype == np.float32 and np.isfinite(m).all()
@@ -88,23 +89,23 @@ def test_each_method_nontrivial_and_model_unchanged(detector, card, patch, metho
 
 
 def test_gradcam_layer_and_target(detector, card, patch):
-    a3 = attribute(detector, card, patch, method="gradcam")
+    a3 = attribute(detector, card, patch, AttributionConfig(method="gradcam"))
     assert a3.layer == "layer3" and a3.stats["layer_h"] == S / 16
-    a4 = attribute(detector, card, patch, method="gradcam", layer="layer4")
+    a4 = attribute(detector, card, patch, AttributionConfig(method="gradcam", layer="layer4"))
     assert a4.layer == "layer4" and a4.stats["layer_h"] == S / 32
-    ig1 = attribute(detector, card, patch, method="ig", **FAST)
-    ig0 = attribute(detector, card, patch, method="ig", target=0, **FAST)
+    ig1 = attribute(detector, card, patch, AttributionConfig(method="ig", **FAST))
+    ig0 = attribute(detector, card, patch, AttributionConfig(method="ig", target=0, **FAST))
     assert ig0.target == 0 and ig1.target == 1
     assert np.corrcoef(ig0.map.ravel(), ig1.map.ravel())[0, 1] < 0  # opposite evidence
     with pytest.raises(AttributeError):
-        attribute(detector, card, patch, method="gradcam", layer="no.such.layer")
+        attribute(detector, card, patch, AttributionConfig(method="gradcam", layer="no.such.layer"))
     with pytest.raises(ValueError):
-        attribute(detector, card, patch, method="lime")
+        attribute(detector, card, patch, AttributionConfig(method="lime"))
 
 
 def test_ig_completeness(detector, card, patch):
     """IG sums to logit(x) - logit(black) (captum's convergence delta is small)."""
-    att = attribute(detector, card, patch, method="ig", n_steps=32, internal_batch_size=16)
+    att = attribute(detector, card, patch, AttributionConfig(method="ig", n_steps=32, internal_batch_size=16))
     with torch.no_grad():
         x = card.preprocess(torch.from_numpy(patch)[None])
         b = card.preprocess(torch.zeros(1, S, S))
@@ -118,7 +119,7 @@ def test_train_mode_model_restored(card, patch):
     model.layer1.requires_grad_(False)  # a partly frozen model: flags must come back as they were
     flags = [p.requires_grad for p in model.parameters()]
     before = _state(model)
-    attribute(model, card, patch, method="guided-gradcam")  # ReLU(inplace=True) in resnet10t
+    attribute(model, card, patch, AttributionConfig(method="guided-gradcam"))  # ReLU(inplace=True) in resnet10t
     assert model.training and all(m.training for m in model.modules())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU))
@@ -171,7 +172,7 @@ def test_concurrent_attribution_equals_sequential(detector, card, image, patch):
     img, _ = image
     other = np.ascontiguousarray(img[40 : 40 + S, 30 : 30 + S])
     jobs = [(patch, "gradcam"), (other, "ig"), (patch, "saliency"), (other, "guided-gradcam")]
-    sequential = [attribute(detector, card, p, method=m, **FAST).map for p, m in jobs]
+    sequential = [attribute(detector, card, p, AttributionConfig(method=m, **FAST)).map for p, m in jobs]
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(len(jobs))
@@ -179,7 +180,7 @@ def test_concurrent_attribution_equals_sequential(detector, card, image, patch):
     def work(i, p, m):
         try:
             start.wait()
-            results[i] = attribute(detector, card, p, method=m, **FAST).map
+            results[i] = attribute(detector, card, p, AttributionConfig(method=m, **FAST)).map
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -197,12 +198,12 @@ def test_concurrent_attribution_equals_sequential(detector, card, image, patch):
 def test_attribute_image_gradcam(detector, card, image):
     img, mask = image
     before = _state(detector)
-    att = attribute_image(detector, card, img, mask, layer="layer4")
+    att = attribute_image(detector, card, img, mask, AttributionConfig(layer="layer4"))
     assert att.map.shape == img.shape and np.isfinite(att.map).all()
     assert (att.map[~mask] == 0).all() and att.map.max() == pytest.approx(1.0)
     peak = np.unravel_index(att.map.argmax(), att.map.shape)
     assert np.hypot(peak[0] - BLOB[0], peak[1] - BLOB[1]) < S / 2, peak
-    sal = attribute_image(detector, card, img, mask, method="saliency")
+    sal = attribute_image(detector, card, img, mask, AttributionConfig(method="saliency"))
     assert sal.map.shape == img.shape and sal.map.std() > 0
     for k, v in before.items():
         assert torch.equal(v, detector.state_dict()[k]), k
@@ -232,7 +233,7 @@ def test_real_model_card(patch, method):
     """model_zoo's demo card (default layer bn2) with its efficientnet_lite0."""
     card, model = demo_card_detector(S)
     before = _state(model)
-    att = attribute(model, card, patch, method=method, **FAST)
+    att = attribute(model, card, patch, AttributionConfig(method=method, **FAST))
     assert att.map.shape == (S, S) and np.isfinite(att.map).all() and att.map.std() > 1e-4
     assert att.target == card.positive_index
     if method == "gradcam":

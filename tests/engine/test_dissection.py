@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dashboard.data.store import Store, ValidationError
+from dashboard.data.store import DrawingRecord, Store, ValidationError
 from dashboard.engine.activations import compute_activations
 from dashboard.engine.dissection import (
     StaleCacheError,
+    StatsConfig,
     compute_dataset_stats,
     compute_unit_ious,
     compute_unit_ious_reference,
@@ -72,7 +73,7 @@ def test_unit_ious_equal_reference_on_random(c, h, w, size):
 
 
 def test_unit_ious_equal_reference_on_real_activations(model, card, patches, tmp_path):
-    stats = compute_dataset_stats(model, card, "bn2", patches, cache_dir=tmp_path, batch_size=6)
+    stats = compute_dataset_stats(model, card, "bn2", patches, StatsConfig(cache_dir=tmp_path, batch_size=6))
     acts = _all_acts(model, card, patches[:3], "bn2")
     for i, (cy, cx, r) in enumerate([(40, 60, 30), (90, 30, 20), (64, 64, 60)]):
         mask = blob_mask(128, cy, cx, r)
@@ -84,7 +85,7 @@ def test_unit_ious_equal_reference_on_real_activations(model, card, patches, tmp
 
 def test_prepared_unit_masks_give_reference_ious_for_every_drawing(model, card, patches, tmp_path):
     """The app prepares a patch once and matches many drawings: each must equal the reference."""
-    stats = compute_dataset_stats(model, card, "bn2", patches, cache_dir=tmp_path, batch_size=6)
+    stats = compute_dataset_stats(model, card, "bn2", patches, StatsConfig(cache_dir=tmp_path, batch_size=6))
     act = _all_acts(model, card, patches[3:4], "bn2")[0]
     prep = prepare_unit_masks(act, stats.thresholds, 128)
     full = np.ones((128, 128), bool)
@@ -115,7 +116,7 @@ def test_saturated_units_get_a_threshold_they_can_exceed(tmp_path):
     imgs[:, 16:40, 8:32] = 1.0               # a bright square: 14 % of every image
     ramp = np.linspace(0, 0.1, 64, dtype=np.float32)
     imgs += ramp[None, None, :] + ramp[None, :, None] + 0.01 * np.arange(6, dtype=np.float32)[:, None, None]
-    stats = compute_dataset_stats(net, TinyCard(), "act", imgs, quantile=0.99, cache_dir=tmp_path)
+    stats = compute_dataset_stats(net, TinyCard(), "act", imgs, StatsConfig(quantile=0.99, cache_dir=tmp_path))
     acts = _all_acts(net, TinyCard(), imgs, "act").numpy()  # (N, 4, 8, 8)
     flat = acts.transpose(1, 0, 2, 3).reshape(4, -1).astype(np.float64)
     q = np.quantile(flat, 0.99, axis=1).astype(np.float32)
@@ -161,8 +162,9 @@ def test_match_drawing(model, card, patches):
 # ---------------------------------------------------------------- dataset statistics
 def test_stats_exact_against_brute_force(model, card, patches, tmp_path):
     calls = []
-    stats = compute_dataset_stats(model, card, "blocks.5", patches, quantile=0.99, top_k=3, cache_dir=tmp_path,
-                                  batch_size=5, progress=lambda d, n, msg: calls.append((d, n)))
+    stats = compute_dataset_stats(model, card, "blocks.5", patches,
+                                  StatsConfig(quantile=0.99, top_k=3, cache_dir=tmp_path, batch_size=5),
+                                  progress=lambda d, n, msg: calls.append((d, n)))
     acts = _all_acts(model, card, patches, "blocks.5").numpy()  # (N, C, h, w)
     n, c, h, w = acts.shape
     flat = acts.transpose(1, 0, 2, 3).reshape(c, -1).astype(np.float64)
@@ -180,7 +182,8 @@ def test_stats_exact_against_brute_force(model, card, patches, tmp_path):
     assert stats.feature_shape == (h, w) and stats.patch_size == 128
     assert calls[-1] == (12, 12) and [d for d, _ in calls[:3]] == [5, 10, 12]
     # 0.995 (Network Dissection) is a different, higher threshold and a different key
-    s2 = compute_dataset_stats(model, card, "blocks.5", patches, quantile=0.995, top_k=3, cache_dir=tmp_path)
+    s2 = compute_dataset_stats(model, card, "blocks.5", patches,
+                               StatsConfig(quantile=0.995, top_k=3, cache_dir=tmp_path))
     assert s2.key != stats.key and np.all(s2.thresholds >= stats.thresholds)
     loaded = load_dataset_stats(tmp_path / stats.key)
     np.testing.assert_array_equal(loaded.thresholds, stats.thresholds)
@@ -188,12 +191,12 @@ def test_stats_exact_against_brute_force(model, card, patches, tmp_path):
 
 
 def test_stats_sampled_when_buffer_small(model, card, patches, tmp_path):
-    exact = compute_dataset_stats(model, card, "blocks.3", patches, quantile=0.9, cache_dir=tmp_path)
+    exact = compute_dataset_stats(model, card, "blocks.3", patches, StatsConfig(quantile=0.9, cache_dir=tmp_path))
     acts = _all_acts(model, card, patches, "blocks.3").numpy()
     c = acts.shape[1]
     flat = np.sort(acts.transpose(1, 0, 2, 3).reshape(c, -1), axis=1)
-    sampled = compute_dataset_stats(model, card, "blocks.3", patches, quantile=0.9, cache_dir=tmp_path,
-                                    max_buffer=c * 20)
+    sampled = compute_dataset_stats(model, card, "blocks.3", patches,
+                                    StatsConfig(quantile=0.9, cache_dir=tmp_path, max_buffer=c * 20))
     assert sampled.key != exact.key
     assert sampled.sample_rate < 1.0 and sampled.quantile_se > 0
     # the quantile level each sampled threshold reaches in the full data is within ~5 standard errors
@@ -213,26 +216,26 @@ def test_stats_resume_and_keys(model, card, patches, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        compute_dataset_stats(model, card, "bn2", data, cache_dir=tmp_path / "a", batch_size=2,
+        compute_dataset_stats(model, card, "bn2", data, StatsConfig(cache_dir=tmp_path / "a", batch_size=2),
                               progress=crash_after_six)
     forwards = []
     handle = model.conv_stem.register_forward_hook(lambda m, i, o: forwards.append(o.shape[0]))
     try:
-        resumed = compute_dataset_stats(model, card, "bn2", data, cache_dir=tmp_path / "a", batch_size=2)
+        resumed = compute_dataset_stats(model, card, "bn2", data, StatsConfig(cache_dir=tmp_path / "a", batch_size=2))
     finally:
         handle.remove()
     assert sum(forwards) == 2  # only the last batch was run again
-    fresh = compute_dataset_stats(model, card, "bn2", data, cache_dir=tmp_path / "b", batch_size=2)
+    fresh = compute_dataset_stats(model, card, "bn2", data, StatsConfig(cache_dir=tmp_path / "b", batch_size=2))
     np.testing.assert_array_equal(resumed.thresholds, fresh.thresholds)
     np.testing.assert_array_equal(resumed.top_indices, fresh.top_indices)
     np.testing.assert_allclose(resumed.unit_xy, fresh.unit_xy, atol=1e-5)
     assert resumed.key == fresh.key
     # changed data, layer or weights -> another key, never the cached numbers
-    other = compute_dataset_stats(model, card, "bn2", data[:6], cache_dir=tmp_path / "a", batch_size=2)
+    other = compute_dataset_stats(model, card, "bn2", data[:6], StatsConfig(cache_dir=tmp_path / "a", batch_size=2))
     assert other.key != fresh.key
     m2 = tiny_model("efficientnet_lite0", seed=1)
-    s_m2 = compute_dataset_stats(m2, card, "bn2", data[:2], cache_dir=tmp_path / "a")
-    s_m1 = compute_dataset_stats(model, card, "bn2", data[:2], cache_dir=tmp_path / "a")
+    s_m2 = compute_dataset_stats(m2, card, "bn2", data[:2], StatsConfig(cache_dir=tmp_path / "a"))
+    s_m1 = compute_dataset_stats(model, card, "bn2", data[:2], StatsConfig(cache_dir=tmp_path / "a"))
     assert s_m2.key != s_m1.key and not np.array_equal(s_m2.thresholds, s_m1.thresholds)
 
 
@@ -249,19 +252,21 @@ def test_stats_iterable_checkpoint_never_reused_for_other_data(model, card, patc
             raise Stop
 
     with pytest.raises(Stop):
-        compute_dataset_stats(model, card, "bn2", batches(patches), n_patches=12, data_key="set-A",
-                              cache_dir=tmp_path, progress=stop)
+        compute_dataset_stats(model, card, "bn2", batches(patches),
+                              StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path), progress=stop)
     other = patches[::-1].copy()
     with pytest.raises(StaleCacheError):
-        compute_dataset_stats(model, card, "bn2", batches(other), n_patches=12, data_key="set-A", cache_dir=tmp_path)
+        compute_dataset_stats(model, card, "bn2", batches(other),
+                              StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path))
     # the stale checkpoint was dropped: a new run on the other data is correct
-    s = compute_dataset_stats(model, card, "bn2", batches(other), n_patches=12, data_key="set-A", cache_dir=tmp_path)
-    ref = compute_dataset_stats(model, card, "bn2", other, cache_dir=tmp_path / "ref")
+    s = compute_dataset_stats(model, card, "bn2", batches(other),
+                              StatsConfig(n_patches=12, data_key="set-A", cache_dir=tmp_path))
+    ref = compute_dataset_stats(model, card, "bn2", other, StatsConfig(cache_dir=tmp_path / "ref"))
     np.testing.assert_array_equal(s.thresholds, ref.thresholds)
 
 
 def test_stats_recorded_in_store(model, card, patches, tmp_path, store):
-    s = compute_dataset_stats(model, card, "bn2", patches[:4], cache_dir=tmp_path, store=store)
+    s = compute_dataset_stats(model, card, "bn2", patches[:4], StatsConfig(cache_dir=tmp_path), store=store)
     runs = store.list_dissection_runs(model_card=card.name, layer="bn2")
     assert len(runs) == 1 and runs[0]["key"] == s.key and runs[0]["n_units"] == 1280
 
@@ -307,9 +312,10 @@ def _labels(store, card="c", layer="bn2"):
 
 
 def _save(store, concept, ious, tau=0.2, image="img1", card="c", layer="bn2", reader="r1"):
-    return label_units_from_drawing(store, image_id=image, concept=concept, reader=reader, patch_x0=0,
-                                    patch_y0=0, patch_size=32, shape="rect", geometry=[2, 2, 20, 20],
-                                    model_card=card, layer=layer, ious=ious, tau=tau)
+    return label_units_from_drawing(store,
+                                    DrawingRecord(image_id=image, concept=concept, reader=reader, patch_x0=0,
+                                                  patch_y0=0, patch_size=32, shape="rect", geometry=[2, 2, 20, 20],
+                                                  model_card=card), layer=layer, ious=ious, tau=tau)
 
 
 def test_labeling_keep_best_and_exact_undo(store):
@@ -323,7 +329,7 @@ def test_labeling_keep_best_and_exact_undo(store):
         drawings.append((res.annotation_id, concept, ious, 0.2))
         results.append(res)
         assert set(res.units_above) == set(np.nonzero(ious > 0.2)[0])
-    assert _labels(store) == {u: v for u, v in _keep_best(drawings).items()}
+    assert _labels(store) == _keep_best(drawings)
     # one drawing labels many units
     assert len(results[0].units_above) > 5
     assert set(results[-1].labeled_units) == {u for u, v in _keep_best(drawings).items() if v[2] == results[-1].annotation_id}
@@ -355,8 +361,9 @@ def test_labeling_ties_go_to_earlier_drawing(store):
 def test_empty_drawing_rejected(store):
     add_image(store)
     with pytest.raises(ValidationError):
-        label_units_from_drawing(store, image_id="img1", concept="fat", reader="r", patch_x0=0, patch_y0=0,
-                                 patch_size=32, shape="rect", geometry=[50, 50, 60, 60], model_card="c",
+        label_units_from_drawing(store,
+                                 DrawingRecord(image_id="img1", concept="fat", reader="r", patch_x0=0, patch_y0=0,
+                                               patch_size=32, shape="rect", geometry=[50, 50, 60, 60], model_card="c"),
                                  layer="bn2", ious=np.zeros(4))
     assert store.list_annotations() == []
 
@@ -407,7 +414,7 @@ def test_concurrent_readers_lose_nothing(settings, separate_connections):
     assert len(base.list_annotation_units(model_card="c", layer="bn2")) == sum(int((d[2] > 0.2).sum()) for d in all_drawings)
     # whatever order the transactions committed in, the labels are the keep-best over all drawings
     expected = {}
-    for aid, concept, ious, tau in all_drawings:
+    for _aid, concept, ious, tau in all_drawings:
         for u in np.nonzero(ious > tau)[0]:
             expected.setdefault(int(u), []).append((float(ious[u]), concept))
     got = _labels(base)

@@ -5,18 +5,19 @@ import numpy as np
 import pytest
 import torch
 
+from dashboard.engine.activations import compute_patch_activations
 from dashboard.engine.inference import (
     LesionMap,
+    LesionMapConfig,
     compute_lesion_map,
-    compute_patch_activations,
     feature_stride,
     is_pool_linear,
-    patch_size,
-    positive_index,
     predict_patches,
+    target_class,
 )
 from dashboard.engine.model_state import HOOK_DICTS, hook_counts
 from dashboard.testing.tinymodels import TinyCard, blob, blob_detector, breast_image, demo_card_detector, make_model
+from model_zoo.errors import CardError
 
 S = 64
 BLOB = (100, 150)  # (y, x) of the planted blob in breast_image()
@@ -56,13 +57,25 @@ def _assert_same_state(model, before):
 
 
 def test_card_helpers(card):
-    assert patch_size(card) == S
-    assert patch_size(TinyCard(input_size=(3, 96, 96))) == 96
-    with pytest.raises(ValueError):
-        patch_size(TinyCard(input_size=(3, 96, 64)))
-    assert positive_index(card) == 1
-    assert positive_index(TinyCard(classes=("lesion", "normal"), positive_class="lesion")) == 0
-    assert positive_index(TinyCard(positive_class=0)) == 0
+    """Patch size and positive class come from the card (model_zoo.ModelCard), the class to explain
+    from ``target_class``; a card without a usable positive class says so."""
+    assert card.patch_size == S
+    assert TinyCard(input_size=(3, 96, 96)).patch_size == 96
+    with pytest.raises(CardError, match="not square"):
+        _ = TinyCard(input_size=(3, 96, 64)).patch_size
+    assert card.positive_index == 1
+    assert TinyCard(classes=("lesion", "normal"), positive_class="lesion").positive_index == 0
+    with pytest.raises(CardError, match="no positive_class"):
+        _ = TinyCard(positive_class=None).positive_index
+    with pytest.raises(CardError, match="not one of its classes"):
+        _ = TinyCard(positive_class="cancer").positive_index
+    assert target_class(card) == (1, "lesion")
+    assert target_class(card, "normal") == (0, "normal") and target_class(card, 0) == (0, "normal")
+    for bad in ("cancer", 2, -1):
+        with pytest.raises(ValueError):
+            target_class(card, bad)
+    with pytest.raises(CardError, match="no positive_class"):
+        target_class(TinyCard(positive_class=None))
 
 
 def test_predict_patches_matches_model_and_batching(detector, card, image):
@@ -84,7 +97,7 @@ def test_predict_patches_separates_blob_from_tissue(detector, card, image):
     img, _ = image
     on_blob = _crops(img, np.array([[BLOB[1] - S // 2, BLOB[0] - S // 2]]), S)
     tissue = _crops(img, np.array([[20, 60]]), S)
-    p = predict_patches(detector, card, np.concatenate([on_blob, tissue]))[:, positive_index(card)]
+    p = predict_patches(detector, card, np.concatenate([on_blob, tissue]))[:, card.positive_index]
     assert p[0] > 0.5 > p[1]
 
 
@@ -114,7 +127,7 @@ def test_pool_linear_and_stride():
 def test_lesion_map_peaks_at_blob(detector, card, image, method):
     img, mask = image
     before = _state(detector)
-    lm = compute_lesion_map(detector, card, img, mask, method=method, stride=S // 4, top_k=4)
+    lm = compute_lesion_map(detector, card, img, mask, LesionMapConfig(method=method, stride=S // 4, top_k=4))
     assert isinstance(lm, LesionMap) and lm.method == method
     assert lm.prob.shape == img.shape and lm.prob.dtype == np.float32
     assert np.isfinite(lm.prob).all() and lm.prob.min() >= 0 and lm.prob.max() <= 1
@@ -131,7 +144,7 @@ def test_lesion_map_peaks_at_blob(detector, card, image, method):
         xy = np.array([(x, y) for x, y, *_ in lm.top_patches])
         exact = predict_patches(detector, card, _crops(img, xy, S))[:, 1]
         np.testing.assert_allclose([q for *_, q in lm.top_patches], exact, atol=1e-5)
-        raw = compute_lesion_map(detector, card, img, mask, method="fcn", refine=0)
+        raw = compute_lesion_map(detector, card, img, mask, LesionMapConfig(method="fcn", refine=0))
         assert raw.score == pytest.approx(raw.grid_prob.max()) and raw.top_patches[0][3] == pytest.approx(raw.score)
     _assert_same_state(detector, before)
     assert sum(hook_counts(detector).values()) == 0 and not detector.training
@@ -154,7 +167,7 @@ def test_default_method_ranks_lesion_patch_first(detector, card, blob_at):
 
 def test_top_patches_nms_and_breast(detector, card, image):
     img, mask = image
-    lm = compute_lesion_map(detector, card, img, mask, method="fcn", top_k=10)
+    lm = compute_lesion_map(detector, card, img, mask, LesionMapConfig(method="fcn", top_k=10))
     assert 1 <= len(lm.top_patches) <= 10
     probs = [p for *_, p in lm.top_patches]
     assert probs == sorted(probs, reverse=True)
@@ -166,15 +179,15 @@ def test_top_patches_nms_and_breast(detector, card, image):
             ix = max(0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]))
             iy = max(0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]))
             assert ix * iy / (2 * S * S - ix * iy) <= 0.25 + 1e-6
-    assert len(compute_lesion_map(detector, card, img, mask, top_k=2).top_patches) <= 2
+    assert len(compute_lesion_map(detector, card, img, mask, LesionMapConfig(top_k=2)).top_patches) <= 2
 
 
 def test_fcn_equals_patches_and_agrees_with_tiles(detector, card, image):
     """FCN grid values are the probabilities of the patches at those places (up to padding
     effects), and the FCN map follows the tiled map."""
     img, mask = image
-    fcn = compute_lesion_map(detector, card, img, mask, method="fcn")
-    tiles = compute_lesion_map(detector, card, img, mask, method="tiles", stride=S // 4)
+    fcn = compute_lesion_map(detector, card, img, mask, LesionMapConfig(method="fcn"))
+    tiles = compute_lesion_map(detector, card, img, mask, LesionMapConfig(method="tiles", stride=S // 4))
     xy = fcn.grid_xy.reshape(-1, 2)
     exact = predict_patches(detector, card, _crops(img, xy, S))[:, 1].reshape(fcn.grid_prob.shape)
     assert np.corrcoef(exact.ravel(), fcn.grid_prob.ravel())[0, 1] > 0.95
@@ -197,7 +210,7 @@ def test_tiles_average_overlaps(detector, card):
     model = detector
     img = np.zeros((96, 128), np.float32) + 0.3
     img = np.clip(img + blob(img.shape, 48, 70, 6.0), 0, 1)
-    lm = compute_lesion_map(model, card, img, None, method="tiles", stride=32, min_fraction=0.0)
+    lm = compute_lesion_map(model, card, img, None, LesionMapConfig(method="tiles", stride=32, min_fraction=0.0))
     g = lm.grid_prob  # tile corners every 32 px; pixel (40, 70) is covered by tiles (0|1, 1|2)
     np.testing.assert_allclose(lm.prob[40, 70], g[0:2, 1:3].mean(), atol=1e-5)
     np.testing.assert_allclose(lm.prob[5, 5], g[0, 0], atol=1e-5)
@@ -205,10 +218,10 @@ def test_tiles_average_overlaps(detector, card):
 
 def test_empty_mask_and_bad_input(detector, card, image):
     img, mask = image
-    lm = compute_lesion_map(detector, card, img, np.zeros_like(mask), method="fcn")
+    lm = compute_lesion_map(detector, card, img, np.zeros_like(mask), LesionMapConfig(method="fcn"))
     assert lm.score == 0.0 and lm.top_patches == [] and not lm.prob.any()
     with pytest.raises(ValueError):
-        compute_lesion_map(detector, card, img, mask, method="nope")
+        compute_lesion_map(detector, card, img, mask, LesionMapConfig(method="nope"))
     with pytest.raises(ValueError):
         compute_lesion_map(detector, card, img, mask[:10])
 
@@ -217,7 +230,7 @@ def test_non_pool_linear_falls_back_to_tiles(card, image):
     img, mask = image
     model = make_model("mobilenetv3_small_050")
     with pytest.warns(UserWarning, match="tiles"):
-        lm = compute_lesion_map(model, card, img, mask, method="fcn")
+        lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="fcn"))
     assert lm.method == "tiles" and lm.prob.shape == img.shape
 
 
@@ -226,7 +239,7 @@ def test_lesion_map_efficientnet_lite0(card, image):
     img, mask = image
     model = make_model("efficientnet_lite0", seed=2)
     before = _state(model)
-    lm = compute_lesion_map(model, card, img, mask, method="fcn")
+    lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="fcn"))
     assert lm.prob.shape == img.shape and np.isfinite(lm.prob).all()
     assert lm.grid_prob.shape[0] >= int(np.ceil((img.shape[0] - 1) / 32)) + 1
     _assert_same_state(model, before)
@@ -234,11 +247,11 @@ def test_lesion_map_efficientnet_lite0(card, image):
 
 
 def test_patch_activations_leave_model_unchanged(detector, card, image):
-    pytest.importorskip("dashboard.engine.activations", reason="engine branch not merged yet")
     img, _ = image
     patches = _crops(img, np.array([[10, 10], [60, 40], [120, 80]]), S)
     before_probs = predict_patches(detector, card, patches)
-    acts = compute_patch_activations(detector, card, patches, ["layer3", "layer4"], batch_size=2)
+    acts = {layer: torch.stack(compute_patch_activations(detector, card, layer, list(patches), batch_size=2))
+            for layer in ("layer3", "layer4")}  # {layer: (N, C, h, w)}
     assert acts["layer3"].shape[:2] == (3, 256) and acts["layer4"].shape == (3, 512, 2, 2)
     with torch.no_grad():
         feat = detector.forward_features(card.preprocess(torch.from_numpy(patches)))
@@ -253,11 +266,11 @@ def test_real_model_card_end_to_end(image):
     """model_zoo's ModelCard and create_model (demo card, lite0, no weights, head fitted to blobs)."""
     card, model = demo_card_detector(S)
     img, mask = image
-    assert patch_size(card) == S and positive_index(card) == card.positive_index
+    assert card.patch_size == S and card.positive_index == 1
     on_blob = _crops(img, np.array([[BLOB[1] - S // 2, BLOB[0] - S // 2], [20, 60]]), S)
     p = predict_patches(model, card, on_blob)
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     assert p[0, card.positive_index] > p[1, card.positive_index]
-    lm = compute_lesion_map(model, card, img, mask, method="fcn")
+    lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="fcn"))
     assert lm.method == "fcn" and lm.prob.shape == img.shape and np.isfinite(lm.prob).all()
     assert lm.grid_prob.std() > 0

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from dashboard.data.store import NotFoundError, ValidationError
+from dashboard.data.store import DrawingRecord, NotFoundError, ValidationError
 from dashboard.engine.activations import compute_activations
 from dashboard.engine.dissection import undo_annotation
 from dashboard.engine.probes import (
+    ProbeConfig,
     auroc_one_vs_rest,
     collect_probe_data,
     compute_concept_maps,
@@ -92,8 +93,8 @@ def test_empty_fold_and_missing_class_stay_finite():
 def test_train_probes_store_metrics_and_maps(store, model, card, tmp_path):
     patches = _populate(store)
     steps = []
-    probe = train_probes(store, model, card, LAYER, load_patch=_loader(patches), cache_dir=tmp_path,
-                         progress=lambda d, n, m: steps.append(m), folds=3)
+    probe = train_probes(store, model, card, LAYER, load_patch=_loader(patches), progress=lambda d, n,
+                         m: steps.append(m), config=ProbeConfig(cache_dir=tmp_path, folds=3))
     assert probe.version is not None and steps
     assert probe.classes == ["background", "fat", "mass-round", "vessel"]
     mr = probe.metrics["mass-round"]
@@ -129,7 +130,7 @@ def test_train_probes_store_metrics_and_maps(store, model, card, tmp_path):
 def test_probe_data_positions_and_background(store, model, card, tmp_path):
     patches = _populate(store, n_images=2, vessel_drawings=0)
     ann = store.list_annotations()
-    data = collect_probe_data(model, card, LAYER, ann, _loader(patches), cache_dir=tmp_path)
+    data = collect_probe_data(model, card, LAYER, ann, _loader(patches), ProbeConfig(cache_dir=tmp_path))
     h, w = data.feature_shape
     assert (h, w) == (8, 8) and data.X.shape[1] == 80
     # the positions of each concept are the cells at least half covered by its drawings
@@ -158,10 +159,10 @@ def test_probe_data_positions_and_background(store, model, card, tmp_path):
 
 def test_retrain_after_undo_and_errors(store, model, card, tmp_path):
     patches = _populate(store, n_images=3, vessel_drawings=0)
-    p1 = train_probes(store, model, card, LAYER, load_patch=_loader(patches), cache_dir=tmp_path)
+    p1 = train_probes(store, model, card, LAYER, load_patch=_loader(patches), config=ProbeConfig(cache_dir=tmp_path))
     victim = store.list_annotations(concept="fat")[0].annotation_id
     undo_annotation(store, victim, actor="reader0")
-    p2 = train_probes(store, model, card, LAYER, load_patch=_loader(patches), cache_dir=tmp_path)
+    p2 = train_probes(store, model, card, LAYER, load_patch=_loader(patches), config=ProbeConfig(cache_dir=tmp_path))
     assert p2.version > p1.version and victim not in p2.annotation_ids and len(p2.annotation_ids) == 5
     assert p2.metrics["fat"]["n_drawings"] == 2
     assert [r["version"] for r in store.list_probes(model_card="probe-card")] == [p2.version, p1.version]
@@ -175,9 +176,9 @@ def test_single_image_gives_reason(store, model, card, tmp_path):
     patches = _populate(store, n_images=1, vessel_drawings=0)
     for _ in range(2):  # three drawings of each concept, all on one image
         for a in list(store.list_annotations())[:2]:
-            store.save_annotation(image_id=a.image_id, concept=a.concept, reader="r", patch_x0=0, patch_y0=0,
-                                  patch_size=S, shape="rect", geometry=[0, 0, 1, 1], mask_png=a.mask_png,
-                                  model_card="probe-card")
-    probe = train_probes(store, model, card, LAYER, load_patch=_loader(patches), cache_dir=tmp_path)
+            store.save_annotation(DrawingRecord(image_id=a.image_id, concept=a.concept, reader="r", patch_x0=0,
+                                                patch_y0=0, patch_size=S, shape="rect", geometry=[0, 0, 1, 1],
+                                                mask_png=a.mask_png, model_card="probe-card"))
+    probe = train_probes(store, model, card, LAYER, load_patch=_loader(patches), config=ProbeConfig(cache_dir=tmp_path))
     m = probe.metrics["mass-round"]
     assert m["auroc"] is None and "image" in m["reason"] and m["n_drawings"] == 3 and m["n_images"] == 1

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from dashboard.data.store import DrawingRecord
 from dashboard.engine.activations import compute_activations
 from dashboard.engine.dissection import label_units_from_drawing
-from dashboard.engine.probes import train_probes
+from dashboard.engine.probes import ProbeConfig, train_probes
 from dashboard.engine.report import (
+    ReportInputs,
     build_image_report,
     build_report,
     export_html,
@@ -17,7 +19,7 @@ from dashboard.engine.report import (
     report_from_json,
     report_to_json,
 )
-from dashboard.engine.tcav import run_tcav
+from dashboard.engine.tcav import TCAVConfig, run_tcav
 from dashboard.testing.engine_helpers import TinyCard, tiny_model
 from dashboard.testing.probe_scene import S
 from dashboard.testing.probe_scene import loader as _loader
@@ -43,12 +45,14 @@ def env(tmp_path_factory, model, card):
     tmp = tmp_path_factory.mktemp("report")
     store = Store(tmp / "db.duckdb", tmp / "journal")
     patches = _populate(store, n_images=4, vessel_drawings=0)
-    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches), cache_dir=tmp, folds=2)
+    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches),
+                         config=ProbeConfig(cache_dir=tmp, folds=2))
     rng = np.random.default_rng(0)
     for concept in ("mass-round", "fat", "mass-round"):  # unit labels at the head's layer (bn2)
-        label_units_from_drawing(store, image_id="im0", concept=concept, reader="r", patch_x0=0, patch_y0=0,
-                                 patch_size=S, shape="rect", geometry=[10, 10, 60, 60], model_card=card.name,
-                                 layer="bn2", ious=rng.uniform(0, 0.5, 1280))
+        label_units_from_drawing(store,
+                                 DrawingRecord(image_id="im0", concept=concept, reader="r", patch_x0=0, patch_y0=0,
+                                               patch_size=S, shape="rect", geometry=[10, 10, 60, 60],
+                                               model_card=card.name), layer="bn2", ious=rng.uniform(0, 0.5, 1280))
     yield store, patches, probe, tmp
     store.close()
 
@@ -73,7 +77,8 @@ def test_patch_report_exact_logit_and_shares(setup, store, model, card, tmp_path
     patches, probe = setup
     patch = _scene(7)[0]
     att = np.random.default_rng(1).random((S, S)).astype(np.float32)
-    rep = build_report(model, card, patch, probe, attribution_map=att, store=store, image_id="im0", patch_xy=(0, 0))
+    rep = build_report(model, card, patch, probe,
+                       inputs=ReportInputs(attribution_map=att, store=store, image_id="im0", patch_xy=(0, 0)))
     acts, logits = _truth(model, card, patch)
     t = card.classes.index("malignant")
     assert rep.target == t and rep.logit == pytest.approx(float(logits[t]), abs=1e-6)
@@ -113,9 +118,10 @@ def test_cached_activations_give_the_same_report(setup, store, model, card):
     patch = _scene(8)[0]
     att = np.ones((S, S), np.float32)
     acts, logits = _truth(model, card, patch)
-    cached = build_report(model, card, patch, probe, attribution_map=att, store=store,
-                          activations={k: v[0] for k, v in acts.items()}, logits=logits)
-    fresh = build_report(model, card, patch, probe, attribution_map=att, store=store)
+    cached = build_report(model, card, patch, probe,
+                          inputs=ReportInputs(attribution_map=att, store=store,
+                                              activations={k: v[0] for k, v in acts.items()}, logits=logits))
+    fresh = build_report(model, card, patch, probe, inputs=ReportInputs(attribution_map=att, store=store))
     assert cached.logit == fresh.logit and cached.unexplained_share == pytest.approx(fresh.unexplained_share)
     for a, b in zip(cached.concepts, fresh.concepts):
         assert a.logit_part == pytest.approx(b.logit_part) and a.area_mm2 == b.area_mm2
@@ -134,9 +140,11 @@ def test_logit_decomposition_groups():
 def test_json_round_trip_and_figures(setup, store, model, card, tmp_path):
     patches, probe = setup
     inputs = np.stack([_scene(50 + i)[0][32:96, 32:96] for i in range(4)])
-    tc = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches), n_runs=3, cache_dir=tmp_path)
-    rep = build_report(model, card, _scene(9)[0], probe, attribution_map=np.ones((S, S), np.float32), store=store,
-                       tcav=tc, image_id="im0", patch_xy=(5, 6))
+    tc = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches),
+                  config=TCAVConfig(n_runs=3, cache_dir=tmp_path))
+    rep = build_report(model, card, _scene(9)[0], probe,
+                       inputs=ReportInputs(attribution_map=np.ones((S, S), np.float32), store=store, tcav=tc,
+                                           image_id="im0", patch_xy=(5, 6)))
     assert rep.concept("fat").tcav_score == tc.concepts["fat"].score
     back = report_from_json(report_to_json(rep))
     assert back.patch == (5, 6, S) and back.concepts[0].units == rep.concepts[0].units
@@ -175,8 +183,9 @@ def test_whole_image_report(setup, store, model, card):
     img = np.full((192, 256), 0.4, np.float32)
     img[:S, 100:100 + S] = _scene(3)[0]
     tiles = [(0, 0), (100, 0), (128, 64)]
-    rep = build_image_report(model, card, img, probe, tiles=tiles, attribution_map=np.ones(img.shape, np.float32),
-                             store=store, image_id="im0")
+    rep = build_image_report(model, card, img, probe,
+                             inputs=ReportInputs(tiles=tiles, attribution_map=np.ones(img.shape, np.float32),
+                                                 store=store, image_id="im0"))
     from dashboard.engine.inference import predict_patches
     from dashboard.imaging import crop_patch
 
@@ -190,21 +199,24 @@ def test_whole_image_report(setup, store, model, card):
     from dashboard.engine.probes import compute_concept_maps
     from dashboard.engine.report import compute_image_evidence
 
-    ev = compute_image_evidence(model, card, img, layers=[probe.layer], tiles=tiles,
-                                attribution_map=np.ones(img.shape, np.float32))
+    ev = compute_image_evidence(model, card, img, layers=[probe.layer],
+                                inputs=ReportInputs(tiles=tiles, attribution_map=np.ones(img.shape, np.float32)))
     probs_all = compute_concept_maps(probe, ev.feats[probe.layer], img.shape, include_background=True)
-    again = build_image_report(model, card, img, probe, store=store, image_id="im0", evidence=ev, probs_all=probs_all)
+    again = build_image_report(model, card, img, probe,
+                               inputs=ReportInputs(store=store, image_id="im0", evidence=ev, probs_all=probs_all))
     for a, b in zip(again.concepts, rep.concepts):
         assert (a.concept, a.attribution_share, a.area_mm2, a.logit_part) == (
             b.concept, b.attribution_share, b.area_mm2, b.logit_part)
         np.testing.assert_array_equal(a.probe_map, b.probe_map)
     with pytest.raises(ValueError, match="not \\(K\\+1, H, W\\)"):
-        build_image_report(model, card, img, probe, store=store, evidence=ev, probs_all=probs_all[1:])
+        build_image_report(model, card, img, probe,
+                           inputs=ReportInputs(store=store, evidence=ev, probs_all=probs_all[1:]))
 
 
 def test_default_attribution_is_wired(setup, store, model, card):
     _, probe = setup
-    rep = build_report(model, card, _scene(4)[0], probe, store=store)  # Grad-CAM from dashboard.engine.attribution
+    rep = build_report(model, card, _scene(4)[0], probe,
+                       inputs=ReportInputs(store=store))  # Grad-CAM from dashboard.engine.attribution
     assert rep.attribution_map.shape == (S, S) and rep.attribution_method == "gradcam"
     assert np.isfinite(rep.attribution_map).all() and rep.attribution_map.max() > 0
 
@@ -217,7 +229,8 @@ def test_html_export_opens_offline_in_chromium(setup, store, model, card, tmp_pa
     if not os.path.exists("/usr/bin/chromium"):
         pytest.skip("no /usr/bin/chromium")
     _, probe = setup
-    rep = build_report(model, card, _scene(5)[0], probe, attribution_map=np.ones((S, S), np.float32), store=store)
+    rep = build_report(model, card, _scene(5)[0], probe,
+                       inputs=ReportInputs(attribution_map=np.ones((S, S), np.float32), store=store))
     path = export_html(rep, tmp_path / "report.html")
     text = path.read_text()
     # plotly.js is inlined (its bundle mentions a CDN only as the default for geo topojson)

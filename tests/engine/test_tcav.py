@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from dashboard.engine.probes import ProbeData, collect_probe_data, train_probes
+from dashboard.engine.probes import ProbeConfig, ProbeData, collect_probe_data, train_probes
 from dashboard.engine.tcav import (
     CAVSet,
+    TCAVConfig,
     TCAVResult,
     _ttest,
     compute_cavs,
@@ -63,7 +64,8 @@ def test_scores_against_planted_directions(model, card, inputs):
     dummy = ProbeData(X=torch.zeros(1, 1280), y=torch.zeros(1, dtype=torch.long), group=torch.zeros(1, dtype=torch.long),
                       drawing=torch.zeros(1, dtype=torch.long), classes=["background", "up", "down"], image_ids=[],
                       annotation_ids=[], readers=[], annotation_concepts=[], feature_shape=(2, 2))
-    res = compute_tcav(model, card, dummy, inputs, layer="bn2", target=1, cavs=cavs)
+    assert dummy.layer == ""  # the CAVs carry their layer themselves
+    res = compute_tcav(model, card, cavs, inputs, TCAVConfig(target=1))
     assert res.concepts["up"].score == 1.0 and res.concepts["down"].score == 0.0
     wn = model.classifier.weight[1].detach().double()
     assert res.concepts["up"].magnitude == pytest.approx(float(wn.norm()), rel=1e-5)
@@ -82,7 +84,8 @@ def test_ttest():
 @pytest.fixture
 def drawn(store, model, card, tmp_path):
     patches = _populate(store, n_images=4, vessel_drawings=0)
-    data = collect_probe_data(model, card, "blocks.5", store.list_annotations(), _loader(patches), cache_dir=tmp_path)
+    data = collect_probe_data(model, card, "blocks.5", store.list_annotations(), _loader(patches),
+                              ProbeConfig(cache_dir=tmp_path))
     return patches, data
 
 
@@ -105,8 +108,9 @@ def test_cavs_separate_concepts(drawn):
 def test_batched_equals_captum(drawn, model, card, inputs):
     _, data = drawn
     cavs = compute_cavs(data, n_runs=3, random_size=40, seed=2)
-    a = compute_tcav(model, card, data, inputs, layer="blocks.5", cavs=cavs, engine="batched")
-    b = compute_tcav(model, card, data, inputs, layer="blocks.5", cavs=cavs, engine="captum")
+    assert data.layer == cavs.layer == "blocks.5"
+    a = compute_tcav(model, card, cavs, inputs, TCAVConfig(engine="batched"))
+    b = compute_tcav(model, card, cavs, inputs, TCAVConfig(engine="captum"))
     assert a.engine == "batched" and b.engine == "captum"
     for cn in a.concepts:
         assert a.concepts[cn].run_scores == b.concepts[cn].run_scores
@@ -118,8 +122,10 @@ def test_batched_equals_captum(drawn, model, card, inputs):
 
 def test_run_tcav_stores_and_round_trips(store, model, card, inputs, tmp_path):
     patches = _populate(store, n_images=4, vessel_drawings=0)
-    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches), cache_dir=tmp_path, folds=2)
-    res = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches), n_runs=4, cache_dir=tmp_path)
+    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches),
+                         config=ProbeConfig(cache_dir=tmp_path, folds=2))
+    res = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches),
+                   config=TCAVConfig(n_runs=4, cache_dir=tmp_path))
     assert set(res.concepts) == {"fat", "mass-round"} and res.probe_version == probe.version
     for c in res.concepts.values():
         assert 0.0 <= c.score <= 1.0 and 0.0 <= c.p_value <= 1.0 and len(c.run_scores) == 4

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dashboard import evaluation as ev
-from dashboard.data.store import ValidationError
+from dashboard.data.store import DrawingRecord, ImageRecord, ValidationError
 from dashboard.engine.dissection import drawing_to_mask, mask_to_png
 from dashboard.testing.engine_helpers import TinyCard, blob_mask, tiny_model
 from model_zoo.metrics import compute_aurocs
@@ -380,13 +380,14 @@ def test_learning_curve_from_real_drawings(store):
     patches = {}
     for i in range(6):
         store.save_case(f"c{i}", "synthetic")
-        store.save_image(f"im{i}", f"c{i}", f"/x/{i}.png", f"sha{i}", rows=LC_S, cols=LC_S)
+        store.save_image(ImageRecord(f"im{i}", f"c{i}", f"/x/{i}.png", f"sha{i}", rows=LC_S, cols=LC_S))
         patch, mass, line = _lc_scene(i)
         patches[f"im{i}"] = patch
         for concept, mask, reader in (("mass", mass, "alice"), ("fat", line, "bob")):
-            store.save_annotation(image_id=f"im{i}", concept=concept, reader=reader, patch_x0=0, patch_y0=0,
-                                  patch_size=LC_S, shape="polygon", geometry=[[0, 0], [1, 0], [1, 1]],
-                                  mask_png=mask_to_png(mask), model_card="lc-card")
+            store.save_annotation(DrawingRecord(image_id=f"im{i}", concept=concept, reader=reader, patch_x0=0,
+                                                patch_y0=0, patch_size=LC_S, shape="polygon",
+                                                geometry=[[0, 0], [1, 0], [1, 1]], mask_png=mask_to_png(mask),
+                                                model_card="lc-card"))
     load = lambda a: patches[a.image_id]  # noqa: E731
     df = ev.compute_learning_curve(store, card, model, load_patch=load,
                                    config=ev.LearningCurveConfig(layer="blocks.3", steps=(1, 2, 3, 10)))

@@ -18,6 +18,7 @@ from pydicom.data import get_testdata_file
 
 from dashboard import imaging
 from dashboard.imaging import (
+    DicomHeader,
     Frame,
     ImagingError,
     apply_window,
@@ -53,7 +54,7 @@ def _write(tmp_path, name="a.dcm", px=None, **kw):
         px, _ = synthetic_breast()
     args = dict(laterality="L", view="CC", pixel_spacing_mm=0.1, window_centers=[2048], window_widths=[4096])
     args.update(kw)
-    return write_dicom(tmp_path / name, px, **args), px
+    return write_dicom(tmp_path / name, px, DicomHeader(**args)), px
 
 
 # ---------------------------------------------------------------- write_dicom
@@ -61,10 +62,9 @@ def _write(tmp_path, name="a.dcm", px=None, **kw):
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
 def test_write_dicom_is_a_valid_mg_for_presentation_object(tmp_path, ts, photometric):
     px, _ = synthetic_breast(64, 48)
-    path = write_dicom(tmp_path / "a.dcm", px, laterality="R", view="MLO", pixel_spacing_mm=0.07,
-                       window_centers=[2048, 1500], window_widths=[4096, 800],
-                       window_explanations=["FULL", "DENSE"], photometric=photometric,
-                       transfer_syntax=ts)
+    path = write_dicom(tmp_path / "a.dcm", px, DicomHeader(
+        laterality="R", view="MLO", pixel_spacing_mm=0.07, window_centers=[2048, 1500], window_widths=[4096, 800],
+        window_explanations=["FULL", "DENSE"], photometric=photometric, transfer_syntax=ts))
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == ts
     assert ds.SOPClassUID == imaging.MG_FOR_PRESENTATION == ds.file_meta.MediaStorageSOPClassUID
@@ -81,8 +81,8 @@ def test_write_dicom_is_a_valid_mg_for_presentation_object(tmp_path, ts, photome
 
 def test_write_dicom_rejects_values_that_do_not_fit(tmp_path):
     with pytest.raises(ImagingError, match="bits"):
-        write_dicom(tmp_path / "a.dcm", np.full((4, 4), 5000, np.uint16), laterality="L", view="CC",
-                    pixel_spacing_mm=0.1, window_centers=[1], window_widths=[2], bits_stored=12)
+        write_dicom(tmp_path / "a.dcm", np.full((4, 4), 5000, np.uint16), DicomHeader(
+            laterality="L", view="CC", pixel_spacing_mm=0.1, window_centers=[1], window_widths=[2], bits_stored=12))
 
 
 def test_write_dicom_refuses_a_transfer_syntax_it_cannot_encode(tmp_path):

@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 
 from dashboard import imaging
-from dashboard.data import importers, patchset
+from dashboard.data import hanging, importers, patchset
 from dashboard.data.store import Store
-from dashboard.imaging import hanging
 from dashboard.testing.real_helpers import copy_mias_subset
 
 CARD_SPACING = 0.2
@@ -121,8 +120,9 @@ def test_one_film_at_two_scales_gives_the_same_model_image_and_patches(real_stor
     [f] = [f for f in real_store.list_findings("mias-mdb010") if f["concept"] == "mass"]
     native = imaging.load_image(row["path"])
     big = (np.repeat(np.repeat(native.pixels.astype(np.uint16), 4, 0), 4, 1) * 257).astype(np.uint16)
-    dcm = imaging.write_dicom(tmp_path / "big.dcm", big, laterality="R", view="MLO", pixel_spacing_mm=0.05,
-                              window_centers=[32768], window_widths=[65535], bits_stored=16)
+    dcm = imaging.write_dicom(tmp_path / "big.dcm", big, imaging.DicomHeader(
+        laterality="R", view="MLO", pixel_spacing_mm=0.05, window_centers=[32768], window_widths=[65535],
+        bits_stored=16))
     Image.fromarray(big).save(tmp_path / "big.png")
     big_circle = {"concept": "mass", "cx": (f["cx"] + 0.5) * 4 - 0.5, "cy": (f["cy"] + 0.5) * 4 - 0.5,
                   "radius": f["radius"] * 4}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import model_zoo
 from dashboard import imaging
@@ -91,20 +92,28 @@ def test_held_out_patch_auroc_recomputes(tmp_path_factory, shared_data, card, mo
 def test_concept_workflow_runs_with_the_mias_card(tmp_path, shared_data, card, model, store):
     """Activations, dataset thresholds, a unit-IoU match saved as unit labels, a probe and its maps,
     on real mini-MIAS patches cut at the card's spacing around truth circles."""
-    from dashboard.engine.dissection import compute_dataset_stats, label_units_from_drawing, match_drawing
-    from dashboard.engine.inference import compute_patch_activations
-    from dashboard.engine.probes import compute_concept_maps, compute_image_concept_maps, train_probes
+    from dashboard.data.patchset import PatchSetConfig
+    from dashboard.data.store import DrawingRecord
+    from dashboard.engine.activations import compute_patch_activations
+    from dashboard.engine.dissection import (
+        StatsConfig,
+        compute_dataset_stats,
+        label_units_from_drawing,
+        match_drawing,
+    )
+    from dashboard.engine.probes import ProbeConfig, compute_concept_maps, compute_image_concept_maps, train_probes
 
     refs = ["mdb005", "mdb006", "mdb010", "mdb009", "mdb023", "mdb024", "mdb012", "mdb011"]
     importers.import_mini_mias(store, copy_mias_subset(shared_data, tmp_path / "mias", refs))
-    ps = patchset.build_patchset(store, card, source="mini-mias", per_image_lesion=1, per_image_normal=2,
-                                 split_of={r["case_id"]: "train" for r in store.list_images()}, splits=("train",),
-                                 jitter=0, seed=0)
+    ps = patchset.build_patchset(store, card,
+                                 PatchSetConfig(source="mini-mias", per_image_lesion=1, per_image_normal=2,
+                                                split_of={r["case_id"]: "train" for r in store.list_images()},
+                                                splits=("train",), jitter=0, seed=0))
     gray = ps.patches.astype(np.float32) / 255.0  # (N, 224, 224)
     layer = card.default_layer
-    acts = compute_patch_activations(model, card, gray, [layer])[layer]  # (N, C, 7, 7)
+    acts = torch.stack(compute_patch_activations(model, card, layer, list(gray)))  # (N, C, 7, 7)
     assert acts.shape[:2] == (len(ps), 1280) and acts.shape[-1] == 224 // 32
-    stats = compute_dataset_stats(model, card, layer, gray, cache_dir=tmp_path / "cache", quantile=0.95)
+    stats = compute_dataset_stats(model, card, layer, gray, StatsConfig(cache_dir=tmp_path / "cache", quantile=0.95))
     assert stats.thresholds.shape == (1280,)
 
     frames, drawn = {}, []
@@ -122,9 +131,11 @@ def test_concept_workflow_runs_with_the_mias_card(tmp_path, shared_data, card, m
         np.testing.assert_array_equal(ps.patches[i], np.round(imaging.crop_patch(img, x0, y0, 224) * 255))
         match = match_drawing(acts[i], stats.thresholds, drawing, tau=0.05)
         assert match.ious.shape == (1280,) and match.best_iou > 0
-        res = label_units_from_drawing(store, image_id=image_id, concept="mass", reader="tester", patch_x0=x0,
-                                       patch_y0=y0, patch_size=224, shape="freehand", geometry=[[0, 0]],
-                                       model_card=card.name, layer=layer, ious=match.ious, tau=0.05, mask=drawing)
+        res = label_units_from_drawing(store,
+                                       DrawingRecord(image_id=image_id, concept="mass", reader="tester", patch_x0=x0,
+                                                     patch_y0=y0, patch_size=224, shape="freehand", geometry=[[0, 0]],
+                                                     model_card=card.name), layer=layer, ious=match.ious, tau=0.05,
+                                       mask=drawing)
         drawn.append((i, drawing))
         assert set(res.labeled_units) <= set(res.units_above.tolist())
     assert len(drawn) >= 4
@@ -133,7 +144,7 @@ def test_concept_workflow_runs_with_the_mias_card(tmp_path, shared_data, card, m
     by_index = {int(i): g for i, g in enumerate(gray)}
     keyed = {(str(ps.image_id[i]), int(ps.x0[i]), int(ps.y0[i])): by_index[int(i)] for i in range(len(ps))}
     probe = train_probes(store, model, card, layer, load_patch=lambda a: keyed[(a.image_id, a.patch_x0, a.patch_y0)],
-                         folds=2, min_drawings=2, min_images=2, cache_dir=tmp_path / "cache")
+                         config=ProbeConfig(folds=2, min_drawings=2, min_images=2, cache_dir=tmp_path / "cache"))
     assert probe.concepts == ["mass"] and probe.version is not None
     inside, outside = [], []
     for i, drawing in drawn:

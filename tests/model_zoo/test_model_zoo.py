@@ -192,6 +192,8 @@ def test_mapped_lite0_is_a_real_imagenet_classifier(lite0_imagenet):
 def test_imagenet_card_builds_the_same_model(lite0_imagenet):
     card = mz.load_card("imagenet-lite0")
     assert card.num_classes == 1000 and card.classes[281].startswith("tabby")
+    with pytest.raises(mz.CardError, match="no positive_class"):  # a reference backbone scores no lesions
+        _ = card.positive_index
     model = mz.create_model(card)
     x = card.preprocess(torch.rand(1, 224, 224))
     with torch.no_grad():
@@ -240,6 +242,7 @@ def test_demo_model_weights_load_and_match_their_card():
 def test_demo_model_reproduces_its_carded_auroc_on_held_out_cases(settings, store):
     """Re-render a few held-out demo cases with the card's seed, cut the same patches, predict, compare."""
     from dashboard.data import demo, patchset, phantom
+    from dashboard.data.patchset import PatchSetConfig
     from model_zoo.metrics import compute_auroc
     from model_zoo.train import predict_patches
 
@@ -253,10 +256,11 @@ def test_demo_model_reproduces_its_carded_auroc_on_held_out_cases(settings, stor
         rec = demo.render_case(str(settings.demo_dir), seed, plan.index)
         demo._store_case(store, rec, split)  # the same rows build_demo writes
     params = card.training["patchset"]
-    ps = patchset.build_patchset(store, card, source="synthetic", splits=(split,), seed=params["seed"],
-                                 per_image_lesion=params["per_image_lesion"],
-                                 per_image_normal=params["per_image_normal"], jitter=params["jitter"],
-                                 exclusion_margin=params["exclusion_margin"])
+    ps = patchset.build_patchset(store, card,
+                                 PatchSetConfig(source="synthetic", splits=(split,), seed=params["seed"],
+                                                per_image_lesion=params["per_image_lesion"],
+                                                per_image_normal=params["per_image_normal"], jitter=params["jitter"],
+                                                exclusion_margin=params["exclusion_margin"]))
     y = ps.labels == card.positive_index
     assert 20 <= y.sum() and 20 <= (~y).sum()
     p = predict_patches(mz.create_model(card), card, ps.patches)

@@ -108,7 +108,7 @@ def test_training_tuned_the_late_layers_and_kept_the_frozen_stem(trained):
 def test_patch_size_must_match_the_card(trained, tmp_path):
     card = mz.load_card("demo-lite0-synth")  # 224 px; the toy patches are 64 px
     with pytest.raises(mz.ModelZooError, match="64x64"):
-        train.train(card, trained["patches"], cards_dir=tmp_path, progress=False)
+        train.train(card, trained["patches"], train.TrainConfig(cards_dir=tmp_path))
 
 
 def test_auroc_matches_the_pairwise_definition_with_ties():

@@ -6,6 +6,7 @@ import hashlib
 import pytest
 from argon2 import PasswordHasher
 
+from dashboard.data.store import ImageRecord
 from dashboard.study import Arm, CaseSelection, ReadAnswers, StudyDefinition, accounts, create_study, create_user
 from dashboard.study import reading as rd
 
@@ -19,8 +20,8 @@ def make_cases(store, n: int, *, source: str = "synthetic", split: str = "test",
     for i in range(n):
         cid = f"{prefix}{i:03d}"
         store.save_case(cid, source, split=split, label=LABELS[i % 3], description=f"case {i}")
-        store.save_image(f"{cid}-img", cid, f"/nowhere/{cid}.dcm", hashlib.sha256(cid.encode()).hexdigest(),
-                         rows=64, cols=48, laterality="L", view="CC")
+        store.save_image(ImageRecord(f"{cid}-img", cid, f"/nowhere/{cid}.dcm", hashlib.sha256(cid.encode()).hexdigest(),
+                                     rows=64, cols=48, laterality="L", view="CC"))
         ids.append(cid)
     return ids
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from dashboard import imaging
-from dashboard.data.store import ValidationError
+from dashboard.data.store import DrawingRecord, ValidationError
 from dashboard.engine import dissection
 from dashboard.ui import canvas
 from dashboard.ui.context import AppContext
@@ -274,8 +274,9 @@ def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: s
     ref = view.ref
     t0 = time.perf_counter()
     res = dissection.label_units_from_drawing(
-        ctx.store, image_id=ref.image_id, concept=concept, reader=reader, patch_x0=ref.x0, patch_y0=ref.y0,
-        patch_size=ref.size, shape=m.shape, geometry=m.geometry, model_card=ctx.card_name,
+        ctx.store, DrawingRecord(image_id=ref.image_id, concept=concept, reader=reader, patch_x0=ref.x0,
+                                 patch_y0=ref.y0, patch_size=ref.size, shape=m.shape, geometry=m.geometry,
+                                 model_card=ctx.card_name),
         layer=cx.layer_of(ctx), ious=m.ious, tau=m.tau, mask=m.mask)
     ctx.caches.matches.clear()  # the "label now" column and the unit map changed
     out = SaveResult(annotation_id=res.annotation_id, concept=concept, n_above=int(len(res.units_above)),

@@ -95,7 +95,7 @@ def ingest(ctx: AppContext, folder: str, source: str = "ingest", progress: Progr
 def build_demo(ctx: AppContext, n_cases: int, progress: Progress | None = None):
     """Render the synthetic demo set (missing cases only) into the store.
     ``progress(done, total, message)`` counts cases."""
-    def cb(done: int, total: int) -> None:
+    def cb(done: int, total: int, message: str = "") -> None:
         report_progress(progress, done, total, f"{done}/{total} cases")
 
     return demo.ensure_demo(ctx.settings, ctx.store, n_cases=int(n_cases), progress=cb)

@@ -157,7 +157,8 @@ def run_tcav(ctx: AppContext, progress: Progress | None = None):
     report_progress(progress, 3, 10, f"Scoring {len(inputs)} patches against {len(info.concepts)} concept(s)")
     try:
         res = tcav.run_tcav(ctx.store, ctx.model, ctx.card, load_probe_version(ctx, info), inputs,
-                            load_patch=annotation_patch(ctx), cache_dir=ctx.settings.cache_dir, device=ctx.device)
+                            load_patch=annotation_patch(ctx),
+                            config=tcav.TCAVConfig(cache_dir=ctx.settings.cache_dir, device=ctx.device))
     except ValueError as exc:  # the engine's "too few background positions: draw on more patches"
         raise ReportError(str(exc)) from exc
     report_progress(progress, 10, 10, "TCAV done")

@@ -155,9 +155,10 @@ def compute_stats(ctx: AppContext, max_patches: int = MAX_PATCHES, progress: Pro
             yield np.stack([patch_gray(ctx, r) for r in refs[s:s + STATS_BATCH]])  # (B, S, S)
 
     stats = dissection.compute_dataset_stats(
-        ctx.model, ctx.card, layer_of(ctx), batches(), n_patches=len(refs), data_key=_data_key(ctx, refs),
-        quantile=QUANTILE, cache_dir=ctx.settings.cache_dir / "dissection", progress=progress, device=ctx.device,
-        batch_size=STATS_BATCH, store=ctx.store)
+        ctx.model, ctx.card, layer_of(ctx), batches(), dissection.StatsConfig(
+            n_patches=len(refs), data_key=_data_key(ctx, refs), quantile=QUANTILE,
+            cache_dir=ctx.settings.cache_dir / "dissection", device=ctx.device, batch_size=STATS_BATCH),
+        progress=progress, store=ctx.store)
     (Path(stats.path) / PATCHES_FILE).write_text(json.dumps([r.as_tuple() for r in refs]))
     ctx.caches.stats.clear()
     return stats

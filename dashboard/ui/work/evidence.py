@@ -31,10 +31,11 @@ def image_evidence(ctx: AppContext, row: dict):
         tops = pred["top_patches"] if pred and pred["top_patches"] else lesion_map_for(ctx, row["image_id"]).top_patches
         tiles = [(int(t[0]), int(t[1])) for t in tops]
         att = attribution_for(ctx, row["image_id"], REPORT_METHOD).map
-        return report.compute_image_evidence(ctx.model, ctx.card, img, layers=[layer], mask=mask, tiles=tiles,
-                                             tile_source="the lesion map's most suspicious patches",
-                                             attribution_map=att, attribution_method=REPORT_METHOD,
-                                             device=ctx.device)
+        return report.compute_image_evidence(
+            ctx.model, ctx.card, img, layers=[layer],
+            config=report.ReportConfig(attribution_method=REPORT_METHOD, device=ctx.device),
+            inputs=report.ReportInputs(mask=mask, tiles=tiles, tile_source="the lesion map's most suspicious patches",
+                                       attribution_map=att))
 
     return ctx.caches.evidence.get(_evidence_key(ctx, row), compute)
 

@@ -30,9 +30,9 @@ def model_spacing(ctx: AppContext) -> float:
 
 
 def patch_size(ctx: AppContext) -> int:
-    """The card's input side in model pixels: the patch a reader labels."""
+    """The card's input side in model pixels: the patch a reader labels (``ModelCard.patch_size``)."""
     if ctx.card is not None:
-        return int(ctx.card.input_size[-1])
+        return ctx.card.patch_size
     return FALLBACK_PATCH
 
 
@@ -104,7 +104,7 @@ def attribution_for(ctx: AppContext, image_id: str, method: str):
 
     def compute():
         img, mask, _ = model_image(ctx, row)
-        return attribution.attribute_image(ctx.model, ctx.card, img, mask, method=method)
+        return attribution.attribute_image(ctx.model, ctx.card, img, mask, attribution.AttributionConfig(method=method))
 
     key = (ctx.card_name, ctx.weights_sha, row["sha256"], model_spacing(ctx), method)
     return ctx.caches.attributions.get(key, compute)

@@ -65,6 +65,6 @@ def retrain(ctx: AppContext, reader: str = "", progress: Progress | None = None)
     ``progress(done, total, message)`` as the engine's trainer reports it."""
     ctx.require_model()
     probes.train_probes(ctx.store, ctx.model, ctx.card, layer_of(ctx), load_patch=annotation_patch(ctx),
-                        progress=progress, device=ctx.device, cache_dir=ctx.settings.cache_dir,
-                        actor=reader or "system")
+                        progress=progress, config=probes.ProbeConfig(device=ctx.device, cache_dir=ctx.settings.cache_dir,
+                                                                     actor=reader or "system"))
     return probe_info(ctx)

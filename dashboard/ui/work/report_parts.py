@@ -112,10 +112,11 @@ def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
         img, mask, _ = model_image(ctx, row)
         probe = load_probe_version(ctx, info)
         tcav = TCAVResult.from_dict(run["results"]) if run else None
-        return report.build_image_report(ctx.model, ctx.card, img, probe, mask=mask, store=ctx.store,
-                                         unit_labels=labels, tcav=tcav, image_id=row["image_id"],
-                                         device=ctx.device, evidence=image_evidence(ctx, row),
-                                         probs_all=probabilities(ctx, info, row))
+        return report.build_image_report(
+            ctx.model, ctx.card, img, probe, config=report.ReportConfig(device=ctx.device),
+            inputs=report.ReportInputs(mask=mask, store=ctx.store, unit_labels=labels, tcav=tcav,
+                                       image_id=row["image_id"], evidence=image_evidence(ctx, row),
+                                       probs_all=probabilities(ctx, info, row)))
 
     return ctx.caches.reports.get(key, compute), key, (run["run_id"] if run else None)
 

@@ -6,18 +6,22 @@ write the pictures in ``docs/screenshots``. Each image is the viewer's display i
 spacing, a right breast with its chest wall on the right). Rows are views (CC above MLO),
 columns R | L, so the chest walls of a pair meet in the middle.
 
-    python -m dashboard.imaging.hanging hang --out docs/screenshots/real_hanging.png [--source cbis-ddsm]
-    python -m dashboard.imaging.hanging truth --out docs/screenshots/mias_truth.png --source mini-mias --n 8
+    python -m dashboard.data.hanging hang --out docs/screenshots/real_hanging.png [--source cbis-ddsm]
+    python -m dashboard.data.hanging truth --out docs/screenshots/mias_truth.png --source mini-mias --n 8
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from dashboard import imaging
+from dashboard.data.store import Store, StoreError
+from dashboard.settings import load_settings
 
 VIEW_ORDER = ("CC", "MLO")
 SIDE_ORDER = ("R", "L")
@@ -47,8 +51,6 @@ CAPTION_H = 16
 
 def _captioned(rgb: np.ndarray, text: str) -> np.ndarray:
     """The tile with a caption strip ABOVE it, so no caption hides a film label or marker."""
-    from PIL import Image, ImageDraw
-
     im = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + CAPTION_H), (BACKGROUND,) * 3)
     im.paste(Image.fromarray(rgb), (0, CAPTION_H))
     ImageDraw.Draw(im).text((3, 2), text, fill=(255, 230, 0))
@@ -102,8 +104,6 @@ def compose_truth(store, image_ids: list[str], *, spacing_mm: float = 0.4, colum
     """RGB uint8 sheet of images with their circle findings drawn where the truth file puts them
     (mapped source -> display through the image's Frame); red malignant, green benign. Each tile
     sits below a caption strip of ``CAPTION_H`` px."""
-    from PIL import Image, ImageDraw
-
     tiles = []
     for image_id in image_ids:
         row = next(r for r in store.list_images() if r["image_id"] == image_id)
@@ -116,8 +116,6 @@ def compose_truth(store, image_ids: list[str], *, spacing_mm: float = 0.4, colum
         for f in findings:
             attrs = f["attributes"] if isinstance(f["attributes"], dict) else {}
             if isinstance(f["attributes"], str):
-                import json
-
                 attrs = json.loads(f["attributes"] or "{}")
             labels.append(f"{attrs.get('class', f['concept'])} {f['pathology'][:1].upper()}")
             if f["radius"] is None or (f["cx"], f["cy"], f["radius"]) in seen:
@@ -135,8 +133,6 @@ def compose_truth(store, image_ids: list[str], *, spacing_mm: float = 0.4, colum
 
 def save_png(rgb: np.ndarray, path: str | Path, *, width: int | None = 1200) -> Path:
     """Write the sheet as PNG, downsampled (Lanczos) to ``width`` px when it is wider."""
-    from PIL import Image
-
     im = Image.fromarray(rgb)
     if width and im.width > width:
         im = im.resize((width, round(im.height * width / im.width)), Image.Resampling.LANCZOS)
@@ -147,7 +143,7 @@ def save_png(rgb: np.ndarray, path: str | Path, *, width: int | None = 1200) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dashboard.imaging.hanging", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m dashboard.data.hanging", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p_hang = sub.add_parser("hang", help="hang every case of a source (CC over MLO, R | L)")
     p_hang.add_argument("--source", default="cbis-ddsm")
@@ -160,10 +156,6 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--spacing", type=float, default=0.4, help="display pixel size in mm")
         p.add_argument("--width", type=int, default=1200)
     args = ap.parse_args(argv)
-
-    from dashboard.data.store import Store, StoreError
-    from dashboard.settings import load_settings
-
     settings = load_settings()
     try:
         with Store(settings.db_path, settings.journal_dir, read_only=True) as store:
