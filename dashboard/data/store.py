@@ -455,8 +455,11 @@ class Store(AccountStoreMixin, StudyStoreMixin):
     def save_annotation(self, *, image_id: str, concept: str, reader: str, patch_x0: int, patch_y0: int,
                         patch_size: int, shape: str, geometry: list, mask_png: bytes,
                         model_card: str = "", annotation_id: str | None = None,
-                        extra_writes=None, unit_ious: dict | None = None) -> str:
+                        extra_writes=None, unit_ious: dict | None = None, study: str | None = None,
+                        arm: str | None = None) -> str:
         """Store one drawing. Journaled first, so a crash mid-write loses nothing.
+
+        ``study``/``arm``: the reader study and arm the drawing was made in (journaled with it).
 
         ``extra_writes(cur, annotation_id)`` runs in the same transaction, so the drawing and
         whatever depends on it land together. ``unit_ious`` (``{"model_card", "layer", "units",
@@ -471,7 +474,8 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         annotation_id = annotation_id or uuid.uuid4().hex
         record = dict(annotation_id=annotation_id, image_id=image_id, concept=concept, reader=reader,
                       patch_x0=int(patch_x0), patch_y0=int(patch_y0), patch_size=int(patch_size),
-                      shape=shape, geometry=geometry, mask_png=mask_png.hex(), model_card=model_card)
+                      shape=shape, geometry=geometry, mask_png=mask_png.hex(), model_card=model_card,
+                      study=study, arm=arm)
         if unit_ious is not None:
             record["unit_ious"] = {
                 "model_card": str(unit_ious["model_card"]), "layer": str(unit_ious["layer"]),
@@ -503,10 +507,12 @@ class Store(AccountStoreMixin, StudyStoreMixin):
                         [record["reader"]])
             cur.execute(
                 "INSERT INTO annotations (annotation_id, image_id, concept, reader, patch_x0, patch_y0,"
-                " patch_size, shape, geometry, mask_png, model_card) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " patch_size, shape, geometry, mask_png, model_card, study, arm)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [record["annotation_id"], record["image_id"], record["concept"], record["reader"],
                  record["patch_x0"], record["patch_y0"], record["patch_size"], record["shape"],
-                 json.dumps(record["geometry"]), bytes.fromhex(record["mask_png"]), record["model_card"]],
+                 json.dumps(record["geometry"]), bytes.fromhex(record["mask_png"]), record["model_card"],
+                 record.get("study"), record.get("arm")],
             )
             self._audit(cur, record["reader"], "create", "annotation", record["annotation_id"],
                         {"image_id": record["image_id"], "concept": record["concept"]})

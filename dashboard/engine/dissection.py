@@ -636,8 +636,11 @@ class LabelResult:
 def label_units_from_drawing(store, *, image_id: str, concept: str, reader: str, patch_x0: int,
                              patch_y0: int, patch_size: int, shape: str, geometry, model_card: str,
                              layer: str, ious, tau: float = 0.2, mask: np.ndarray | None = None,
-                             mask_png: bytes | None = None, annotation_id: str | None = None) -> LabelResult:
+                             mask_png: bytes | None = None, annotation_id: str | None = None,
+                             study: str | None = None, arm: str | None = None) -> LabelResult:
     """Save a drawing and apply the labeling rule to every unit with IoU > tau.
+
+    study, arm: the reader study and arm the drawing was made in (None outside a study).
 
     ious (C,) from ``match_drawing``/``compute_unit_ious``. The drawing, its IoUs above tau
     (annotation_units) and the recomputed unit labels are written in one transaction.
@@ -656,7 +659,7 @@ def label_units_from_drawing(store, *, image_id: str, concept: str, reader: str,
         patch_size=patch_size, shape=shape, geometry=geometry, mask_png=mask_png, model_card=model_card,
         annotation_id=annotation_id,
         unit_ious={"model_card": model_card, "layer": layer, "units": above.tolist(),
-                   "ious": ious[above].tolist()},
+                   "ious": ious[above].tolist()}, study=study, arm=arm,
     )
     after = store.list_unit_labels(model_card, layer)
     won = np.array(sorted(r["unit"] for r in after if r["annotation_id"] == aid), dtype=np.int64)

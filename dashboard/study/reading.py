@@ -220,11 +220,12 @@ def save_drawing(store, read_id: str, reader: str, *, now: datetime | None = Non
         raise ReadingError("This read was submitted: it takes no more drawings.")
     now = now or utcnow()
 
-    def tag(cur, annotation_id):
-        store.tag_annotation_study(cur, annotation_id, r["study"], r["arm"])
+    def first_drawing(cur, annotation_id):
         store.set_first_drawing(read_id, actor=reader, now=now, cur=cur)
 
-    return store.save_annotation(reader=reader, extra_writes=tag, **annotation)
+    # study and arm go into the drawing's journal record, so a replay after a crash keeps them
+    return store.save_annotation(reader=reader, extra_writes=first_drawing, study=r["study"], arm=r["arm"],
+                                 **annotation)
 
 
 # ----------------------------------------------------------------------------- blinding and questions
