@@ -21,6 +21,8 @@ study = st.selectbox("Study", names, key="coord_results.study")
 
 st.subheader("Progress")
 progress = cres.progress_rows(store, study)
+st.caption(f"{sum(p['submitted'] for p in progress)} of {sum(p['assigned'] for p in progress)} cases submitted; "
+           f"{sum(p['opened'] - p['submitted'] for p in progress)} open now.")
 st.dataframe(progress, hide_index=True, width="stretch", key="coord_results.progress")
 
 st.subheader("Statistics")
