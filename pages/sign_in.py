@@ -13,7 +13,7 @@ notice = st.session_state.pop(state.AUTH_NOTICE, None)
 if notice:
     st.info(notice)
 
-with st.form("sign_in.form", enter_to_submit=True):
+with st.form("sign_in.form", enter_to_submit=True, clear_on_submit=True):  # the password is not kept
     username = st.text_input("Username", key="sign_in.username", autocomplete="username")
     password = st.text_input("Password", type="password", key="sign_in.password", autocomplete="current-password")
     submitted = st.form_submit_button("Sign in", type="primary", key="sign_in.submit")

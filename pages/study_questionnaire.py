@@ -31,7 +31,7 @@ st.caption(f"{choice.label} · {ss.progress_text(view.step)}")
 
 if not view.due:
     if not done:
-        st.info("No questionnaire is due now. " + sq.next_text(view.step))
+        st.info(sq.not_due_text(view.step))
     if view.step.state == "read":
         st.page_link("pages/study_read.py", label="Go to Reading", icon=":material/radiology:")
     st.stop()

@@ -104,7 +104,7 @@ with st.sidebar:
     mode = st.radio("Window", ["file", "auto", "manual"], key="study_read.mode", horizontal=True,
                     format_func={"file": "File presets", "auto": "Auto", "manual": "Manual"}.get,
                     on_change=view_event, args=("window_level",))
-    presets = st.session_state.get("study_read.presets", [])
+    presets = st.session_state.get(state.STUDY_PRESETS, [])
     preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key="study_read.preset",
                           format_func=lambda i: presets[i] if i < len(presets) else "file default",
                           disabled=mode != "file", on_change=view_event, args=("window_level",))
@@ -130,7 +130,7 @@ click = tuple(kept[1:]) if kept and kept[0] == read_id else None
 with st.spinner("Preparing the images…"):
     case = sr.load_case(ctx, a.case_id, vis, window, overlay, method, opacity, click)
 if case.presets != presets:  # first view of a case: offer its own windows at once
-    st.session_state["study_read.presets"] = case.presets
+    st.session_state[state.STUDY_PRESETS] = case.presets
     st.rerun()
 st.session_state.pop(state.STUDY_FLASH, None)  # shown by this run
 

@@ -30,6 +30,7 @@ AUTH_NOTICE = "auth.notice"               # why the last sign-in ended (expired,
 STUDY_NAME = "study.name"                 # the study a reader is reading (when assigned to several)
 STUDY_CLICK = "study_read.click"          # (read_id, image_id, x, y): the reader's location click, model px
 STUDY_SEEN_CLICK = "study_read.seen_click"  # unix time of the last click taken, so an old one is not re-taken
+STUDY_PRESETS = "study_read.presets"     # names of the shown case's file windows
 STUDY_FLASH = "study_read.flash"          # what the last submit or correction did, shown once
 STUDY_DRAW_NONCE = "study_read.draw_nonce"  # a new value gives a fresh drawing canvas
 QUESTIONNAIRE_FLASH = "study_q.flash"     # the questionnaire was stored: what comes next

@@ -246,6 +246,22 @@ def test_sign_out_and_expiry_end_the_session(study):
     assert titles(at) == ["Worklist"]
 
 
+def test_a_sign_in_expires_after_the_librarys_session_time(study, monkeypatch):
+    import time
+
+    monkeypatch.setenv("CONCEPTLENS_STUDY_SESSION_HOURS", str(1.0 / 3600))  # one second
+    at = signed_in("reader1")
+    assert titles(at) == ["Reading"]
+    assert state.AUTH_TOKEN in at.session_state
+    assert "sign_in.password" not in at.session_state or not at.session_state["sign_in.password"]
+    time.sleep(1.5)
+    at.run()
+    assert state.AUTH_TOKEN not in at.session_state
+    if titles(at) != ["Sign in"]:
+        at.switch_page("pages/sign_in.py").run()
+    assert "Your sign-in expired at" in at.info[0].value
+
+
 def test_the_free_reader_name_is_marked_unauthenticated_and_shown_literally(study):
     name = "**Dr Bold** [click](http://evil.example) <b>x</b>"
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)

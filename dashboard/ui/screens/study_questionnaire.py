@@ -53,3 +53,10 @@ def next_text(step: NextStep) -> str:
     if step.state == "read":
         return "Thank you. Your next session is open now: go to Reading to start it."
     return step.message
+
+
+def not_due_text(step: NextStep) -> str:
+    """What the page says when no questionnaire is due (the reader came here on their own)."""
+    if step.state == "read":
+        return "No questionnaire is due now: it comes at the end of each session."
+    return "No questionnaire is due now. " + step.message
