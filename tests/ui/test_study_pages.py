@@ -309,7 +309,7 @@ def read_through(at: AppTest, store, reader: str, check) -> int:
     raise AssertionError("the reader never finished")
 
 
-def test_no_page_a_reader_can_reach_shows_truth_pathology_or_description(study):
+def test_no_page_a_reader_can_reach_shows_truth_pathology_or_description(study, navigation_mode):
     store = study["store"]
     # the search finds what it looks for: the demo's Read page shows the case unblinded
     demo = new_app()
@@ -321,6 +321,16 @@ def test_no_page_a_reader_can_reach_shows_truth_pathology_or_description(study):
     every_page = [p.path for p in access.DEMO_PAGES + access.COORDINATOR_PAGES + access.READER_PAGES] + \
         ["pages/sign_in.py"]
     seen_titles = set()
+    # a fresh server runs a requested page file directly: each page refuses a reader by itself
+    navigation_mode.direct = True
+    for page in every_page:
+        request_page(at, page)
+        assert leaks(at, rdg.next_assignment(store, "pilot", "reader1").assignment.case_id, store) == [], page
+        if page in [p.path for p in access.DEMO_PAGES + access.COORDINATOR_PAGES]:
+            assert "is a reader" in at.error[0].value or "needs a coordinator account" in at.error[0].value, page
+            assert not at.dataframe and not at.get("imgs"), page
+    navigation_mode.direct = False
+    at.switch_page("pages/study_read.py").run()
 
     def check(at, case_id):
         cases = [case_id] if case_id else list(PATHOLOGY)
@@ -359,6 +369,11 @@ def test_a_reader_sees_only_their_own_assignments(study, settings):
     opened = first_open_read(store, "reader1")
     assert opened["assignment_id"] == step.assignment.assignment_id  # the page opened reader1's own next case
     assert store.list_reads("pilot", "reader2") == [] and store.list_reads("other") == []
+    # the browser closed and opened again: the same case resumes, its first-render time kept
+    again = signed_in("reader1")
+    assert first_open_read(store, "reader1") == opened
+    assert len(store.list_reads("pilot", "reader1")) == 1
+    assert again.subheader[0].value.startswith(f"Case {step.assignment.position + 1} of 3")
     # reader2 is in both studies and picks one; reader3 is in none
     at2 = signed_in("reader2")
     assert at2.selectbox(key=state.STUDY_NAME).options == ["Pilot study", "Other study"]  # shown by title
