@@ -370,7 +370,7 @@ def case_label(step: NextStep) -> str:
 
 
 __all__ = ["BIRADS", "LIKERT", "CONFIDENCE", "STUDY_OVERLAYS", "VIEWER_METHODS", "ReadingStep", "StudyTile",
-           "StudyCase", "PinnedReport", "StudyPatch", "PatchRef", "open_step", "record_view_event", "load_case",
+           "StudyCase", "PinnedReport", "StudyPatch", "PatchRef", "WindowChoice", "open_step", "record_view_event", "load_case",
            "clicked_location", "latest_click", "pinned_report", "pinned_probe_info", "drawing_patch",
            "save_study_drawing", "own_drawings", "answers", "submit", "last_read", "correction_form", "correct",
            "case_label", "model_matches"]
