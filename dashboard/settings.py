@@ -55,6 +55,8 @@ class Settings:
     signin_max_failures: int = 5
     signin_window_minutes: float = 5.0
     signin_lockout_minutes: float = 15.0
+    # true: nothing but the sign-in page is reachable before sign-in (a server open to a network)
+    require_sign_in: bool = False
 
     @property
     def demo_dir(self) -> Path:
@@ -100,6 +102,7 @@ def load_settings() -> Settings:
         signin_max_failures=int(_env("SIGNIN_MAX_FAILURES", "5")),
         signin_window_minutes=float(_env("SIGNIN_WINDOW_MINUTES", "5")),
         signin_lockout_minutes=float(_env("SIGNIN_LOCKOUT_MINUTES", "15")),
+        require_sign_in=_env_bool("REQUIRE_SIGN_IN", False),
     )
 
 

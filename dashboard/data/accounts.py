@@ -71,6 +71,18 @@ class AccountStoreMixin:
 
         self._write(write)
 
+    def set_user_active(self, username: str, active: bool, *, actor: str) -> None:
+        """Deactivate (no sign-in, open sessions refused) or reactivate an account; audited
+        ``deactivate``/``reactivate``. The user's rows stay: reads and drawings keep their author."""
+
+        def write(cur):
+            cur.execute("UPDATE users SET active = ? WHERE username = ? RETURNING username", [bool(active), username])
+            if not cur.fetchall():
+                raise UnknownUserError(f"No user named {username!r}.")
+            self._audit(cur, actor, "reactivate" if active else "deactivate", "user", username)
+
+        self._write(write)
+
     # ------------------------------------------------------------ sign-in attempts
     def record_signin_attempt(self, username: str, client: str, success: bool, *, now: datetime) -> None:
         """One sign-in attempt, audited as ``sign_in`` or ``sign_in_failed`` (no secret in the row)."""

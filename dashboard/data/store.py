@@ -515,6 +515,8 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         """Store one drawing (its ``mask_png`` must be set). Journaled first, so a crash mid-write
         loses nothing. Returns the annotation id.
 
+        ``study``/``arm``: the reader study and arm the drawing was made in (journaled with it).
+
         ``extra_writes(cur, annotation_id)`` runs in the same transaction, so the drawing and
         whatever depends on it land together. ``unit_ious`` (``{"model_card", "layer", "units",
         "ious"}``, the units whose IoU with the drawing passed the labeling threshold) is journaled

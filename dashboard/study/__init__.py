@@ -20,6 +20,7 @@ from dashboard.study.accounts import (
     create_user,
     generate_password,
     list_users,
+    set_active,
     set_password,
     sign_in,
     sign_out,
@@ -104,7 +105,8 @@ from dashboard.study.results import (
 )
 
 __all__ = [
-    "AuthSession", "check_session", "create_user", "generate_password", "list_users", "set_password", "sign_in",
+    "AuthSession", "check_session", "create_user", "generate_password", "list_users", "set_active", "set_password",
+    "sign_in",
     "sign_out",
     "DEFAULT_TRUST", "SUS_ITEMS", "Arm", "Blinding", "CaseSelection", "Questionnaire", "Questions", "StudyDefinition",
     "check_definition", "definition_from_dict", "definition_to_toml", "load_definition", "parse_definition",

@@ -83,6 +83,11 @@ def set_password(store, username: str, password: str, *, actor: str) -> None:
     store.update_password_hash(username, _HASHER.hash(password), actor=actor)
 
 
+def set_active(store, username: str, active: bool, *, actor: str) -> None:
+    """Deactivate an account (its sign-ins and open sessions are refused at once) or reactivate it."""
+    store.set_user_active((username or "").strip().lower(), active, actor=actor)
+
+
 def list_users(store, role: str | None = None) -> list[dict]:
     """username, role, active, created_by, created_at (never the hash)."""
     return store.list_users(role)

@@ -18,7 +18,7 @@ from PIL import Image
 from dashboard.data.store import Store
 from dashboard.progress import Progress, fraction
 from dashboard.settings import Settings, load_settings, pick_device
-from dashboard.ui import state
+from dashboard.ui import access, state
 from dashboard.ui.caches import Caches
 from dashboard.ui.context import AppContext, LoadedModel, build_context, load_model
 
@@ -61,11 +61,23 @@ def selected_card(settings: Settings) -> str:
     return st.session_state.get(state.MODEL_CARD) or settings.model_card
 
 
-def get_context() -> AppContext:
-    """Settings, store, the selected model and the shared caches for this rerun."""
+def get_context(card: str | None = None) -> AppContext:
+    """Settings, store, the selected model (or ``card``: a study's pinned card) and the shared
+    caches for this rerun.
+
+    Without ``card`` (the demo pages' call, their first line) it also refuses the demo pages to a
+    session that may not see them (a signed-in reader; anyone before sign-in when sign-in is
+    required): Streamlit runs a ``pages/`` file directly, without ``app.py``'s navigation, for the
+    first requests a fresh server gets, so the pages must not rely on the navigation alone."""
     settings = get_settings()
     store = get_store(settings)
-    return build_context(settings, store, get_model(selected_card(settings), settings), get_caches())
+    if card is None:
+        user, _ = access.current_user(store, st.session_state.get(state.AUTH_TOKEN))
+        if not access.may_see_demo(user.role if user else None, settings.require_sign_in):
+            st.error("This page is not open to you" + (f" ({user.username} is a {user.role})" if user else
+                                                       ": sign in first") + ". Use the pages in the sidebar.")
+            st.stop()
+    return build_context(settings, store, get_model(card or selected_card(settings), settings), get_caches())
 
 
 def forget_models() -> None:
@@ -100,3 +112,13 @@ def canvas(background: np.ndarray, *, key: str, width: int, height: int, drawing
 
     return st_canvas(background_image=Image.fromarray(background), width=width, height=height,
                      drawing_mode=drawing_mode, key=key, **style)
+
+
+def image_coordinates(rgb: np.ndarray, *, key: str, width: int) -> dict | None:
+    """An RGB (h, w, 3) uint8 image that reports where it was last clicked: {"x", "y" (shown px),
+    "width", "height" (shown size), "unix_time"} or None (streamlit-image-coordinates)."""
+    # imported here for the same reason as the canvas: the package registers a component on import
+    from streamlit_image_coordinates import streamlit_image_coordinates  # optional until a page uses it
+
+    return streamlit_image_coordinates(Image.fromarray(rgb), key=key, width=width, image_format="JPEG",
+                                       jpeg_quality=90, cursor="crosshair")

@@ -24,6 +24,22 @@ UNITS_FLASH = "units.flash"               # a message for the next run
 WORKLIST_SCORE_CLICKED = "worklist.score_clicked"  # Score was pressed: score in this run
 WORKLIST_CASE = "worklist.case"           # the case picker (a widget key the page also writes)
 
+# ---------------------------------------------------------------- sign-in and the pilot study
+AUTH_TOKEN = "auth.token"                 # the signed-in session's secret (dashboard.study.accounts); never shown
+AUTH_NOTICE = "auth.notice"               # why the last sign-in ended (expired, signed out), shown once
+STUDY_NAME = "study.name"                 # the study a reader is reading (when assigned to several)
+STUDY_CLICK = "study_read.click"          # (read_id, image_id, x, y): the reader's location click, model px
+STUDY_SEEN_CLICK = "study_read.seen_click"  # unix time of the last click taken, so an old one is not re-taken
+STUDY_PRESETS = "study_read.presets"     # names of the shown case's file windows
+STUDY_FLASH = "study_read.flash"          # what the last submit or correction did, shown once
+STUDY_DRAW_NONCE = "study_read.draw_nonce"  # a new value gives a fresh drawing canvas
+QUESTIONNAIRE_FLASH = "study_q.flash"     # the questionnaire was stored: what comes next
+COORD_PASSWORD = "coordinator.new_password"  # (username, password) of an account just created: shown once
+COORD_EDIT = "coordinator.edit"           # (study, revision) the coordinator loaded into the editor
+COORD_FLASH = "coordinator.flash"         # a message for the next run of a coordinator page
+COORD_RESULTS = "coordinator.results"     # (study, n_boot, StudyResults) computed on request
+COORD_EXPORT = "coordinator.export"       # (file name, ZIP bytes) of the last export
+
 # ---------------------------------------------------------------- widget keys kept across pages
 # Streamlit forgets the value of a widget that a run did not draw, so a visit to another page
 # would reset these: their widgets are created with ``persist_state=PERSIST`` (kept for the session).
