@@ -13,6 +13,7 @@ written there de-identified, and checked to be the same file every time it is op
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,18 @@ def add_image(store, m: Mammogram, facts: ImageFacts, *, key: bytes | None = Non
 def image_for_source(store, path) -> dict | None:
     """The stored image that was ingested from the file at ``path`` (matched by its keyed hash), or None."""
     return store.find_image_by_source(source_key(pseudonym_key(store), imaging.file_sha256(path)))
+
+
+def burned_in_annotation(row: dict) -> bool:
+    """True when an image row's file says BurnedInAnnotation = YES: text in the pixels (a name, a date) that
+    de-identifying the header cannot remove. Pages showing the image warn about it."""
+    meta = row.get("meta")
+    meta = json.loads(meta) if isinstance(meta, str) else (meta or {})
+    return bool(meta.get("burned_in_annotation")) or str(meta.get("BurnedInAnnotation", "")).upper() == "YES"
+
+
+BURNED_IN_WARNING = ("{label}: the file says its pixels carry burned-in annotation (BurnedInAnnotation = YES). "
+                     "Text in the image may identify the patient; de-identification cannot remove it.")
 
 
 # ---------------------------------------------------------------- opening them

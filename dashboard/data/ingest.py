@@ -17,9 +17,7 @@ Command line: ``python -m dashboard.data.ingest FOLDER [--source NAME] [--defaul
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +29,11 @@ from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spa
 from dashboard.data.keys import pseudonym, pseudonym_key, source_key
 from dashboard.data.private import restrict_umask
 from dashboard.data.store import StoreError, open_store
-from dashboard.errors import ConceptLensError
+from dashboard.errors import ConceptLensError, log_incident
 from dashboard.imaging import ImagingError
 from dashboard.progress import Progress, tqdm_progress
 from dashboard.settings import load_settings
 
-log = logging.getLogger(__name__)
 #: What ``IngestOptions.spacing_source`` records by default for a folder's default pixel spacing.
 FOLDER_DEFAULT = "folder default"
 
@@ -103,10 +100,11 @@ class IngestReport:
 
 
 # ---------------------------------------------------------------- import roots
-def inside_roots(path: Path, roots) -> Path | None:
-    """The root that holds ``path`` once resolved (symlinks and ``..`` followed), else None."""
+def inside_roots(path: Path, roots, *, strict: bool = True) -> Path | None:
+    """The root that holds ``path`` once resolved (symlinks and ``..`` followed), else None. ``strict``:
+    the path must exist (a file about to be read); otherwise as much of it as exists is resolved."""
     try:
-        real = Path(path).resolve(strict=True)
+        real = Path(path).resolve(strict=strict)
     except (OSError, RuntimeError):
         return None
     for root in roots:
@@ -118,14 +116,15 @@ def inside_roots(path: Path, roots) -> Path | None:
 
 def check_folder(folder, roots) -> Path:
     """The folder, resolved, if it is a folder inside one of ``roots``; IngestError otherwise (which
-    says neither what the folder holds nor whether it exists outside the roots)."""
+    says nothing of what lies outside the roots, not even whether it exists)."""
     if not roots:
         raise IngestError("Folder ingest from the app is off: no import roots are configured. Set "
                           "CONCEPTLENS_IMPORT_ROOTS to the folders readers may ingest from, or upload the files.")
-    raw = Path(str(folder or "").strip()).expanduser()
-    if not str(folder or "").strip() or not raw.is_absolute():
+    text = str(folder or "").strip()
+    raw = Path(text).expanduser()
+    if not text or not raw.is_absolute():
         raise IngestError("Give the full path of a folder inside an import root.")
-    if inside_roots(raw, roots) is None:
+    if inside_roots(raw, roots, strict=False) is None:
         raise IngestError("That folder is not inside an import root (CONCEPTLENS_IMPORT_ROOTS).")
     real = raw.resolve()
     if not real.is_dir():
@@ -162,8 +161,7 @@ def ingest_file(store, path: Path, shown: str, key: bytes, opts: IngestOptions, 
     except ImagingError as exc:
         report.record(shown, "failed", str(exc))
     except Exception as exc:  # one odd file must not stop a folder of hundreds
-        incident = uuid.uuid4().hex[:8]
-        log.exception("ingest incident %s (%s)", incident, shown)
+        incident = log_incident(exc, "ingest")
         report.record(shown, "failed", f"unexpected error ({type(exc).__name__}); incident {incident} in the server log")
 
 
