@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dashboard import imaging
 from dashboard.data.keys import dicom_seed, pseudonym_key, source_key
-from dashboard.data.private import write_private
+from dashboard.data.private import private_dir, write_private
 from dashboard.imaging import ImagingError, Mammogram
 
 IMAGES_DIR = "images"
@@ -44,6 +44,7 @@ def write_copy(store, m: Mammogram, data: bytes, image_id: str, key: bytes) -> S
         out, suffix = imaging.deidentify_dicom(data, dicom_seed(key), Path(m.path).name), ".dcm"
     else:
         out, suffix = imaging.clean_plain_image(m)
+    private_dir(Path(store.data_dir) / IMAGES_DIR)
     path = write_private(image_file_path(store, image_id, suffix), out)
     st = path.stat()
     return StoredFile(path, hashlib.sha256(out).hexdigest(), st.st_size, st.st_mtime_ns)

@@ -19,9 +19,16 @@ def restrict_umask() -> int:
 
 
 def private_dir(path: Path) -> Path:
-    """``path`` (and missing parents) created 0700; an existing ``path`` is set to 0700."""
+    """``path`` and each missing parent created 0700; an existing ``path`` is set to 0700."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(d, DIR_MODE)
     os.chmod(path, DIR_MODE)
     return path
 

@@ -251,6 +251,7 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         self.journal_dir = Path(journal_dir) if journal_dir else journal_dir_for(self.db_path)
         self.data_dir = Path(data_dir) if data_dir else self.db_path.parent
         self.read_only = read_only
+        self.rewritten = 0  # rows whose absolute paths the migration made relative (see ``compact``)
         # one lock per database file in this process: two Store objects on one file (one DuckDB
         # instance) would otherwise race, e.g. on unit_labels' recompute, into key conflicts
         self._write_lock = _lock_for(self.db_path)
@@ -352,7 +353,7 @@ class Store(AccountStoreMixin, StudyStoreMixin):
             self._write(apply)
             current = version
         self._seed_concepts()
-        self._relativize_paths()
+        self.rewritten = self._relativize_paths()
         return current
 
     def _db_id(self) -> str | None:
@@ -415,7 +416,7 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         findings = self.query("SELECT finding_id, mask_path FROM findings WHERE mask_path LIKE '/%'")
         audits = self.query("SELECT seq, payload FROM audit_log WHERE entity = 'image' AND payload LIKE '%\"path\": \"/%'")
         if not (images or findings or audits):
-            return
+            return 0
 
         def write(cur):
             for r in images:
@@ -432,6 +433,29 @@ class Store(AccountStoreMixin, StudyStoreMixin):
                 cur.execute("UPDATE audit_log SET payload = ? WHERE seq = ?", [json.dumps(payload), r["seq"]])
 
         self._write(write)
+        return len(images) + len(findings) + len(audits)
+
+    def compact(self) -> None:
+        """Rewrite the database into a fresh file and put it in place of the old one. DuckDB keeps the
+        blocks an UPDATE replaced in the file; after rows were scrubbed (absolute paths that may name a
+        patient), only a fresh copy is free of them. Sequences, indexes and comments are copied."""
+        if self.read_only:
+            raise StoreError("A read-only store cannot be compacted.")
+        fresh = self.db_path.with_name(self.db_path.name + ".compact")
+        fresh.unlink(missing_ok=True)
+        with self._write_lock:
+            try:
+                name = self._con.execute("SELECT current_database()").fetchone()[0]
+                self._con.execute("CHECKPOINT")
+                self._con.execute("ATTACH '" + str(fresh).replace("'", "''") + "' AS conceptlens_compact")
+                self._con.execute('COPY FROM DATABASE "' + name.replace('"', '""') + '" TO conceptlens_compact')
+                self._con.execute("DETACH conceptlens_compact")
+                self._con.close()
+                chmod_private(fresh)
+                fresh.replace(self.db_path)
+                self._con = duckdb.connect(str(self.db_path))
+            except duckdb.Error as exc:
+                raise _translate(exc) from exc
 
     def _seed_concepts(self) -> None:
         def seed(cur):
@@ -1016,6 +1040,8 @@ def open_store(settings) -> Store:
     """Open (and migrate) the store named by the settings, copy in the files of any older row that
     points outside the data directory, then replay any journaled drawing."""
     store = Store(settings.db_path, settings.journal_dir, data_dir=getattr(settings, "data_dir", None))
-    adopt_outside_images(store)
+    adopted = adopt_outside_images(store)
+    if adopted or getattr(store, "rewritten", 0):
+        store.compact()  # the replaced paths must not linger in the file's free blocks
     store.replay_journal()
     return store

@@ -19,7 +19,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import generate_fragments
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder, get_encoder
@@ -648,8 +648,8 @@ def _check_embedded_size(ds, path, max_pixels: int) -> None:
     if ts is None or not ts.is_compressed or "PixelData" not in ds:
         return
     try:
-        first = next(generate_fragments(ds.PixelData))
-    except Exception:  # noqa: BLE001 - no readable fragment: the decoder reports the damage
+        first = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    except Exception:  # noqa: BLE001 - no readable frame: the decoder reports the damage
         return
     embedded = _j2k_header(first[:1 << 16])
     if embedded is None and first[:2] == b"\xff\xd8":
