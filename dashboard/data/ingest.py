@@ -27,7 +27,6 @@ from dashboard import imaging
 from dashboard.data.files import ImageFacts, add_image
 from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality
 from dashboard.data.keys import pseudonym, pseudonym_key, source_key
-from dashboard.data.private import restrict_umask
 from dashboard.data.store import StoreError, open_store
 from dashboard.errors import ConceptLensError, log_incident
 from dashboard.imaging import ImagingError
@@ -243,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show-phi", action="store_true",
                         help="no longer stores identifiers (kept for old scripts): images are always de-identified")
     args = parser.parse_args(argv)
-    restrict_umask()
     if not args.folder.is_dir():
         print(f"error: {args.folder} is not a folder. Give the folder that holds the images.", file=sys.stderr)
         return 2

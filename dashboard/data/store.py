@@ -32,7 +32,7 @@ from dashboard.data.accounts import AccountStoreMixin
 from dashboard.data.copies import adopt_outside_images
 from dashboard.data.journal import Journal
 from dashboard.data.names import CONCEPT_MAX, InvalidNameError, check_name, check_reader
-from dashboard.data.private import chmod_private, private_dir
+from dashboard.data.private import chmod_private, private_dir, restrict_umask
 from dashboard.data.studies import StudyStoreMixin
 from dashboard.errors import ConceptLensError
 from dashboard.settings import journal_dir_for
@@ -1038,7 +1038,11 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
 def open_store(settings) -> Store:
     """Open (and migrate) the store named by the settings, copy in the files of any older row that
-    points outside the data directory, then replay any journaled drawing."""
+    points outside the data directory, then replay any journaled drawing.
+
+    This is how a process (the app, a command line) takes up the data directory, so from here on every
+    file it writes is private (umask 077: caches, exports, DuckDB's WAL), whoever writes it."""
+    restrict_umask()
     store = Store(settings.db_path, settings.journal_dir, data_dir=getattr(settings, "data_dir", None))
     adopted = adopt_outside_images(store)
     if adopted or getattr(store, "rewritten", 0):

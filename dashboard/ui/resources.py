@@ -15,7 +15,6 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from dashboard.data.private import restrict_umask
 from dashboard.data.store import Store, open_store
 from dashboard.progress import Progress, fraction
 from dashboard.settings import Settings, load_settings, pick_device
@@ -32,10 +31,9 @@ def get_settings() -> Settings:
 @st.cache_resource(show_spinner="Opening the label store…")
 def _store(db_path: str, data_dir: str, _settings: Settings) -> Store:
     # one store per database file and data dir (``_settings`` is not part of the cache key): open_store
-    # migrates, copies in older rows' files and replays the drawings a crash left in the journal.
-    # Files the app writes from here on (caches, exports) are private even when streamlit was started
-    # without dashboard.ui.serve, which sets the same umask.
-    restrict_umask()
+    # migrates, copies in older rows' files and replays the drawings a crash left in the journal; from
+    # then on the files the app writes (caches, exports) are private, even when streamlit was started
+    # without dashboard.ui.serve
     return open_store(_settings)
 
 

@@ -137,7 +137,7 @@ def test_two_processes_never_hold_one_journal(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(PROJECT_ROOT)!r})
-        from dashboard.data.journal import Journal
+        from dashboard.data.journal import Journal, JournalBusyError
         try:
             with Journal({str(tmp_path / "j")!r}, "db-1").locked(timeout_s=0.5):
                 sys.exit(0)

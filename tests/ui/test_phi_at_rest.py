@@ -5,11 +5,12 @@ drawing, a probe and a report export."""
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
 
-from dashboard.data.store import Store
+from dashboard.data.store import open_store
 from dashboard.imaging import DicomHeader, write_dicom
 from dashboard.testing import app_data
 from dashboard.ui.context import build_context, load_model
@@ -54,7 +55,7 @@ def phi_ctx(settings, tmp_path):
     _phi_dicom(folder, f"{SURNAME}_{GIVEN}_LCC.dcm", "L", "CC")
     upload = _phi_dicom(tmp_path, f"{SURNAME}_{GIVEN}_RCC.dcm", "R", "CC")
     settings = settings.with_overrides(import_roots=(roots.resolve(),))
-    store = Store(settings.db_path, settings.journal_dir)
+    store = open_store(settings)  # as the app and the command lines open it
     app_data.populate(settings, store)  # the other cases, for the statistics and the probe
     app_data.make_tiny_card(settings)
     loaded = load_model(app_data.TINY_CARD, settings.user_cards_dir, "cpu")
@@ -103,5 +104,9 @@ def test_a_patient_named_everywhere_leaves_no_trace_in_the_data_dir(phi_ctx):
         for needle in NEEDLES:
             for form in {needle, needle.lower(), needle.upper()}:
                 assert form.encode() not in data, f"{form!r} found in {p.relative_to(ctx.settings.data_dir)}"
+    # and all of it private: files 0600, folders 0700
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o600"}
+    dirs = [ctx.settings.data_dir, *(p for p in ctx.settings.data_dir.rglob("*") if p.is_dir())]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in dirs} == {"0o700"}
     audit = json.dumps(ctx.store.audit_log(limit=100000), default=str)
     assert SURNAME not in audit and str(folder.parent) not in audit
