@@ -23,7 +23,7 @@ def pseudonym_key(store) -> bytes:
             return key
     except FileNotFoundError:
         pass
-    private_dir(path.parent)
+    private_dir(path.parent, ours=False)
     key = secrets.token_bytes(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

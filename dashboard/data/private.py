@@ -18,8 +18,10 @@ def restrict_umask() -> int:
     return os.umask(0o077)
 
 
-def private_dir(path: Path) -> Path:
-    """``path`` and each missing parent created 0700; an existing ``path`` is set to 0700."""
+def private_dir(path: Path, *, ours: bool = True) -> Path:
+    """``path`` and each missing parent created 0700. An existing ``path`` is set to 0700 when it is
+    ConceptLens's own folder (``ours``); a folder the user chose to hold a file (the database's, e.g. a
+    home directory) is left as it is."""
     path = Path(path)
     missing = []
     p = path
@@ -29,7 +31,8 @@ def private_dir(path: Path) -> Path:
     for d in reversed(missing):
         d.mkdir(mode=DIR_MODE, exist_ok=True)
         os.chmod(d, DIR_MODE)
-    os.chmod(path, DIR_MODE)
+    if ours:
+        os.chmod(path, DIR_MODE)
     return path
 
 

@@ -257,7 +257,7 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         self._write_lock = _lock_for(self.db_path)
         try:
             if not read_only:
-                private_dir(self.db_path.parent)
+                private_dir(self.db_path.parent, ours=False)
             self._con = duckdb.connect(str(self.db_path), read_only=read_only)
         except duckdb.Error as exc:
             raise _translate(exc) from exc
@@ -1043,6 +1043,8 @@ def open_store(settings) -> Store:
     This is how a process (the app, a command line) takes up the data directory, so from here on every
     file it writes is private (umask 077: caches, exports, DuckDB's WAL), whoever writes it."""
     restrict_umask()
+    if getattr(settings, "data_dir", None) is not None:
+        private_dir(settings.data_dir)
     store = Store(settings.db_path, settings.journal_dir, data_dir=getattr(settings, "data_dir", None))
     adopted = adopt_outside_images(store)
     if adopted or getattr(store, "rewritten", 0):
