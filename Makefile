@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    ?= .venv
 PORT    ?= 8501
-ADDRESS ?= 0.0.0.0
+ADDRESS ?= 127.0.0.1
 BIN     := $(VENV)/bin
 REQ_SUM := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP   := $(VENV)/.installed-$(REQ_SUM)
@@ -20,11 +20,12 @@ $(STAMP): requirements.txt
 setup: $(STAMP) demo
 
 demo: $(STAMP)
-	$(BIN)/python -m dashboard.data.demo ensure
+	umask 077 && $(BIN)/python -m dashboard.data.demo ensure
 
+# dashboard.ui.serve checks first: an ADDRESS beyond this machine needs CONCEPTLENS_REQUIRE_SIGN_IN=1 and a
+# coordinator account (README, Security); then the dataset statistics, then streamlit on ADDRESS:PORT.
 run: setup
-	$(BIN)/python -m dashboard.ui.warmup
-	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) --server.address $(ADDRESS)
+	umask 077 && $(BIN)/python -m dashboard.ui.serve --warmup --address $(ADDRESS) --port $(PORT)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -188,7 +188,7 @@ def main() -> None:
     src = list(_patch_source(100))
     for i in range(100):
         store.save_case(f"c{i // 4}", "bench")
-        store.save_image(ImageRecord(f"im{i}", f"c{i // 4}", f"/bench/{i}.png", f"sha{i}", rows=1024, cols=1024))
+        store.save_image(ImageRecord(f"im{i}", f"c{i // 4}", f"bench/{i}.png", f"sha{i}", rows=1024, cols=1024))
     for j in range(200):
         i = j % 100
         cy, cx = rng.uniform(80, 430, 2)

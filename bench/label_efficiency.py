@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     speed = ev.load_drawing_speed(args.browser_json)
 
     # one bar for the whole run (in thousandths); its text names the stage
-    with Store(run_dir / "run.duckdb", run_dir / "journal") as store, \
+    # the copy's image paths are relative to the demo's data dir, where the files are
+    with Store(run_dir / "run.duckdb", run_dir / "journal", data_dir=settings.data_dir) as store, \
             tqdm_progress("label efficiency", unit="‰") as progress:
         res = ev.run_label_efficiency(store, model, card, cfg, cache_dir=settings.cache_dir, device=device,
                                       drawing_speed=speed, progress=progress)

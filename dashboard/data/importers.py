@@ -6,8 +6,9 @@
   No ROI masks ship here, so findings are image-level with their lexicon attributes.
 - Generic: a folder of DICOM/PNG plus an optional CSV (path, laterality, view, label, optional ROI).
 
-Every importer is idempotent (an image is keyed by its content hash, a finding by a stable id) and
-returns an ``ImportReport`` that lists what it could not read and why.
+Every importer is idempotent (an image is keyed by its source file's keyed hash, a finding by a stable
+id) and returns an ``ImportReport`` that lists what it could not read and why. Images are copied into
+the data directory de-identified (``data.files.add_image``), like every ingested image.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from dashboard import imaging
-from dashboard.data.store import FindingRecord, ImageRecord, Store, StoreError, open_store
+from dashboard.data.files import ImageFacts, add_image
+from dashboard.data.keys import pseudonym_key, source_key
+from dashboard.data.store import FindingRecord, Store, StoreError, open_store
 from dashboard.progress import Progress, tqdm_progress
 from dashboard.settings import load_settings
 
@@ -87,11 +90,8 @@ def _stable_id(*parts: str) -> str:
 
 def _save_mammogram(store: Store, m: imaging.Mammogram, case_id: str, image_id: str,
                     report: ImportReport, *, spacing_mm: float | None) -> bool:
-    added = store.save_image(ImageRecord(
-        image_id, case_id, str(m.path), m.sha256, rows=m.shape[0], cols=m.shape[1], laterality=m.laterality,
-        view=m.view, pixel_spacing_mm=m.pixel_spacing_mm or spacing_mm,
-        modality=str(m.meta.get("Modality", "")), meta=m.meta,
-    ))
+    added, _ = add_image(store, m, ImageFacts(case_id, image_id=image_id,
+                                              pixel_spacing_mm=m.pixel_spacing_mm or spacing_mm))
     if added:
         report.added += 1
     else:
@@ -100,9 +100,9 @@ def _save_mammogram(store: Store, m: imaging.Mammogram, case_id: str, image_id: 
 
 
 def _image_id_for(store: Store, m: imaging.Mammogram, default: str) -> str:
-    """The id an image already has in the store (same bytes), else ``default``."""
-    rows = store.query("SELECT image_id FROM images WHERE sha256 = ?", [m.sha256])
-    return rows[0]["image_id"] if rows else default
+    """The id an image already has in the store (the same source file, or these very bytes), else ``default``."""
+    row = store.find_image_by_source(source_key(pseudonym_key(store), m.sha256)) or store.find_image_by_sha256(m.sha256)
+    return row["image_id"] if row else default
 
 
 # ---------------------------------------------------------------- per-dataset pixel spacing
@@ -373,8 +373,8 @@ def import_cbis_ddsm(store: Store, dicom_paths: Iterable[Path], tables: Iterable
         if ident is None:
             report.failed.append((str(path), "not a CBIS-DDSM file: no 'Mass-/Calc-..._P_NNNNN_SIDE_VIEW' id"))
             continue
-        if not show_phi:
-            m.meta = {k: v for k, v in m.meta.items() if k not in imaging.PHI_KEYS}
+        # never stored, whatever show_phi says (kept for the command line's signature)
+        m.meta = {k: v for k, v in m.meta.items() if k not in imaging.PHI_KEYS}
         if m.laterality and m.laterality != ident["laterality"]:
             report.failed.append((str(path), f"laterality tag {m.laterality} disagrees with id {ident['laterality']}"))
             continue
@@ -461,8 +461,9 @@ def import_generic(store: Store, folder: Path, csv_path: Path | None = None, *, 
         label = (first.get("label") or "unknown").strip().lower()
         store.save_case(case_id, source, label=label if label in ("normal", "benign", "malignant") else "unknown",
                         description=first.get("description", ""))
-        image_id = _image_id_for(store, m, "img-" + m.sha256[:16])
-        _save_mammogram(store, m, case_id, image_id, report, spacing_mm=default_spacing_mm)
+        added, image_id = add_image(store, m, ImageFacts(case_id, pixel_spacing_mm=m.pixel_spacing_mm or default_spacing_mm))
+        report.added += added
+        report.duplicates += not added
         for k, rec in enumerate(recs):
             concept = (rec.get("concept") or "").strip()
             if not concept:

@@ -2,19 +2,21 @@
 
 One case per DICOM study (StudyInstanceUID) and, for plain images, one case per file stem
 (qualified by its sub-folder). Case ids and patient references are keyed hashes (HMAC-SHA-256
-with a random key kept beside the database), never the identifiers themselves. A file that cannot
-be read is reported with the reason and skipped; the walk goes on. Files already in the store
-(same SHA-256) are counted as duplicates without being decoded, so a second run adds nothing.
+with a random key kept beside the database), never the identifiers themselves. Each image is
+copied into the data directory de-identified (``data.files.add_image``): the database keeps neither
+the source path nor any identifying header field. A file that cannot be read is reported with the
+reason and skipped; the walk goes on. Files already in the store (same source file) are counted as
+duplicates without being decoded, so a second run adds nothing.
 
-Command line: ``python -m dashboard.data.ingest FOLDER [--source NAME] [--show-phi]``.
+From the app, a folder must lie inside one of ``settings.import_roots`` (``CONCEPTLENS_IMPORT_ROOTS``):
+the folder and every file are resolved (symlinks, ``..``) and checked against the roots, and nothing
+outside them is read or named. The command line is for whoever runs the server and may name any folder.
+
+Command line: ``python -m dashboard.data.ingest FOLDER [--source NAME] [--default-spacing MM]``.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
-import os
-import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +24,35 @@ from pathlib import Path
 import pydicom
 
 from dashboard import imaging
+from dashboard.data.files import ImageFacts, add_image
 from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality
-from dashboard.data.store import ImageRecord, StoreError, open_store
-from dashboard.errors import ConceptLensError
+from dashboard.data.keys import pseudonym, pseudonym_key, source_key
+from dashboard.data.store import StoreError, open_store
+from dashboard.errors import ConceptLensError, log_incident
 from dashboard.imaging import ImagingError
 from dashboard.progress import Progress, tqdm_progress
 from dashboard.settings import load_settings
 
-KEY_FILE = "pseudonym.key"
+#: What ``IngestOptions.spacing_source`` records by default for a folder's default pixel spacing.
+FOLDER_DEFAULT = "folder default"
 
 
 class IngestError(ConceptLensError):
-    """The ingest as a whole cannot run (missing folder, unusable store); single files never raise."""
+    """The ingest as a whole cannot run (missing folder, outside the import roots, unusable store);
+    single files never raise."""
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to ingest: the source label of new cases; the pixel spacing (mm) given to images whose file
+    and data set say none, and the name recorded for it in ``meta.spacing_source``; the import roots a
+    folder must lie in (None: any folder, the command line); the pixel cap (None: the setting)."""
+
+    source: str = "ingest"
+    default_spacing_mm: float | None = None
+    spacing_source: str = FOLDER_DEFAULT
+    roots: tuple[Path, ...] | None = None
+    max_pixels: int | None = None
 
 
 @dataclass
@@ -42,48 +61,77 @@ class IngestReport:
 
     added       images newly stored
     duplicates  files whose content (SHA-256) was already in the store
-    failed      (path, reason) for every file that could not be read, in walk order
+    failed      (file, reason) for every file that could not be read, in walk order (file names
+                relative to the folder or as uploaded)
     skipped     hidden files and DICOMDIR index files, which are not images
+    outside     files that resolve outside the import roots (symlinks): not read, not named
+    no_spacing  added images with no pixel spacing at all: give them one before the model can use them
+    results     one row per file: {"file", "result" (added|duplicate|failed), "detail", "image_id"}
     """
 
     added: int = 0
     duplicates: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: int = 0
+    outside: int = 0
+    no_spacing: int = 0
+    results: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
         """A short plain-text account for the command line or a page."""
-        lines = [f"added {self.added}, duplicates {self.duplicates}, failed {len(self.failed)}"
-                 + (f", skipped {self.skipped}" if self.skipped else "")]
+        extra = (f", skipped {self.skipped}" if self.skipped else "") + \
+                (f", outside the import roots {self.outside}" if self.outside else "")
+        lines = [f"added {self.added}, duplicates {self.duplicates}, failed {len(self.failed)}{extra}"]
+        if self.no_spacing:
+            lines.append(f"  {self.no_spacing} added image(s) have no pixel spacing: set a default spacing "
+                         "(Model and data page, or --default-spacing) before the model can use them")
         lines += [f"  FAILED {path}: {reason}" for path, reason in self.failed]
         return "\n".join(lines)
 
+    def record(self, file: str, result: str, detail: str = "", image_id: str = "") -> None:
+        self.results.append({"file": file, "result": result, "detail": detail, "image_id": image_id})
+        if result == "added":
+            self.added += 1
+        elif result == "duplicate":
+            self.duplicates += 1
+        elif result == "failed":
+            self.failed.append((file, detail))
 
-def pseudonym_key(store) -> bytes:
-    """The installation's pseudonymisation key (32 random bytes beside the DB file, created once)."""
-    path = Path(store.db_path).parent / KEY_FILE
+
+# ---------------------------------------------------------------- import roots
+def inside_roots(path: Path, roots, *, strict: bool = True) -> Path | None:
+    """The root that holds ``path`` once resolved (symlinks and ``..`` followed), else None. ``strict``:
+    the path must exist (a file about to be read); otherwise as much of it as exists is resolved."""
     try:
-        key = path.read_bytes()
-        if len(key) >= 32:
-            return key
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it a moment ago
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
-    return key
+        real = Path(path).resolve(strict=strict)
+    except (OSError, RuntimeError):
+        return None
+    for root in roots:
+        root = Path(root).resolve()
+        if real == root or root in real.parents:
+            return root
+    return None
 
 
-def pseudonym(key: bytes, kind: str, value: str, n: int = 16) -> str:
-    """A stable, non-reversible id for ``value`` (e.g. a StudyInstanceUID): hex HMAC-SHA-256 prefix."""
-    return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:n]
+def check_folder(folder, roots) -> Path:
+    """The folder, resolved, if it is a folder inside one of ``roots``; IngestError otherwise (which
+    says nothing of what lies outside the roots, not even whether it exists)."""
+    if not roots:
+        raise IngestError("Folder ingest from the app is off: no import roots are configured. Set "
+                          "CONCEPTLENS_IMPORT_ROOTS to the folders readers may ingest from, or upload the files.")
+    text = str(folder or "").strip()
+    raw = Path(text).expanduser()
+    if not text or not raw.is_absolute():
+        raise IngestError("Give the full path of a folder inside an import root.")
+    if inside_roots(raw, roots, strict=False) is None:
+        raise IngestError("That folder is not inside an import root (CONCEPTLENS_IMPORT_ROOTS).")
+    real = raw.resolve()
+    if not real.is_dir():
+        raise IngestError(f"{raw} is not a folder. Give the folder that holds the images.")
+    return real
 
 
+# ---------------------------------------------------------------- one file
 def _dicom_ids(path: Path) -> tuple[str, str]:
     """(StudyInstanceUID, PatientID) from a DICOM header, '' where absent."""
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
@@ -96,70 +144,92 @@ def _candidates(folder: Path) -> tuple[list[Path], int]:
     files, skipped = [], 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or path.name.upper() == "DICOMDIR":
+        if any(part.startswith(".") for part in rel.parts) or path.name.upper() == "DICOMDIR" \
+                or "__MACOSX" in rel.parts:
             skipped += 1
             continue
         files.append(path)
     return files, skipped
 
 
-def ingest_folder(store, folder, *, source: str = "ingest", show_phi: bool = False,
-                  progress: Progress | None = None) -> IngestReport:
-    """Store every readable mammogram under ``folder``; report the rest. Idempotent.
-
-    ``progress(done, total, path)`` is called after each file. ``show_phi`` keeps identifying header
-    fields in the stored ``meta`` (off by default: de-identified). Raises IngestError only when the
-    folder itself is unusable.
-    """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise IngestError(f"{folder} is not a folder. Give the folder that holds the images.")
-    files, skipped = _candidates(folder)
-    report = IngestReport(skipped=skipped)
-    key = pseudonym_key(store)
-    for i, path in enumerate(files):
-        try:
-            _ingest_one(store, folder, path, key, source, show_phi, report)
-        except ImagingError as exc:
-            report.failed.append((str(path), str(exc)))
-        except Exception as exc:  # one odd file must not stop a folder of hundreds
-            report.failed.append((str(path), f"unexpected error ({type(exc).__name__}: {exc})"))
-        if progress is not None:
-            progress(i + 1, len(files), str(path))
-    return report
+def ingest_file(store, path: Path, shown: str, key: bytes, opts: IngestOptions, report: IngestReport) -> None:
+    """Ingest one file; its outcome goes into ``report`` under the name ``shown`` (never raises for a
+    bad file). ``shown`` also stands for the file in messages and for its case when it has no study."""
+    try:
+        _ingest_one(store, path, shown, key, opts, report)
+    except ImagingError as exc:
+        report.record(shown, "failed", str(exc))
+    except Exception as exc:  # one odd file must not stop a folder of hundreds
+        incident = log_incident(exc, "ingest")
+        report.record(shown, "failed", f"unexpected error ({type(exc).__name__}); incident {incident} in the server log")
 
 
-def _ingest_one(store, root: Path, path: Path, key: bytes, source: str, show_phi: bool,
-                report: IngestReport) -> None:
+def _ingest_one(store, path: Path, shown: str, key: bytes, opts: IngestOptions, report: IngestReport) -> None:
     sha = imaging.file_sha256(path)
-    if store.find_image_by_sha256(sha) is not None:
-        report.duplicates += 1
+    existing = store.find_image_by_source(source_key(key, sha)) or store.find_image_by_sha256(sha)
+    if existing is not None:
+        report.record(shown, "duplicate", "already in the store", existing["image_id"])
         return
-    m = imaging.load_image(path, show_phi=show_phi)
+    m = imaging.load_image(path, max_pixels=opts.max_pixels)
     study, patient = _dicom_ids(path) if m.format == "DICOM" else ("", "")
     if study:
         case_id = "case-" + pseudonym(key, "study", study)
     else:
-        stem = path.relative_to(root).with_suffix("").as_posix()
-        case_id = "case-" + pseudonym(key, "file", stem)
+        case_id = "case-" + pseudonym(key, "file", Path(shown).with_suffix("").as_posix())
     patient_ref = "pt-" + pseudonym(key, "patient", patient, 12) if patient else ""
-    store.ensure_case(case_id, source, description="Imported by folder ingest", patient_ref=patient_ref)
-    rows, cols = m.pixels.shape
     meta = dict(m.meta, laterality_inferred=m.laterality_inferred)
     # a file without PixelSpacing from a known data set gets that set's scan spacing, stored with it
     spacing, dataset = dataset_default_spacing(m, patient)
     if dataset:
-        meta["spacing_default"] = dataset
+        meta.update(spacing_default=dataset, spacing_source=f"{dataset} default")
+    elif spacing is None and opts.default_spacing_mm:
+        spacing = float(opts.default_spacing_mm)
+        meta["spacing_source"] = opts.spacing_source
     if dataset == "mini-mias":  # mirrored files: the chest wall's side gives the wrong breast
         m.laterality = mias_laterality(path.stem)
         meta.update(laterality_inferred=False, laterality_source=MIAS_LATERALITY_SOURCE, mirrored_file=True)
-    added = store.save_image(ImageRecord(
-        "img-" + sha[:16], case_id, str(path.resolve()), sha, rows=rows, cols=cols, laterality=m.laterality,
-        view=m.view, pixel_spacing_mm=spacing, modality=str(m.meta.get("Modality", "")), meta=meta))
-    if added:
-        report.added += 1
-    else:
-        report.duplicates += 1
+    store.ensure_case(case_id, opts.source, description="Imported by folder ingest", patient_ref=patient_ref)
+    added, image_id = add_image(store, m, ImageFacts(case_id, pixel_spacing_mm=spacing, meta=meta), key=key)
+    if not added:
+        report.record(shown, "duplicate", "already in the store", image_id)
+        return
+    detail = f"{m.format}, {m.shape[1]} x {m.shape[0]} px"
+    if spacing is None:
+        report.no_spacing += 1
+        detail += "; no pixel spacing: set a default before the model can use it"
+    report.record(shown, "added", detail, image_id)
+
+
+# ---------------------------------------------------------------- a folder
+def ingest_folder(store, folder, *, source: str = "ingest", default_spacing_mm: float | None = None,
+                  roots=None, progress: Progress | None = None) -> IngestReport:
+    """Store every readable mammogram under ``folder``; report the rest. Idempotent.
+
+    ``roots`` (the app: ``settings.import_roots``): the folder must lie inside one, and files that
+    resolve outside them are neither read nor named. ``default_spacing_mm`` goes to images that carry
+    no pixel spacing (recorded as ``meta.spacing_source = "folder default"``). ``progress(done, total,
+    name)`` is called after each file. Raises IngestError only when the folder itself is unusable.
+    """
+    if roots is not None:
+        folder = check_folder(folder, roots)
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise IngestError(f"{folder} is not a folder. Give the folder that holds the images.")
+    opts = IngestOptions(source=(source or "ingest").strip() or "ingest", default_spacing_mm=default_spacing_mm,
+                         roots=tuple(roots) if roots is not None else None)
+    files, skipped = _candidates(folder)
+    report = IngestReport(skipped=skipped)
+    key = pseudonym_key(store)
+    for i, path in enumerate(files):
+        shown = path.relative_to(folder).as_posix()
+        if opts.roots is not None and inside_roots(path, opts.roots) is None:
+            report.outside += 1  # a symlink out of the roots: not read, and its name is not shown
+            shown = ""
+        else:
+            ingest_file(store, path, shown, key, opts, report)
+        if progress is not None:
+            progress(i + 1, len(files), shown)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,11 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard.data.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="folder to walk (recursively)")
     parser.add_argument("--source", default="ingest", help="source label stored on new cases")
-    parser.add_argument("--show-phi", action="store_true", help="keep identifying header fields in meta")
+    parser.add_argument("--default-spacing", type=float, default=None, metavar="MM",
+                        help="pixel spacing for images whose file gives none (e.g. PNG data sets)")
+    parser.add_argument("--show-phi", action="store_true",
+                        help="no longer stores identifiers (kept for old scripts): images are always de-identified")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         print(f"error: {args.folder} is not a folder. Give the folder that holds the images.", file=sys.stderr)
         return 2
+    if args.show_phi:
+        print("note: --show-phi is ignored; the store keeps de-identified copies only", file=sys.stderr)
     settings = load_settings()
     try:
         store = open_store(settings)
@@ -181,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tqdm_progress("ingest", unit="file") as progress:
             report = ingest_folder(store, args.folder, source=args.source,
-                                   show_phi=args.show_phi, progress=progress)
+                                   default_spacing_mm=args.default_spacing, progress=progress)
     except IngestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from scipy import ndimage
 
 import model_zoo
 from dashboard import imaging
+from dashboard.data.files import load_stored_image
 from dashboard.data.store import Store, StoreError
 from dashboard.errors import ConceptLensError
 from dashboard.progress import Progress, tqdm_progress
@@ -322,7 +323,7 @@ def build_patchset(store, card, config: PatchSetConfig = PatchSetConfig(), *,
     for i, row in enumerate(images):
         rng = np.random.default_rng([config.seed, zlib.crc32(row["image_id"].encode())])
         try:
-            m = imaging.load_image(row["path"])
+            m = load_stored_image(store, row)
             img, breast, frame = imaging.prepare_model_image(m, card.pixel_spacing_mm,
                                                              default_spacing_mm=row.get("pixel_spacing_mm"))
         except imaging.ImagingError as exc:
@@ -475,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                                 per_image_lesion=args.per_image_lesion, per_image_normal=args.per_image_normal,
                                 seed=args.seed, max_images=args.max_images, base_dir=settings.data_dir,
                                 split_by_patient=fractions, split_seed=args.split_seed)
-        with (Store(settings.db_path, settings.journal_dir, read_only=True) as store,
+        with (Store(settings.db_path, settings.journal_dir, data_dir=settings.data_dir, read_only=True) as store,
               tqdm_progress("patches", unit="image") as progress):
             ps = build_patchset(store, card, config, progress=progress)
     except (model_zoo.ModelZooError, StoreError, PatchSetError) as exc:

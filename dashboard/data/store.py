@@ -4,15 +4,19 @@ Every value goes in through ``?`` parameters, every call gets its own cursor, an
 write runs inside a transaction. Database errors come out as the typed errors below so the
 pages can show a clear message.
 
-Durability: an annotation is first written to a JSON journal file under
-``settings.journal_dir``; the file is removed only after the transaction that stores it has
-committed. ``replay_journal`` (called by ``open_store``) stores whatever a crash left behind,
-so a drawing that was saved is never lost.
+Durability: an annotation is first written to the database's own journal (``data.journal``: beside
+the database file, locked, each record naming the database); the record is removed once the
+transaction that stores it has ended. ``replay_journal`` (called by ``open_store``) stores what a crash
+left behind, so a drawing that was saved is never lost, and a Save that raised never comes back.
+
+Paths: ``images.path`` and ``findings.mask_path`` are stored relative to the data directory (folder
+names often name the patient); the rows the store returns carry them resolved (``path``) and as stored
+(``rel_path``). An image row also keeps its file's size and mtime for the integrity check
+(``data.files.load_stored_image``).
 """
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -23,9 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+
 from dashboard.data.accounts import AccountStoreMixin
+from dashboard.data.copies import adopt_outside_images
+from dashboard.data.journal import Journal
+from dashboard.data.names import CONCEPT_MAX, InvalidNameError, check_name, check_reader
+from dashboard.data.private import chmod_private, private_dir, restrict_umask
 from dashboard.data.studies import StudyStoreMixin
 from dashboard.errors import ConceptLensError
+from dashboard.settings import journal_dir_for
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 
@@ -126,8 +136,11 @@ class Annotation(DrawingRecord):
 class ImageRecord:
     """An image row (``Store.save_image``): its file, content hash and header facts.
 
+    path              the file, under the data directory (absolute, or relative to it): stored relative
     rows, cols        source pixels; pixel_spacing_mm None when the file does not say
     meta              de-identified header summary (JSON-serialisable)
+    file_size, file_mtime_ns  the file's stat when it was hashed (None: taken from the file now)
+    source_key        keyed hash of the file the image was ingested from ('' for files made here)
     """
 
     image_id: str
@@ -141,6 +154,9 @@ class ImageRecord:
     pixel_spacing_mm: float | None = None
     modality: str = ""
     meta: dict | None = None
+    file_size: int | None = None
+    file_mtime_ns: int | None = None
+    source_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -222,22 +238,34 @@ def _lock_for(path: Path) -> threading.RLock:
 
 
 class Store(AccountStoreMixin, StudyStoreMixin):
-    """A DuckDB file plus its journal folder. Thread-safe: one connection, a cursor per call."""
+    """A DuckDB file plus its journal folder. Thread-safe: one connection, a cursor per call.
 
-    def __init__(self, db_path: Path, journal_dir: Path | None = None, *, read_only: bool = False):
+    journal_dir  default: beside the database file, named from it (``settings.journal_dir_for``)
+    data_dir     the folder image paths are relative to (default: the database file's folder, which
+                 is ``settings.data_dir`` unless ``CONCEPTLENS_DB_PATH`` moves the database)
+    """
+
+    def __init__(self, db_path: Path, journal_dir: Path | None = None, *, data_dir: Path | None = None,
+                 read_only: bool = False):
         self.db_path = Path(db_path)
-        self.journal_dir = Path(journal_dir) if journal_dir else self.db_path.parent / "journal"
+        self.journal_dir = Path(journal_dir) if journal_dir else journal_dir_for(self.db_path)
+        self.data_dir = Path(data_dir) if data_dir else self.db_path.parent
         self.read_only = read_only
+        self.rewritten = 0  # rows whose absolute paths the migration made relative (see ``compact``)
         # one lock per database file in this process: two Store objects on one file (one DuckDB
         # instance) would otherwise race, e.g. on unit_labels' recompute, into key conflicts
         self._write_lock = _lock_for(self.db_path)
         try:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                private_dir(self.db_path.parent, ours=False)
             self._con = duckdb.connect(str(self.db_path), read_only=read_only)
         except duckdb.Error as exc:
             raise _translate(exc) from exc
         if not read_only:
+            chmod_private(self.db_path)
             self.migrate()
+        self.db_id = self._db_id()
+        self.journal = Journal(self.journal_dir, self.db_id)
 
     # ------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -325,7 +353,109 @@ class Store(AccountStoreMixin, StudyStoreMixin):
             self._write(apply)
             current = version
         self._seed_concepts()
+        self.rewritten = self._relativize_paths()
         return current
+
+    def _db_id(self) -> str | None:
+        """The id migration 6 drew for this database (None for an older file opened read-only)."""
+        try:
+            rows = self.query("SELECT db_id FROM store_identity LIMIT 1")
+        except StoreError:
+            return None
+        return rows[0]["db_id"] if rows else None
+
+    # ------------------------------------------------------------ paths under the data directory
+    def relative_path(self, path) -> str:
+        """``path`` as stored: relative to the data directory, POSIX separators. An absolute path must
+        lie under the data directory (symlinks resolved); a relative one may not climb out of it."""
+        p = Path(path)
+        if p.is_absolute():
+            root = self.data_dir.resolve()
+            try:
+                rel = p.resolve().relative_to(root)
+            except ValueError:
+                try:  # a symlink under the data dir pointing out of it: keep the link's own place
+                    rel = p.absolute().relative_to(root)
+                except ValueError:
+                    raise ValidationError(
+                        f"{p.name}: image files the store references live under the data directory; "
+                        "ingest or upload the file, which puts a de-identified copy there.") from None
+        else:
+            rel = p
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValidationError(f"{p.name}: not a path inside the data directory.")
+        return rel.as_posix()
+
+    def resolve_path(self, stored: str) -> Path:
+        """A stored path as a file path (an older absolute one as it is)."""
+        p = Path(stored)
+        return p if p.is_absolute() else self.data_dir / p
+
+    def _image_row(self, row: dict) -> dict:
+        row["rel_path"] = row["path"]
+        row["path"] = str(self.resolve_path(row["path"]))
+        return row
+
+    def _finding_row(self, row: dict) -> dict:
+        if row.get("mask_path"):
+            row["mask_path"] = str(self.resolve_path(row["mask_path"]))
+        return row
+
+    def _relativize_paths(self) -> None:
+        """Rewrite absolute paths under the data directory as relative ones (images, findings, and the
+        image paths in the audit log); paths outside it are for ``data.files.adopt_outside_images``."""
+        root = self.data_dir.resolve()
+
+        def rel_or_none(value: str) -> str | None:
+            try:
+                return Path(value).resolve().relative_to(root).as_posix()
+            except (ValueError, OSError):
+                return None
+
+        images = self.query("SELECT image_id, path FROM images WHERE path LIKE '/%'")
+        findings = self.query("SELECT finding_id, mask_path FROM findings WHERE mask_path LIKE '/%'")
+        audits = self.query("SELECT seq, payload FROM audit_log WHERE entity = 'image' AND payload LIKE '%\"path\": \"/%'")
+        if not (images or findings or audits):
+            return 0
+
+        def write(cur):
+            for r in images:
+                rel = rel_or_none(r["path"])
+                if rel is not None:
+                    cur.execute("UPDATE images SET path = ? WHERE image_id = ?", [rel, r["image_id"]])
+            for r in findings:
+                rel = rel_or_none(r["mask_path"])
+                cur.execute("UPDATE findings SET mask_path = ? WHERE finding_id = ?",
+                            [rel, r["finding_id"]])  # a mask outside the data dir is dropped, not kept
+            for r in audits:
+                payload = json.loads(r["payload"])
+                payload["path"] = rel_or_none(payload["path"]) or "(outside the data directory: removed)"
+                cur.execute("UPDATE audit_log SET payload = ? WHERE seq = ?", [json.dumps(payload), r["seq"]])
+
+        self._write(write)
+        return len(images) + len(findings) + len(audits)
+
+    def compact(self) -> None:
+        """Rewrite the database into a fresh file and put it in place of the old one. DuckDB keeps the
+        blocks an UPDATE replaced in the file; after rows were scrubbed (absolute paths that may name a
+        patient), only a fresh copy is free of them. Sequences, indexes and comments are copied."""
+        if self.read_only:
+            raise StoreError("A read-only store cannot be compacted.")
+        fresh = self.db_path.with_name(self.db_path.name + ".compact")
+        fresh.unlink(missing_ok=True)
+        with self._write_lock:
+            try:
+                name = self._con.execute("SELECT current_database()").fetchone()[0]
+                self._con.execute("CHECKPOINT")
+                self._con.execute("ATTACH '" + str(fresh).replace("'", "''") + "' AS conceptlens_compact")
+                self._con.execute('COPY FROM DATABASE "' + name.replace('"', '""') + '" TO conceptlens_compact')
+                self._con.execute("DETACH conceptlens_compact")
+                self._con.close()
+                chmod_private(fresh)
+                fresh.replace(self.db_path)
+                self._con = duckdb.connect(str(self.db_path))
+            except duckdb.Error as exc:
+                raise _translate(exc) from exc
 
     def _seed_concepts(self) -> None:
         def seed(cur):
@@ -369,18 +499,28 @@ class Store(AccountStoreMixin, StudyStoreMixin):
     def save_image(self, image: ImageRecord, *, actor: str = "system") -> bool:
         """Insert an image unless one with the same content hash exists. Returns True if added."""
 
+        rel = self.relative_path(image.path)
+        size, mtime = image.file_size, image.file_mtime_ns
+        if size is None or mtime is None:
+            try:
+                st = self.resolve_path(rel).stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size = mtime = None  # a row for a file that is not there (tests, a later copy)
+
         def write(cur):
             cur.execute("SELECT image_id FROM images WHERE sha256 = ? OR image_id = ?", [image.sha256, image.image_id])
             if cur.fetchone():
                 return False
             cur.execute(
                 "INSERT INTO images (image_id, case_id, path, sha256, laterality, view, rows, cols,"
-                " pixel_spacing_mm, modality, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [image.image_id, image.case_id, str(image.path), image.sha256, image.laterality, image.view,
+                " pixel_spacing_mm, modality, meta, file_size, file_mtime_ns, source_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [image.image_id, image.case_id, rel, image.sha256, image.laterality, image.view,
                  int(image.rows), int(image.cols), image.pixel_spacing_mm, image.modality,
-                 json.dumps(image.meta or {}, default=str)],
+                 json.dumps(image.meta or {}, default=str), size, mtime, image.source_key or ""],
             )
-            self._audit(cur, actor, "save", "image", image.image_id, {"path": str(image.path), "sha256": image.sha256})
+            self._audit(cur, actor, "save", "image", image.image_id, {"path": rel, "sha256": image.sha256})
             return True
 
         return self._write(write)
@@ -431,23 +571,87 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         sql, params = _where("SELECT i.*, c.split, c.label AS case_label, c.source FROM images i"
                              " JOIN cases c ON c.case_id = i.case_id WHERE true",
                              (("i.case_id", case_id), ("c.split", split), ("c.source", source)))
-        return self.query(sql + " ORDER BY i.case_id, i.laterality DESC, i.view", params)
+        return [self._image_row(r) for r in self.query(sql + " ORDER BY i.case_id, i.laterality DESC, i.view", params)]
 
     def get_image(self, image_id: str) -> dict:
         rows = self.query("SELECT * FROM images WHERE image_id = ?", [image_id])
         if not rows:
             raise NotFoundError(f"No image {image_id!r} in the store.")
-        return rows[0]
+        return self._image_row(rows[0])
 
     def list_findings(self, image_id: str | None = None) -> list[dict]:
         if image_id is None:
-            return self.query("SELECT * FROM findings ORDER BY image_id, finding_id")
-        return self.query("SELECT * FROM findings WHERE image_id = ? ORDER BY finding_id", [image_id])
+            rows = self.query("SELECT * FROM findings ORDER BY image_id, finding_id")
+        else:
+            rows = self.query("SELECT * FROM findings WHERE image_id = ? ORDER BY finding_id", [image_id])
+        return [self._finding_row(r) for r in rows]
 
     def find_image_by_sha256(self, sha256: str) -> dict | None:
         """The image row whose file content hash is ``sha256``, or None (ingest's duplicate check)."""
         rows = self.query("SELECT * FROM images WHERE sha256 = ?", [sha256])
-        return rows[0] if rows else None
+        return self._image_row(rows[0]) if rows else None
+
+    def find_image_by_source(self, source_key: str) -> dict | None:
+        """The image ingested from the file whose keyed hash is ``source_key`` (``data.files.source_key``)."""
+        if not source_key:
+            return None
+        rows = self.query("SELECT * FROM images WHERE source_key = ?", [source_key])
+        return self._image_row(rows[0]) if rows else None
+
+    def update_image_file(self, image_id: str, *, path: str | None = None, sha256: str | None = None,
+                          file_size: int, file_mtime_ns: int, actor: str = "system") -> None:
+        """Record an image file's new stat (its content re-verified by hash), or the file a migration
+        moved it to (``path``/``sha256``, audited)."""
+
+        def write(cur):
+            if path is None:
+                cur.execute("UPDATE images SET file_size = ?, file_mtime_ns = ? WHERE image_id = ?",
+                            [int(file_size), int(file_mtime_ns), image_id])
+                return
+            rel = self.relative_path(path)
+            cur.execute("UPDATE images SET path = ?, sha256 = coalesce(?, sha256), file_size = ?, file_mtime_ns = ?"
+                        " WHERE image_id = ?", [rel, sha256, int(file_size), int(file_mtime_ns), image_id])
+            self._audit(cur, actor, "move", "image", image_id, {"path": rel, "sha256": sha256})
+
+        self._write(write)
+
+    def set_source_key(self, image_id: str, source_key: str) -> None:
+        def write(cur):
+            cur.execute("UPDATE images SET source_key = ? WHERE image_id = ?", [source_key, image_id])
+
+        self._write(write)
+
+    def mark_image_missing(self, image_id: str, placeholder: str, *, actor: str = "system") -> None:
+        """Replace an image's path (outside the data dir, not adoptable) by a placeholder that opens as
+        missing; the old path goes, because it may name the patient."""
+
+        def write(cur):
+            cur.execute("UPDATE images SET path = ?, file_size = NULL, file_mtime_ns = NULL WHERE image_id = ?",
+                        [placeholder, image_id])
+            self._audit(cur, actor, "unlink", "image", image_id, {"path": placeholder})
+
+        self._write(write)
+
+    def set_pixel_spacing(self, image_ids: list[str], spacing_mm: float, source: str, *,
+                          actor: str = "system") -> int:
+        """Give images without a pixel spacing ``spacing_mm``, recording where it came from in
+        ``meta.spacing_source``. Images that have one keep it. Returns how many changed."""
+        spacing = float(spacing_mm)
+        if not 0.005 <= spacing <= 2.0:
+            raise ValidationError(f"A pixel spacing of {spacing:g} mm is not a mammogram's (0.005 to 2 mm).")
+
+        def write(cur):
+            n = 0
+            for image_id in image_ids:
+                cur.execute("UPDATE images SET pixel_spacing_mm = ?, meta = json_merge_patch(coalesce(meta, '{}'), ?)"
+                            " WHERE image_id = ? AND pixel_spacing_mm IS NULL RETURNING image_id",
+                            [spacing, json.dumps({"spacing_source": source}), image_id])
+                if cur.fetchall():
+                    n += 1
+                    self._audit(cur, actor, "set_spacing", "image", image_id, {"mm": spacing, "source": source})
+            return n
+
+        return self._write(write)
 
     def ensure_case(self, case_id: str, source: str, *, description: str = "", patient_ref: str = "",
                     actor: str = "system") -> bool:
@@ -468,9 +672,10 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
     # ------------------------------------------------------------ readers and concepts
     def save_reader(self, reader: str) -> str:
-        name = (reader or "").strip()
-        if not name or len(name) > 80:
-            raise ValidationError("A reader name is required (1 to 80 characters).")
+        try:
+            name = check_reader(reader)
+        except InvalidNameError as exc:
+            raise ValidationError(str(exc)) from exc
 
         def write(cur):
             cur.execute("INSERT INTO readers (reader) VALUES (?) ON CONFLICT (reader) DO NOTHING", [name])
@@ -492,8 +697,14 @@ class Store(AccountStoreMixin, StudyStoreMixin):
     def save_concept(self, name: str, colour: str = "#00bcd4", lexicon_group: str = "custom",
                      description: str = "", actor: str = "system") -> str:
         """Add a custom concept. Names are lower-case words joined by hyphens."""
-        clean = "-".join((name or "").strip().lower().split())
-        if not clean or len(clean) > 60 or not all(ch.isalnum() or ch == "-" for ch in clean):
+        try:
+            check_name(name, "concept name", CONCEPT_MAX)
+            if description:
+                check_name(description, "concept description", 200)
+        except InvalidNameError as exc:
+            raise ValidationError(str(exc)) from exc
+        clean = "-".join(name.strip().lower().split())
+        if not clean or len(clean) > CONCEPT_MAX or not all(ch.isalnum() or ch == "-" for ch in clean):
             raise ValidationError("A concept name is 1 to 60 letters, digits or hyphens.")
 
         def write(cur):
@@ -508,9 +719,6 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         return clean
 
     # ------------------------------------------------------------ annotations
-    def _journal_path(self, annotation_id: str) -> Path:
-        return self.journal_dir / f"{annotation_id}.json"
-
     def save_annotation(self, drawing: DrawingRecord, *, extra_writes=None, unit_ious: dict | None = None) -> str:
         """Store one drawing (its ``mask_png`` must be set). Journaled first, so a crash mid-write
         loses nothing. Returns the annotation id.
@@ -525,11 +733,15 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         """
         if not drawing.mask_png:
             raise ValidationError("The drawing is empty: draw a region before saving.")
+        try:
+            reader = check_reader(drawing.reader)
+        except InvalidNameError as exc:
+            raise ValidationError(str(exc)) from exc
         self.get_concept(drawing.concept)  # raises UnknownConceptError with a clear message
         self.get_image(drawing.image_id)  # raises NotFoundError before anything is journaled
         annotation_id = drawing.annotation_id or uuid.uuid4().hex
         record = dict(annotation_id=annotation_id, image_id=drawing.image_id, concept=drawing.concept,
-                      reader=drawing.reader, patch_x0=int(drawing.patch_x0), patch_y0=int(drawing.patch_y0),
+                      reader=reader, patch_x0=int(drawing.patch_x0), patch_y0=int(drawing.patch_y0),
                       patch_size=int(drawing.patch_size), shape=drawing.shape, geometry=drawing.geometry,
                       mask_png=drawing.mask_png.hex(), model_card=drawing.model_card, study=drawing.study,
                       arm=drawing.arm)
@@ -541,15 +753,16 @@ class Store(AccountStoreMixin, StudyStoreMixin):
             }
             if len(record["unit_ious"]["units"]) != len(record["unit_ious"]["ious"]):
                 raise ValidationError("unit_ious needs one IoU per unit.")
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
-        jpath = self._journal_path(annotation_id)
-        tmp = jpath.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, jpath)
-        self._store_annotation(record, extra_writes)
-        jpath.unlink(missing_ok=True)
+        if self.read_only:
+            raise StoreError("The label store is open read-only; nothing was saved.")
+        with self.journal.locked():
+            jpath = self.journal.write(annotation_id, record)
+            try:
+                self._store_annotation(record, extra_writes)
+            finally:
+                # stored, or reported as failed: either way the record must not be replayed. Only a
+                # crash before this line (the caller got no answer) leaves it for replay_journal.
+                self.journal.discard(jpath)
         return annotation_id
 
     def _store_annotation(self, record: dict, extra_writes=None) -> None:
@@ -583,27 +796,23 @@ class Store(AccountStoreMixin, StudyStoreMixin):
         self._write(write)
 
     def replay_journal(self) -> list[str]:
-        """Store annotations a crash left in the journal. Returns their ids."""
-        done = []
-        if not self.journal_dir.is_dir():
+        """Store the annotations a crash left in this database's journal. Returns their ids.
+
+        Records of another database (a journal folder shared by mistake) are left alone; a record
+        that cannot be stored is kept beside the journal with the reason, never silently dropped."""
+        done: list[str] = []
+        if self.read_only or not self.journal_dir.is_dir():
             return done
-        pending = (p for p in self.journal_dir.glob("*.json") if not p.name.endswith(".rejected.json"))
-        for jpath in sorted(pending):
-            try:
-                record = json.loads(jpath.read_text())
-            except (OSError, json.JSONDecodeError):
-                # a torn journal write happened before save_annotation returned: nothing was promised
-                jpath.rename(jpath.with_suffix(".corrupt"))
-                continue
-            try:
-                self._store_annotation(record)
-            except StoreError as exc:
-                # kept on disk beside the journal with the reason, never silently dropped
-                jpath.with_suffix(".rejected.json").write_text(json.dumps({"record": record, "reason": str(exc)}))
-                jpath.unlink(missing_ok=True)
-                continue
-            jpath.unlink(missing_ok=True)
-            done.append(record["annotation_id"])
+        with self.journal.locked():
+            for jpath, record in self.journal.pending():
+                try:
+                    record["reader"] = check_reader(record.get("reader"))
+                    self._store_annotation(record)
+                except (StoreError, InvalidNameError) as exc:
+                    self.journal.reject(jpath, record, str(exc))
+                    continue
+                self.journal.discard(jpath)
+                done.append(record["annotation_id"])
         return done
 
     def list_annotations(self, *, image_id: str | None = None, concept: str | None = None,
@@ -830,7 +1039,17 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
 
 def open_store(settings) -> Store:
-    """Open (and migrate) the store named by the settings, then replay any journaled drawing."""
-    store = Store(settings.db_path, settings.journal_dir)
+    """Open (and migrate) the store named by the settings, copy in the files of any older row that
+    points outside the data directory, then replay any journaled drawing.
+
+    This is how a process (the app, a command line) takes up the data directory, so from here on every
+    file it writes is private (umask 077: caches, exports, DuckDB's WAL), whoever writes it."""
+    restrict_umask()
+    if getattr(settings, "data_dir", None) is not None:
+        private_dir(settings.data_dir)
+    store = Store(settings.db_path, settings.journal_dir, data_dir=getattr(settings, "data_dir", None))
+    adopted = adopt_outside_images(store)
+    if adopted or getattr(store, "rewritten", 0):
+        store.compact()  # the replaced paths must not linger in the file's free blocks
     store.replay_journal()
     return store

@@ -12,6 +12,7 @@ from scipy import ndimage
 from skimage import measure
 
 from dashboard import imaging
+from dashboard.data.files import load_stored_image
 from dashboard.data.patchset import NORMAL_STRUCTURE_GROUP, finding_regions
 from dashboard.data.store import DrawingRecord, ValidationError
 from dashboard.engine.activations import compute_patch_activations
@@ -244,7 +245,7 @@ def load_image_truth(store, card, row: dict, concepts: Sequence[str] | None = No
     """Load a store image into model space (``imaging.prepare_model_image`` at the card's spacing)
     with the masks of its findings (``patchset.finding_regions``); only regions holding one of
     ``concepts`` (default: all) are read."""
-    m = imaging.load_image(row["path"])
+    m = load_stored_image(store, row)
     img, breast, frame = imaging.prepare_model_image(m, card.pixel_spacing_mm,
                                                      default_spacing_mm=row.get("pixel_spacing_mm"))
     groups: OrderedDict[str, list[dict]] = OrderedDict()

@@ -21,6 +21,7 @@ import torch
 import model_zoo
 from dashboard import imaging
 from dashboard.data import patchset
+from dashboard.data.files import load_stored_image
 from dashboard.data.store import Store, StoreError
 from dashboard.engine.inference import LesionMapConfig, compute_lesion_map, predict_patches
 from dashboard.errors import ConceptLensError
@@ -98,7 +99,7 @@ def compute_image_scores(model, card, store, rows: list[dict], *, method: str = 
     ids, patients, abnormal, scores = [], [], [], []
     used = method
     for i, row in enumerate(rows):
-        m = imaging.load_image(row["path"])
+        m = load_stored_image(store, row)
         img, mask, _ = imaging.prepare_model_image(m, card.pixel_spacing_mm,
                                                    default_spacing_mm=row.get("pixel_spacing_mm"))
         lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method=method))
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(settings.device)
         # channels-last: about twice as fast on CPU (oneDNN), the same numbers
         model = model_zoo.create_model(card, weights=True, device=device).to(memory_format=torch.channels_last)
-        with Store(settings.db_path, settings.journal_dir, read_only=True) as store, \
+        with Store(settings.db_path, settings.journal_dir, data_dir=settings.data_dir, read_only=True) as store, \
                 tqdm_progress(f"scoring {card.name}", unit="step") as progress:
             result = evaluate_card(model, card, store, source=args.source, split=args.split, seed=args.seed,
                                    progress=progress)

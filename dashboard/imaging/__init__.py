@@ -4,6 +4,7 @@ Coordinates (see ARCHITECTURE.md): *source space* is the pixel grid of the store
 y = row); *model space* is that grid resampled to the model card's pixel spacing and mirrored, when
 needed, so that the chest wall is on the LEFT. ``Frame`` converts between them. Nothing here runs at
 import time."""
+from dashboard.imaging.deid import clean_plain_image, deidentify_dicom
 from dashboard.imaging.geometry import (
     Frame,
     display_flip,
@@ -15,6 +16,7 @@ from dashboard.imaging.geometry import (
 )
 from dashboard.imaging.io import (
     DICOM_SUFFIXES,
+    FREE_TEXT_KEYWORDS,
     IMAGE_SUFFIXES,
     MG_FOR_PRESENTATION,
     MG_FOR_PROCESSING,
@@ -23,13 +25,22 @@ from dashboard.imaging.io import (
     PLAIN_SUFFIXES,
     VIEW_CODES,
     DicomHeader,
+    ImageHeader,
+    check_pixel_budget,
+    describe_content,
     file_sha256,
     load_image,
+    max_file_bytes,
+    read_header,
     sniff_format,
     writable_transfer_syntaxes,
     write_dicom,
 )
 from dashboard.imaging.model import (
+    ImageChangedError,
+    ImageIntegrityError,
+    ImageMissingError,
+    ImageTooLargeError,
     ImagingError,
     Mammogram,
     VoiLut,
@@ -54,6 +65,18 @@ from dashboard.imaging.windowing import (
 
 __all__ = [
     "ImagingError",
+    "ImageTooLargeError",
+    "ImageIntegrityError",
+    "ImageChangedError",
+    "ImageMissingError",
+    "ImageHeader",
+    "read_header",
+    "check_pixel_budget",
+    "max_file_bytes",
+    "describe_content",
+    "FREE_TEXT_KEYWORDS",
+    "deidentify_dicom",
+    "clean_plain_image",
     "VoiLut",
     "Window",
     "Mammogram",

@@ -1,4 +1,8 @@
-"""Reading and writing mammograms: DICOM (pydicom), PNG, JPEG, TIFF; de-identified header summaries."""
+"""Reading and writing mammograms: DICOM (pydicom), PNG, JPEG, TIFF; de-identified header summaries.
+
+Reading is defensive: the file's size and the pixel count its header declares (``read_header``, no
+pixel decoded) are checked against ``settings.max_pixels`` before anything large is allocated, and a
+caller that knows the file's SHA-256 (a stored image) has it checked on the very bytes decoded."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -15,14 +19,24 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder, get_encoder
 from pydicom.sequence import Sequence as DicomSequence
 
-from dashboard.imaging.model import ImagingError, Mammogram, VoiLut, Window
+from dashboard.imaging.model import (
+    ImageChangedError,
+    ImageMissingError,
+    ImageTooLargeError,
+    ImagingError,
+    Mammogram,
+    VoiLut,
+    Window,
+)
 from dashboard.imaging.segmentation import chest_wall_side, segment_breast
 from dashboard.imaging.windowing import VOI_FUNCTIONS
+from dashboard.settings import max_pixels_setting
 
 # ---------------------------------------------------------------- DICOM constants
 #: SOP Class "Digital Mammography X-Ray Image Storage - For Presentation".
@@ -59,6 +73,20 @@ PHI_KEYWORDS = frozenset({
 
 PHI_KEYS = PHI_KEYWORDS  # the name dashboard.data.importers uses
 
+# Text a person typed, which may name anyone (DICOM PS3.15 Table E.1-1, Basic Profile: removed). Never
+# summarised into ``meta``; removed from the stored copies (``imaging.deid``) with every LT/ST/UT value.
+FREE_TEXT_KEYWORDS = frozenset({
+    "SeriesDescription", "StudyDescription", "ImageComments", "PatientComments", "AdditionalPatientHistory",
+    "AdmittingDiagnosesDescription", "DerivationDescription", "ProtocolName", "PerformedProcedureStepDescription",
+    "RequestedProcedureDescription", "ScheduledProcedureStepDescription", "CommentsOnThePerformedProcedureStep",
+    "RequestedProcedureComments", "ImagingServiceRequestComments", "StudyComments", "VisitComments",
+    "AcquisitionComments", "FrameComments", "IdentifyingComments", "InterpretationText", "MedicalAlerts",
+    "Allergies", "Occupation", "ReasonForStudy", "ReasonForTheRequestedProcedure", "ReasonForVisit",
+    "SpecialNeeds", "PatientState", "ServiceEpisodeDescription", "DischargeDiagnosisDescription",
+    "ResultsComments", "TextString", "TextComments", "DeviceDescription", "AcquisitionDeviceProcessingDescription",
+    "PerformedStationName", "PerformedLocation", "ScheduledStationName",
+})
+
 # Header attributes summarised into ``Mammogram.meta`` (non-identifying ones always kept).
 _META_KEYWORDS = (
     "Modality", "SOPClassUID", "Manufacturer", "ManufacturerModelName", "SecondaryCaptureDeviceManufacturer", "ImageType",
@@ -66,8 +94,8 @@ _META_KEYWORDS = (
     "PatientOrientation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
     "PixelRepresentation", "PhotometricInterpretation", "PixelSpacing", "ImagerPixelSpacing",
     "RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
-    "VOILUTFunction", "BreastImplantPresent", "SeriesDescription", "ConversionType",
-    "LossyImageCompression",
+    "VOILUTFunction", "BreastImplantPresent", "ConversionType", "LossyImageCompression",
+    "BurnedInAnnotation",
 )
 
 
@@ -330,6 +358,139 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+#: Bytes a file may hold per declared pixel limit: 8 (a 64-bit or 16-bit RGBA sample) plus 64 MiB of header,
+#: so the size check never refuses a file whose pixels fit but stops a file read being the memory attack.
+_BYTES_PER_PIXEL = 8
+_HEADER_ALLOWANCE = 64 << 20
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header declares about its pixels, read without decoding them (``read_header``).
+
+    rows, cols  the image's size; frames  DICOM NumberOfFrames or TIFF pages; samples  per pixel
+    """
+
+    format: str
+    rows: int
+    cols: int
+    frames: int = 1
+    samples: int = 1
+
+    @property
+    def n_pixels(self) -> int:
+        """rows x columns x frames: what the cap (``settings.max_pixels``) is checked against."""
+        return int(self.rows) * int(self.cols) * max(int(self.frames), 1)
+
+
+def _png_header(data: bytes) -> ImageHeader:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImagingError("the PNG file has no image header (IHDR); it is truncated or damaged.")
+    cols, rows = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(data[25], 1)
+    return ImageHeader("PNG", rows, cols, 1, samples)
+
+
+# JPEG start-of-frame markers (baseline, extended, progressive, lossless, JPEG-LS), not DHT/JPG/DAC
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+
+
+def _jpeg_header(data: bytes, fmt: str = "JPEG") -> ImageHeader:
+    """The frame header of a JPEG (or JPEG-LS) stream: walk the marker segments up to the SOF."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        if marker in _SOF_MARKERS and i + 10 <= len(data):
+            rows, cols = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            return ImageHeader(fmt, rows, cols, 1, int(data[i + 9]))
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    raise ImagingError("the JPEG file has no frame header; it is truncated or damaged.")
+
+
+def _j2k_header(data: bytes) -> ImageHeader | None:
+    """The SIZ segment of a JPEG 2000 codestream (bare, or inside a JP2 file's jp2c box), else None."""
+    at = data.find(b"\xff\x4f\xff\x51")
+    if at < 0 or at + 24 > len(data):
+        return None
+    xsiz, ysiz, xo, yo = (int.from_bytes(data[at + 8 + 4 * k:at + 12 + 4 * k], "big") for k in range(4))
+    return ImageHeader("JPEG 2000", ysiz - yo, xsiz - xo)
+
+
+def _tiff_header(data: bytes) -> ImageHeader:
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tf:
+            page = tf.pages.first
+            return ImageHeader("TIFF", int(page.imagelength), int(page.imagewidth) * max(int(page.imagedepth), 1),
+                               len(tf.pages), int(page.samplesperpixel))
+    except Exception as exc:  # tifffile raises assorted types on damaged files
+        raise ImagingError(f"the TIFF file cannot be read ({type(exc).__name__}: {exc}).") from exc
+
+
+def _dicom_header(data: bytes) -> ImageHeader:
+    """Rows x Columns x NumberOfFrames from a header read that stops before the pixel data."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except InvalidDicomError:
+        ds = None
+    except Exception as exc:
+        raise ImagingError(f"the DICOM file is truncated or corrupt ({type(exc).__name__}: {exc}).") from exc
+    if ds is None:
+        try:  # old files without the 128-byte preamble
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        except Exception:
+            ds = None
+    if ds is None or "Rows" not in ds or "Columns" not in ds:
+        return ImageHeader("DICOM", 0, 0)  # no image header: the full read says what the file is
+    try:
+        return ImageHeader("DICOM", int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1),
+                           int(ds.get("SamplesPerPixel", 1) or 1))
+    except (TypeError, ValueError) as exc:
+        raise ImagingError(f"the DICOM header's image size is not a number ({exc}).") from exc
+
+
+def read_header(data: bytes, fmt: str | None = None) -> ImageHeader:
+    """The pixel size a file's bytes declare (DICOM, PNG, JPEG, TIFF), read from the header only.
+
+    ``fmt`` as ``sniff_format`` gives it (sniffed when None). Raises ImagingError for an unknown
+    or damaged header; no pixel is decoded and nothing the size of the image is allocated."""
+    fmt = fmt or sniff_format(data[:132])
+    if fmt == "PNG":
+        return _png_header(data)
+    if fmt == "JPEG":
+        return _jpeg_header(data)
+    if fmt == "TIFF":
+        return _tiff_header(data)
+    if fmt == "DICOM":
+        return _dicom_header(data)
+    raise ImagingError("the file is not a DICOM, PNG, JPEG or TIFF image.")
+
+
+def check_pixel_budget(header: ImageHeader, max_pixels: int, name: str) -> None:
+    """Raise ImageTooLargeError when ``header`` declares more than ``max_pixels`` pixels."""
+    if header.n_pixels > max_pixels:
+        frames = f" x {header.frames} frames" if header.frames > 1 else ""
+        raise ImageTooLargeError(
+            f"{name}: the {header.format} header declares {header.cols} x {header.rows} pixels{frames} "
+            f"({header.n_pixels / 1e6:.1f} megapixels), more than the {max_pixels / 1e6:.0f} megapixels allowed "
+            "(CONCEPTLENS_MAX_PIXELS). It was refused before decoding: no mammogram is that large, so the file "
+            "is damaged or made to exhaust memory.")
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file ``load_image`` reads for a pixel cap (8 bytes per pixel plus 64 MiB)."""
+    return _BYTES_PER_PIXEL * int(max_pixels) + _HEADER_ALLOWANCE
+
+
 def _json_value(v: Any) -> Any:
     """A pydicom element value as plain JSON (lists, floats, ints, strings)."""
     if isinstance(v, (MultiValue, list, tuple)):
@@ -363,6 +524,36 @@ def _fail(path, what: str, todo: str) -> ImagingError:
     return ImagingError(f"{Path(path).name}: {what} {todo}".strip())
 
 
+_CONTENT_MAGIC = (
+    (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"),
+    (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"RIFF", "a RIFF file (WebP, WAV or AVI)"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image (JP2)"), (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
+    (b"{\\rtf", "an RTF document"), (b"\xd0\xcf\x11\xe0", "an Office document"),
+)
+
+
+def describe_content(data: bytes) -> str:
+    """What a file's first bytes look like, for messages about mislabelled files ("a text file")."""
+    if not data:
+        return "an empty file"
+    for magic, what in _CONTENT_MAGIC:
+        if data.startswith(magic):
+            return what
+    head = data[:4096]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a character cut at the 4 KiB boundary is still text
+        text = head[:exc.start].decode("utf-8") if exc.start >= len(head) - 3 else None
+    if text is not None and all(ch.isprintable() or ch in "\r\n\t\f" for ch in text):
+        low = text.lstrip().lower()
+        if low.startswith(("<!doctype html", "<html")):
+            return "an HTML page"
+        if low.startswith("<?xml"):
+            return "an XML file"
+        return "a text file"
+    return "binary data of an unknown type"
+
+
 def _read_dataset(path: Path, data: bytes):
     """Parse DICOM bytes; raise ImagingError for non-DICOM, truncated or corrupt files."""
     try:
@@ -378,7 +569,7 @@ def _read_dataset(path: Path, data: bytes):
             return ds
     except Exception:
         pass
-    raise _fail(path, "this is not a DICOM file (no DICOM header found).",
+    raise _fail(path, f"this is not a DICOM file (it looks like {describe_content(data)}; no DICOM header found).",
                 "Check the file; only DICOM, PNG, JPEG and TIFF images can be opened.")
 
 
@@ -450,6 +641,31 @@ def _dicom_spacing(ds) -> tuple[float | None, str]:
     return None, ""
 
 
+def _check_embedded_size(ds, path, max_pixels: int) -> None:
+    """A compressed frame's own header (JPEG, JPEG-LS, JPEG 2000) must declare no more pixels than
+    Rows x Columns: decoders allocate what the codestream says, whatever the DICOM header says."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None or not ts.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        first = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    except Exception:  # noqa: BLE001 - no readable frame: the decoder reports the damage
+        return
+    embedded = _j2k_header(first[:1 << 16])
+    if embedded is None and first[:2] == b"\xff\xd8":
+        try:
+            embedded = _jpeg_header(first)
+        except ImagingError:
+            embedded = None
+    if embedded is None:
+        return
+    check_pixel_budget(embedded, max_pixels, Path(path).name)
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if embedded.rows * embedded.cols > rows * cols:
+        raise _fail(path, f"its compressed pixel data holds a {embedded.cols} x {embedded.rows} image but the "
+                          f"header declares {cols} x {rows}.", "The file is damaged or forged; export it again.")
+
+
 def _stored_values(ds, path) -> np.ndarray:
     """Decoded stored values (H, W), masked to BitsStored (sign-extended when signed)."""
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -493,7 +709,7 @@ def _modality_lut(ds, stored: np.ndarray) -> np.ndarray:
     return out
 
 
-def _load_dicom(path: Path, data: bytes, show_phi: bool) -> tuple:
+def _load_dicom(path: Path, data: bytes, show_phi: bool, max_pixels: int) -> tuple:
     ds = _read_dataset(path, data)
     if "PixelData" not in ds:
         other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
@@ -509,6 +725,7 @@ def _load_dicom(path: Path, data: bytes, show_phi: bool) -> tuple:
     if spp != 1 or photometric not in {"MONOCHROME1", "MONOCHROME2"}:
         raise _fail(path, f"this is a colour image ({photometric}, {spp} samples per pixel), not a grey mammogram.",
                     "Open the original grey DICOM instead of a screenshot or colour export.")
+    _check_embedded_size(ds, path, max_pixels)
     stored = _stored_values(ds, path)
     pixels = _modality_lut(ds, stored)
     windows, fn = _dicom_windows(ds)
@@ -518,16 +735,18 @@ def _load_dicom(path: Path, data: bytes, show_phi: bool) -> tuple:
     meta = _header_meta(ds, show_phi)
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     meta.update(format="DICOM", transfer_syntax=str(ts.name) if ts else "", rows=int(pixels.shape[0]),
-                cols=int(pixels.shape[1]), spacing_source=spacing_key)
+                cols=int(pixels.shape[1]), spacing_source=spacing_key,
+                burned_in_annotation=str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES")
     bits = int(ds.get("BitsStored", 16) or 16)
     return pixels, photometric, bits, lat, _dicom_view(ds), spacing, windows, fn, meta
 
 
-def _load_plain(path: Path, fmt: str) -> tuple:
-    """PNG / JPEG via Pillow, TIFF via tifffile; grey, or colour whose channels are equal."""
+def _load_plain(path: Path, data: bytes, fmt: str) -> tuple:
+    """PNG / JPEG via Pillow, TIFF via tifffile; grey, or colour whose channels are equal. Decoded from
+    ``data`` (the bytes already read and checked), never from the path again."""
     if fmt == "TIFF":
         try:
-            with tifffile.TiffFile(path) as tf:
+            with tifffile.TiffFile(io.BytesIO(data)) as tf:
                 if len(tf.pages) > 1:
                     raise _fail(path, f"this TIFF holds {len(tf.pages)} pages.",
                                 "Only single 2-D images can be opened; save one page per file.")
@@ -539,7 +758,7 @@ def _load_plain(path: Path, fmt: str) -> tuple:
                         "Check that the file is complete.") from exc
     else:
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 if getattr(im, "n_frames", 1) > 1:
                     raise _fail(path, f"this {fmt} holds {im.n_frames} frames.", "Save a single image per file.")
                 im.load()
@@ -548,6 +767,8 @@ def _load_plain(path: Path, fmt: str) -> tuple:
                 arr = np.asarray(im)
         except ImagingError:
             raise
+        except Image.DecompressionBombError as exc:  # Pillow's own guard, behind ours
+            raise ImageTooLargeError(f"{Path(path).name}: {exc}") from exc
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise _fail(path, f"the {fmt} file cannot be read ({exc}); it is probably truncated or damaged.",
                         "Copy it again.") from exc
@@ -579,7 +800,41 @@ def _load_plain(path: Path, fmt: str) -> tuple:
     return pixels, "MONOCHROME2", bits, "", "", None, [], "LINEAR", meta
 
 
-def load_image(path, *, show_phi: bool = False) -> Mammogram:
+def _read_checked(path: Path, max_pixels: int, expected_sha256: str | None) -> tuple[bytes, str]:
+    """The file's bytes and SHA-256, after the size check and (when given) the hash check."""
+    try:
+        size = path.stat().st_size
+        if size > max_file_bytes(max_pixels):
+            raise ImageTooLargeError(
+                f"{path.name}: the file holds {size / 2**20:.0f} MiB, more than an image of at most "
+                f"{max_pixels / 1e6:.0f} megapixels needs (CONCEPTLENS_MAX_PIXELS); it was not read.")
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageMissingError(f"{path}: file not found.") from exc
+    except OSError as exc:
+        raise ImagingError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
+    sha = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ImageChangedError(
+            f"{path.name}: the file changed after it was ingested (SHA-256 {sha[:12]}..., stored "
+            f"{expected_sha256[:12]}...). It is not shown: drawings and caches belong to the original "
+            "pixels. Restore the original file, or ingest the new one as a new image.")
+    return data, sha
+
+
+def _unknown_type(path: Path, data: bytes) -> ImagingError:
+    """The message for a file whose first bytes are no image: says what it seems to be instead."""
+    looks = describe_content(data)
+    claimed = PLAIN_SUFFIXES.get(path.suffix.lower())
+    if claimed:
+        return ImagingError(f"{path.name} is not a valid {claimed} (it looks like {looks}). Check the file; "
+                            "it may have been renamed or saved in another format.")
+    return _fail(path, f"the file type ({path.suffix or 'no extension'}) is not a supported image "
+                       f"(it looks like {looks}).", "Use DICOM, PNG, JPEG or TIFF.")
+
+
+def load_image(path, *, show_phi: bool = False, max_pixels: int | None = None,
+               expected_sha256: str | None = None) -> Mammogram:
     """Read a mammogram from a DICOM, PNG (8/16-bit), JPEG or TIFF file.
 
     DICOM: decodes any transfer syntax the pylibjpeg plugins handle (RLE, JPEG baseline/extended/
@@ -589,26 +844,31 @@ def load_image(path, *, show_phi: bool = False) -> Mammogram:
     inferred from the breast's chest-wall side by the hanging convention and ``laterality_inferred``
     is set. ``meta`` is de-identified unless ``show_phi``. Raises ImagingError for anything that is
     not a readable single-frame grey 2-D image, with what is wrong and what to do.
+
+    max_pixels       the cap on rows x columns x frames (default ``CONCEPTLENS_MAX_PIXELS``), checked
+                     on the file size and the header before decoding: ``ImageTooLargeError``
+    expected_sha256  the stored hash of the file: the bytes read are checked before decoding
+                     (``ImageChangedError``); a missing file raises ``ImageMissingError``
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ImagingError(f"{path}: file not found.") from exc
-    except OSError as exc:
-        raise ImagingError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
+    max_pixels = max_pixels_setting() if max_pixels is None else int(max_pixels)
+    data, sha = _read_checked(path, max_pixels, expected_sha256)
     if not data:
         raise _fail(path, "the file is empty.", "Copy it again.")
     fmt = sniff_format(data[:132])
     if fmt is None and path.suffix.lower() in DICOM_SUFFIXES:
         fmt = "DICOM"  # preamble-less DICOM; _read_dataset decides
     if fmt is None:
-        raise _fail(path, f"the file type ({path.suffix or 'no extension'}) is not a supported image.",
-                    "Use DICOM, PNG, JPEG or TIFF.")
+        raise _unknown_type(path, data)
+    try:
+        header = read_header(data, fmt)
+    except ImagingError as exc:
+        raise _fail(path, str(exc), "") from exc
+    check_pixel_budget(header, max_pixels, path.name)
     if fmt == "DICOM":
-        fields = _load_dicom(path, data, show_phi)
+        fields = _load_dicom(path, data, show_phi, max_pixels)
     else:
-        fields = _load_plain(path, fmt)
+        fields = _load_plain(path, data, fmt)
     pixels, photometric, bits, lat, view, spacing, windows, fn, meta = fields
     if pixels.size == 0 or min(pixels.shape) < 2:
         raise _fail(path, f"the image is empty ({pixels.shape[0]} x {pixels.shape[1]} pixels).", "")
@@ -622,4 +882,4 @@ def load_image(path, *, show_phi: bool = False) -> Mammogram:
     return Mammogram(pixels=np.ascontiguousarray(pixels, np.float32), photometric=photometric,
                      bits_stored=int(bits), laterality=lat, view=view, pixel_spacing_mm=spacing,
                      windows=windows, voi_lut_function=fn, meta=meta, path=path,
-                     sha256=hashlib.sha256(data).hexdigest(), laterality_inferred=inferred, format=fmt)
+                     sha256=sha, laterality_inferred=inferred, format=fmt)

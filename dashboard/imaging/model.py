@@ -14,6 +14,23 @@ class ImagingError(ConceptLensError):
     """An image cannot be read, written or prepared. The message says what is wrong and what to do."""
 
 
+class ImageTooLargeError(ImagingError):
+    """An image declares more pixels (or a file holds more bytes) than ``settings.max_pixels`` allows;
+    raised from the header, before any pixel is decoded."""
+
+
+class ImageIntegrityError(ImagingError):
+    """A stored image's file is not the one that was ingested: the store's SHA-256 no longer holds."""
+
+
+class ImageChangedError(ImageIntegrityError):
+    """The file was replaced or modified after ingest (its SHA-256 differs from the stored one)."""
+
+
+class ImageMissingError(ImageIntegrityError):
+    """The file of a stored image is gone."""
+
+
 # ---------------------------------------------------------------- data model
 @dataclass(frozen=True)
 class VoiLut:

@@ -52,5 +52,5 @@ def blob_mask(size: int, cy: float, cx: float, r: float) -> np.ndarray:
 
 def add_image(store, image_id: str = "img1", case_id: str = "case1") -> str:
     store.save_case(case_id, "synthetic")
-    store.save_image(ImageRecord(image_id, case_id, f"/tmp/{image_id}.png", f"sha-{image_id}", rows=512, cols=512))
+    store.save_image(ImageRecord(image_id, case_id, f"tmp/{image_id}.png", f"sha-{image_id}", rows=512, cols=512))
     return image_id

@@ -36,7 +36,7 @@ def populate(store, n_images=6, vessel_drawings=1):
     for i in range(n_images):
         image_id = f"im{i}"
         store.save_case(f"c{i}", "synthetic")
-        store.save_image(ImageRecord(image_id, f"c{i}", f"/x/{i}.png", f"sha{i}", rows=S, cols=S))
+        store.save_image(ImageRecord(image_id, f"c{i}", f"x/{i}.png", f"sha{i}", rows=S, cols=S))
         patch, mass, fat = scene(i)
         patches[image_id] = patch
         for concept, mask in (("mass-round", mass), ("fat", fat)):

@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from dashboard.data.store import Store
+from dashboard.data.store import Store, open_store
 from dashboard.progress import Progress, fraction
 from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui import access, state
@@ -29,15 +29,17 @@ def get_settings() -> Settings:
 
 
 @st.cache_resource(show_spinner="Opening the label store…")
-def _store(db_path: str, journal_dir: str) -> Store:
-    store = Store(Path(db_path), Path(journal_dir))
-    store.replay_journal()  # what open_store does: a drawing a crash left in the journal is stored now
-    return store
+def _store(db_path: str, data_dir: str, _settings: Settings) -> Store:
+    # one store per database file and data dir (``_settings`` is not part of the cache key): open_store
+    # migrates, copies in older rows' files and replays the drawings a crash left in the journal; from
+    # then on the files the app writes (caches, exports) are private, even when streamlit was started
+    # without dashboard.ui.serve
+    return open_store(_settings)
 
 
 def get_store(settings: Settings | None = None) -> Store:
     settings = settings or get_settings()
-    return _store(str(settings.db_path), str(settings.journal_dir))
+    return _store(str(settings.db_path), str(settings.data_dir), settings)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)

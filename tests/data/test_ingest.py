@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from dashboard.data import ingest
+from dashboard.data.files import image_for_source
 from dashboard.data.ingest import IngestError, ingest_folder
 from dashboard.imaging import DicomHeader, write_dicom
 
@@ -63,7 +64,10 @@ def test_ingest_adds_good_files_reports_bad_ones_and_is_idempotent(store, mixed_
 
     images = store.list_images()
     assert len(images) == 4
-    by_name = {i["path"].split("/")[-1]: i for i in images}
+    sources = {"lcc.dcm": "study1/lcc.dcm", "rcc.dcm": "study1/rcc.dcm", "lmlo.dcm": "study2/lmlo.dcm",
+               "film.png": "film.png"}
+    by_name = {name: image_for_source(store, root / rel) for name, rel in sources.items()}
+    assert {i["image_id"] for i in by_name.values()} == {i["image_id"] for i in images}
     assert by_name["lcc.dcm"]["case_id"] == by_name["rcc.dcm"]["case_id"] != by_name["lmlo.dcm"]["case_id"]
     assert (by_name["rcc.dcm"]["laterality"], by_name["rcc.dcm"]["view"]) == ("R", "CC")
     assert by_name["lmlo.dcm"]["modality"] == "MG" and by_name["lmlo.dcm"]["pixel_spacing_mm"] == pytest.approx(0.1)
@@ -95,7 +99,7 @@ def test_case_ids_are_stable_across_runs_and_copies(store, mixed_folder, tmp_pat
     report = ingest_folder(store, root)
     assert report.added == 1
     new = [i for i in store.list_images() if i["sha256"] not in first]
-    lcc = next(i for i in store.list_images() if i["path"].endswith("study1/lcc.dcm"))
+    lcc = image_for_source(store, root / "study1" / "lcc.dcm")
     assert new[0]["case_id"] == lcc["case_id"]
 
 
@@ -127,10 +131,8 @@ def test_ingest_of_the_real_cbis_ddsm_dicoms(store, tmp_path):
     report = ingest_folder(store, root, source="cbis-ddsm")
     assert (report.added, report.duplicates, report.failed) == (8, 0, [])
     images = store.list_images()
-    got = {i["path"].split("/")[-1]: (i["laterality"], i["view"]) for i in images}
-    # paths are resolved, so map the stored target names back through the links
-    targets = {str(p.resolve()).split("/")[-1]: p.name for p in root.iterdir()}
-    assert {targets[k]: v for k, v in got.items()} == expected
+    got = {p.name: (lambda i: (i["laterality"], i["view"]))(image_for_source(store, p)) for p in root.iterdir()}
+    assert got == expected
     assert all(i["rows"] > 4000 and i["modality"] == "MG" for i in images)
     # CBIS-DDSM gives every image its own study, and a per-image "patient ID" naming the patient
     assert len(store.list_cases()) == 8

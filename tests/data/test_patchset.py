@@ -42,8 +42,8 @@ def _breast(rows=480, cols=360, laterality="L", blob=None, seed=0):
 @pytest.fixture
 def demo_store(store, tmp_path):
     """Four cases: L with a mask finding, R with a circle finding, a normal L, one with an unlocated finding."""
-    d = tmp_path / "files"
-    d.mkdir()
+    d = store.data_dir / "files"  # the store references files under its data directory only
+    d.mkdir(parents=True)
     specs = [  # case, split, laterality, blob (source px), finding kind
         ("c1", "train", "R", (250, 200, 14), "mask"),
         ("c2", "test", "L", (110, 300, 14), "circle"),

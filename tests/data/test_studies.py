@@ -42,7 +42,7 @@ def test_migration_005_upgrades_a_database_with_drawings(tmp_path):
 
 def _study(store, name="s"):
     store.save_case("c1", "synthetic", label="malignant")
-    store.save_image(ImageRecord("i1", "c1", "/x", hashlib.sha256(b"x").hexdigest(), rows=8, cols=8))
+    store.save_image(ImageRecord("i1", "c1", "x", hashlib.sha256(b"x").hexdigest(), rows=8, cols=8))
     store.insert_study(name=name, title="", definition_toml="name = 's'", definition_sha256="0" * 64, seed=1,
                        pinned={"case_ids": ["c1"]}, actor="coord", now=T0,
                        assignments=[{"assignment_id": f"{name}/r/0/0", "study": name, "reader": "r", "arm": "a",

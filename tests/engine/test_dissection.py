@@ -374,7 +374,8 @@ def test_journal_replay_keeps_unit_ious(settings):
     record = dict(annotation_id="crashed", image_id="img1", concept="vessel", reader="r", patch_x0=0,
                   patch_y0=0, patch_size=32, shape="rect", geometry=[1, 1, 9, 9],
                   mask_png=mask_to_png(blob_mask(32, 5, 5, 3)).hex(), model_card="c",
-                  unit_ious={"model_card": "c", "layer": "bn2", "units": [3, 5], "ious": [0.4, 0.7]})
+                  unit_ious={"model_card": "c", "layer": "bn2", "units": [3, 5], "ious": [0.4, 0.7]},
+                  db_id=store.db_id)  # a journal record names its database
     settings.journal_dir.mkdir(parents=True, exist_ok=True)
     (settings.journal_dir / "crashed.json").write_text(json.dumps(record))
     assert store.replay_journal() == ["crashed"]

@@ -380,7 +380,7 @@ def test_learning_curve_from_real_drawings(store):
     patches = {}
     for i in range(6):
         store.save_case(f"c{i}", "synthetic")
-        store.save_image(ImageRecord(f"im{i}", f"c{i}", f"/x/{i}.png", f"sha{i}", rows=LC_S, cols=LC_S))
+        store.save_image(ImageRecord(f"im{i}", f"c{i}", f"x/{i}.png", f"sha{i}", rows=LC_S, cols=LC_S))
         patch, mass, line = _lc_scene(i)
         patches[f"im{i}"] = patch
         for concept, mask, reader in (("mass", mass, "alice"), ("fat", line, "bob")):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from dashboard import imaging
-from dashboard.data import hanging, importers, patchset
+from dashboard.data import files, hanging, importers, patchset
 from dashboard.data.store import Store
 from dashboard.testing.real_helpers import copy_mias_subset
 
@@ -61,7 +61,7 @@ def test_every_import_stores_its_dataset_spacing(real_store, tmp_path):
     with Store(tmp_path / "ingest.duckdb") as other:
         report = ingest.ingest_folder(other, folder)
         assert report.failed == [] and report.added == 2
-        spacing = {r["path"].rsplit("/", 1)[-1]: r["pixel_spacing_mm"] for r in other.list_images()}
+        spacing = {p.name: files.image_for_source(other, p)["pixel_spacing_mm"] for p in folder.iterdir()}
     assert spacing == {"mdb010.png": importers.MIAS_SPACING_MM, "unknown.png": None}
 
 

@@ -20,7 +20,7 @@ def make_cases(store, n: int, *, source: str = "synthetic", split: str = "test",
     for i in range(n):
         cid = f"{prefix}{i:03d}"
         store.save_case(cid, source, split=split, label=LABELS[i % 3], description=f"case {i}")
-        store.save_image(ImageRecord(f"{cid}-img", cid, f"/nowhere/{cid}.dcm", hashlib.sha256(cid.encode()).hexdigest(),
+        store.save_image(ImageRecord(f"{cid}-img", cid, f"nowhere/{cid}.dcm", hashlib.sha256(cid.encode()).hexdigest(),
                                      rows=64, cols=48, laterality="L", view="CC"))
         ids.append(cid)
     return ids

@@ -181,7 +181,9 @@ def test_read_without_a_model_still_shows_images_and_says_why(data):
     assert any("model is not available" in i.value for i in at.info)
 
 
-def test_model_data_shows_the_card_switches_and_ingests_with_failures(model_data, tmp_path):
+def test_model_data_shows_the_card_switches_and_ingests_with_failures(model_data, tmp_path, monkeypatch):
+    roots = tmp_path / "roots"  # folder ingest reads from the import roots only
+    monkeypatch.setenv("CONCEPTLENS_IMPORT_ROOTS", str(roots))
     at = run_page("pages/model_data.py")
     assert at.subheader[0].value == f"Model card · {app_data.TINY_CARD}"
     card = frame_with(at, "field", "value").set_index("field")["value"]
@@ -198,17 +200,18 @@ def test_model_data_shows_the_card_switches_and_ingests_with_failures(model_data
     assert at.session_state[state.MODEL_CARD] == "imagenet-lite0"
     assert at.subheader[0].value == "Model card · imagenet-lite0"
     # ingest: one readable PNG, one broken file -> reported, not fatal
-    folder = tmp_path / "incoming"
-    folder.mkdir()
+    folder = roots / "incoming"
+    folder.mkdir(parents=True)
     Image.fromarray((app_data.breast_pixels(5, "L") >> 4).astype("uint8")).save(folder / "good.png")
     (folder / "broken.dcm").write_bytes(b"not a dicom at all")
     at.text_input(key="data.folder").input(str(folder)).run()
     at.button(key="data.ingest").click().run()
     assert not at.exception
     assert "Added 1, duplicates 0, failed 1" in at.success[0].value
-    failures = frame_with(at, "file", "reason")
-    assert failures["file"].str.endswith("broken.dcm").all()
-    at.text_input(key="data.folder").input(str(tmp_path / "nowhere")).run()
+    results = frame_with(at, "file", "result", "detail")
+    failures = results[results["result"] == "failed"]
+    assert len(failures) == 1 and failures["file"].str.endswith("broken.dcm").all()
+    at.text_input(key="data.folder").input(str(roots / "nowhere")).run()
     at.button(key="data.ingest").click().run()
     assert "is not a folder" in at.error[-1].value
 
@@ -302,7 +305,7 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     metrics = frame_with(at, "concept", "auroc", "note")
     assert metrics["concept"].tolist() == ["mass"]
     assert "only 1 drawing" in metrics["note"].iloc[0]  # honest: too few drawings for a validated AUROC
-    assert "Concept probe v1" in at.markdown[0].value and "Dr Test" in at.markdown[0].value
+    assert "Concept probe v1" in at.markdown[0].value and "Dr Test" in at.text[0].value  # names as plain text
     legend = frame_with(at, "concept", "colour", "area_%")
     assert legend["concept"].tolist() == ["mass"]
     assert len(at.get("image")) == 2  # the composite map and the selected concept's map

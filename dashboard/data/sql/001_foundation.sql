@@ -7,14 +7,14 @@ CREATE TABLE IF NOT EXISTS cases (
     split        VARCHAR NOT NULL DEFAULT 'none',  -- train | val | test | none
     label        VARCHAR NOT NULL DEFAULT 'unknown', -- normal | benign | malignant | unknown
     description  VARCHAR NOT NULL DEFAULT '',
-    patient_ref  VARCHAR NOT NULL DEFAULT '',  -- pseudonymous; identifiers only in meta
+    patient_ref  VARCHAR NOT NULL DEFAULT '',  -- pseudonymous (keyed hash); no identifier is stored
     created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 
 CREATE TABLE IF NOT EXISTS images (
     image_id          VARCHAR PRIMARY KEY,
     case_id           VARCHAR NOT NULL REFERENCES cases(case_id),
-    path              VARCHAR NOT NULL,
+    path              VARCHAR NOT NULL,              -- relative to the data dir (migration 6)
     sha256            VARCHAR NOT NULL,
     laterality        VARCHAR NOT NULL DEFAULT '',   -- L | R | ''
     view              VARCHAR NOT NULL DEFAULT '',   -- CC | MLO | ...
@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS images (
     cols              INTEGER NOT NULL,
     pixel_spacing_mm  DOUBLE,
     modality          VARCHAR NOT NULL DEFAULT '',
-    meta              JSON,                          -- full header summary, identifiers included
+    meta              JSON,                          -- de-identified header summary: no identifier, no free text
     created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 CREATE UNIQUE INDEX IF NOT EXISTS images_sha ON images(sha256);

@@ -1,5 +1,6 @@
 """Model and data: the model card in use and its metrics, other cards, the store's contents,
-dataset statistics for the concept engine, folder ingest and the demo set."""
+dataset statistics for the concept engine, uploads and folder ingest (from the import roots only),
+pixel spacing for images without one, and the demo set."""
 from __future__ import annotations
 
 import warnings
@@ -9,10 +10,17 @@ from pathlib import Path
 import model_zoo
 from dashboard.data import demo
 from dashboard.data import ingest as ingest_mod
+from dashboard.data import uploads as uploads_mod
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
+from dashboard.ui.incidents import incidents
 from dashboard.ui.work import concepts
+
+#: What the Model and data page says when folder ingest is off.
+NO_ROOTS = ("Folder ingest is off: no import roots are configured. Whoever runs the server can set "
+            "CONCEPTLENS_IMPORT_ROOTS to the folders readers may ingest from (a list separated by ':'); "
+            "until then, upload the files above.")
 
 
 @dataclass
@@ -64,7 +72,8 @@ def store_summary(ctx: AppContext) -> dict:
         s["drawings"] += int(c["n_annotations"])
     return {"cases": len(cases), "images": sum(s["images"] for s in by_source.values()),
             "drawings": sum(s["drawings"] for s in by_source.values()),
-            "by_source": sorted(by_source.values(), key=lambda s: s["source"]), "db_path": str(ctx.store.db_path)}
+            "by_source": sorted(by_source.values(), key=lambda s: s["source"]),
+            "db_name": ctx.store.db_path.name, "no_spacing": len(images_without_spacing(ctx))}
 
 
 def load_model_data(ctx: AppContext) -> ModelDataView:
@@ -77,19 +86,68 @@ def load_model_data(ctx: AppContext) -> ModelDataView:
                          stats=dataset_stats_status(ctx), notes=notes)
 
 
-# ---------------------------------------------------------------- actions
-def ingest(ctx: AppContext, folder: str, source: str = "ingest", progress: Progress | None = None):
-    """Ingest a folder of DICOM/PNG/JPEG/TIFF files; returns the IngestReport (failures listed).
-    ``progress(done, total, message)`` counts files."""
-    folder = (folder or "").strip()
-    if not folder:
-        raise ingest_mod.IngestError("Give the folder that holds the images.")
+# ---------------------------------------------------------------- adding images
+def _file_progress(progress: Progress | None):
+    def cb(done: int, total: int, name: str) -> None:
+        report_progress(progress, done, total, f"{done}/{total} · {Path(name).name}" if name else f"{done}/{total}")
+    return cb
 
-    def cb(done: int, total: int, path: str) -> None:
-        report_progress(progress, done, total, f"{done}/{total} · {Path(path).name}")
 
-    return ingest_mod.ingest_folder(ctx.store, folder, source=(source or "ingest").strip() or "ingest",
-                                    show_phi=ctx.settings.show_phi, progress=cb)
+def _spacing(default_spacing_mm) -> float | None:
+    """A default pixel spacing from a number box: 0 or empty means none."""
+    return float(default_spacing_mm) if default_spacing_mm else None
+
+
+def folder_ingest_roots(ctx: AppContext) -> list[str]:
+    """The import roots folder ingest may read (empty: folder ingest is off)."""
+    return [str(r) for r in ctx.settings.import_roots]
+
+
+def ingest(ctx: AppContext, folder: str, source: str = "ingest", progress: Progress | None = None,
+           default_spacing_mm: float | None = None):
+    """Ingest a folder inside an import root (DICOM/PNG/JPEG/TIFF; see ``data.ingest``); returns the
+    IngestReport. ``progress(done, total, message)`` counts files. Raises IngestError when folder ingest
+    is off or the folder is not inside a root (without saying what lies outside the roots)."""
+    with incidents("ingesting a folder"):
+        return ingest_mod.ingest_folder(ctx.store, folder, source=(source or "ingest").strip() or "ingest",
+                                        default_spacing_mm=_spacing(default_spacing_mm),
+                                        roots=ctx.settings.import_roots, progress=_file_progress(progress))
+
+
+def upload(ctx: AppContext, files: list[tuple[str, bytes]], source: str = "upload",
+           default_spacing_mm: float | None = None, progress: Progress | None = None):
+    """Ingest uploaded files ((name, bytes): DICOM, PNG, JPEG, TIFF or a ZIP of a study folder) into the
+    managed data directory; returns the IngestReport with one result per file."""
+    with incidents("ingesting uploads"):
+        return uploads_mod.ingest_uploads(
+            ctx.store, [uploads_mod.Upload(n, d) for n, d in files], ctx.settings.uploads_dir,
+            source=(source or "upload").strip() or "upload", default_spacing_mm=_spacing(default_spacing_mm),
+            max_pixels=ctx.settings.max_pixels, progress=_file_progress(progress))
+
+
+def result_rows(report) -> list[dict]:
+    """The per-file table of an ingest or upload: file, result, detail."""
+    return [{"file": r["file"], "result": r["result"], "detail": r["detail"]} for r in report.results]
+
+
+def result_summary(report) -> str:
+    text = f"Added {report.added}, duplicates {report.duplicates}, failed {len(report.failed)}"
+    if report.skipped:
+        text += f", skipped {report.skipped}"
+    if report.outside:
+        text += f", {report.outside} outside the import roots (not read)"
+    return text
+
+
+def images_without_spacing(ctx: AppContext) -> list[str]:
+    """Ids of stored images with no pixel spacing: the model cannot resample them to its scale."""
+    return [r["image_id"] for r in ctx.store.list_images() if r["pixel_spacing_mm"] is None]
+
+
+def set_default_spacing(ctx: AppContext, spacing_mm: float) -> int:
+    """Give every image without a pixel spacing ``spacing_mm`` (recorded as "set on the Model and data
+    page"). Returns how many images changed."""
+    return ctx.store.set_pixel_spacing(images_without_spacing(ctx), float(spacing_mm), "set on the Model and data page")
 
 
 def build_demo(ctx: AppContext, n_cases: int, progress: Progress | None = None):

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dashboard import imaging
+from dashboard.data.files import BURNED_IN_WARNING, burned_in_annotation
 from dashboard.ui.canvas import parse_points
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef, ReadingError, WindowChoice, operating_threshold
@@ -192,7 +193,8 @@ def load_reading(ctx: AppContext, case_id: str | None, window: WindowChoice = Wi
         case_id = case_ids[0]
     case = ctx.store.get_case(case_id)
     images = ctx.store.list_images(case_id=case_id)
-    notes = []
+    notes = [BURNED_IN_WARNING.format(label=f"{r['laterality']} {r['view']}".strip() or r["image_id"])
+             for r in images if burned_in_annotation(r)]
     if not images:
         notes.append("This case has no images.")
     if overlay != "none" and not ctx.model_ready:

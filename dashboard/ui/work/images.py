@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dashboard import imaging
+from dashboard.data.files import check_stored_file, load_stored_image
 from dashboard.engine import attribution, inference
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef, ReadingError, WindowChoice
@@ -37,9 +38,14 @@ def patch_size(ctx: AppContext) -> int:
 
 
 def load_mammogram(ctx: AppContext, row: dict):
-    """The stored file of an image row, read once per SHA-256 (``imaging.Mammogram``)."""
-    return ctx.caches.mammograms.get(row["sha256"], lambda: imaging.load_image(row["path"],
-                                                                              show_phi=ctx.settings.show_phi))
+    """The stored file of an image row, read once per SHA-256 (``imaging.Mammogram``).
+
+    Verified before any cache is filled: the bytes decoded must hash to the stored SHA-256, and a
+    cached image's file is checked again (size and mtime, the hash on a change) every time it is
+    asked for, so a replaced file gives ``ImageChangedError``, never other pixels under this id."""
+    check_stored_file(ctx.store, row)
+    return ctx.caches.mammograms.get(row["sha256"], lambda: load_stored_image(
+        ctx.store, row, show_phi=ctx.settings.show_phi, max_pixels=ctx.settings.max_pixels))
 
 
 def model_image(ctx: AppContext, row: dict):
