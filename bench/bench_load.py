@@ -4,8 +4,9 @@
 
 Starts ``streamlit run app.py`` (127.0.0.1 only) on a fresh copy of the e2e demo data (4 synthetic
 DICOM cases, the trained demo model, its dataset statistics; ``--data-dir`` keeps the prepared
-original between runs), then drives N browser contexts of one headless chromium through the reader's
-loop at once, each with its own reader name and seeded, human-like pauses between actions:
+original between runs), opens the Worklist once (the store and the model load: not timed), then
+drives N browser contexts of one headless chromium through the reader's loop at once, each with its
+own reader name and seeded, human-like pauses between actions:
 
     Worklist: pick a case, Open case  -> Read settled      (heading, script run done, images drawn)
     Label this patch                  -> Label page        (its heading)
@@ -235,7 +236,14 @@ async def drive(url: str, logs: list[ReaderLog], args) -> None:
             contexts = [await browser.new_context(viewport={"width": 1440, "height": 1000}) for _ in logs]
             pages = [await c.new_page() for c in contexts]
             for p in pages:  # talk to the app only
+                p.set_default_timeout(args.step_timeout * 1000)
                 await p.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/]).*"), lambda route: route.abort())
+            # the server has started: a first visit loads the store and the model (not timed)
+            warm = pages[0]
+            await warm.goto(url)
+            await warm.locator("h1", has_text="Worklist").first.wait_for(state="visible", timeout=240_000)
+            await warm.wait_for_function(f"() => !!document.querySelector({flows.APP_IDLE!r})", polling=POLL_MS,
+                                         timeout=240_000)
             readers = [Reader(p, url, log, random.Random(args.seed * 1000 + i), args.step_timeout * 1000,
                               (args.pause_min, args.pause_max)) for i, (p, log) in enumerate(zip(pages, logs))]
 

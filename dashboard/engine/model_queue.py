@@ -62,6 +62,14 @@ def current_job() -> Job:
     return j if j is not None else Job(owner=("thread", threading.get_ident()))
 
 
+def act_as(owner: Hashable) -> None:
+    """From now on in the calling context (e.g. the thread running one session's script), model work
+    is a foreground job of ``owner``: the session, not the thread, takes its turn in the queue."""
+    current = _JOB.get()
+    if current is None or current.owner != owner or current.priority != FOREGROUND:
+        _JOB.set(Job(owner=owner))
+
+
 @contextmanager
 def job(owner: Hashable | None = None, priority: int = FOREGROUND) -> Iterator[Job]:
     """Run the body as one job (``owner`` default: the current job's owner)."""

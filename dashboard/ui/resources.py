@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dashboard.data.store import Store
+from dashboard.engine.model_queue import act_as
 from dashboard.progress import Progress, fraction
 from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui import state
@@ -62,7 +64,11 @@ def selected_card(settings: Settings) -> str:
 
 
 def get_context() -> AppContext:
-    """Settings, store, the selected model and the shared caches for this rerun."""
+    """Settings, store, the selected model and the shared caches for this rerun. The session's model
+    work takes its turns in the model's queue as this session (``model_queue.act_as``)."""
+    run = get_script_run_ctx()
+    if run is not None:
+        act_as(("session", run.session_id))
     settings = get_settings()
     store = get_store(settings)
     return build_context(settings, store, get_model(selected_card(settings), settings), get_caches())
