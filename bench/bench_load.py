@@ -125,6 +125,12 @@ class Reader:
         except Exception as exc:  # noqa: BLE001 - Playwright's TimeoutError: no response
             self.log.lost[step] += 1
             self.log.errors.append(f"{step}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            shot = ARTIFACTS / "bench_load" / f"{self.log.name.replace(' ', '_')}-{step}-{sum(self.log.lost.values())}.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                await self.page.screenshot(path=str(shot), full_page=True)
+            except Exception:  # noqa: BLE001 - a screenshot is only a diagnostic
+                pass
             return False
         self.log.times[step].append(time.perf_counter() - t0)
         return True

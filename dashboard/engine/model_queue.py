@@ -9,7 +9,8 @@ every ``with lock_for(model):`` in the engine queues here):
   starts computed in background threads (``background_thread``). A head start that a foreground
   caller is waiting for is raised to the foreground (``Job.boost``, done by ``dashboard.ui.memo``).
 * **fair between sessions**: among waiters of one priority, the owner served longest ago goes
-  first (round robin over owners), and one owner's requests go in arrival order (FIFO).
+  first (round robin over owners), and one owner's requests go in the order of their jobs, then of
+  arrival (FIFO): a session's earlier head start is not overtaken by its later one.
 * **batched where shapes allow**: ``batch(key, item, run_batch)`` puts an item in a line of items
   with the same key (e.g. patches of one size for one layer); whoever's turn comes runs every
   waiting item of its key in one call, and the others get their results without a turn.
@@ -35,13 +36,18 @@ BACKGROUND = 1
 _RECHECK_S = 0.25
 
 
+_JOB_SEQ = itertools.count()
+
+
 @dataclass(eq=False)
 class Job:
     """Who asks for the model: an ``owner`` (a session; default the thread) and a priority class,
-    which a waiting foreground caller may raise (``boost``)."""
+    which a waiting foreground caller may raise (``boost``). ``seq`` orders one owner's jobs: an
+    earlier job's requests go first (a session's head starts run in the order they were started)."""
 
     owner: Hashable
     priority: int = FOREGROUND
+    seq: int = field(default_factory=lambda: next(_JOB_SEQ))
     _waiting_on: set = field(default_factory=set, repr=False)
 
     def boost(self) -> None:
@@ -132,7 +138,11 @@ class ModelQueue:
     def _next(self) -> _Ticket | None:
         if not self._waiting:
             return None
-        return min(self._waiting, key=lambda t: (t.job.priority, self._served.get(t.job.owner, -1), t.seq))
+        return min(self._waiting, key=self._order)
+
+    def _order(self, t: _Ticket) -> tuple:
+        """Foreground first; then the owner served longest ago; then the owner's earliest job; then arrival."""
+        return t.job.priority, self._served.get(t.job.owner, -1), t.job.seq, t.seq
 
     def _wake(self) -> None:
         with self._cv:
@@ -202,7 +212,7 @@ class ModelQueue:
     def waiting(self) -> list[tuple[Hashable, int]]:
         """(owner, priority) of the waiters, in the order they would be served now."""
         with self._cv:
-            line = sorted(self._waiting, key=lambda t: (t.job.priority, self._served.get(t.job.owner, -1), t.seq))
+            line = sorted(self._waiting, key=self._order)
             return [(t.job.owner, t.job.priority) for t in line]
 
     # ------------------------------------------------------------ batches

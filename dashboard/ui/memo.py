@@ -82,16 +82,28 @@ class HeadStart:
         self._once = once
         self._running: set[Hashable] = set()
         self._finished: set[Hashable] = set()
+        self._busy: set[Hashable] = set()                 # slots with work running
+        self._next: dict[Hashable, tuple] = {}            # slot -> the newest work waiting for it
         self._lock = threading.Lock()
 
     def start(self, key: Hashable, work: Callable[[], Any], *, done: Callable[[], bool] = lambda: False,
-              name: str = "") -> threading.Thread | None:
+              name: str = "", slot: Hashable | None = None) -> threading.Thread | None:
         """Run ``work`` in a daemon thread unless ``key`` is running (or finished, with ``once``)
-        or ``done()``; the thread when started, else None."""
+        or ``done()``; the thread when started, else None.
+
+        ``slot``: at most one work of a slot runs at a time; a start while the slot is busy is kept
+        (replacing an older kept one) and runs when the slot frees, so a burst of newer versions
+        of one thing (e.g. an image's report under each new probe version) costs two runs, not one
+        per version."""
         with self._lock:
             if key in self._running or key in self._finished or done():
                 return None
+            if slot is not None and slot in self._busy:
+                self._next[slot] = (key, work, done, name)
+                return None
             self._running.add(key)
+            if slot is not None:
+                self._busy.add(slot)
 
         def run():
             ok = False
@@ -105,6 +117,12 @@ class HeadStart:
                     self._running.discard(key)
                     if ok and self._once:
                         self._finished.add(key)
+                    if slot is not None:
+                        self._busy.discard(slot)
+                    waiting = self._next.pop(slot, None) if slot is not None else None
+                if waiting is not None:
+                    k, w, d, n = waiting
+                    self.start(k, w, done=d, name=n, slot=slot)
 
         return background_thread(run, name=name or f"head-start-{key!r}"[:60])
 

@@ -148,3 +148,29 @@ def test_batch_runs_the_waiting_items_of_one_key_in_one_call():
     for t in threads:
         t.join(10)
     assert out["ok"] == "act(ok)" and errors == {"bad": "bad item"}
+
+
+def test_one_sessions_earlier_head_start_goes_before_its_later_one():
+    """Opening a patch starts the drawing's head start, then the Report's: whichever asks the model
+    first, the drawing's is served first."""
+    q, order = ModelQueue(), []
+    go = held(q)
+    with job("A", BACKGROUND) as first, job("A", BACKGROUND) as second:
+        assert first.seq < second.seq
+
+    def run(j, name):
+        with job(j.owner, j.priority) as mine:
+            mine.seq = j.seq
+            with q:
+                order.append(name)
+
+    late = threading.Thread(target=run, args=(second, "report"), daemon=True)
+    late.start()
+    wait_for(lambda: len(q.waiting()) == 1)
+    early = threading.Thread(target=run, args=(first, "drawing"), daemon=True)
+    early.start()
+    wait_for(lambda: len(q.waiting()) == 2)
+    go.set()
+    late.join(10)
+    early.join(10)
+    assert order == ["drawing", "report"]

@@ -15,6 +15,7 @@ from dashboard.engine.model_state import lock_for
 from dashboard.testing import app_data
 from dashboard.ui import canvas, resources
 from dashboard.ui.context import build_context, load_model
+from dashboard.ui.memo import HeadStart
 from dashboard.ui.screens import label as lb
 from dashboard.ui.types import PatchRef
 from dashboard.ui.work import concepts as cx
@@ -135,3 +136,19 @@ def test_a_second_click_on_save_stores_the_drawing_once(sessions):
     (d,) = lb.drawings_from_canvas(view, fresh, None)
     assert isinstance(d, canvas.Drawing) and d.shape == "rect"
     assert "Saved 'mass': labeled" in lb.saved_message(record.last)
+
+
+def test_a_burst_of_report_versions_prepares_one_at_a_time_and_the_newest_last():
+    hs, ran = HeadStart(once=True), []
+    gate = threading.Event()
+    first = hs.start("v1", lambda: (gate.wait(10), ran.append("v1")), slot="image")
+    assert first is not None
+    for v in ("v2", "v3", "v4"):  # Saves while v1 is being prepared
+        assert hs.start(v, lambda v=v: ran.append(v), slot="image") is None
+    assert hs.start("other", lambda: ran.append("other"), slot="other image") is not None  # its own slot
+    gate.set()
+    deadline = time.monotonic() + 10
+    while (hs or "v4" not in ran) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [v for v in ran if v != "other"] == ["v1", "v4"]  # v2 and v3 were superseded
+    assert hs.start("v4", lambda: ran.append("again"), slot="image") is None  # finished once

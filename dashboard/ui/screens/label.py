@@ -93,18 +93,7 @@ def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = Win
 def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:
     """Start computing the open patch's activation and unit masks in the background (once), so
     the reader's first drawing only waits for its own IoUs. True when a thread was started."""
-    if not ctx.model_ready:
-        return False
-    try:
-        stats = cx.find_stats(ctx)
-    except Exception:  # noqa: BLE001 - only a head start: the match reports what is missing
-        return False
-    if stats is None:
-        return False
-    key = (ctx.card_name, ctx.weights_sha, stats.key, ref.as_tuple())
-    return ctx.caches.unit_masks_head_start.start(
-        key, lambda: cx.patch_unit_masks(ctx, ref, stats), done=lambda: cx.has_unit_masks(ctx, ref, stats),
-        name=f"patch-{ref.image_id}") is not None
+    return cx.prefetch_unit_masks(ctx, ref)
 
 
 def prepare_report(ctx: AppContext, image_id: str) -> bool:

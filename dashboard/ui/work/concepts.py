@@ -69,6 +69,23 @@ def patch_unit_masks(ctx: AppContext, ref: PatchRef, stats):
                                      lambda: prepare_unit_masks(patch_activation(ctx, ref), stats.thresholds, ref.size))
 
 
+def prefetch_unit_masks(ctx: AppContext, ref: PatchRef) -> bool:
+    """Start computing a patch's activation and unit masks in a background thread (once), so the
+    reader's first drawing on it only waits for its own IoUs. True when a thread was started."""
+    if not ctx.model_ready:
+        return False
+    try:
+        stats = find_stats(ctx)
+    except Exception:  # noqa: BLE001 - only a head start: the match reports what is missing
+        return False
+    if stats is None:
+        return False
+    key = (ctx.card_name, ctx.weights_sha, stats.key, ref.as_tuple())
+    return ctx.caches.unit_masks_head_start.start(
+        key, lambda: patch_unit_masks(ctx, ref, stats), done=lambda: has_unit_masks(ctx, ref, stats),
+        name=f"patch-{ref.image_id}") is not None
+
+
 def has_unit_masks(ctx: AppContext, ref: PatchRef, stats) -> bool:
     return _unit_masks_key(ctx, ref, stats) in ctx.caches.unit_masks
 
