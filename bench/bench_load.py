@@ -1,6 +1,7 @@
 """Load benchmark (not a test): several readers on one server at once.
 
-    python -m bench.bench_load --readers N [--data-dir DIR] [--cases same|spread] [--seed S] [--out FILE]
+    python -m bench.bench_load --readers N [--data-dir DIR] [--cases same|spread] [--seed S]
+                               [--server-env KEY=VALUE ...] [--out FILE]
 
 Starts ``streamlit run app.py`` (127.0.0.1 only) on a fresh copy of the e2e demo data (4 synthetic
 DICOM cases, the trained demo model, its dataset statistics; ``--data-dir`` keeps the prepared
@@ -313,7 +314,8 @@ def run(args) -> dict:
         picks = [cases[0] if args.cases == "same" else cases[i % len(cases)] for i in range(args.readers)]
         logs = [ReaderLog(f"Load reader {i + 1}", picks[i]) for i in range(args.readers)]
         env = {"CONCEPTLENS_DATA_DIR": str(work), "CONCEPTLENS_DB_PATH": str(settings.db_path),
-               "CONCEPTLENS_MODEL_CARD": E2E_CARD, "CONCEPTLENS_DEVICE": "cpu"}
+               "CONCEPTLENS_MODEL_CARD": E2E_CARD, "CONCEPTLENS_DEVICE": "cpu",
+               **dict(kv.split("=", 1) for kv in args.server_env)}
         load_before = os.getloadavg()
         t1 = time.perf_counter()
         log_path = ARTIFACTS / f"bench_load_{args.readers}_streamlit.log"
@@ -338,7 +340,7 @@ def run(args) -> dict:
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
                     "browser": "one Debian chromium (headless=new), a browser context per reader, via Playwright"},
         "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
-        "setup": {"readers": args.readers, "cases": args.cases, "case_per_reader": picks, "seed": args.seed,
+        "setup": {"readers": args.readers, "cases": args.cases, "server_env": args.server_env, "case_per_reader": picks, "seed": args.seed,
                   "pause_s": [args.pause_min, args.pause_max], "stagger_s": args.stagger,
                   "step_timeout_s": args.step_timeout, "model_card": E2E_CARD, "prep_s": round(prep_s, 1),
                   "browser_wall_s": round(wall, 1)},
@@ -364,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stagger", type=float, default=3.0, help="readers start within this many seconds")
     ap.add_argument("--step-timeout", type=float, default=60.0, help="no response within this: a lost interaction")
     ap.add_argument("--deadline", type=float, default=900.0, help="the whole browser run stops after this, s")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for the app server (e.g. OMP_WAIT_POLICY=PASSIVE); repeatable")
     ap.add_argument("--out", type=Path, default=RESULTS / "load.json")
     args = ap.parse_args(argv)
     args.argv = argv

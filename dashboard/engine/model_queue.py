@@ -14,6 +14,11 @@ every ``with lock_for(model):`` in the engine queues here):
 * **batched where shapes allow**: ``batch(key, item, run_batch)`` puts an item in a line of items
   with the same key (e.g. patches of one size for one layer); whoever's turn comes runs every
   waiting item of its key in one call, and the others get their results without a turn.
+* **one thread while shared**: while more than one owner has asked for the model within
+  ``SHARED_WINDOW_S``, a turn runs torch on ``SHARED_THREADS`` thread (restored after the turn).
+  On a small shared CPU the other sessions' work (and their browsers) keep the cores busy, and
+  torch's worker threads then wait on each other: on this project's 2 cores under load a whole
+  mammogram's lesion map took 11-13 s with 2 threads and 5 s with 1 (docs/benchmarks.md).
 
 The queue is re-entrant: a thread holding it takes it again at once (engine calls nest).
 Who is asking comes from a context variable (``job``/``current_job``); without one, a caller is a
@@ -24,16 +29,23 @@ from __future__ import annotations
 import contextvars
 import itertools
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 FOREGROUND = 0
 BACKGROUND = 1
 #: Waiters re-check their turn at least this often, s (a safety net: every change notifies them).
 _RECHECK_S = 0.25
+#: Owners that asked for the model within this many seconds share it (see the module doc).
+SHARED_WINDOW_S = 30.0
+#: torch threads of a turn while the model is shared.
+SHARED_THREADS = 1
 
 
 _JOB_SEQ = itertools.count()
@@ -132,6 +144,8 @@ class ModelQueue:
         self._turns = itertools.count()
         self._served: dict[Hashable, int] = {}   # owner -> the turn it was last given
         self._pending: dict[Hashable, list[_Item]] = {}
+        self._asked: dict[Hashable, float] = {}  # owner -> when it last asked (time.monotonic)
+        self._threads_before: int | None = None  # torch threads to restore after a shared turn
         self.stats: Counter = Counter()
 
     # ------------------------------------------------------------ the lock
@@ -156,11 +170,24 @@ class ModelQueue:
         self._served[j.owner] = next(self._turns)
         self.stats["turns"] += 1
         self.stats["turns_background" if j.priority == BACKGROUND else "turns_foreground"] += 1
+        if self.shared() and torch.get_num_threads() != SHARED_THREADS:
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(SHARED_THREADS)  # in the holder's thread, which runs the turn
+            self.stats["turns_on_one_thread"] += 1
+
+    def shared(self) -> bool:
+        """Whether more than one owner asked for the model within ``SHARED_WINDOW_S``."""
+        since = time.monotonic() - SHARED_WINDOW_S
+        return sum(t >= since for t in self._asked.values()) > 1
 
     def _acquire(self, blocking: bool = True, timeout: float = -1, cancel: Callable[[], bool] | None = None) -> bool:
         me = threading.get_ident()
         j = current_job()
         with self._cv:
+            self._asked[j.owner] = time.monotonic()
+            if len(self._asked) > 256:  # forget owners long gone
+                since = time.monotonic() - SHARED_WINDOW_S
+                self._asked = {o: t for o, t in self._asked.items() if t >= since}
             if self._holder == me:
                 self._depth += 1
                 return True
@@ -199,6 +226,9 @@ class ModelQueue:
                 raise RuntimeError("cannot release a model queue turn this thread does not hold")
             self._depth -= 1
             if self._depth == 0:
+                if self._threads_before is not None:
+                    torch.set_num_threads(self._threads_before)
+                    self._threads_before = None
                 self._holder = None
                 self._cv.notify_all()
 

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from dashboard.engine.model_queue import BACKGROUND, FOREGROUND, ModelQueue, background_thread, current_job, job
 from dashboard.engine.model_state import lock_for
@@ -174,3 +175,25 @@ def test_one_sessions_earlier_head_start_goes_before_its_later_one():
     late.join(10)
     early.join(10)
     assert order == ["drawing", "report"]
+
+
+def test_a_turn_runs_on_one_torch_thread_while_sessions_share_the_model():
+    before = torch.get_num_threads()
+    if before == 1:
+        pytest.skip("torch runs on one thread here already")
+    q = ModelQueue()
+    with job("A"), q:
+        alone = torch.get_num_threads()
+    assert alone == before and not q.shared()
+    seen = {}
+
+    def other():
+        with job("B"), q:
+            seen["B"] = torch.get_num_threads()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(10)
+    assert q.shared() and seen["B"] == 1  # two sessions asked within the window
+    assert torch.get_num_threads() == before  # restored after the turn
+    assert q.stats["turns_on_one_thread"] == 1
