@@ -107,7 +107,7 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
                    "on the canvas; only a new outline is matched and saved.")
         # one key per patch: Save never remounts the canvas, so a drawing started at once is kept
         result = resources.canvas(
-            view.background, fill_color=colour + "55", stroke_color=colour, stroke_width=2, drawing_mode=tool,
+            view.background_png or view.background, fill_color=colour + "55", stroke_color=colour, stroke_width=2, drawing_mode=tool,
             width=view.canvas_size, height=view.canvas_size, key=f"label.canvas.{r.image_id}.{r.x0}.{r.y0}.{r.size}")
 
     fresh, keys = lb.unsaved_objects(result.json_data, record)

@@ -97,12 +97,14 @@ def progress(label: str, *, done: str | None = None) -> Iterator[Progress]:
         box.update(label=done or label, state="complete", expanded=False)
 
 
-def canvas(background: np.ndarray, *, key: str, width: int, height: int, drawing_mode: str, **style):
-    """streamlit-drawable-canvas over an RGB (h, w, 3) uint8 background; returns its result
-    (``json_data``, ``background_fit``). ``style``: stroke/fill colours, widths, point radius."""
+def canvas(background: np.ndarray | bytes, *, key: str, width: int, height: int, drawing_mode: str, **style):
+    """streamlit-drawable-canvas over an RGB (h, w, 3) uint8 background (or its encoded PNG, which
+    saves encoding it again on every run); returns its result (``json_data``, ``background_fit``).
+    ``style``: stroke/fill colours, widths, point radius."""
     # Imported here, not at the top: importing the package registers its component, which only
     # works inside a running app (outside one, e.g. in pytest, the import raises).
     from streamlit_drawable_canvas import st_canvas  # optional until a page draws a canvas (see above)
 
-    return st_canvas(background_image=Image.fromarray(background), width=width, height=height,
+    image = background if isinstance(background, bytes) else Image.fromarray(background)
+    return st_canvas(background_image=image, width=width, height=height,
                      drawing_mode=drawing_mode, key=key, **style)

@@ -8,6 +8,7 @@ it (the engine's IoU); Save stores the annotation and labels the units in one tr
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections import OrderedDict
@@ -52,6 +53,13 @@ class PatchView:
     annotations: list[dict]         # drawings already saved on this image
     layer: str
     notes: list[str] = field(default_factory=list)
+    background_png: bytes = b""     # ``background`` as PNG, encoded once (the canvas gets it on every run)
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def canvas_side(size: int) -> int:
@@ -87,7 +95,7 @@ def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = Win
         ref=ref, image=row, label=f"{row['laterality']} {row['view']} · {row['case_id']}",
         background=np.asarray(big), canvas_size=side, mirrored=mirrored, palette=palette(ctx),
         annotations=list_drawings(ctx, ref.image_id),
-        layer=cx.layer_of(ctx), notes=notes)
+        layer=cx.layer_of(ctx), notes=notes, background_png=png_bytes(big))
 
 
 def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:

@@ -21,7 +21,7 @@ from dashboard import imaging
 from dashboard.ui.canvas import parse_points
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef, ReadingError, WindowChoice, operating_threshold
-from dashboard.ui.work.concepts import prefetch_unit_masks
+from dashboard.ui.work.concepts import find_stats, patch_unit_masks, prefetch_unit_masks
 from dashboard.ui.work.evidence import prefetch_evidence
 from dashboard.ui.work.images import VIEWER_METHODS as VIEWER_METHODS  # the page's method choices
 from dashboard.ui.work.images import (
@@ -261,16 +261,16 @@ def patch_at(ctx: AppContext, image_id: str, x: float, y: float, *, display: boo
 def prepare_labeling(ctx: AppContext, ref: PatchRef) -> bool:
     """A patch is being opened for labeling: start preparing, in the background, first what the
     reader's first drawing needs (the patch's activation and unit masks), then the Report's model
-    evidence of its image (``evidence.prefetch_evidence``), while the reader signs in and draws.
-    The model's queue serves one session's head starts in the order they were started, so the
-    drawing's part is never behind the Report's. True when a thread was started."""
-    started = False
-    for prefetch in (prefetch_unit_masks, lambda c, r: prefetch_evidence(c, r.image_id)):
-        try:
-            started = bool(prefetch(ctx, ref)) or started
-        except Exception:  # noqa: BLE001 - only a head start: the pages compute it otherwise and show why
-            pass
-    return started
+    evidence of its image (``evidence.prefetch_evidence``, which waits for the first), while the
+    reader signs in and draws: the evidence's long model passes never hold the model while the
+    drawing's part waits. True when a thread was started."""
+    try:
+        started = prefetch_unit_masks(ctx, ref)
+        stats = find_stats(ctx)
+        after = (lambda: patch_unit_masks(ctx, ref, stats)) if stats is not None else None
+        return prefetch_evidence(ctx, ref.image_id, after=after) or started
+    except Exception:  # noqa: BLE001 - only a head start: the pages compute it otherwise and show why
+        return False
 
 
 # ---------------------------------------------------------------- picking a point on a tile
