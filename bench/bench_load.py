@@ -12,12 +12,15 @@ own reader name and seeded, human-like pauses between actions:
     Worklist: pick a case, Open case  -> Read settled      (heading, script run done, images drawn)
     Label this patch                  -> Label page        (its heading)
     sign in once                      -> the canvas
-    3 x (draw a polygon               -> IoU panel of that drawing
+    3 x (draw a polygon: its closing click -> IoU panel of that drawing, its unit map drawn
          Save                         -> "Saved ..." message)
     Report                            -> its probe line, script run done, images and charts drawn
 
-Each step is timed from the interaction to the state it should produce; p50 and p90 per step are
-printed. An interaction that produces no response within ``--step-timeout`` seconds is a *lost
+Each step is timed from the input reaching the page (Playwright's click returns) to the state it
+should produce; p50 and p90 per step are printed. How long the page took to accept the input is
+printed beside it ("page busy"): Playwright waits until the page can take a click, and with N
+browsers on the server's cores a page is sometimes still busy (e.g. loading and drawing its first
+plotly chart in software WebGL) when the reader clicks. An interaction that produces no response within ``--step-timeout`` seconds is a *lost
 interaction* (counted per kind); the reader then goes on (a lost "Label this patch" click is
 clicked again, once). After the server has stopped, the store is checked: every acknowledged Save
 (its "Saved" message was shown) is stored exactly once, under its reader's name; a drawing stored
@@ -59,6 +62,7 @@ POLYGONS = (
     [(0.40, 0.18), (0.80, 0.30), (0.74, 0.70), (0.36, 0.82), (0.18, 0.50)],
 )
 POLL_MS = 50  # how often a timed wait checks its state in the page
+T0 = time.perf_counter()  # the events' clock
 
 
 def pct(values: list[float], q: float) -> float:
@@ -82,6 +86,7 @@ class ReaderLog:
     acked_saves: int = 0
     errors: list[str] = field(default_factory=list)
     done: bool = False
+    events: list[tuple] = field(default_factory=list)  # step, start (s since T0), seconds, of which the action
 
 
 class Lost(Exception):
@@ -118,9 +123,15 @@ class Reader:
         await self.page.locator("h1", has_text=text).first.wait_for(state="visible", timeout=timeout or self.timeout)
 
     async def timed(self, step: str, action, until) -> bool:
-        """``action()`` then ``until()``; the seconds between go to ``step``; a timeout is a lost interaction."""
-        t0 = time.perf_counter()
+        """``action()`` then ``until()``: the seconds from the input reaching the page (Playwright's
+        click returns) to the state go to ``step``; how long the page took to accept the input (it
+        waits while the browser is still busy, e.g. loading and drawing its first plotly chart on
+        the shared cores) goes to ``step`` + "_page_busy". A timeout is a lost interaction."""
+        t_call = time.perf_counter()
         await action()
+        t0 = time.perf_counter()
+        acted = t0 - t_call
+        self.log.times.setdefault(step + "_page_busy", []).append(acted)
         try:
             await until()
         except Exception as exc:  # noqa: BLE001 - Playwright's TimeoutError: no response
@@ -134,6 +145,7 @@ class Reader:
                 pass
             return False
         self.log.times[step].append(time.perf_counter() - t0)
+        self.log.events.append((step, round(t0 - T0, 2), round(time.perf_counter() - t0, 2), round(acted, 2)))
         return True
 
     # ------------------------------------------------------------ the loop
@@ -178,7 +190,8 @@ class Reader:
         await page.locator("canvas.dc-canvas").last.wait_for(state="visible", timeout=self.timeout)
         await self.idle()
 
-    async def draw(self, poly: list[tuple[float, float]]) -> None:
+    async def draw(self, poly: list[tuple[float, float]]) -> tuple[float, float]:
+        """Click the vertices (not timed); returns where the closing click goes (the first vertex)."""
         page = self.page
         canvas = page.locator("canvas.dc-canvas").last
         box = await canvas.bounding_box()
@@ -186,7 +199,7 @@ class Reader:
         for x, y in pts:
             await page.mouse.click(x, y)
             await asyncio.sleep(0.12)  # a reader's clicks are apart; Fabric handles each one
-        await page.mouse.click(*pts[0])  # closes the polygon: the drawing goes to the app
+        return pts[0]
 
     async def draw_and_save(self, k: int) -> None:
         page = self.page
@@ -194,13 +207,15 @@ class Reader:
                  min(max(y + self.rng.uniform(-0.04, 0.04), 0.05), 0.95)) for x, y in POLYGONS[k % len(POLYGONS)]]
         await self.think()
 
-        async def iou_shown():
+        async def iou_shown():  # the panel: best unit, IoU, Save, and the unit map drawn
             await self.text("Best matching unit")
             await page.get_by_role("button", name=re.compile(r"^Save as ")).first.wait_for(
                 state="visible", timeout=self.timeout)
-            await self.idle()
+            await self.settled()
 
-        if not await self.timed("draw_to_iou", lambda: self.draw(poly), iou_shown):
+        first = await self.draw(poly)
+        # timed from the click that closes the polygon (it releases the drawing to the app)
+        if not await self.timed("draw_to_iou", lambda: page.mouse.click(*first), iou_shown):
             return  # the drawing was lost: nothing to save
         await self.think()
         save = page.get_by_role("button", name=re.compile(r"^Save as ")).first
@@ -285,7 +300,7 @@ def check_store(data_dir: Path, logs: list[ReaderLog]) -> dict:
 
 def summarise(logs: list[ReaderLog]) -> dict:
     out = {}
-    for step in STEPS:
+    for step in STEPS + tuple(s + "_page_busy" for s in STEPS):
         vals = [v for log in logs for v in log.times[step]]
         out[step] = {"p50_s": round(pct(vals, 0.5), 2), "p90_s": round(pct(vals, 0.9), 2),
                      "max_s": round(max(vals), 2) if vals else None, "n": len(vals),
@@ -350,7 +365,7 @@ def run(args) -> dict:
         "lost_interactions": dict(lost), "n_lost_interactions": sum(lost.values()),
         "store": store_check,
         "readers": [{"name": log.name, "case": log.case_id, "finished": log.done, "acked_saves": log.acked_saves,
-                     "lost": dict(log.lost), "errors": log.errors} for log in logs],
+                     "lost": dict(log.lost), "errors": log.errors, "events": log.events} for log in logs],
     }
 
 
@@ -379,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(res, indent=1))
     print(f"{args.readers} reader(s), cases {args.cases}, load average before {res['load_average']['before']} "
           f"after {res['load_average']['after']}")
-    for step, r in res["steps"].items():
-        print(f"  {step:14s} p50 {r['p50_s']:6.2f} s   p90 {r['p90_s']:6.2f} s   max {r['max_s']} s   (n={r['n']})")
+    for step in STEPS:
+        r, busy = res["steps"][step], res["steps"][step + "_page_busy"]
+        print(f"  {step:14s} p50 {r['p50_s']:6.2f} s   p90 {r['p90_s']:6.2f} s   max {r['max_s']} s   (n={r['n']})"
+              f"   [page busy before the input: p90 {busy['p90_s']:.2f} s, max {busy['max_s']} s]")
     print(f"  lost interactions: {res['n_lost_interactions']} {res['lost_interactions'] or ''}")
     st = res["store"]
     print(f"  store: {st['n_stored']} drawing(s); lost {st['lost_drawings']}, duplicated {st['duplicated_drawings']}, "
