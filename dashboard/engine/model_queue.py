@@ -14,12 +14,6 @@ every ``with lock_for(model):`` in the engine queues here):
 * **batched where shapes allow**: ``batch(key, item, run_batch)`` puts an item in a line of items
   with the same key (e.g. patches of one size for one layer); whoever's turn comes runs every
   waiting item of its key in one call, and the others get their results without a turn.
-* **one thread while shared**: while more than one owner has been active within
-  ``SHARED_WINDOW_S`` (asked for a model, or ran a script: ``act_as``), a turn runs torch on
-  ``SHARED_THREADS`` thread (restored after the turn).
-  On a small shared CPU the other sessions' work (and their browsers) keep the cores busy, and
-  torch's worker threads then wait on each other: on this project's 2 cores under load a whole
-  mammogram's lesion map took 11-13 s with 2 threads and 5 s with 1 (docs/benchmarks.md).
 
 The queue is re-entrant: a thread holding it takes it again at once (engine calls nest).
 Who is asking comes from a context variable (``job``/``current_job``); without one, a caller is a
@@ -30,23 +24,16 @@ from __future__ import annotations
 import contextvars
 import itertools
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 FOREGROUND = 0
 BACKGROUND = 1
 #: Waiters re-check their turn at least this often, s (a safety net: every change notifies them).
 _RECHECK_S = 0.25
-#: Owners that asked for the model within this many seconds share it (see the module doc).
-SHARED_WINDOW_S = 30.0
-#: torch threads of a turn while the model is shared.
-SHARED_THREADS = 1
 
 
 _JOB_SEQ = itertools.count()
@@ -81,33 +68,9 @@ def current_job() -> Job:
     return j if j is not None else Job(owner=("thread", threading.get_ident()))
 
 
-_ACTIVE: dict[Hashable, float] = {}  # owner -> when it was last active (time.monotonic)
-_ACTIVE_LOCK = threading.Lock()
-
-
-def note_active(owner: Hashable) -> None:
-    """Record that ``owner`` is working now (see ``shared``)."""
-    now = time.monotonic()
-    with _ACTIVE_LOCK:
-        _ACTIVE[owner] = now
-        if len(_ACTIVE) > 256:  # forget owners long gone
-            for o in [o for o, t in _ACTIVE.items() if t < now - SHARED_WINDOW_S]:
-                del _ACTIVE[o]
-
-
-def shared() -> bool:
-    """Whether more than one owner was active within ``SHARED_WINDOW_S``: several sessions are
-    working at once, whether or not they need the model (one may wait for another's result)."""
-    since = time.monotonic() - SHARED_WINDOW_S
-    with _ACTIVE_LOCK:
-        return sum(t >= since for t in _ACTIVE.values()) > 1
-
-
 def act_as(owner: Hashable) -> None:
     """From now on in the calling context (e.g. the thread running one session's script), model work
-    is a foreground job of ``owner``: the session, not the thread, takes its turn in the queue.
-    Also records the owner as active (``shared``)."""
-    note_active(owner)
+    is a foreground job of ``owner``: the session, not the thread, takes its turn in the queue."""
     current = _JOB.get()
     if current is None or current.owner != owner or current.priority != FOREGROUND:
         _JOB.set(Job(owner=owner))
@@ -169,7 +132,6 @@ class ModelQueue:
         self._turns = itertools.count()
         self._served: dict[Hashable, int] = {}   # owner -> the turn it was last given
         self._pending: dict[Hashable, list[_Item]] = {}
-        self._threads_before: int | None = None  # torch threads to restore after a shared turn
         self.stats: Counter = Counter()
 
     # ------------------------------------------------------------ the lock
@@ -194,15 +156,10 @@ class ModelQueue:
         self._served[j.owner] = next(self._turns)
         self.stats["turns"] += 1
         self.stats["turns_background" if j.priority == BACKGROUND else "turns_foreground"] += 1
-        if shared() and torch.get_num_threads() != SHARED_THREADS:
-            self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(SHARED_THREADS)  # in the holder's thread, which runs the turn
-            self.stats["turns_on_one_thread"] += 1
 
     def _acquire(self, blocking: bool = True, timeout: float = -1, cancel: Callable[[], bool] | None = None) -> bool:
         me = threading.get_ident()
         j = current_job()
-        note_active(j.owner)
         with self._cv:
             if self._holder == me:
                 self._depth += 1
@@ -242,9 +199,6 @@ class ModelQueue:
                 raise RuntimeError("cannot release a model queue turn this thread does not hold")
             self._depth -= 1
             if self._depth == 0:
-                if self._threads_before is not None:
-                    torch.set_num_threads(self._threads_before)
-                    self._threads_before = None
                 self._holder = None
                 self._cv.notify_all()
 

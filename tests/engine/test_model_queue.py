@@ -6,9 +6,7 @@ import threading
 import time
 
 import pytest
-import torch
 
-from dashboard.engine import model_queue
 from dashboard.engine.model_queue import BACKGROUND, FOREGROUND, ModelQueue, background_thread, current_job, job
 from dashboard.engine.model_state import lock_for
 from dashboard.testing.tinymodels import make_model
@@ -177,22 +175,3 @@ def test_one_sessions_earlier_head_start_goes_before_its_later_one():
     early.join(10)
     assert order == ["drawing", "report"]
 
-
-def test_a_turn_runs_on_one_torch_thread_while_sessions_share_the_model(monkeypatch):
-    before = torch.get_num_threads()
-    if before == 1:
-        pytest.skip("torch runs on one thread here already")
-    monkeypatch.setattr(model_queue, "_ACTIVE", {})  # no other test's owners
-    q = ModelQueue()
-    with job("A"), q:
-        alone = torch.get_num_threads()
-    assert alone == before and not model_queue.shared()
-    act_as_b = threading.Thread(target=lambda: model_queue.act_as("B"))  # session B ran a script
-    act_as_b.start()
-    act_as_b.join(10)
-    assert model_queue.shared()
-    with job("A"), q:
-        during = torch.get_num_threads()
-    assert during == 1  # A's turn while B is active too
-    assert torch.get_num_threads() == before  # restored after the turn
-    assert q.stats["turns_on_one_thread"] == 1
