@@ -8,6 +8,40 @@ ctx = resources.get_context()
 
 TILE_HEIGHT = 430  # px: the four views fit on a laptop screen
 
+# a click on "Label this patch" / "Label patch here" was taken by its callback: open the patch at
+# once, before anything is computed (no programmatic rerun anywhere on this page, so no click is lost)
+opened = st.session_state.pop(state.READ_OPEN, None)
+if opened:
+    st.session_state[state.PATCH] = opened
+    st.switch_page("pages/label.py")
+
+
+def open_patch(ref: rd.PatchRef) -> None:
+    """The Label buttons' callback: runs before the next script run, which then opens the patch."""
+    st.session_state[state.READ_OPEN] = ref.as_tuple()
+    rd.prepare_labeling(resources.get_context(), ref)
+
+
+def open_listed_patch(patches: list[dict]) -> None:
+    """"Label this patch": the patch picked in the box now (read here, not when the button was drawn)."""
+    p = patches[min(int(st.session_state.get("read.patch") or 0), len(patches) - 1)]
+    open_patch(rd.PatchRef(p["image_id"], p["x0"], p["y0"], p["size"]))
+
+
+def open_point(image_id: str, clicked) -> None:
+    """"Label patch here": the clicked point on the image, else the typed one (display pixels)."""
+    px, py = clicked or (st.session_state.get("read.x"), st.session_state.get("read.y"))
+    try:
+        ref = rd.patch_at(resources.get_context(), image_id, float(px), float(py))
+    except ConceptLensError as exc:  # ReadingError: the point is outside the image
+        st.session_state[state.READ_POINT_ERROR] = str(exc)
+    else:
+        open_patch(ref)
+
+
+# the case's own windows name the presets before the widgets exist (one run per view)
+presets = rd.case_presets(ctx, st.session_state.get(state.CASE_ID))
+
 # the manual centre/width start from the window in use (set before the widgets exist)
 shown = st.session_state.get(state.READ_WINDOW_SHOWN)
 if shown and st.session_state.get(state.READ_WINDOW_MODE, "file") != "manual":
@@ -19,7 +53,6 @@ with st.sidebar:
     mode = st.radio("Window", ["file", "auto", "manual"], key=state.READ_WINDOW_MODE,
                     persist_state=state.PERSIST, horizontal=True,
                     format_func={"file": "File presets", "auto": "Auto", "manual": "Manual"}.get)
-    presets = st.session_state.get(state.READ_PRESETS, [])
     preset = st.selectbox("Preset", range(len(presets)) if presets else [0], key=state.READ_PRESET,
                           persist_state=state.PERSIST,
                           format_func=lambda i: presets[i] if i < len(presets) else "file default",
@@ -46,9 +79,6 @@ with st.spinner("Preparing the images…"):
 first = next((t for t in view.tiles if t.error is None), None)
 if first is not None:
     st.session_state[state.READ_WINDOW_SHOWN] = first.window[:2]
-if view.presets != presets:  # first view of a case: offer its own windows at once
-    st.session_state[state.READ_PRESETS] = view.presets
-    st.rerun()
 
 if view.case is None:
     st.title("Read")
@@ -109,39 +139,32 @@ if view.patches:
                      "P(lesion)", min_value=0.0, max_value=1.0, format="%.2f")})
     labels = [f"{p['view']} #{p['rank']} at ({p['x0']}, {p['y0']}) · {p['probability']:.2f}" for p in view.patches]
     c1, c2 = st.columns([3, 1])
-    idx = c1.selectbox("Patch", range(len(labels)), format_func=labels.__getitem__, key="read.patch")
-    if c2.button("Label this patch", key="read.open_patch", type="primary"):
-        p = view.patches[idx]
-        ref = rd.PatchRef(p["image_id"], p["x0"], p["y0"], p["size"])
-        st.session_state[state.PATCH] = ref.as_tuple()
-        rd.prepare_labeling(ctx, ref)
-        st.switch_page("pages/label.py")
+    c1.selectbox("Patch", range(len(labels)), format_func=labels.__getitem__, key="read.patch")
+    c2.button("Label this patch", key="read.open_patch", type="primary", on_click=open_listed_patch,
+              args=(view.patches,))
 elif not ctx.model_ready:
     st.info(f"No suspicious patches: the model is not available ({ctx.model_error}).")
 
-if tiles:
-    with st.expander("Pick a point instead", expanded=not view.patches):
+# drawn only while open: a canvas reports its size with a run of its own when it first shows
+picker = st.expander("Pick a point instead", expanded=not view.patches, key="read.point_open", on_change="rerun") \
+    if tiles else None
+if picker is not None and picker.open:
+    with picker:
         names = [t.label for t in tiles]
         ti = st.selectbox("Image", range(len(tiles)), format_func=names.__getitem__, key="read.point_image")
         tile = tiles[ti]
         h, w = tile.model_shape
         c1, c2, c3 = st.columns([1, 1, 1])
-        px = c1.number_input("x (display px)", 0, w, w // 2, key="read.x")
-        py = c2.number_input("y (display px)", 0, h, h // 2, key="read.y")
+        c1.number_input("x (display px)", 0, w, w // 2, key="read.x")
+        c2.number_input("y (display px)", 0, h, h // 2, key="read.y")
         st.caption("Or click the image (point tool); the last click wins.")
         cw, ch = rd.point_canvas_size(tile)
         res = resources.canvas(tile.rgb, drawing_mode="point", width=cw, height=ch, stroke_color="#ffd54f",
                                fill_color="#ffd54f", point_display_radius=4, key=f"read.point_canvas.{tile.image_id}")
         clicked = rd.clicked_point(tile, res.json_data, res.background_fit)
         if clicked:
-            px, py = clicked
-            st.caption(f"Clicked at ({px:.0f}, {py:.0f}) display px.")
-        if c3.button("Label patch here", key="read.open_point"):
-            try:
-                ref = rd.patch_at(ctx, tile.image_id, float(px), float(py))
-            except ConceptLensError as exc:  # ReadingError: the point is outside the image
-                st.error(str(exc))
-            else:
-                st.session_state[state.PATCH] = ref.as_tuple()
-                rd.prepare_labeling(ctx, ref)
-                st.switch_page("pages/label.py")
+            st.caption(f"Clicked at ({clicked[0]:.0f}, {clicked[1]:.0f}) display px.")
+        c3.button("Label patch here", key="read.open_point", on_click=open_point, args=(tile.image_id, clicked))
+        point_error = st.session_state.pop(state.READ_POINT_ERROR, None)
+        if point_error:
+            st.error(point_error)

@@ -8,49 +8,80 @@ from dashboard.ui.text import escape_markdown
 ctx = resources.get_context()
 st.title("Report")
 
-flash = st.session_state.pop(state.REPORT_FLASH, None)
-if flash:
-    st.success(flash)
+ACTIONS = {"retrain": ("Retrain probes", "report.retrain"), "tcav": ("Run TCAV", "report.tcav"),
+           "curve": ("Compute learning curve", "report.curve")}
+
+
+def request(action: str) -> None:
+    """The action buttons' callback: the next run does the job (with its progress box) before it
+    builds the report, so the report it shows already has the job's result: no second run."""
+    st.session_state[state.REPORT_ACTION] = action
+
+
+head = st.container()
+c1, *cols = st.columns([3, 1, 1, 1.3], vertical_alignment="center")
+slots = {name: col.empty() for name, col in zip(ACTIONS, cols)}
+jobs = st.container()
+action = st.session_state.pop(state.REPORT_ACTION, None)
+if action in ACTIONS:
+    # the buttons are disabled while a job runs: a second click cannot start one again
+    for name, slot in slots.items():
+        slot.button(ACTIONS[name][0], key=f"{ACTIONS[name][1]}.running", disabled=True,
+                    type="primary" if name == "retrain" else "secondary")
+    with jobs:
+        try:
+            if action == "retrain":
+                with resources.progress("Training concept probes", done="Probes trained") as cb:
+                    info = rp.retrain(ctx, st.session_state.get(state.READER, ""), cb)
+                st.session_state[state.REPORT_FLASH] = (f"Concept probe v{info.version} trained on "
+                                                        f"{info.n_drawings} drawing(s).")
+            elif action == "tcav":
+                with resources.progress("Running TCAV", done="TCAV done") as cb:
+                    rp.run_tcav(ctx, cb)
+                st.session_state[state.REPORT_FLASH] = "TCAV scores updated."
+            else:
+                with resources.progress("Refitting probes on growing subsets", done="Learning curve ready") as cb:
+                    st.session_state[state.REPORT_CURVE] = rp.learning_curve(ctx, cb)
+        except ConceptLensError as exc:  # ValidationError (no drawings yet), ReportError: what the job needs
+            st.error(str(exc))
 
 view = rp.load_report(ctx, st.session_state.get(state.CASE_ID), st.session_state.get(state.IMAGE_ID))
-if view.image_ids:
-    st.session_state[state.REPORT_IMAGE] = view.image_id
-    st.selectbox("Image", view.image_ids, key=state.REPORT_IMAGE, format_func=view.image_names.get,
-                 on_change=lambda: st.session_state.update({state.IMAGE_ID: st.session_state[state.REPORT_IMAGE]}))
-if view.probability is not None:
-    score = f" · P({view.target}) {view.probability:.3f}"
-else:
-    score = "" if view.score is None else f" · P(lesion) {view.score:.2f}"
-st.caption(f"{escape_markdown(view.image_label)}{score} · model {escape_markdown(ctx.card_name)}")
-for note in view.notes:
-    st.info(note)
+with head:
+    flash = st.session_state.pop(state.REPORT_FLASH, None)
+    if flash:
+        st.success(flash)
+    if view.image_ids:
+        st.session_state[state.REPORT_IMAGE] = view.image_id
+        st.selectbox("Image", view.image_ids, key=state.REPORT_IMAGE, format_func=view.image_names.get,
+                     on_change=lambda: st.session_state.update({state.IMAGE_ID: st.session_state[state.REPORT_IMAGE]}))
+    if view.probability is not None:
+        score = f" · P({view.target}) {view.probability:.3f}"
+    else:
+        score = "" if view.score is None else f" · P(lesion) {view.score:.2f}"
+    st.caption(f"{escape_markdown(view.image_label)}{score} · model {escape_markdown(ctx.card_name)}")
+    for note in view.notes:
+        st.info(note)
 
-# ------------------------------------------------------------------ probe version and retraining
+# ------------------------------------------------------------------ probe version and jobs
 p = view.probe
-c1, c2 = st.columns([3, 1])
 if p is not None:
     c1.markdown(f"**Concept probe v{p.version}** · layer `{p.layer}` · trained {p.created_at} on "
                 f"{p.n_drawings} drawing(s)")
     c1.text("Readers: " + (", ".join(p.readers) or "—"))  # names as typed, never markdown
-if c2.button("Retrain probes", key="report.retrain", disabled=not ctx.model_ready, type="primary"):
-    try:
-        with resources.progress("Training concept probes", done="Probes trained") as cb:
-            info = rp.retrain(ctx, st.session_state.get(state.READER, ""), cb)
-        st.session_state[state.REPORT_FLASH] = f"Concept probe v{info.version} trained on {info.n_drawings} drawing(s)."
-        st.rerun()
-    except ConceptLensError as exc:  # e.g. ValidationError: no drawings yet
-        st.error(str(exc))
+slots["retrain"].button("Retrain probes", key="report.retrain", disabled=not ctx.model_ready, type="primary",
+                        on_click=request, args=("retrain",))
+slots["tcav"].button("Run TCAV" if view.tcav_run is None else "Rerun TCAV", key="report.tcav",
+                     disabled=not ctx.model_ready or p is None, on_click=request, args=("tcav",),
+                     help="TCAV scores of the probe's concepts for the lesion class")
+slots["curve"].button("Compute learning curve", key="report.curve", disabled=not ctx.model_ready or p is None,
+                      on_click=request, args=("curve",),
+                      help="Is each concept learnt? Validation AUROC against the number of its drawings")
 
+curve = st.session_state.get(state.REPORT_CURVE)
 if p is not None:
-    with st.expander("Is each concept learnt? Validation AUROC against the number of drawings"):
-        if st.button("Compute learning curve", key="report.curve"):
-            try:
-                with resources.progress("Refitting probes on growing subsets", done="Learning curve ready") as cb:
-                    st.session_state[state.REPORT_CURVE] = rp.learning_curve(ctx, cb)
-            except ConceptLensError as exc:
-                st.error(str(exc))
-        curve = st.session_state.get(state.REPORT_CURVE)
-        if curve is not None:
+    if curve is not None:
+        with st.expander("Is each concept learnt? Validation AUROC against the number of drawings",
+                         expanded=action == "curve"):
             if curve.note:
                 st.info(curve.note)
             if curve.figure is not None:
@@ -79,19 +110,11 @@ if view.concepts:
     st.dataframe(view.concepts, hide_index=True, width="stretch", key="report.concepts",
                  column_config={"attribution share": st.column_config.ProgressColumn(
                      "attribution share", min_value=0.0, max_value=1.0, format="%.2f")})
-    c1, c2, c3 = st.columns([1, 1, 1])
-    c1.download_button("Export HTML", view.export_html, file_name=f"{view.export_name}.html", mime="text/html",
+    e1, e2, _ = st.columns([1, 1, 1])
+    e1.download_button("Export HTML", view.export_html, file_name=f"{view.export_name}.html", mime="text/html",
                        key="report.export_html", icon=":material/download:")
-    c2.download_button("Export JSON", view.export_json, file_name=f"{view.export_name}.json",
+    e2.download_button("Export JSON", view.export_json, file_name=f"{view.export_name}.json",
                        mime="application/json", key="report.export_json", icon=":material/download:")
-    if c3.button("Run TCAV" if view.tcav_run is None else "Rerun TCAV", key="report.tcav"):
-        try:
-            with resources.progress("Running TCAV", done="TCAV done") as cb:
-                rp.run_tcav(ctx, cb)
-            st.session_state[state.REPORT_FLASH] = "TCAV scores updated."
-            st.rerun()
-        except ConceptLensError as exc:  # ValidationError, ReportError: what TCAV still needs
-            st.error(str(exc))
     for fig in view.figures:  # the engine's bar charts, one figure
         st.plotly_chart(fig, width="stretch", theme=None)  # the engine's own colours
     if view.map_figures and st.toggle("Show the map figures (concept contours, attribution)", key=state.REPORT_MAPS,

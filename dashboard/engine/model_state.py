@@ -5,7 +5,8 @@ Lesson from torch-cam: a Streamlit app caches ONE model object for all sessions,
 attribution libraries register hooks, flip ``requires_grad`` and may leave the model in
 another mode when they fail halfway. Everything that runs the model from ``dashboard``
 (prediction, lesion maps, activations, attribution) takes ``lock_for(model)`` and runs
-inside ``model_state_guard(model)``.
+inside ``model_state_guard(model)``. The lock is the model's ``ModelQueue``: a re-entrant lock
+whose waiting line puts readers' work before head starts and takes sessions in turn.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from dashboard.engine.model_queue import ModelQueue
 
 # Every per-module hook registry torch keeps (those that exist in the running torch).
 HOOK_DICTS = (
@@ -33,20 +36,22 @@ HOOK_DICTS = (
     "_load_state_dict_post_hooks",
 )
 
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, ModelQueue] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
-def lock_for(model: nn.Module) -> threading.RLock:
-    """The one re-entrant lock of ``model`` (created on first use, dropped with the model).
+def lock_for(model: nn.Module) -> ModelQueue:
+    """The one re-entrant lock of ``model``, its ``ModelQueue`` (created on first use, dropped
+    with the model).
 
     Hold it while running the model: a hook registered by one session's attribution
-    would otherwise fire inside another session's forward pass.
+    would otherwise fire inside another session's forward pass. Waiters are served
+    foreground first, then in turn by session (see ``model_queue``).
     """
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
-            lock = threading.RLock()
+            lock = ModelQueue()
             _LOCKS[model] = lock
         return lock
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dashboard.data.store import Store, open_store
+from dashboard.engine.model_queue import act_as
 from dashboard.progress import Progress, fraction
 from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui import access, state
@@ -70,7 +72,11 @@ def get_context(card: str | None = None) -> AppContext:
     Without ``card`` (the demo pages' call, their first line) it also refuses the demo pages to a
     session that may not see them (a signed-in reader; anyone before sign-in when sign-in is
     required): Streamlit runs a ``pages/`` file directly, without ``app.py``'s navigation, for the
-    first requests a fresh server gets, so the pages must not rely on the navigation alone."""
+    first requests a fresh server gets, so the pages must not rely on the navigation alone. The session's model
+    work takes its turns in the model's queue as this session (``model_queue.act_as``)."""
+    run = get_script_run_ctx()
+    if run is not None:
+        act_as(("session", run.session_id))
     settings = get_settings()
     store = get_store(settings)
     if card is None:
@@ -105,14 +111,16 @@ def progress(label: str, *, done: str | None = None) -> Iterator[Progress]:
         box.update(label=done or label, state="complete", expanded=False)
 
 
-def canvas(background: np.ndarray, *, key: str, width: int, height: int, drawing_mode: str, **style):
-    """streamlit-drawable-canvas over an RGB (h, w, 3) uint8 background; returns its result
-    (``json_data``, ``background_fit``). ``style``: stroke/fill colours, widths, point radius."""
+def canvas(background: np.ndarray | bytes, *, key: str, width: int, height: int, drawing_mode: str, **style):
+    """streamlit-drawable-canvas over an RGB (h, w, 3) uint8 background (or its encoded PNG, which
+    saves encoding it again on every run); returns its result (``json_data``, ``background_fit``).
+    ``style``: stroke/fill colours, widths, point radius."""
     # Imported here, not at the top: importing the package registers its component, which only
     # works inside a running app (outside one, e.g. in pytest, the import raises).
     from streamlit_drawable_canvas import st_canvas  # optional until a page draws a canvas (see above)
 
-    return st_canvas(background_image=Image.fromarray(background), width=width, height=height,
+    image = background if isinstance(background, bytes) else Image.fromarray(background)
+    return st_canvas(background_image=image, width=width, height=height,
                      drawing_mode=drawing_mode, key=key, **style)
 
 

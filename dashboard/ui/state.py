@@ -10,13 +10,14 @@ SELECTED_UNIT = "units.selected"
 
 # ---------------------------------------------------------------- what a page keeps between its runs
 READ_WINDOW_SHOWN = "read.window_shown"   # (centre, width) of the window the last run showed
-READ_PRESETS = "read.presets"             # names of the shown case's file windows
 READ_CASE = "read.case"                   # the case picker (a widget key the page also writes)
-CANVAS_NONCE = "label.canvas_nonce"       # a new value gives a fresh canvas
-LABEL_SAVED = "label.saved"               # what the last Save did, shown until the next drawing
-LABEL_SAVE_ERROR = "label.save_error"     # why the last Save failed, shown once
+READ_OPEN = "read.open_patch_ref"         # a patch a click asked to label: the next run opens the Label page
+READ_POINT_ERROR = "read.point_error"     # why "Label patch here" could not open the point, shown once
+LABEL_SAVES = "label.saves"               # {patch: SaveRecord}: what Save stored from each canvas (callbacks fill it)
+LABEL_SIGN_IN_ERROR = "label.sign_in_error"  # why the reader name was refused, shown once
 LABEL_FLASH = "label.flash"               # (message, lexicon group) after a concept was added
-LABEL_GROUP_NEXT = "label.group_next"     # the lexicon group to show on the next run
+LABEL_ADD_ERROR = "label.add_error"       # why a custom concept was refused, shown once
+REPORT_ACTION = "report.action"           # "retrain" | "tcav" | "curve": a button's job, run by the next run
 REPORT_FLASH = "report.flash"             # a message for the next run
 REPORT_IMAGE = "report.image"             # the image picker (a widget key the page also writes)
 REPORT_CURVE = "report.curve_view"        # the learning curve computed on request

@@ -7,6 +7,8 @@ it (the engine's IoU); Save stores the annotation and labels the units in one tr
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import time
 from collections import OrderedDict
@@ -18,6 +20,7 @@ from PIL import Image
 from dashboard import imaging
 from dashboard.data.store import DrawingRecord, ValidationError
 from dashboard.engine import dissection
+from dashboard.errors import ConceptLensError
 from dashboard.ui import canvas
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import TAU, LabelingError, PatchRef, WindowChoice
@@ -50,6 +53,13 @@ class PatchView:
     annotations: list[dict]         # drawings already saved on this image
     layer: str
     notes: list[str] = field(default_factory=list)
+    background_png: bytes = b""     # ``background`` as PNG, encoded once (the canvas gets it on every run)
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def canvas_side(size: int) -> int:
@@ -84,27 +94,14 @@ def load_patch(ctx: AppContext, ref: PatchRef | None, window: WindowChoice = Win
     return PatchView(
         ref=ref, image=row, label=f"{row['laterality']} {row['view']} · {row['case_id']}",
         background=np.asarray(big), canvas_size=side, mirrored=mirrored, palette=palette(ctx),
-        annotations=[{"annotation_id": a.annotation_id, "concept": a.concept, "reader": a.reader,
-                      "patch": (a.patch_x0, a.patch_y0, a.patch_size), "shape": a.shape,
-                      "created_at": a.created_at} for a in ctx.store.list_annotations(image_id=ref.image_id)],
-        layer=cx.layer_of(ctx), notes=notes)
+        annotations=list_drawings(ctx, ref.image_id),
+        layer=cx.layer_of(ctx), notes=notes, background_png=png_bytes(big))
 
 
 def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:
     """Start computing the open patch's activation and unit masks in the background (once), so
     the reader's first drawing only waits for its own IoUs. True when a thread was started."""
-    if not ctx.model_ready:
-        return False
-    try:
-        stats = cx.find_stats(ctx)
-    except Exception:  # noqa: BLE001 - only a head start: the match reports what is missing
-        return False
-    if stats is None:
-        return False
-    key = (ctx.card_name, ctx.weights_sha, stats.key, ref.as_tuple())
-    return ctx.caches.unit_masks_head_start.start(
-        key, lambda: cx.patch_unit_masks(ctx, ref, stats), done=lambda: cx.has_unit_masks(ctx, ref, stats),
-        name=f"patch-{ref.image_id}") is not None
+    return cx.prefetch_unit_masks(ctx, ref)
 
 
 def prepare_report(ctx: AppContext, image_id: str) -> bool:
@@ -119,6 +116,64 @@ def prepare_report(ctx: AppContext, image_id: str) -> bool:
         except Exception:  # noqa: BLE001 - only a head start; the Report computes it otherwise
             pass
     return started
+
+
+def object_key(o: dict) -> str:
+    """A canvas object's identity: the hash of its Fabric JSON (a moved or reshaped object is a new one)."""
+    return hashlib.sha1(json.dumps(o, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SaveRecord:
+    """What Save stored from one patch's canvas in this session. The canvas is never reset after a
+    Save (a remount would drop clicks made meanwhile), so its saved outlines stay on it: ``saved``
+    names them (``object_key``) and only the other objects make up the next drawing. A second
+    click on Save for the same outlines finds them here and stores nothing."""
+
+    saved: set[str] = field(default_factory=set)
+    last: dict | None = None        # the last Save's result, for its message
+    error: str | None = None        # why the last Save failed (shown once)
+
+
+def unsaved_objects(json_data: dict | None, record: SaveRecord) -> tuple[dict, tuple[str, ...]]:
+    """The canvas JSON without the objects already saved, and the keys of the objects left."""
+    objects = [o for o in (json_data or {}).get("objects") or [] if object_key(o) not in record.saved]
+    return {**(json_data or {}), "objects": objects}, tuple(object_key(o) for o in objects)
+
+
+def save_once(ctx: AppContext, record: SaveRecord, keys: tuple[str, ...], view: PatchView, m: MatchView,
+              concept: str, reader: str, *, retrain: bool = False) -> SaveResult | None:
+    """``save`` the drawing made of the canvas objects ``keys``, unless they are saved already (a
+    second click on Save): then None. The record is updated in place, with the result or the
+    error (a ConceptLensError is kept in ``record.error``, not raised)."""
+    if not keys or set(keys) <= record.saved:
+        return None
+    try:
+        res = save(ctx, view, m, concept, reader, retrain=retrain)
+    except ConceptLensError as exc:  # UnknownConceptError, ValidationError, StoreError, LabelingError
+        record.error = str(exc)
+        return None
+    record.saved.update(keys)
+    record.error = None
+    record.last = {"concept": res.concept, "n_labeled": res.n_labeled, "n_above": res.n_above, "tau": m.tau,
+                   "probe_version": res.probe_version, "probe_drawings": res.probe_drawings,
+                   "retrain_error": res.retrain_error, "annotation_id": res.annotation_id}
+    return res
+
+
+def saved_message(last: dict) -> str:
+    """The Saved line of a ``SaveRecord.last``."""
+    probe = (f" Concept probe v{last['probe_version']} retrained on {last['probe_drawings']} drawing(s): "
+             "see the Report." if last.get("probe_version") else "")
+    return (f"Saved {last['concept']!r}: labeled {last['n_labeled']} unit(s) "
+            f"({last['n_above']} above IoU {last['tau']:g}).{probe}")
+
+
+def list_drawings(ctx: AppContext, image_id: str) -> list[dict]:
+    """The drawings already saved on an image, for the page's table."""
+    return [{"annotation_id": a.annotation_id, "concept": a.concept, "reader": a.reader,
+             "patch": (a.patch_x0, a.patch_y0, a.patch_size), "shape": a.shape, "created_at": a.created_at}
+            for a in ctx.store.list_annotations(image_id=image_id)]
 
 
 def drawings_from_canvas(view: PatchView, json_data: dict | None, fit: dict | None) -> list[canvas.Drawing]:

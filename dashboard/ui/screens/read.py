@@ -22,6 +22,7 @@ from dashboard.data.files import BURNED_IN_WARNING, burned_in_annotation
 from dashboard.ui.canvas import parse_points
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef, ReadingError, WindowChoice, operating_threshold
+from dashboard.ui.work.concepts import find_stats, patch_unit_masks, prefetch_unit_masks
 from dashboard.ui.work.evidence import prefetch_evidence
 from dashboard.ui.work.images import VIEWER_METHODS as VIEWER_METHODS  # the page's method choices
 from dashboard.ui.work.images import (
@@ -143,6 +144,11 @@ def _model_layer(ctx: AppContext, row: dict, overlay: Overlay):
     return score, tops, heat
 
 
+def window_names(m) -> list[str]:
+    """The preset box's names of a mammogram's own windows, in file order."""
+    return [f"{i + 1}: {w.name or 'window'} (C {w.center:g} / W {w.width:g})" for i, w in enumerate(m.windows)]
+
+
 def _tile(ctx: AppContext, row: dict, window: WindowChoice, overlay: Overlay) -> Tile:
     """One image of the hanging, windowed, with its overlay and numbered suspicious patches."""
     lat, view = row["laterality"] or "?", row["view"] or "?"
@@ -150,7 +156,7 @@ def _tile(ctx: AppContext, row: dict, window: WindowChoice, overlay: Overlay) ->
     mirrored = imaging.display_flip(lat)
     gray, win = display_gray(ctx, row, window)
     m = load_mammogram(ctx, row)
-    presets = [f"{i + 1}: {w.name or 'window'} (C {w.center:g} / W {w.width:g})" for i, w in enumerate(m.windows)]
+    presets = window_names(m)
     h, w = gray.shape
     score, patches, heat = None, [], None
     if ctx.model_ready:
@@ -179,18 +185,43 @@ def _tile_or_error(ctx: AppContext, row: dict | None, window: WindowChoice, over
                     (0.0, 0.0, ""), [], error=str(exc))
 
 
+def current_case(ctx: AppContext, case_id: str | None) -> tuple[list[str], str | None]:
+    """The store's case ids and the case the Read page shows: ``case_id`` when it exists, else the first."""
+    case_ids = [c["case_id"] for c in ctx.store.list_cases()]
+    if case_id in case_ids:
+        return case_ids, case_id
+    return case_ids, (case_ids[0] if case_ids else None)
+
+
+def case_presets(ctx: AppContext, case_id: str | None) -> list[str]:
+    """The names of the case's file windows for the preset box, as ``load_reading`` gives them (the
+    first image that has the i-th window names it), without windowing or scoring anything: the
+    page builds its controls from them before the images are prepared, so no second run is needed.
+    An unreadable image names none."""
+    _, case_id = current_case(ctx, case_id)
+    if case_id is None:
+        return []
+    presets: list[str] = []
+    rows_raw, extra_raw = hang(ctx.store.list_images(case_id=case_id))
+    for image in [r for hung in rows_raw for r in hung if r is not None] + extra_raw:
+        try:
+            m = load_mammogram(ctx, image)
+        except Exception:  # noqa: BLE001 - its tile shows the error
+            continue
+        presets += window_names(m)[len(presets):]
+    return presets
+
+
 def load_reading(ctx: AppContext, case_id: str | None, window: WindowChoice = WindowChoice(), overlay: str = "none",
                  method: str = "gradcam", opacity: float = 0.5) -> ReadingView:
     """Everything the Read page shows for one case. Images that fail to load become tiles with
     an error, the others still show; a missing model only disables the overlays."""
     if overlay not in OVERLAYS:
         raise ReadingError(f"Unknown overlay {overlay!r}; choose one of {', '.join(OVERLAYS)}.")
-    case_ids = [c["case_id"] for c in ctx.store.list_cases()]
-    if case_id is None or case_id not in case_ids:
-        if not case_ids:
-            return ReadingView(case_ids=[], case=None, rows=[], extra=[], patches=[], presets=[], overlay=overlay,
-                               method=method, notes=["The store has no cases yet."])
-        case_id = case_ids[0]
+    case_ids, case_id = current_case(ctx, case_id)
+    if case_id is None:
+        return ReadingView(case_ids=[], case=None, rows=[], extra=[], patches=[], presets=[], overlay=overlay,
+                           method=method, notes=["The store has no cases yet."])
     case = ctx.store.get_case(case_id)
     images = ctx.store.list_images(case_id=case_id)
     notes = [BURNED_IN_WARNING.format(label=f"{r['laterality']} {r['view']}".strip() or r["image_id"])
@@ -230,12 +261,17 @@ def patch_at(ctx: AppContext, image_id: str, x: float, y: float, *, display: boo
 
 
 def prepare_labeling(ctx: AppContext, ref: PatchRef) -> bool:
-    """A patch is being opened for labeling: start preparing the Report's model evidence of its
-    image in the background now, while the reader signs in and draws (``evidence.prefetch_evidence``).
-    True when a thread was started."""
+    """A patch is being opened for labeling: start preparing, in the background, first what the
+    reader's first drawing needs (the patch's activation and unit masks), then the Report's model
+    evidence of its image (``evidence.prefetch_evidence``, which waits for the first), while the
+    reader signs in and draws: the evidence's long model passes never hold the model while the
+    drawing's part waits. True when a thread was started."""
     try:
-        return prefetch_evidence(ctx, ref.image_id)
-    except Exception:  # noqa: BLE001 - only a head start: the Report computes it otherwise and shows why
+        started = prefetch_unit_masks(ctx, ref)
+        stats = find_stats(ctx)
+        after = (lambda: patch_unit_masks(ctx, ref, stats)) if stats is not None else None
+        return prefetch_evidence(ctx, ref.image_id, after=after) or started
+    except Exception:  # noqa: BLE001 - only a head start: the pages compute it otherwise and show why
         return False
 
 

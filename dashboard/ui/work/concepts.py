@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from dashboard import imaging
 from dashboard.engine import dissection
 from dashboard.engine.activations import compute_patch_activations, model_fingerprint
+from dashboard.engine.model_state import lock_for
 from dashboard.engine.unit_iou import prepare_unit_masks
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
@@ -43,14 +44,21 @@ def layer_of(ctx: AppContext) -> str:
 
 # ---------------------------------------------------------------- patches
 def patch_activation(ctx: AppContext, ref: PatchRef):
-    """(C, h, w) float32 activation of the card's concept layer for a patch (memory + disk cache)."""
+    """(C, h, w) float32 activation of the card's concept layer for a patch (memory + disk cache).
+
+    Computed through the model's queue as a batch item: patches of one size that other sessions
+    ask for at the same moment go through the network in one pass (``ModelQueue.batch``)."""
     ctx.require_model()
     layer = layer_of(ctx)
     row = ctx.store.get_image(ref.image_id)
     key = (ctx.card_name, ctx.weights_sha, layer, row["sha256"], ref.x0, ref.y0, ref.size)
-    return ctx.caches.activations.get(key, lambda: compute_patch_activations(
-        ctx.model, ctx.card, layer, [patch_gray(ctx, ref)], cache_dir=ctx.settings.cache_dir,
-        device=ctx.device)[0])
+
+    def run(patches):
+        return compute_patch_activations(ctx.model, ctx.card, layer, list(patches), cache_dir=ctx.settings.cache_dir,
+                                         device=ctx.device)
+
+    batch_key = ("patch activations", ctx.card_name, ctx.weights_sha, layer, ref.size, str(ctx.device))
+    return ctx.caches.activations.get(key, lambda: lock_for(ctx.model).batch(batch_key, patch_gray(ctx, ref), run))
 
 
 def patch_unit_masks(ctx: AppContext, ref: PatchRef, stats):
@@ -59,6 +67,23 @@ def patch_unit_masks(ctx: AppContext, ref: PatchRef, stats):
     patch then costs only its outline's cells (``unit_iou.unit_ious``)."""
     return ctx.caches.unit_masks.get(_unit_masks_key(ctx, ref, stats),
                                      lambda: prepare_unit_masks(patch_activation(ctx, ref), stats.thresholds, ref.size))
+
+
+def prefetch_unit_masks(ctx: AppContext, ref: PatchRef) -> bool:
+    """Start computing a patch's activation and unit masks in a background thread (once), so the
+    reader's first drawing on it only waits for its own IoUs. True when a thread was started."""
+    if not ctx.model_ready:
+        return False
+    try:
+        stats = find_stats(ctx)
+    except Exception:  # noqa: BLE001 - only a head start: the match reports what is missing
+        return False
+    if stats is None:
+        return False
+    key = (ctx.card_name, ctx.weights_sha, stats.key, ref.as_tuple())
+    return ctx.caches.unit_masks_head_start.start(
+        key, lambda: patch_unit_masks(ctx, ref, stats), done=lambda: has_unit_masks(ctx, ref, stats),
+        name=f"patch-{ref.image_id}") is not None
 
 
 def has_unit_masks(ctx: AppContext, ref: PatchRef, stats) -> bool:

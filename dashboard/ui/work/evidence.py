@@ -4,6 +4,8 @@ computed once per model, image and method and reused by every probe version; and
 in a background thread while the reader labels."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dashboard.engine import report
 from dashboard.ui.context import AppContext
 from dashboard.ui.work.concepts import layer_of
@@ -40,9 +42,13 @@ def image_evidence(ctx: AppContext, row: dict):
     return ctx.caches.evidence.get(_evidence_key(ctx, row), compute)
 
 
-def prefetch_evidence(ctx: AppContext, image_id: str) -> bool:
+def prefetch_evidence(ctx: AppContext, image_id: str, *, after: Callable[[], object] | None = None) -> bool:
     """Start computing an image's report evidence in a background thread (once), so the Report
     after a Save only does the probe's part. Returns True when a thread was started.
+
+    after: what the thread waits for first (e.g. the open patch's unit masks, which the reader's
+    first drawing needs sooner: the evidence's long model passes then never hold the model while
+    that drawing waits).
 
     The thread only calls ``image_evidence`` (no streamlit); a Report that asks for the same
     image meanwhile waits for it instead of computing it twice (``Memo``)."""
@@ -50,6 +56,11 @@ def prefetch_evidence(ctx: AppContext, image_id: str) -> bool:
         return False
     row = ctx.store.get_image(image_id)
     key = _evidence_key(ctx, row)
-    return ctx.caches.evidence_head_start.start(key, lambda: image_evidence(ctx, row),
-                                                done=lambda: key in ctx.caches.evidence,
+
+    def work():
+        if after is not None:
+            after()
+        image_evidence(ctx, row)
+
+    return ctx.caches.evidence_head_start.start(key, work, done=lambda: key in ctx.caches.evidence,
                                                 name=f"evidence-{image_id}") is not None

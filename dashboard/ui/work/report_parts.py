@@ -241,7 +241,8 @@ def prefetch_report(ctx: AppContext, image_id: str) -> threading.Thread | None:
     thread, once per probe version and image: after a Save retrained the probes, the reader's
     way to the Report page then finds the concept maps, the engine's report and its figures
     ready, and the page only sends them. Returns the thread, or None when there is nothing to
-    prepare (no model or probe, or already started for this version).
+    prepare (no model or probe, or already started for this version) or when the image's report
+    is being prepared for an older version: this one then runs after it (``HeadStart`` slot).
 
     The thread calls only cached ``dashboard`` functions (no streamlit); a Report that asks for
     the same parts meanwhile waits for them instead of computing them twice (``Memo``)."""
@@ -251,6 +252,7 @@ def prefetch_report(ctx: AppContext, image_id: str) -> threading.Thread | None:
     row = ctx.store.get_image(image_id)
     if info is None or row is None:
         return None
+    # one at a time per image: a burst of Saves (several readers retraining) prepares the newest version
     return ctx.caches.report_head_start.start(probe_key(ctx, info) + (row["sha256"],),
                                               lambda: probe_parts(ctx, info, row),
-                                              name=f"report-{image_id}-v{info.version}")
+                                              name=f"report-{image_id}-v{info.version}", slot=row["sha256"])
