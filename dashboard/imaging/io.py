@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,19 +343,21 @@ _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
 )
-PLAIN_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+PLAIN_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".pgm": "PGM"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
 #: File name endings the importers pick up (DICOM files without an ending are found by folder ingest).
 IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", *PLAIN_SUFFIXES})
 
 
 def sniff_format(head: bytes) -> str | None:
-    """'DICOM', 'PNG', 'JPEG', 'TIFF' from a file's first bytes (>= 132), or None if unknown."""
+    """'DICOM', 'PNG', 'JPEG', 'TIFF', 'PGM' from a file's first bytes (>= 132), or None if unknown."""
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "DICOM"
     for magic, name in _MAGIC:
         if head.startswith(magic):
             return name
+    if _PGM_HEADER.match(head):
+        return "PGM"
     return None
 
 
@@ -417,6 +420,19 @@ def _jpeg_header(data: bytes, fmt: str = "JPEG") -> ImageHeader:
     raise ImagingError("the JPEG file has no frame header; it is truncated or damaged.")
 
 
+# Netpbm grey map (the original mini-MIAS files): "P5" (binary) or "P2" (ASCII), then width, height and
+# maxval separated by whitespace, with "#" comments allowed between the fields.
+_PGM_HEADER = re.compile(rb"P[25](?:\s+(?:#[^\n]*\n\s*)*(\d+)){3}\s")
+
+
+def _pgm_header(data: bytes) -> ImageHeader:
+    m = _PGM_HEADER.match(data[:4096])
+    if m is None:
+        raise ImagingError("the PGM file has no complete header (P5/P2, width, height, maxval).")
+    cols, rows = (int(v) for v in re.findall(rb"\d+", re.sub(rb"#[^\n]*\n", b" ", m.group(0)[2:]))[:2])
+    return ImageHeader("PGM", rows, cols)
+
+
 def _j2k_header(data: bytes) -> ImageHeader | None:
     """The SIZ segment of a JPEG 2000 codestream (bare, or inside a JP2 file's jp2c box), else None."""
     at = data.find(b"\xff\x4f\xff\x51")
@@ -459,7 +475,7 @@ def _dicom_header(data: bytes) -> ImageHeader:
 
 
 def read_header(data: bytes, fmt: str | None = None) -> ImageHeader:
-    """The pixel size a file's bytes declare (DICOM, PNG, JPEG, TIFF), read from the header only.
+    """The pixel size a file's bytes declare (DICOM, PNG, JPEG, TIFF, PGM), read from the header only.
 
     ``fmt`` as ``sniff_format`` gives it (sniffed when None). Raises ImagingError for an unknown
     or damaged header; no pixel is decoded and nothing the size of the image is allocated."""
@@ -470,9 +486,11 @@ def read_header(data: bytes, fmt: str | None = None) -> ImageHeader:
         return _jpeg_header(data)
     if fmt == "TIFF":
         return _tiff_header(data)
+    if fmt == "PGM":
+        return _pgm_header(data)
     if fmt == "DICOM":
         return _dicom_header(data)
-    raise ImagingError("the file is not a DICOM, PNG, JPEG or TIFF image.")
+    raise ImagingError("the file is not a DICOM, PNG, JPEG, TIFF or PGM image.")
 
 
 def check_pixel_budget(header: ImageHeader, max_pixels: int, name: str) -> None:
