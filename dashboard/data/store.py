@@ -551,25 +551,35 @@ class Store(AccountStoreMixin, StudyStoreMixin):
 
     def undo_import(self, case_id: str, image_ids: list[str], *, drop_case: bool,
                     actor: str = "system") -> None:
-        """Take back a case import that failed half-way, in one transaction: the findings and rows of
-        ``image_ids`` (the images this import added; never one with drawings), and the case itself
-        when ``drop_case`` (the import created it) and no image of it is left."""
+        """Take back a case import that failed half-way: the findings and rows of ``image_ids`` (the
+        images this import added; never one with drawings), and the case itself when ``drop_case``
+        (the import created it) and no image of it is left. Three transactions, children first:
+        DuckDB refuses to delete a row whose referencing rows were deleted in the same transaction;
+        this order never leaves a reference dangling if it stops in between."""
+        keep = {r["image_id"] for r in self.query(
+            "SELECT DISTINCT image_id FROM annotations WHERE list_contains(?, image_id)", [list(image_ids)])}
+        gone = [i for i in image_ids if i not in keep]
 
-        def write(cur):
-            for image_id in image_ids:
-                cur.execute("SELECT count(*) FROM annotations WHERE image_id = ?", [image_id])
-                if cur.fetchone()[0]:
-                    continue
+        def children(cur):
+            for image_id in gone:
                 cur.execute("DELETE FROM findings WHERE image_id = ?", [image_id])
                 cur.execute("DELETE FROM predictions WHERE image_id = ?", [image_id])
+
+        def images(cur):
+            for image_id in gone:
                 cur.execute("DELETE FROM images WHERE image_id = ?", [image_id])
                 self._audit(cur, actor, "undo-import", "image", image_id)
+
+        def case(cur):
             cur.execute("SELECT count(*) FROM images WHERE case_id = ?", [case_id])
-            if drop_case and not cur.fetchone()[0]:
+            if not cur.fetchone()[0]:
                 cur.execute("DELETE FROM cases WHERE case_id = ?", [case_id])
                 self._audit(cur, actor, "undo-import", "case", case_id)
 
-        self._write(write)
+        self._write(children)
+        self._write(images)
+        if drop_case:
+            self._write(case)
 
     def list_cases(self) -> list[dict]:
         """Cases with their image count and label status (drawings, concepts)."""
