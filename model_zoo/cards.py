@@ -79,6 +79,7 @@ class ModelCard:
     weights_dtype: str = ""
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    domain: dict = field(default_factory=dict)
     path: Path | None = None
     mean_std_from_timm: bool = True
 
@@ -206,7 +207,7 @@ def card_from_dict(raw: dict, path: Path | None = None) -> ModelCard:
         classifier=raw.get("classifier") or (timm_cfg or {}).get("classifier"),
         weights_file=str(weights.get("file", "")), weights_sha256=sha,
         weights_dtype=str(weights.get("dtype", "")), training=dict(raw.get("training", {})),
-        metrics=dict(raw.get("metrics", {})), path=Path(path).resolve() if path else None,
+        metrics=dict(raw.get("metrics", {})), domain=dict(raw.get("domain", {})), path=Path(path).resolve() if path else None,
         mean_std_from_timm="mean" not in raw and "std" not in raw,
     )
 
@@ -354,6 +355,8 @@ def _card_to_dict(card: ModelCard) -> dict:
         out["training"] = dict(card.training)
     if card.metrics:
         out["metrics"] = dict(card.metrics)
+    if card.domain:
+        out["domain"] = dict(card.domain)
     return out
 
 

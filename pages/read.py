@@ -5,6 +5,15 @@ from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import read as rd
 
 ctx = resources.get_context()
+# a case from another domain than the model's gets the card trained on its domain, once per case opened
+# (the reader may switch back in the sidebar: that choice then stands for this case)
+choice = rd.case_card_choice(ctx, st.session_state.get(state.CASE_ID))
+if st.session_state.get(state.READ_CARD_CASE) != st.session_state.get(state.CASE_ID):
+    st.session_state[state.READ_CARD_CASE] = st.session_state.get(state.CASE_ID)
+    if choice.switch:
+        st.session_state[state.MODEL_CARD] = choice.suggested
+        ctx = resources.get_context()
+        choice = rd.case_card_choice(ctx, st.session_state.get(state.CASE_ID))
 
 TILE_HEIGHT = 430  # px: the four views fit on a laptop screen
 
@@ -49,6 +58,11 @@ if shown and st.session_state.get(state.READ_WINDOW_MODE, "file") != "manual":
 
 # ------------------------------------------------------------------ controls
 with st.sidebar:
+    st.session_state[state.READ_CARD] = choice.current
+    st.selectbox("Model for this case", choice.options, key=state.READ_CARD,
+                 help="Cards that give a lesion score; the one trained on this case's kind of image is picked "
+                      "when a case opens" + (f" ({choice.suggested})" if choice.suggested else ""),
+                 on_change=lambda: st.session_state.update({state.MODEL_CARD: st.session_state[state.READ_CARD]}))
     st.subheader("Window / level")
     mode = st.radio("Window", ["file", "auto", "manual"], key=state.READ_WINDOW_MODE,
                     persist_state=state.PERSIST, horizontal=True,

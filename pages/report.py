@@ -59,6 +59,8 @@ with head:
     else:
         score = "" if view.score is None else f" · P(lesion) {view.score:.2f}"
     st.caption(f"{escape_markdown(view.image_label)}{score} · model {escape_markdown(ctx.card_name)}")
+    if view.domain_warning:
+        st.warning(view.domain_warning, icon="⚠️")
     for note in view.notes:
         st.info(note)
 

@@ -53,15 +53,21 @@ else:
     table = st.dataframe(
         view.rows, key="worklist.table", hide_index=True, width="stretch", on_select="rerun",
         selection_mode="single-row",
-        column_order=["case_id", "kind", "source", "truth", "views", "prediction", "probability", "scored",
-                      "n_annotations", "concepts", "status", "description"],
+        column_order=["case_id", "kind", "source", "truth", "views", "prediction", "probability", "domain_warning",
+                      "scored", "n_annotations", "concepts", "status", "description"],
         column_config={
             "case_id": "Case", "kind": "Kind", "source": "Source", "truth": "Truth", "views": "Views",
             "prediction": "Prediction", "scored": "Scored",
             "probability": st.column_config.ProgressColumn("P(lesion)", min_value=0.0, max_value=1.0, format="%.2f"),
             "n_annotations": st.column_config.NumberColumn("Drawings"), "concepts": "Concepts",
             "status": "Label status", "description": "Description",
+            "domain_warning": st.column_config.TextColumn(
+                "Domain", help="⚠: the model was trained on another kind of image; its scores are not calibrated here"),
         })
+    mismatched = sum(1 for r in view.rows if r["domain_warning"])
+    if mismatched:
+        st.warning(f"⚠ {mismatched} case(s) shown are from another domain than {view.model_card} was trained on: "
+                   "their scores are not calibrated (column Domain). Read picks a matching card when one exists.")
     ids = [r["case_id"] for r in view.rows]
     picked = table.selection.rows if table is not None and hasattr(table, "selection") else []
     if picked:

@@ -105,6 +105,7 @@ class ConceptReport:
     tcav_n_inputs: int | None = None
     created_at: str = ""
     notes: list[str] = field(default_factory=list)
+    domain_warning: str = ""               # the image is from another domain than the model's training data
 
     def concept(self, name: str) -> ConceptEntry:
         for c in self.concepts:
@@ -660,6 +661,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}} .sw{{display:inlin
 .imgs img{{width:360px;margin-right:12px;image-rendering:pixelated}} .note{{color:#666;font-size:12px}}</style>
 <script type="text/javascript">{get_plotlyjs()}</script></head><body>
 <h1>ConceptLens concept report</h1>
+{f'<p class="domain-warning" style="background:#fff3cd;border:1px solid #e0a800;padding:6px"><b>&#9888; {esc(report.domain_warning)}</b></p>' if report.domain_warning else ''}
 <p>{esc(where)} &middot; model <b>{esc(report.model_card)}</b> &middot; probe version {report.probe_version}
  ({esc(report.probe_layer)}) &middot; {esc(report.created_at)}</p>
 <p><b>P({esc(report.target_name)}) = {report.probability:.3f}</b> (logit {report.logit:+.4f}) &middot;

@@ -66,8 +66,9 @@ def populate(settings: Settings, store: Store) -> list[str]:
 
 
 def make_tiny_card(settings: Settings, name: str = TINY_CARD, seed: int = 0, patch: int = 64,
-                   description: str = "A tiny random resnet10t for the page tests.") -> Path:
-    """A real model card for a seeded, randomly initialised timm resnet10t (``patch`` px patches)."""
+                   description: str = "A tiny random resnet10t for the page tests.", domain: str = "") -> Path:
+    """A real model card for a seeded, randomly initialised timm resnet10t (``patch`` px patches);
+    ``domain``: the training modality its ``[domain]`` table records (none when empty)."""
     torch.manual_seed(seed)
     model = timm.create_model("resnet10t", num_classes=2, pretrained=False)
     cards = settings.user_cards_dir
@@ -93,6 +94,8 @@ sha256 = "{sha}"
 auroc = 0.5
 threshold = 0.5
 '''
+    if domain:
+        text += f'\n[domain]\nmodality = "{domain}"\ndescribed_as = "{domain} test images"\n'
     path = cards / f"{name}.toml"
     path.write_text(text)
     return path

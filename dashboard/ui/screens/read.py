@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+import model_zoo
 from dashboard import imaging
+from dashboard.data.domain import card_modality, case_domains, domain_warning, suggest_card
 from dashboard.data.files import BURNED_IN_WARNING, burned_in_annotation
+from dashboard.data.store import StoreError
 from dashboard.ui.canvas import parse_points
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef, ReadingError, WindowChoice, operating_threshold
@@ -71,6 +74,7 @@ class ReadingView:
     overlay: str
     method: str
     notes: list[str] = field(default_factory=list)
+    domain_warnings: list[str] = field(default_factory=list)  # images from another domain than the model's
 
     @property
     def tiles(self) -> list[Tile]:
@@ -228,6 +232,8 @@ def load_reading(ctx: AppContext, case_id: str | None, window: WindowChoice = Wi
              for r in images if burned_in_annotation(r)]
     if not images:
         notes.append("This case has no images.")
+    warnings = case_domain_warnings(ctx, case_id)
+    notes = warnings + notes
     if overlay != "none" and not ctx.model_ready:
         notes.append(f"Overlays need the model, which is not available: {ctx.model_error}")
         overlay = "none"
@@ -236,7 +242,7 @@ def load_reading(ctx: AppContext, case_id: str | None, window: WindowChoice = Wi
     rows = [[_tile_or_error(ctx, r, window, paint) for r in row] for row in rows_raw]
     extra = [_tile_or_error(ctx, r, window, paint) for r in extra_raw]
     view = ReadingView(case_ids=case_ids, case=case, rows=rows, extra=extra, patches=[], presets=[],
-                       overlay=overlay, method=method, notes=notes)
+                       overlay=overlay, method=method, notes=notes, domain_warnings=warnings)
     for t in view.tiles:  # the first image that has the i-th window names it
         view.presets += t.presets[len(view.presets):]
         view.patches += t.patches
@@ -288,3 +294,49 @@ def clicked_point(tile: Tile, json_data: dict | None, fit: dict | None) -> tuple
     h, w = tile.model_shape
     clicks = parse_points(json_data, image_size=(w, h), fit=fit, canvas_size=point_canvas_size(tile))
     return clicks[-1] if clicks else None
+
+
+# ---------------------------------------------------------------- the model for this case
+def case_domain_warnings(ctx: AppContext, case_id: str) -> list[str]:
+    """The domain warnings of a case's images under the model in use, each once (data.domain)."""
+    if ctx.card is None:
+        return []
+    out: list[str] = []
+    for d in case_domains(ctx.store, case_id):
+        w = domain_warning(ctx.card, d)
+        if w and w not in out:
+            out.append(w)
+    return out
+
+
+@dataclass(frozen=True)
+class CardChoice:
+    """The cards a reader may score a case with, and the one trained on the case's domain ('' if none)."""
+
+    options: list[str]
+    suggested: str
+    current: str
+
+    @property
+    def switch(self) -> bool:
+        """True when another card than the one in use fits the case's images."""
+        return bool(self.suggested) and self.suggested != self.current
+
+
+def case_card_choice(ctx: AppContext, case_id: str | None) -> CardChoice:
+    """Cards with a lesion score (built-in and the user's), and the one matching the case's domain.
+    A card without a recorded domain (a user's, or a test's) is never switched away from."""
+    try:
+        cards = [c for c in model_zoo.list_cards(extra_dirs=[ctx.settings.user_cards_dir]) if c.positive_class]
+    except model_zoo.ModelZooError:
+        cards = []
+    options = [c.name for c in cards]
+    if ctx.card_name not in options:
+        options.insert(0, ctx.card_name)
+    if case_id is None or ctx.card is None or not card_modality(ctx.card):
+        return CardChoice(options, "", ctx.card_name)
+    try:
+        domains = case_domains(ctx.store, case_id)
+    except StoreError:  # the case is gone: nothing to suggest
+        return CardChoice(options, "", ctx.card_name)
+    return CardChoice(options, suggest_card(cards, domains, ctx.card_name), ctx.card_name)

@@ -8,12 +8,13 @@ fits a new probe version.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import plotly.graph_objects as go
 
 from dashboard import evaluation
+from dashboard.data.domain import domain_warning, image_row_domain
 from dashboard.engine import report, tcav
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
@@ -57,6 +58,7 @@ class ReportView:
     map_figures: Callable[[], list] | None = None   # deferred: the engine's image-like figures (maps,
                                                     # attribution), built when the reader asks for them
     figure_names: list = field(default_factory=list)  # the engine's figures drawn in ``figures``, in order
+    domain_warning: str = ""                          # the image is from another domain than the model's
 
 
 def report_images(ctx: AppContext, case_id: str | None) -> list[dict]:
@@ -96,8 +98,10 @@ def _fill_from_probe(ctx: AppContext, view: ReportView, info: ProbeInfo, row: di
         view.notes.append(f"TCAV is not computed for probe v{info.version} yet: press Run TCAV for its scores.")
     stem = f"conceptlens-{row['case_id']}-{row['laterality']}{row['view']}-probe{info.version}"
     view.export_name = stem
-    view.export_json = lambda: report_json(rep)
-    view.export_html = lambda: ctx.caches.exports.get(key, lambda: report_html(ctx, shown, stem))
+    warning = view.domain_warning
+    view.export_json = lambda: report_json(replace(rep, domain_warning=warning))
+    view.export_html = lambda: ctx.caches.exports.get(
+        key + ("domain", warning), lambda: report_html(ctx, replace(shown, domain_warning=warning), stem))
 
 
 def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> ReportView:
@@ -117,6 +121,7 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     if not ctx.model_ready:
         view.notes.append(f"The report needs the model: {ctx.model_error}")
         return view
+    view.domain_warning = domain_warning(ctx.card, image_row_domain(ctx.store, image_id))
     info = probe_info(ctx)
     pred = ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, image_id)
     view.score = None if pred is None else float(pred["score"])

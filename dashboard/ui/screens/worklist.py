@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dashboard.data.domain import domain_warning, row_domain
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
@@ -54,6 +55,7 @@ def load_worklist(ctx: AppContext, flt: WorklistFilter = WorklistFilter()) -> Wo
     threshold = operating_threshold(ctx.card)
     positive = getattr(ctx.card, "positive_class", None) or "lesion"
     negative = next((c for c in getattr(ctx.card, "classes", ()) if c != positive), "normal")
+    domains = case_domain_marks(ctx)
     rows = []
     for r in raw:
         score = r["score"]
@@ -73,6 +75,7 @@ def load_worklist(ctx: AppContext, flt: WorklistFilter = WorklistFilter()) -> Wo
             "concepts": r["concepts"],
             "status": status,
             "description": r["description"],
+            **domains.get(r["case_id"], {"domain": "", "domain_warning": ""}),
         })
     view_rows = [row for row in rows if _keep(row, flt)]
     view_rows = _sort(view_rows, flt)
@@ -83,6 +86,24 @@ def load_worklist(ctx: AppContext, flt: WorklistFilter = WorklistFilter()) -> Wo
         model_card=ctx.card_name, weights_sha=ctx.weights_sha, threshold=threshold,
         model_error=ctx.model_error,
     )
+
+
+def case_domain_marks(ctx: AppContext) -> dict[str, dict]:
+    """case id -> {"domain": the kinds of its images ("digitised film"), "domain_warning": "⚠ ..." when
+    the model in use was trained on another domain (its scores are not calibrated there), else ""}."""
+    sources = {c["case_id"]: c["source"] for c in ctx.store.list_cases()}
+    kinds: dict[str, list[str]] = {}
+    warnings: dict[str, str] = {}
+    for img in ctx.store.list_images():
+        d = row_domain(img, sources.get(img["case_id"], ""))
+        seen = kinds.setdefault(img["case_id"], [])
+        if d.modality not in seen:
+            seen.append(d.modality)
+        w = domain_warning(ctx.card, d) if ctx.card is not None else ""
+        if w and img["case_id"] not in warnings:
+            warnings[img["case_id"]] = w
+    return {case: {"domain": ", ".join(k),
+                   "domain_warning": ("⚠ " + warnings[case]) if case in warnings else ""} for case, k in kinds.items()}
 
 
 def _keep(row: dict, flt: WorklistFilter) -> bool:
