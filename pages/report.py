@@ -112,11 +112,17 @@ if view.concepts:
     st.dataframe(view.concepts, hide_index=True, width="stretch", key="report.concepts",
                  column_config={"attribution share": st.column_config.ProgressColumn(
                      "attribution share", min_value=0.0, max_value=1.0, format="%.2f")})
-    e1, e2, _ = st.columns([1, 1, 1])
+    e1, e2, e3, e4 = st.columns([1, 1, 1.4, 1.2])
     e1.download_button("Export HTML", view.export_html, file_name=f"{view.export_name}.html", mime="text/html",
                        key="report.export_html", icon=":material/download:")
     e2.download_button("Export JSON", view.export_json, file_name=f"{view.export_name}.json",
                        mime="application/json", key="report.export_json", icon=":material/download:")
+    e3.download_button("Export DICOM SEG + SR", view.export_dicom, file_name=f"{view.export_name}-dicom.zip",
+                       mime="application/zip", key="report.export_dicom", icon=":material/download:",
+                       help="ZIP: the source image, drawings and concept maps as DICOM SEG, the attribution as a "
+                            "Parametric Map, the concept report as a TID 1500 SR (OHIF, 3D Slicer, a PACS)")
+    e4.download_button("Export DICOM SR", view.export_sr, file_name=f"{view.export_name}-sr.dcm",
+                       mime="application/dicom", key="report.export_sr", icon=":material/download:")
     for fig in view.figures:  # the engine's bar charts, one figure
         st.plotly_chart(fig, width="stretch", theme=None)  # the engine's own colours
     if view.map_figures and st.toggle("Show the map figures (concept contours, attribution)", key=state.REPORT_MAPS,

@@ -15,7 +15,7 @@ import pytest
 
 from dashboard.settings import PROJECT_ROOT
 
-LAYERS = ("dashboard.ui", "dashboard.study", "dashboard.evaluation", "dashboard.engine", "dashboard.data", "dashboard.imaging")
+LAYERS = ("dashboard.ui", "dashboard.study", "dashboard.export", "dashboard.evaluation", "dashboard.engine", "dashboard.data", "dashboard.imaging")
 BASE = ("dashboard.settings", "dashboard.errors", "dashboard.progress")
 #: The only product modules that may import streamlit (the pages too, outside the package).
 STREAMLIT_MODULES = {"dashboard.ui.resources"}

@@ -16,12 +16,13 @@ import plotly.graph_objects as go
 from dashboard import evaluation
 from dashboard.data.domain import domain_warning, image_row_domain
 from dashboard.engine import report, tcav
+from dashboard.export import export_dicom
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef, ReportError
 from dashboard.ui.work.concepts import layer_of
-from dashboard.ui.work.images import patch_gray
+from dashboard.ui.work.images import model_image, patch_gray
 from dashboard.ui.work.probe_versions import ProbeInfo, annotation_patch, load_probe_version, probe_info
 from dashboard.ui.work.probe_versions import retrain as retrain  # the page's Retrain probes button
 from dashboard.ui.work.report_parts import MAP_LEVEL as MAP_LEVEL  # the page's caption
@@ -52,6 +53,8 @@ class ReportView:
     target: str = ""
     export_json: Callable[[], bytes] | None = None     # deferred: run when the reader downloads
     export_html: Callable[[], bytes] | None = None
+    export_dicom: Callable[[], bytes] | None = None    # deferred: ZIP of source, SEGs, parametric map and SR
+    export_sr: Callable[[], bytes] | None = None       # deferred: the TID 1500 SR alone
     export_name: str = "report"
     tcav_run: int | None = None
     encoded: dict = field(default_factory=dict)      # "overlay" / concept -> JPEG bytes of the images above
@@ -102,6 +105,15 @@ def _fill_from_probe(ctx: AppContext, view: ReportView, info: ProbeInfo, row: di
     view.export_json = lambda: report_json(replace(rep, domain_warning=warning))
     view.export_html = lambda: ctx.caches.exports.get(
         key + ("domain", warning), lambda: report_html(ctx, replace(shown, domain_warning=warning), stem))
+    drawn = tuple(a.annotation_id for a in ctx.store.list_annotations(image_id=row["image_id"]))
+
+    def dicom_export():
+        return ctx.caches.exports.get(key + ("dicom", warning, drawn), lambda: export_dicom(
+            ctx.store, row["image_id"], ctx.settings.export_dir / f"{stem}-dicom",
+            report=replace(rep, domain_warning=warning), card=ctx.card, frame=model_image(ctx, row)[2]))
+
+    view.export_dicom = lambda: dicom_export().zip_bytes()
+    view.export_sr = lambda: dicom_export().sr.read_bytes()
 
 
 def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> ReportView:
