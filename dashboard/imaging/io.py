@@ -32,11 +32,10 @@ from dashboard.imaging.model import (
     ImageTooLargeError,
     ImagingError,
     Mammogram,
-    VoiLut,
     Window,
 )
 from dashboard.imaging.segmentation import chest_wall_side, segment_breast
-from dashboard.imaging.windowing import VOI_FUNCTIONS
+from dashboard.imaging.windowing import VOI_FUNCTIONS, voi_lut_tables
 from dashboard.settings import max_pixels_setting
 
 # ---------------------------------------------------------------- DICOM constants
@@ -91,7 +90,7 @@ FREE_TEXT_KEYWORDS = frozenset({
 # Header attributes summarised into ``Mammogram.meta`` (non-identifying ones always kept).
 _META_KEYWORDS = (
     "Modality", "SOPClassUID", "Manufacturer", "ManufacturerModelName", "SecondaryCaptureDeviceManufacturer", "ImageType",
-    "PresentationIntentType", "BodyPartExamined", "ImageLaterality", "Laterality", "ViewPosition",
+    "PresentationIntentType", "PresentationLUTShape", "BodyPartExamined", "ImageLaterality", "Laterality", "ViewPosition",
     "PatientOrientation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
     "PixelRepresentation", "PhotometricInterpretation", "PixelSpacing", "ImagerPixelSpacing",
     "RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
@@ -603,18 +602,13 @@ def _as_list(value) -> list:
 def _dicom_windows(ds) -> tuple[list[Window], str]:
     """Every window in the header: VOI LUT Sequence items first, then centre/width pairs."""
     windows: list[Window] = []
-    for i, item in enumerate(ds.get("VOILUTSequence") or []):
-        try:
-            n, first, bits = (int(v) for v in item.LUTDescriptor)
-            n = n or 65536
-            raw = item.LUTData
-            table = np.asarray(raw if not isinstance(raw, (bytes, bytearray))
-                               else np.frombuffer(raw, "<u2" if bits > 8 else "u1"), np.float64).ravel()[:n]
-            name = str(item.get("LUTExplanation", "") or f"VOI LUT {i + 1}")
-            windows.append(Window(center=first + n / 2, width=float(n), name=name,
-                                  lut=VoiLut(first_mapped=first, bits=bits, table=table)))
-        except (AttributeError, TypeError, ValueError):
+    items = list(ds.get("VOILUTSequence") or [])
+    for i, (item, lut) in enumerate(zip(items, voi_lut_tables(ds))):
+        if lut is None:
             continue  # a malformed LUT item is skipped; the centre/width windows still apply
+        n = len(lut.table)
+        name = str(item.get("LUTExplanation", "") or f"VOI LUT {i + 1}")
+        windows.append(Window(center=lut.first_mapped + n / 2, width=float(n), name=name, lut=lut))
     cs, ws = _as_list(ds.get("WindowCenter")), _as_list(ds.get("WindowWidth"))
     names = [str(e) for e in _as_list(ds.get("WindowCenterWidthExplanation"))]
     for i, (c, w) in enumerate(zip(cs, ws)):

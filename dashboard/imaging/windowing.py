@@ -1,25 +1,48 @@
-"""Display windows (DICOM PS3.3 C.11.2.1.2): linear and sigmoid windows, VOI LUTs, automatic windows."""
+"""Display windows (DICOM PS3.3 C.11.2): linear and sigmoid windows, VOI LUTs, the presentation LUT, automatic
+windows. The maths is pydicom's (``pydicom.pixels.apply_windowing`` / ``apply_voi`` / ``apply_presentation_lut``);
+this module wraps it for 8-bit display output and for windows the viewer makes (automatic, manual)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_presentation_lut, apply_voi, apply_windowing
 
 from dashboard.imaging.model import ImagingError, Mammogram, VoiLut, Window
 from dashboard.imaging.segmentation import segment_breast
 
 # ---------------------------------------------------------------- windows (PS3.3 C.11.2.1.2)
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+#: Presentation LUT Shapes (PS3.3 C.11.6.1.2): INVERSE shows low P-values bright.
+PRESENTATION_SHAPES = ("IDENTITY", "INVERSE")
+
+
+def _display_dataset(**elements) -> Dataset:
+    """A VOI LUT module whose output is 8-bit: pydicom's windowing maps into 0 .. 2**BitsStored - 1 of an
+    unsigned image without a modality LUT, so BitsStored 8 gives display values 0..255 directly."""
+    ds = Dataset()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsStored, ds.PixelRepresentation = 8, 0
+    for k, v in elements.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def _to_uint8(y: np.ndarray, invert: bool) -> np.ndarray:
+    out = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    if invert:  # through the presentation LUT, as an INVERSE shape (8-bit output: 255 - y)
+        out = apply_presentation_lut(out, _display_dataset(PresentationLUTShape="INVERSE")).astype(np.uint8)
+    return out
 
 
 def apply_window(pixels: np.ndarray, center: float, width: float, function: str = "LINEAR",
                  invert: bool = False) -> np.ndarray:
     """Map values through a DICOM VOI window to uint8 display values 0..255 (same shape).
 
-    Exactly DICOM PS3.3 C.11.2.1.2 with y_min = 0, y_max = 255, rounded to the nearest integer:
-    LINEAR        x <= c - 0.5 - (w-1)/2 -> 0;  x > c - 0.5 + (w-1)/2 -> 255;
-                  else ((x - (c - 0.5)) / (w - 1) + 0.5) * 255            (w >= 1)
-    LINEAR_EXACT  x <= c - w/2 -> 0;  x > c + w/2 -> 255;  else ((x - c) / w + 0.5) * 255   (w > 0)
-    SIGMOID       255 / (1 + exp(-4 (x - c) / w))                         (w > 0)
-    ``invert`` flips the output (255 - y), for MONOCHROME1 data.
+    pydicom's ``apply_windowing`` (DICOM PS3.3 C.11.2.1.2 with y_min = 0, y_max = 255), rounded to the
+    nearest integer: LINEAR (w >= 1), LINEAR_EXACT and SIGMOID (w > 0). ``invert`` shows the result
+    through an INVERSE presentation LUT (255 - y), for MONOCHROME1 data and INVERSE-shaped files.
     """
     fn = str(function or "LINEAR").upper()
     if fn not in VOI_FUNCTIONS:
@@ -30,26 +53,74 @@ def apply_window(pixels: np.ndarray, center: float, width: float, function: str 
     if fn != "LINEAR" and w <= 0:
         raise ImagingError(f"Window width {w} must be positive for {fn} windows.")
     x = np.asarray(pixels, dtype=np.float64)
-    if fn == "LINEAR":
-        lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
-        y = ((x - (c - 0.5)) / max(w - 1, 1e-12) + 0.5) * 255.0
-        y = np.where(x <= lo, 0.0, np.where(x > hi, 255.0, y))
-    elif fn == "LINEAR_EXACT":
-        y = ((x - c) / w + 0.5) * 255.0
-        y = np.where(x <= c - w / 2, 0.0, np.where(x > c + w / 2, 255.0, y))
-    else:
-        with np.errstate(over="ignore"):
-            y = 255.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
-    out = np.clip(np.rint(y), 0, 255).astype(np.uint8)
-    return 255 - out if invert else out
+    with np.errstate(over="ignore"):  # SIGMOID far outside the window: exp overflows to the limit
+        y = apply_windowing(x, _display_dataset(WindowCenter=c, WindowWidth=w, VOILUTFunction=fn))
+    return _to_uint8(y, invert)
+
+
+def voi_lut_item(lut: VoiLut) -> Dataset:
+    """The VOI LUT Sequence item of a table (LUT Descriptor [n, first mapped, bits] and its data as US)."""
+    item = Dataset()
+    n = len(lut.table)
+    # declared 16 bits whatever the table's depth (its values are unchanged): see ``_wide_index``
+    item.LUTDescriptor = [n if n < 65536 else 0, int(lut.first_mapped), 16]
+    item["LUTDescriptor"].VR = "US" if lut.first_mapped >= 0 else "SS"
+    item.LUTData = [int(v) for v in lut.table]
+    item["LUTData"].VR = "US"
+    return item
 
 
 def apply_voi_lut(pixels: np.ndarray, lut: VoiLut, invert: bool = False) -> np.ndarray:
-    """Map values through a VOI LUT Sequence table to uint8 (values below/above the table clamp)."""
-    idx = np.clip(np.rint(np.asarray(pixels, np.float64)) - lut.first_mapped, 0, len(lut.table) - 1)
+    """Map values through a VOI LUT Sequence table to uint8 (pydicom's ``apply_voi``: values below/above the
+    table clamp to its first/last entry), scaled from the table's 2**bits - 1 to 255."""
+    ds = _display_dataset(VOILUTSequence=[voi_lut_item(lut)])
+    ds.BitsStored = 16
+    x = np.rint(np.asarray(pixels, np.float64)).astype(np.int64)
+    y = apply_voi(x, ds, index=0).astype(np.float64)
     top = float((1 << int(lut.bits)) - 1) or 1.0
-    out = np.clip(np.rint(lut.table[idx.astype(np.int64)] * (255.0 / top)), 0, 255).astype(np.uint8)
-    return 255 - out if invert else out
+    return _to_uint8(y * (255.0 / top), invert)
+
+
+def voi_lut_tables(ds) -> list[VoiLut]:
+    """Every VOI LUT Sequence item of a dataset as a table, evaluated by pydicom (``apply_voi`` over the
+    item's whole input range): 8-bit LUTs stored as OW, the file's byte order and the descriptor's first
+    value of 0 (65536 entries) are pydicom's business. A malformed item is skipped (None in its place)."""
+    out: list[VoiLut | None] = []
+    for i, item in enumerate(ds.get("VOILUTSequence") or []):
+        try:
+            n, first, bits = (int(v) for v in item.LUTDescriptor)
+            n = n or 65536
+            with _wide_index(item):
+                table = apply_voi(np.arange(first, first + n, dtype=np.int64), ds, index=i)
+            out.append(VoiLut(first_mapped=first, bits=bits, table=np.asarray(table, np.float64).ravel()))
+        except (AttributeError, TypeError, ValueError, IndexError):
+            out.append(None)
+    return out
+
+
+@contextmanager
+def _wide_index(item: Dataset):
+    """pydicom 3.0.2's ``apply_voi`` indexes an 8-bit LUT with a uint8 array, so an input more than 255 past
+    the first mapped value wraps (a 4096-entry 8-bit LUT over 12-bit data maps 1000 like 232). Declaring
+    16 bits while it runs gives a uint16 index; the data is read the same way (US values, or OW words as
+    16-bit entries)."""
+    desc = list(item.LUTDescriptor)
+    if int(desc[2]) == 8:
+        item.LUTDescriptor = [desc[0], desc[1], 16]
+        try:
+            yield
+        finally:
+            item.LUTDescriptor = desc
+    else:
+        yield
+
+
+def display_invert(photometric: str, presentation_lut_shape: str = "") -> bool:
+    """Whether display values are inverted: MONOCHROME1 always (its INVERSE shape is that inversion, not a
+    second one), MONOCHROME2 when its Presentation LUT Shape is INVERSE."""
+    if str(photometric).upper() == "MONOCHROME1":
+        return True
+    return str(presentation_lut_shape or "").upper() == "INVERSE"
 
 
 def auto_window(pixels: np.ndarray, mask: np.ndarray | None = None, low_pct: float = 0.5,
@@ -80,11 +151,13 @@ def default_window(m: Mammogram) -> Window:
 
 
 def window_image(m: Mammogram, window: Window | None = None) -> np.ndarray:
-    """The source-space display image (H, W) uint8, dense tissue bright, through ``window``."""
+    """The source-space display image (H, W) uint8 through ``window`` and the file's presentation LUT
+    (MONOCHROME1, or a MONOCHROME2 file whose Presentation LUT Shape is INVERSE, shown inverted)."""
     w = window or default_window(m)
+    invert = display_invert(m.photometric, m.meta.get("PresentationLUTShape", ""))
     if w.lut is not None:
-        return apply_voi_lut(m.pixels, w.lut, invert=m.invert)
+        return apply_voi_lut(m.pixels, w.lut, invert=invert)
     fn = m.voi_lut_function if w.name != "AUTO" else "LINEAR"
-    return apply_window(m.pixels, w.center, w.width, fn, invert=m.invert)
+    return apply_window(m.pixels, w.center, w.width, fn, invert=invert)
 
 
