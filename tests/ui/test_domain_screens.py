@@ -30,9 +30,10 @@ def ctx(settings):
 def test_worklist_marks_cases_from_another_domain(ctx):
     rows = {r["case_id"]: r for r in wl.load_worklist(ctx).rows}
     assert rows["MIAS-mdb001"]["domain"] == "digitised film"
-    assert rows["MIAS-mdb001"]["domain_warning"].startswith("⚠ Domain mismatch")
-    assert "this image is a digitised film" in rows["MIAS-mdb001"]["domain_warning"]
+    assert rows["MIAS-mdb001"]["domain_warning"] == "⚠ digitised film; model trained on synthetic test images"
+    assert "this image is a digitised film" in rows["MIAS-mdb001"]["domain_detail"]
     assert rows["SYN-0001"]["domain"] == "synthetic" and rows["SYN-0001"]["domain_warning"] == ""
+    assert rows["SYN-0001"]["domain_detail"] == ""
 
 
 def test_read_warns_and_suggests_the_card_of_the_case_domain(ctx):

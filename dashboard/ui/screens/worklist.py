@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dashboard.data.domain import domain_warning, row_domain
+from dashboard.data.domain import card_domain_text, domain_warning, row_domain
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
@@ -75,7 +75,7 @@ def load_worklist(ctx: AppContext, flt: WorklistFilter = WorklistFilter()) -> Wo
             "concepts": r["concepts"],
             "status": status,
             "description": r["description"],
-            **domains.get(r["case_id"], {"domain": "", "domain_warning": ""}),
+            **domains.get(r["case_id"], {"domain": "", "domain_warning": "", "domain_detail": ""}),
         })
     view_rows = [row for row in rows if _keep(row, flt)]
     view_rows = _sort(view_rows, flt)
@@ -89,8 +89,9 @@ def load_worklist(ctx: AppContext, flt: WorklistFilter = WorklistFilter()) -> Wo
 
 
 def case_domain_marks(ctx: AppContext) -> dict[str, dict]:
-    """case id -> {"domain": the kinds of its images ("digitised film"), "domain_warning": "⚠ ..." when
-    the model in use was trained on another domain (its scores are not calibrated there), else ""}."""
+    """case id -> {"domain": the kinds of its images ("digitised film"), "domain_warning": a short mark
+    "⚠ digitised film; model trained on synthetic phantoms" when the model in use was trained on another
+    domain (its scores are not calibrated there), else "", "domain_detail": the full warning}."""
     sources = {c["case_id"]: c["source"] for c in ctx.store.list_cases()}
     kinds: dict[str, list[str]] = {}
     warnings: dict[str, str] = {}
@@ -102,8 +103,9 @@ def case_domain_marks(ctx: AppContext) -> dict[str, dict]:
         w = domain_warning(ctx.card, d) if ctx.card is not None else ""
         if w and img["case_id"] not in warnings:
             warnings[img["case_id"]] = w
-    return {case: {"domain": ", ".join(k),
-                   "domain_warning": ("⚠ " + warnings[case]) if case in warnings else ""} for case, k in kinds.items()}
+    trained = card_domain_text(ctx.card) if ctx.card is not None else ""
+    return {case: {"domain": ", ".join(k), "domain_warning": f"⚠ {', '.join(k)}; model trained on {trained}"
+                   if case in warnings else "", "domain_detail": warnings.get(case, "")} for case, k in kinds.items()}
 
 
 def _keep(row: dict, flt: WorklistFilter) -> bool:
