@@ -323,7 +323,8 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     charts = at.get("plotly_chart")
     assert len(charts) == 3
     assert json.loads(charts[1].proto.spec)["layout"]["title"]["text"].startswith("Concept maps")
-    assert {b.label for b in at.get("download_button")} == {"Export HTML", "Export JSON"}
+    assert {b.label for b in at.get("download_button")} == {"Export HTML", "Export JSON", "Export DICOM SEG + SR",
+                                                             "Export DICOM SR"}
     # TCAV is not run with the report: it says so for this probe version
     assert any("TCAV is not computed for probe v1 yet" in i.value for i in at.info)
     # one drawing gives too few positions for TCAV's random concepts: a clear message, no crash
