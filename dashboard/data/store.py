@@ -185,9 +185,11 @@ class FindingRecord:
                 cx, cy, r, json.dumps(self.attributes or {}, default=str), self.source]
 
 
-@dataclass(frozen=True)
-class DissectionRun:
-    """A finished dataset-statistics computation (``Store.save_dissection_run``), keyed by ``key``."""
+@dataclass
+class StatsIdentity:
+    """What one dataset-statistics computation is of: its cache ``key`` and the card, weights, layer,
+    data, quantile, top-k and patch count it stands for (shared by ``DissectionRun`` and the engine's
+    ``DissectionStats``)."""
 
     key: str
     model_card: str
@@ -197,6 +199,12 @@ class DissectionRun:
     quantile: float
     top_k: int
     n_patches: int
+
+
+@dataclass
+class DissectionRun(StatsIdentity):
+    """A finished dataset-statistics computation (``Store.save_dissection_run``), keyed by ``key``."""
+
     n_units: int
     sample_rate: float
     path: str
