@@ -5,10 +5,7 @@ from dashboard.ui import resources
 from dashboard.ui.screens import coordinator_audit as ca
 from dashboard.ui.screens import coordinator_results as cres
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Audit log")
-resources.require_role(store, "coordinator")
+settings, store, _ = resources.open_study_page("Audit log", "coordinator")
 
 opts = ca.filter_options(store)
 c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1, 2])

@@ -4,10 +4,7 @@ import streamlit as st
 from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import coordinator_readers as cr
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Readers")
-me = resources.require_role(store, "coordinator").username
+settings, store, me = resources.open_study_page("Readers", "coordinator")
 
 resources.show_flash(state.COORD_FLASH)
 shown = st.session_state.pop(state.COORD_PASSWORD, None)

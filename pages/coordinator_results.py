@@ -4,10 +4,7 @@ import streamlit as st
 from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import coordinator_results as cres
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Results")
-me = resources.require_role(store, "coordinator").username
+settings, store, me = resources.open_study_page("Results", "coordinator")
 
 names = cres.study_names(store)
 if not names:

@@ -6,10 +6,7 @@ from dashboard.ui.screens import study_questionnaire as sq
 from dashboard.ui.screens import study_read as sr
 from dashboard.ui.screens import study_session as ss
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("End-of-session questionnaire")
-reader = resources.require_role(store, "reader").username
+settings, store, reader = resources.open_study_page("End-of-session questionnaire", "reader")
 
 choice = ss.pick_study(ss.reader_studies(store, reader), st.session_state.get(state.STUDY_NAME))
 if choice is None:

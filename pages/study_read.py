@@ -8,10 +8,7 @@ from dashboard.ui.screens import study_session as ss
 
 TILE_HEIGHT = 430  # px, as on the Read page
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Reading")
-reader = resources.require_role(store, "reader").username
+settings, store, reader = resources.open_study_page("Reading", "reader")
 
 choices = ss.reader_studies(store, reader)
 if not choices:

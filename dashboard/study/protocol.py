@@ -164,13 +164,9 @@ def validate_study(store, definition: StudyDefinition, *, settings=None, check_a
     return _resolve(store, definition, settings, check_accounts=check_accounts, new_study=True)[4]
 
 
-def create_study(store, definition: StudyDefinition, *, actor: str, settings=None, definition_text: str | None = None,
-                 now: datetime | None = None) -> Study:
-    """Check ``definition`` against the store, resolve what it pins, randomise, and store it all.
-
-    ``definition_text``: the TOML it was read from (kept verbatim); code-built definitions are
-    written as TOML. Raises ``StudyDefinitionError`` (every problem listed) or
-    ``StudyConflictError`` (a study of that name exists: the first creator wins)."""
+def _planned(store, definition: StudyDefinition, settings, definition_text: str | None
+             ) -> tuple[StudyRow, list[dict]]:
+    """The checked definition as the row to store (its TOML, what it pins) and its randomised assignments."""
     check_definition(definition)
     text = definition_text if definition_text is not None else definition_to_toml(definition)
     case_ids, probes, card_name, weights_sha, warnings = _resolve(store, definition, settings)
@@ -178,6 +174,17 @@ def create_study(store, definition: StudyDefinition, *, actor: str, settings=Non
                                    case_ids, definition.seed)
     row = StudyRow(definition.name, definition.title, text, definition_sha256(text), definition.seed,
                    _pinned(case_ids, probes, card_name, weights_sha, warnings))
+    return row, assignments
+
+
+def create_study(store, definition: StudyDefinition, *, actor: str, settings=None, definition_text: str | None = None,
+                 now: datetime | None = None) -> Study:
+    """Check ``definition`` against the store, resolve what it pins, randomise, and store it all.
+
+    ``definition_text``: the TOML it was read from (kept verbatim); code-built definitions are
+    written as TOML. Raises ``StudyDefinitionError`` (every problem listed) or
+    ``StudyConflictError`` (a study of that name exists: the first creator wins)."""
+    row, assignments = _planned(store, definition, settings, definition_text)
     store.insert_study(row, assignments, actor=actor, now=now or utcnow())
     return load_study(store, definition.name)
 
@@ -188,13 +195,7 @@ def edit_study(store, definition: StudyDefinition, *, expected_revision: int, ac
 
     ``expected_revision`` is the revision the coordinator loaded: if another coordinator saved
     first, ``StudyConflictError`` says so and nothing changes."""
-    check_definition(definition)
-    text = definition_text if definition_text is not None else definition_to_toml(definition)
-    case_ids, probes, card_name, weights_sha, warnings = _resolve(store, definition, settings)
-    assignments = plan_assignments(definition.name, definition.readers, [a.name for a in definition.arms],
-                                   case_ids, definition.seed)
-    row = StudyRow(definition.name, definition.title, text, definition_sha256(text), definition.seed,
-                   _pinned(case_ids, probes, card_name, weights_sha, warnings))
+    row, assignments = _planned(store, definition, settings, definition_text)
     store.replace_study_definition(row, assignments, expected_revision=expected_revision, actor=actor,
                                    now=now or utcnow())
     return load_study(store, definition.name)

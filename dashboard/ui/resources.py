@@ -99,6 +99,15 @@ def require_role(store: Store, role: str) -> access.AuthSession:
         st.stop()
 
 
+def open_study_page(title: str, role: str) -> tuple[Settings, Store, str]:
+    """A study page's first lines: the settings and store, the page title, then ``require_role``;
+    returns the settings, the store and the signed-in username."""
+    settings = get_settings()
+    store = get_store(settings)
+    st.title(title)
+    return settings, store, require_role(store, role).username
+
+
 def show_flash(key: str) -> str | None:
     """Show, once, the success message an action left under the session-state ``key`` before its
     rerun; returns it (None when there was none)."""
