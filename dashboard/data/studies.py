@@ -258,10 +258,7 @@ class StudyStoreMixin:
         it runs inside the caller's transaction (a drawing saved with ``save_annotation``)."""
 
         def write(cur):
-            cur.execute("SELECT submitted_at, first_drawing_at, study FROM study_reads WHERE read_id = ?", [read_id])
-            row = cur.fetchone()
-            if row is None:
-                raise StudyNotFoundError(f"No read {read_id!r}.")
+            row = self._read_row(cur, read_id, "submitted_at, first_drawing_at, study")
             if row[0] is not None:
                 raise ReadLockedError(f"Read {read_id} was submitted at {row[0]:%Y-%m-%d %H:%M:%S} UTC; "
                                       "it takes no more drawings.")
@@ -273,15 +270,21 @@ class StudyStoreMixin:
 
         return write(cur) if cur is not None else self._write(write)
 
+    @staticmethod
+    def _read_row(cur, read_id: str, columns: str) -> tuple:
+        """``columns`` (this module's constants) of the read ``read_id``; ``StudyNotFoundError`` if none."""
+        cur.execute(f"SELECT {columns} FROM study_reads WHERE read_id = ?", [read_id])
+        row = cur.fetchone()
+        if row is None:
+            raise StudyNotFoundError(f"No read {read_id!r}.")
+        return row
+
     def submit_read_row(self, read_id: str, answers: dict, *, actor: str, now: datetime) -> None:
         """Write the answers of an open read and close it, once: a second submit raises
         ``ReadLockedError`` and changes nothing (audited ``submit``)."""
 
         def write(cur):
-            cur.execute("SELECT submitted_at, study FROM study_reads WHERE read_id = ?", [read_id])
-            row = cur.fetchone()
-            if row is None:
-                raise StudyNotFoundError(f"No read {read_id!r}.")
+            row = self._read_row(cur, read_id, "submitted_at, study")
             if row[0] is not None:
                 raise ReadLockedError(
                     f"This read was submitted already (at {row[0]:%Y-%m-%d %H:%M:%S} UTC) and cannot be changed. "
@@ -332,10 +335,7 @@ class StudyStoreMixin:
         """One viewer event (window/level, overlay toggle, ...) of an open read; returns its id."""
 
         def write(cur):
-            cur.execute("SELECT study, reader, submitted_at FROM study_reads WHERE read_id = ?", [read_id])
-            row = cur.fetchone()
-            if row is None:
-                raise StudyNotFoundError(f"No read {read_id!r}.")
+            row = self._read_row(cur, read_id, "study, reader, submitted_at")
             if row[2] is not None:
                 raise ReadLockedError(f"Read {read_id} was submitted already; it records no more events.")
             cur.execute("INSERT INTO study_read_events (read_id, study, reader, kind, payload, recorded_at)"
