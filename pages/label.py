@@ -69,7 +69,7 @@ for note in view.notes:
 record = st.session_state.setdefault(state.LABEL_SAVES, {}).setdefault(r.as_tuple(), lb.SaveRecord())
 
 
-def concept_palette(ctx, reader: str) -> tuple[str, str]:
+def pick_concept(ctx, reader: str) -> tuple[str, str]:
     """The lexicon group, the concept radio and "Add custom concept"; returns the concept chosen and its colour."""
     flash = st.session_state.get(state.LABEL_FLASH)
     if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
@@ -124,7 +124,7 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
     r = view.ref
     left, right = st.columns([1.1, 1], gap="large")
     with right:
-        concept, colour = concept_palette(ctx, reader)
+        concept, colour = pick_concept(ctx, reader)
 
     with left:
         tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True,

@@ -164,8 +164,8 @@ def validate_study(store, definition: StudyDefinition, *, settings=None, check_a
     return _resolve(store, definition, settings, check_accounts=check_accounts, new_study=True)[4]
 
 
-def _planned(store, definition: StudyDefinition, settings, definition_text: str | None
-             ) -> tuple[StudyRow, list[dict]]:
+def _plan_study(store, definition: StudyDefinition, settings,
+                definition_text: str | None) -> tuple[StudyRow, list[dict]]:
     """The checked definition as the row to store (its TOML, what it pins) and its randomised assignments."""
     check_definition(definition)
     text = definition_text if definition_text is not None else definition_to_toml(definition)
@@ -184,7 +184,7 @@ def create_study(store, definition: StudyDefinition, *, actor: str, settings=Non
     ``definition_text``: the TOML it was read from (kept verbatim); code-built definitions are
     written as TOML. Raises ``StudyDefinitionError`` (every problem listed) or
     ``StudyConflictError`` (a study of that name exists: the first creator wins)."""
-    row, assignments = _planned(store, definition, settings, definition_text)
+    row, assignments = _plan_study(store, definition, settings, definition_text)
     store.insert_study(row, assignments, actor=actor, now=now or utcnow())
     return load_study(store, definition.name)
 
@@ -195,7 +195,7 @@ def edit_study(store, definition: StudyDefinition, *, expected_revision: int, ac
 
     ``expected_revision`` is the revision the coordinator loaded: if another coordinator saved
     first, ``StudyConflictError`` says so and nothing changes."""
-    row, assignments = _planned(store, definition, settings, definition_text)
+    row, assignments = _plan_study(store, definition, settings, definition_text)
     store.replace_study_definition(row, assignments, expected_revision=expected_revision, actor=actor,
                                    now=now or utcnow())
     return load_study(store, definition.name)
