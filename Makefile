@@ -1,4 +1,4 @@
-# ConceptLens: `make run` starts the app on the embedded demo; `make test` runs every test.
+# ConceptLens: `make run` starts the app on the embedded demo; `make test` runs ruff, then every test.
 # Both create the virtual environment and the demo data when they are missing.
 PY      ?= python3
 VENV    ?= .venv
@@ -27,10 +27,13 @@ demo: $(STAMP)
 run: setup
 	umask 077 && $(BIN)/python -m dashboard.ui.serve --warmup --address $(ADDRESS) --port $(PORT)
 
+# lint first (pyproject.toml's [tool.ruff]): a finding fails the run before any test starts
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 bench: setup

@@ -100,17 +100,9 @@ def main() -> None:
 
     from bench.bench_model import load_model
     from dashboard.data.store import DrawingRecord, ImageRecord, Store
+    from dashboard.engine import dissection as dis
     from dashboard.engine.activations import compute_activations
     from dashboard.engine.attribution import AttributionConfig, attribute
-    from dashboard.engine.dissection import (
-        StatsConfig,
-        compute_dataset_stats,
-        compute_unit_ious,
-        compute_unit_ious_reference,
-        drawing_to_mask,
-        label_units_from_drawing,
-        mask_to_png,
-    )
     from dashboard.engine.probes import ProbeConfig, train_probes
     from dashboard.engine.report import ReportInputs, build_report, report_figures, report_to_json
     from dashboard.engine.unit_iou import prepare_unit_masks, unit_ious
@@ -136,7 +128,7 @@ def main() -> None:
     n_stats = 64 if args.skip_stats else args.n_stats
     done = []
     t, c = time.perf_counter(), time.process_time()
-    stats = compute_dataset_stats(model, card, layer, _batches(n_stats, 16), StatsConfig(
+    stats = dis.compute_dataset_stats(model, card, layer, _batches(n_stats, 16), dis.StatsConfig(
         n_patches=n_stats, data_key=f"bench-mias-{n_stats}", cache_dir=tmp / "stats", quantile=0.99, top_k=8),
         progress=lambda d, n, m: done.append(d))
     res["dataset_stats"] = {"n_patches": n_stats, "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c,
@@ -160,14 +152,14 @@ def main() -> None:
                 ("polygon", [[20, 20], [500, 30], [480, 490], [40, 470]])]
     iou_rows = []
     for i, (shape, geom) in enumerate(drawings if "iou" in parts else []):
-        mask = drawing_to_mask(shape, geom, SIZE)
+        mask = dis.drawing_to_mask(shape, geom, SIZE)
         # the app prepares a patch's unit masks once, when the patch's activation is computed;
         # every drawing on that patch then costs only `per_drawing`
         # each lambda runs inside _timed at once, so the loop variables are bound as wanted (B023)
         prep_t, prep = _timed(lambda: prepare_unit_masks(acts[i], stats.thresholds, SIZE), args.reps)  # noqa: B023
         draw_t, fast = _timed(lambda: unit_ious(prep, mask), args.reps)  # noqa: B023
-        once_t, once = _timed(lambda: compute_unit_ious(acts[i], stats.thresholds, mask), args.reps)  # noqa: B023
-        ref_t, ref = _timed(lambda: compute_unit_ious_reference(acts[i], stats.thresholds, mask), 1)  # noqa: B023
+        once_t, once = _timed(lambda: dis.compute_unit_ious(acts[i], stats.thresholds, mask), args.reps)  # noqa: B023
+        ref_t, ref = _timed(lambda: dis.compute_unit_ious_reference(acts[i], stats.thresholds, mask), 1)  # noqa: B023
         iou_rows.append({"shape": shape, "mask_px": int(mask.sum()), "per_drawing": draw_t,
                          "per_patch_prepare": prep_t, "vectorised": once_t, "reference_loop": ref_t,
                          "max_abs_diff": float(np.abs(fast - ref).max()),
@@ -196,7 +188,7 @@ def main() -> None:
         pts = [[cx + r * np.cos(a), cy + r * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 24, endpoint=False)]
         store.save_annotation(DrawingRecord(image_id=f"im{i}", concept=concepts[j % 4], reader=f"reader{j % 3}",
                                             patch_x0=0, patch_y0=0, patch_size=SIZE, shape="polygon", geometry=pts,
-                                            mask_png=mask_to_png(drawing_to_mask("polygon", pts, SIZE)),
+                                            mask_png=dis.mask_to_png(dis.drawing_to_mask("polygon", pts, SIZE)),
                                             model_card=card.name))
     load = lambda a: src[int(a.image_id[2:])]  # noqa: E731
     t = time.perf_counter()
@@ -214,10 +206,10 @@ def main() -> None:
 
     # ---- per-patch report with cached activations
     for concept, (shape, geom) in zip(concepts, drawings):
-        label_units_from_drawing(store, DrawingRecord(image_id="im0", concept=concept, reader="bench", patch_x0=0,
-                                                      patch_y0=0, patch_size=SIZE, shape=shape, geometry=geom,
-                                                      model_card=card.name), layer=layer,
-                                 ious=compute_unit_ious(acts[0], stats.thresholds, drawing_to_mask(shape, geom, SIZE)))
+        ious = dis.compute_unit_ious(acts[0], stats.thresholds, dis.drawing_to_mask(shape, geom, SIZE))
+        dis.label_units_from_drawing(store, DrawingRecord(image_id="im0", concept=concept, reader="bench", patch_x0=0,
+                                                          patch_y0=0, patch_size=SIZE, shape=shape, geometry=geom,
+                                                          model_card=card.name), layer=layer, ious=ious)
     patch = patches[0]
     xa = torch.as_tensor(np.asarray(card.preprocess(patch[None])))
     cached, logits = compute_activations(model, [layer], xa, with_output=True)

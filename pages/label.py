@@ -69,6 +69,53 @@ for note in view.notes:
 record = st.session_state.setdefault(state.LABEL_SAVES, {}).setdefault(r.as_tuple(), lb.SaveRecord())
 
 
+def pick_concept(ctx, reader: str) -> tuple[str, str]:
+    """The lexicon group, the concept radio and "Add custom concept"; returns the concept chosen and its colour."""
+    flash = st.session_state.get(state.LABEL_FLASH)
+    if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
+        st.success(flash[0])
+    st.subheader("Concept")
+    palette = lb.palette(ctx)  # read here: a concept just added is in it
+    group = st.selectbox("Lexicon group", list(palette), key=state.LABEL_GROUP, persist_state=state.PERSIST)
+    concepts = palette[group]
+    names = [c["name"] for c in concepts]
+    # a kept concept of another group is not among these options: streamlit resets it to the first
+    concept = st.radio("Concept", names, key=state.LABEL_CONCEPT, persist_state=state.PERSIST,
+                       captions=[c["description"] for c in concepts])
+    colour = next(c["colour"] for c in concepts if c["name"] == concept)
+    with st.expander("Add custom concept"):
+        st.text_input("Name", key="label.new_name", placeholder="e.g. skin-thickening")
+        st.text_input("Lexicon group", value="custom", key="label.new_group")
+        st.color_picker("Colour", "#00bcd4", key="label.new_colour")
+        st.text_input("Description", key="label.new_desc")
+        st.button("Add concept", key="label.add_concept", on_click=add_concept, args=(reader,))
+        add_error = st.session_state.pop(state.LABEL_ADD_ERROR, None)
+        if add_error:
+            st.error(add_error)
+    return concept, colour
+
+
+def show_match(right, match, concept: str, save_args: tuple) -> None:
+    """The best unit, its IoU and the units above the threshold (in the ``right`` column), the
+    "Save as ``concept``" button (``save_drawing(*save_args, retrain)``) and the units map."""
+    with right:
+        st.subheader("Best matching unit")
+        c1, c2 = st.columns([1, 1])
+        c1.image(match.best_rgb, caption=f"unit {match.best_unit}: activation (heat), above threshold (yellow), "
+                                         "your drawing (blue outline)", width="stretch")
+        c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
+        c2.metric("IoU", f"{match.best_iou:.2f}")
+        c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
+        retrain = st.toggle("Retrain probes on Save", value=True, key=state.LABEL_RETRAIN,
+                            persist_state=state.PERSIST,
+                            help="Fit a new concept probe version with this drawing, so the Report shows it.")
+        st.button(f"Save as {concept}", key="label.save", type="primary", on_click=save_drawing,
+                  args=(*save_args, retrain))
+    st.plotly_chart(match.figure, key="label.units_map", width="stretch")
+    if match.table:
+        st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")
+
+
 @st.fragment
 def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> None:
     """The palette, the canvas and the matched units: a drawing, a concept or a Save reruns this
@@ -77,27 +124,7 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
     r = view.ref
     left, right = st.columns([1.1, 1], gap="large")
     with right:
-        flash = st.session_state.get(state.LABEL_FLASH)
-        if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
-            st.success(flash[0])
-        st.subheader("Concept")
-        palette = lb.palette(ctx)  # read here: a concept just added is in it
-        group = st.selectbox("Lexicon group", list(palette), key=state.LABEL_GROUP, persist_state=state.PERSIST)
-        concepts = palette[group]
-        names = [c["name"] for c in concepts]
-        # a kept concept of another group is not among these options: streamlit resets it to the first
-        concept = st.radio("Concept", names, key=state.LABEL_CONCEPT, persist_state=state.PERSIST,
-                           captions=[c["description"] for c in concepts])
-        colour = next(c["colour"] for c in concepts if c["name"] == concept)
-        with st.expander("Add custom concept"):
-            st.text_input("Name", key="label.new_name", placeholder="e.g. skin-thickening")
-            st.text_input("Lexicon group", value="custom", key="label.new_group")
-            st.color_picker("Colour", "#00bcd4", key="label.new_colour")
-            st.text_input("Description", key="label.new_desc")
-            st.button("Add concept", key="label.add_concept", on_click=add_concept, args=(reader,))
-            add_error = st.session_state.pop(state.LABEL_ADD_ERROR, None)
-            if add_error:
-                st.error(add_error)
+        concept, colour = pick_concept(ctx, reader)
 
     with left:
         tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True,
@@ -138,22 +165,7 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
             st.error(str(exc))
 
     if match is not None:
-        with right:
-            st.subheader("Best matching unit")
-            c1, c2 = st.columns([1, 1])
-            c1.image(match.best_rgb, caption=f"unit {match.best_unit}: activation (heat), above threshold (yellow), "
-                                             "your drawing (blue outline)", width="stretch")
-            c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
-            c2.metric("IoU", f"{match.best_iou:.2f}")
-            c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
-            retrain = st.toggle("Retrain probes on Save", value=True, key=state.LABEL_RETRAIN,
-                                persist_state=state.PERSIST,
-                                help="Fit a new concept probe version with this drawing, so the Report shows it.")
-            st.button(f"Save as {concept}", key="label.save", type="primary", on_click=save_drawing,
-                      args=(record, keys, view, match, concept, reader, retrain))
-        st.plotly_chart(match.figure, key="label.units_map", width="stretch")
-        if match.table:
-            st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")
+        show_match(right, match, concept, (record, keys, view, match, concept, reader))
 
     annotations = lb.list_drawings(ctx, r.image_id)
     if annotations:

@@ -18,6 +18,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dashboard.data.store import Store, open_store
 from dashboard.engine.model_queue import act_as
+from dashboard.errors import ConceptLensError
 from dashboard.progress import Progress, fraction
 from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui import access, state
@@ -86,6 +87,34 @@ def get_context(card: str | None = None) -> AppContext:
                                                        ": sign in first") + ". Use the pages in the sidebar.")
             st.stop()
     return build_context(settings, store, get_model(card or selected_card(settings), settings), get_caches())
+
+
+def require_role(store: Store, role: str) -> access.AuthSession:
+    """The signed-in user (``AuthSession``) if this session has ``role``; otherwise the page shows why
+    (not signed in, expired, another role) and stops. A study page's first call after its title."""
+    try:
+        return access.require_role(store, st.session_state.get(state.AUTH_TOKEN), role)
+    except ConceptLensError as exc:  # AuthError
+        st.error(str(exc))
+        st.stop()
+
+
+def open_study_page(title: str, role: str) -> tuple[Settings, Store, str]:
+    """A study page's first lines: the settings and store, the page title, then ``require_role``;
+    returns the settings, the store and the signed-in username."""
+    settings = get_settings()
+    store = get_store(settings)
+    st.title(title)
+    return settings, store, require_role(store, role).username
+
+
+def show_flash(key: str) -> str | None:
+    """Show, once, the success message an action left under the session-state ``key`` before its
+    rerun; returns it (None when there was none)."""
+    flash = st.session_state.pop(key, None)
+    if flash:
+        st.success(flash, icon=":material/check:")
+    return flash
 
 
 def forget_models() -> None:
