@@ -95,14 +95,15 @@ def fill_number(page, label: str, value) -> None:
 
 
 def open_patch_at_point(page, image_label: str, x: int, y: int) -> None:
-    """Read page: pick an image and a display point, open the patch centred there for labeling."""
-    expander = page.locator("[data-testid='stExpander']", has_text="Pick a point instead").first
-    if not expander.get_by_label("x (display px)").is_visible():
-        expander.locator("summary").click()
-    select_option(page, "Image", image_label)
-    fill_number(page, "x (display px)", x)
-    fill_number(page, "y (display px)", y)
-    click_button(page, "Label patch here")
+    """Read page: click the image ``image_label`` ("R CC", ...) at display point (x, y) (model-grid
+    pixels of the shown image), which opens the patch centred there for labeling."""
+    lat, view = image_label.split()
+    frame = page.frame_locator(f"[class*='st-key-read_tile_{lat}{view}_'] iframe").first
+    img = frame.locator("img").first
+    img.wait_for(state="visible")
+    natural, shown = img.evaluate("i => [i.naturalWidth, i.clientWidth]")
+    scale = shown / max(natural, 1)
+    img.click(position={"x": x * scale, "y": y * scale})
     heading(page, "Label concepts")
 
 
