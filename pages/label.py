@@ -6,6 +6,8 @@ from dashboard.ui.screens import label as lb
 
 ctx = resources.get_context()
 st.title("Label concepts")
+st.caption("Outline a concept on the patch: the units that fire on it show at once, and Save labels them.")
+resources.warmup_notice(("statistics",), key="label")
 
 
 # ------------------------------------------------------------------ callbacks (run before the next run)
