@@ -5,8 +5,7 @@ from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import label as lb
 
 ctx = resources.get_context()
-st.title("Label concepts")
-st.caption("Outline a concept on the patch: the units that fire on it show at once, and Save labels them.")
+st.title("Label concepts", help="Outline a concept on the patch: the units that fire on it show at once, and Save labels them.")
 resources.warmup_notice(("statistics",), key="label")
 
 

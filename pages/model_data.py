@@ -5,8 +5,7 @@ from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import model_data as md
 
 ctx = resources.get_context()
-st.title("Model and data")
-st.caption("The model card in use, the data in the store, uploads and ingest, and the demo's seeded drawings.")
+st.title("Model and data", help="The model card in use, the data in the store, uploads and ingest, and the demo's seeded drawings.")
 resources.warmup_notice(("statistics", "demo drawings", "scores", "tcav"), key="model_data")
 view = md.load_model_data(ctx)
 

@@ -6,8 +6,7 @@ from dashboard.ui.screens import report as rp
 from dashboard.ui.text import escape_markdown, human_time
 
 ctx = resources.get_context()
-st.title("Report")
-st.caption("Which concepts carry the evidence for this image's prediction, where they are, and how sure we are.")
+st.title("Report", help="Which concepts carry the evidence for this image's prediction, where they are, and how sure we are.")
 resources.warmup_notice(("demo drawings",), key="report")
 
 ACTIONS = {"retrain": ("Retrain probes", "report.retrain"), "tcav": ("Run TCAV", "report.tcav"),

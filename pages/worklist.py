@@ -5,8 +5,7 @@ from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import worklist as wl
 
 ctx = resources.get_context()
-st.title("Worklist")
-st.caption("Every case with the model's P(lesion) and its label status: pick one and open it to read it.")
+st.title("Worklist", help="Every case with the model's P(lesion) and its label status: pick one and open it to read it.")
 scores_ready = resources.warmup_notice(("scores",), key="worklist", refresh_every=0.1)
 
 f1, f2, f3, f4 = st.columns([2, 2, 1.2, 1.2])
