@@ -72,8 +72,8 @@ with head:
 # ------------------------------------------------------------------ probe version and jobs
 p = view.probe
 if p is not None:
-    c1.markdown(f"**Concept probe v{p.version}** · trained {human_time(p.created_at)} on "
-                f"{p.n_drawings} drawing(s) · layer `{p.layer}`")
+    c1.markdown(f"**Concept probe v{p.version}** · layer `{p.layer}` · trained {human_time(p.created_at)} on "
+                f"{p.n_drawings} drawing(s)")
     c1.text("Readers: " + (", ".join(p.readers) or "—"))  # names as typed, never markdown
 slots["retrain"].button("Retrain probes", key="report.retrain", disabled=not ctx.model_ready, type="primary",
                         on_click=request, args=("retrain",))

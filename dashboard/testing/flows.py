@@ -10,6 +10,8 @@ import time
 
 APP_IDLE = "[data-testid='stApp'][data-test-script-state='notRunning'][data-test-connection-state='CONNECTED']"
 LONG = 240_000  # ms: a cold model load on 2 shared cores
+#: The Read page's hung images (clickable: streamlit-image-coordinates), in hanging order.
+READ_TILES = "[data-testid='stMain'] iframe[title*='streamlit_image_coordinates']"
 
 
 def wait_idle(page, timeout: int = LONG) -> None:
@@ -72,7 +74,7 @@ def open_first_patch(page, url: str, case_id: str) -> None:
     select_option(page, "Case", case_id)
     click_button(page, "Open case")
     heading(page, f"Read · {case_id}")
-    page.locator("[data-testid='stImage']").first.wait_for(state="visible", timeout=LONG)
+    page.locator(READ_TILES).first.wait_for(state="visible", timeout=LONG)
     click_button(page, "Label this patch")
     heading(page, "Label concepts")
 

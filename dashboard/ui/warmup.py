@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", nargs="?", default="run", choices=("run", "remove-demo-drawings"),
                     help="run the warm-up steps (default), or remove the seeded demo drawings")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
-    args = ap.parse_args(argv)
+    args = ap.parse_args([] if argv is None else argv)
     settings = load_settings()
     loaded = load_model(settings.model_card, settings.user_cards_dir, pick_device(settings.device))
     if loaded.error:
@@ -264,4 +264,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -42,7 +42,7 @@ def score_and_read(page, artifacts, case_id: str) -> str:
     flows.select_option(page, "Case", case_id)
     flows.click_button(page, "Open case")
     flows.heading(page, f"Read · {case_id}")
-    page.locator("[data-testid='stImage']").first.wait_for(state="visible")
+    page.locator(flows.READ_TILES).first.wait_for(state="visible")
     page.get_by_text("Lesion map", exact=True).click()
     flows.wait_idle(page)
     shot(page, artifacts, "02_read")

@@ -14,8 +14,8 @@ from dashboard.data import demo
 from dashboard.data.store import Store
 from dashboard.settings import PROJECT_ROOT
 from dashboard.testing import app_data
-from dashboard.ui import resources, state, warmup
 from dashboard.ui import context as context_mod
+from dashboard.ui import resources, state, warmup
 from dashboard.ui.screens import read as rd
 from dashboard.ui.work import concepts as cx
 from dashboard.ui.work.report_lead import find_nipple, lead_of, locate
@@ -153,12 +153,12 @@ def test_the_worklist_says_what_it_waits_for_then_updates(tiny, monkeypatch):
     assert not at.exception
     text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
     assert "Getting ready in the background" in text
-    bars = [p for p in at.get("progress")]
+    bars = list(at.get("progress"))
     assert any("P(lesion) of every image" in b.proto.text and "2/7" in b.proto.text for b in bars)
     assert at.button(key="worklist.score").disabled  # no second scoring while the warm-up scores
     # the warm-up scores the cases, then the page shows them without the notice
     app_data.score(resources.get_store(settings), settings.model_card, app_ctx(settings).weights_sha,
-                   {i: 0.5 for i in ("SYN-0001-LCC", "SYN-0001-RCC")})
+                   dict.fromkeys(("SYN-0001-LCC", "SYN-0001-RCC"), 0.5))
     warm.set("scores", state="done", done=7, total=7)
     at.run()
     text = " ".join(m.value for m in at.markdown)

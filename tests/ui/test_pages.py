@@ -314,7 +314,8 @@ def test_report_retrains_the_probe_and_maps_concepts(labeled):
     metrics = frame_with(at, "concept", "auroc", "note")
     assert metrics["concept"].tolist() == ["mass"]
     assert "only 1 drawing" in metrics["note"].iloc[0]  # honest: too few drawings for a validated AUROC
-    assert "Concept probe v1" in at.markdown[0].value and "Dr Test" in at.text[0].value  # names as plain text
+    probe_line = next(m.value for m in at.markdown if "Concept probe v1" in m.value)  # the lead comes first
+    assert "trained" in probe_line and "Dr Test" in at.text[0].value  # names as plain text
     legend = frame_with(at, "concept", "colour", "area_%")
     assert legend["concept"].tolist() == ["mass"]
     assert len(at.get("image")) == 2  # the composite map and the selected concept's map
