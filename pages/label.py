@@ -70,6 +70,9 @@ for note in view.notes:
 record = st.session_state.setdefault(state.LABEL_SAVES, {}).setdefault(r.as_tuple(), lb.SaveRecord())
 
 
+lb_per_unit = 3  # exemplars per unit in the gallery
+
+
 @st.fragment
 def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> None:
     """The palette, the canvas and the matched units: a drawing, a concept or a Save reruns this
@@ -152,6 +155,17 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
                                 help="Fit a new concept probe version with this drawing, so the Report shows it.")
             st.button(f"Save as {concept}", key="label.save", type="primary", on_click=save_drawing,
                       args=(record, keys, view, match, concept, reader, retrain))
+        gallery, pending = lb.unit_gallery(ctx, match)
+        if gallery or pending:
+            st.markdown("**The best units' top exemplars** (where each fires most in the data set)")
+            for g in gallery:
+                cols = st.columns([1] + [2] * lb_per_unit)
+                cols[0].markdown(f"**#{g['unit']}**  \nIoU {g['iou']:.2f}" + (f"  \nnow: {g['label']}" if g["label"] else ""))
+                for col, (rgb, caption) in zip(cols[1:], g["exemplars"]):
+                    col.image(rgb, caption=caption, width="stretch")
+            if pending:
+                st.caption(f"Exemplars of {pending} more unit(s) are being prepared; they show with your next "
+                           "drawing or Save.")
         st.plotly_chart(match.figure, key="label.units_map", width="stretch")
         if match.table:
             st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")

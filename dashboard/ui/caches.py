@@ -33,6 +33,7 @@ class Caches:
     unit_masks_head_start: HeadStart = field(default_factory=HeadStart)  # patches being prepared
     matches: Memo = _memo(64)          # (card, weights, stats, image sha, patch, geometry, tau) -> MatchView
     exemplars: Memo = _memo(64)        # (card, weights, layer, stats key, stats dir, unit) -> [(RGB, caption)]
+    exemplars_head_start: HeadStart = field(default_factory=HeadStart)  # units whose exemplars are being built
     # ------------------------------------------------------------ report (work.evidence, work.report_parts)
     evidence: Memo = _memo(16)         # (card, weights, layer, image sha, spacing, method) -> ImageEvidence
     evidence_head_start: HeadStart = field(default_factory=HeadStart)   # evidence keys being computed

@@ -3,7 +3,9 @@ demo's seeded 'demo truth' drawings and probe v1 (removable, never in a study), 
 patch on Read, and the Report's lead sentences."""
 from __future__ import annotations
 
+import json
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +18,9 @@ from dashboard.settings import PROJECT_ROOT
 from dashboard.testing import app_data
 from dashboard.ui import context as context_mod
 from dashboard.ui import resources, state, warmup
+from dashboard.ui.screens import label as lb
 from dashboard.ui.screens import read as rd
+from dashboard.ui.types import PatchRef
 from dashboard.ui.work import concepts as cx
 from dashboard.ui.work.report_lead import find_nipple, lead_of, locate
 
@@ -237,3 +241,21 @@ def test_demo_drawings_off_starts_clean(demo_tiny, monkeypatch):
     snap = warmup.run_warmup(ctx, warmup.WarmUp(("statistics", "demo drawings"))).snapshot()
     assert snap["demo drawings"].state == "skipped" and "off" in snap["demo drawings"].message
     assert not ctx.store.list_annotations()
+
+
+# ---------------------------------------------------------------- the best units' exemplars after a drawing
+def test_the_label_page_shows_the_best_units_top_exemplars(tiny):
+    ctx = app_ctx(tiny)
+    cx.compute_stats(ctx, 120)
+    view = lb.load_patch(ctx, PatchRef("SYN-0001-LCC", 20, 70, 64))
+    rec = json.loads((PROJECT_ROOT / "tests/fixtures/fabric/polygon_448.json").read_text())
+    m = lb.match(ctx, view, lb.drawings_from_canvas(view, rec["json"], rec["fit"]))
+    rows, pending = lb.unit_gallery(ctx, m)
+    assert not rows and pending == len(m.units_above[:lb.GALLERY_UNITS] or [m.best_unit])  # built in the background first
+    deadline = time.monotonic() + 120
+    while ctx.caches.exemplars_head_start and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows, pending = lb.unit_gallery(ctx, m)
+    assert pending == 0 and rows
+    assert [r["unit"] for r in rows] == (list(m.units_above[:lb.GALLERY_UNITS]) or [m.best_unit])
+    assert all(r["exemplars"] and r["exemplars"][0][0].ndim == 3 for r in rows)
