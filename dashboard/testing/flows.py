@@ -109,6 +109,13 @@ def open_patch_at_point(page, image_label: str, x: int, y: int) -> None:
     heading(page, "Label concepts")
 
 
+def shown_patch(page) -> tuple[int, int, int]:
+    """(x0, y0, size) of the patch the Label page shows (model px), once the reader is signed in."""
+    loc = wait_text(page, re.compile(r"patch \(-?\d+, -?\d+\) size \d+ model px"))
+    m = re.search(r"patch \((-?\d+), (-?\d+)\) size (\d+) model px", loc.inner_text())
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
 MEDIA_READY = """() => {
   const imgs = [...document.querySelectorAll("[data-testid='stMain'] img")];
   const plots = [...document.querySelectorAll("[data-testid='stPlotlyChart']")];

@@ -192,5 +192,7 @@ def image_coordinates(rgb: np.ndarray, *, key: str, width: int) -> dict | None:
     # imported here for the same reason as the canvas: the package registers a component on import
     from streamlit_image_coordinates import streamlit_image_coordinates  # optional until a page uses it
 
-    return streamlit_image_coordinates(Image.fromarray(rgb), key=key, width=width, image_format="JPEG",
-                                       jpeg_quality=90, cursor="crosshair")
+    # the height too: given a width alone, the component keeps the image's own height (a distorted image)
+    height = max(1, round(width * rgb.shape[0] / rgb.shape[1]))
+    return streamlit_image_coordinates(Image.fromarray(rgb), key=key, width=width, height=height,
+                                       image_format="JPEG", jpeg_quality=90, cursor="crosshair")

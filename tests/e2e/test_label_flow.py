@@ -61,7 +61,10 @@ def label_and_save(page, artifacts, case_id: str, plan: dict) -> tuple[str, str]
     flows.open_patch_at_point(page, plan["image_label"], plan["x"], plan["y"])
     flows.sign_in(page, READER)
     x0, y0, size = plan["patch"][1:]
-    flows.wait_text(page, f"patch ({x0}, {y0}) size {size} model px")
+    # a click lands on a whole pixel of the shown image (about 2.4 model px here): the patch opened is
+    # the planned one to within that
+    sx, sy, ssize = flows.shown_patch(page)
+    assert ssize == size and abs(sx - x0) <= 3 and abs(sy - y0) <= 3, ((sx, sy, ssize), plan["patch"])
     flows.select_option(page, "Lexicon group", "mass")
     page.get_by_text("Mass (any shape or margin)").wait_for()
     flows.draw_polygon(page, plan["polygon"])
