@@ -109,6 +109,7 @@ def cold_path(data_dir: Path, case_id: str, plan: dict, shots: Path | None, run:
         flows.sign_in(page, "Bench")
         if shots is not None:
             flows.screenshot(page, shots / "04_label_after_click.png")
+        flows.select_option(page, "Lexicon group", "mass")  # set-up, not timed
         flows.settle(page)
         t = flows.draw_polygon_timed(page, jitter(plan["polygon"], run))
         flows.wait_text_shown(page, "Best matching unit")
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="cold servers timed on the warmed data")
     ap.add_argument("--shots", type=Path, default=Path("/tmp/first5-shots"))
     ap.add_argument("--out", type=Path, default=RESULTS / "cold.json")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="a warmed data dir (copied): time only the cold server on it (step 3)")
+    ap.add_argument("--case", default=None, help="the case the cold path opens (default: the first with a lesion)")
     args = ap.parse_args(argv)
     if not chromium_available():
         print("chromium is not installed (/usr/bin/chromium): nothing to measure", file=sys.stderr)
@@ -156,12 +160,17 @@ def main(argv: list[str] | None = None) -> int:
                        "first_drawing_to_iou_panel_p50_s": 1.5, "first_save_to_report_p50_s": 2}}
     with tempfile.TemporaryDirectory(prefix="conceptlens-cold-") as tmp:
         data = Path(tmp) / "data"
-        res["fresh"] = start_to_worklist(data, args.cases, args.shots, "fresh", wait_warmup=True)
-        print("fresh:", res["fresh"], flush=True)
-        load.append(os.getloadavg())
-        res["warm"] = start_to_worklist(data, args.cases, None, "warm", wait_warmup=False)
-        print("warm:", res["warm"], flush=True)
-        case_id = case_with_lesion(data)
+        if args.data is not None:
+            shutil.copytree(args.data, data)
+            res["command"] += f" --data {args.data}"
+            res["setup"]["data"] = "a warmed data dir given with --data (steps 1 and 2 not run)"
+        else:
+            res["fresh"] = start_to_worklist(data, args.cases, args.shots, "fresh", wait_warmup=True)
+            print("fresh:", res["fresh"], flush=True)
+            load.append(os.getloadavg())
+            res["warm"] = start_to_worklist(data, args.cases, None, "warm", wait_warmup=False)
+            print("warm:", res["warm"], flush=True)
+        case_id = args.case or case_with_lesion(data)
         plan = plan_drawing(data, case_id)
         runs = []
         for r in range(args.runs):
