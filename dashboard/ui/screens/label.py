@@ -361,7 +361,9 @@ def unit_gallery(ctx: AppContext, m: MatchView, per_unit: int = 3) -> tuple[list
     if stats is None:
         return [], 0
     units = list(m.units_above[:GALLERY_UNITS]) or [int(m.best_unit)]
-    ready, missing = ready_exemplars(ctx, stats, units)
+    # while the Report's evidence is being prepared (the reader's next wait), the exemplars wait their turn
+    busy = bool(ctx.caches.evidence_head_start) or bool(ctx.caches.unit_masks_head_start)
+    ready, missing = ready_exemplars(ctx, stats, units, defer=busy)
     labels = {int(r["unit"]): r["concept"] for r in ctx.store.list_unit_labels(ctx.card_name, cx.layer_of(ctx))}
     rows = [{"unit": u, "iou": float(m.ious[u]), "label": labels.get(u, ""), "exemplars": ready[u][:per_unit]}
             for u in units if u in ready]

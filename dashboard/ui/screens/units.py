@@ -75,13 +75,14 @@ def exemplars_key(ctx: AppContext, stats, unit: int) -> tuple:
     return (ctx.card_name, ctx.weights_sha, stats.layer, str(getattr(stats, "key", "")), str(stats.path), int(unit))
 
 
-def ready_exemplars(ctx: AppContext, stats, units: list[int]) -> tuple[dict[int, list], list[int]]:
+def ready_exemplars(ctx: AppContext, stats, units: list[int], *, defer: bool = False) -> tuple[dict[int, list], list[int]]:
     """The exemplars of ``units`` already built ({unit: [(RGB, caption)]}) and the units still
-    missing, whose exemplars are then built in a background thread (never while a reader waits)."""
+    missing, whose exemplars are then built in a background thread (never while a reader waits;
+    ``defer``: not now, a later call starts them)."""
     ready = {int(u): unit_exemplars(ctx, stats, u) for u in units  # cached (rebuilt only if evicted meanwhile)
              if exemplars_key(ctx, stats, u) in ctx.caches.exemplars}
     missing = [int(u) for u in units if int(u) not in ready]
-    if missing:
+    if missing and not defer:
         ctx.caches.exemplars_head_start.start(
             (ctx.card_name, ctx.weights_sha, str(stats.path), tuple(missing)),
             lambda: [unit_exemplars(ctx, stats, u) for u in missing], name="exemplars")
