@@ -6,7 +6,7 @@ from dashboard.ui.screens import label as lb
 
 ctx = resources.get_context()
 st.title("Label concepts", help="Outline a concept on the patch: the units that fire on it show at once, and Save labels them.")
-resources.warmup_notice(("statistics",), key="label")
+resources.warmup_notice(("statistics",), key="label", rerun=False)  # never a rerun while the reader draws
 
 
 # ------------------------------------------------------------------ callbacks (run before the next run)

@@ -110,11 +110,12 @@ def get_warmup(settings: Settings | None = None) -> WarmUp:
     return warm
 
 
-def warmup_notice(needs: tuple[str, ...], *, key: str, refresh_every: float = 0.0) -> bool:
+def warmup_notice(needs: tuple[str, ...], *, key: str, refresh_every: float = 0.0, rerun: bool = True) -> bool:
     """Say what this page waits for while the warm-up prepares ``needs`` (steps of ``WARMUP_STEPS``),
     with their progress, updated every 2 s; the page runs again when one of them finishes (and, with
     ``refresh_every`` (a fraction), each time that much more of a step is done). True when all are
-    finished (nothing drawn then, except a failed step's message)."""
+    finished (nothing drawn then, except a failed step's message). ``rerun=False`` (a page where the
+    reader may be drawing): the notice says it is ready instead, and the reader's next action uses it."""
     warm = get_warmup()
     seen = warm.snapshot()
     for n in needs:
@@ -143,8 +144,10 @@ def warmup_notice(needs: tuple[str, ...], *, key: str, refresh_every: float = 0.
         changed = any(snap[n].finished != seen[n].finished for n in needs)
         grown = refresh_every > 0 and any(
             snap[n].total and snap[n].done - seen[n].done >= max(1.0, refresh_every * snap[n].total) for n in needs)
-        if changed or grown:
+        if rerun and (changed or grown):
             st.rerun()  # the whole page: what it waited for is there
+        elif all(snap[n].finished for n in needs):
+            st.success("Ready: go ahead.", icon=":material/check:")
 
     notice()
     return False
