@@ -109,8 +109,10 @@ def cold_path(data_dir: Path, case_id: str, plan: dict, shots: Path | None, run:
         flows.sign_in(page, "Bench")
         if shots is not None:
             flows.screenshot(page, shots / "04_label_after_click.png")
+        flows.settle(page)
         flows.select_option(page, "Lexicon group", "mass")  # set-up, not timed
         flows.settle(page)
+        page.wait_for_timeout(1000)  # a reader looks at the patch before drawing (not timed)
         t = flows.draw_polygon_timed(page, jitter(plan["polygon"], run))
         flows.wait_text_shown(page, "Best matching unit")
         flows.wait_app_idle(page)
