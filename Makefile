@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 REQ_SUM := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP   := $(VENV)/.installed-$(REQ_SUM)
 
-.PHONY: setup demo run test test-fast bench train-demo train-mias screenshots-real clean-data
+.PHONY: setup demo run warm test test-fast bench train-demo train-mias screenshots-real clean-data
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,9 +23,14 @@ demo: $(STAMP)
 	umask 077 && $(BIN)/python -m dashboard.data.demo ensure
 
 # dashboard.ui.serve checks first: an ADDRESS beyond this machine needs CONCEPTLENS_REQUIRE_SIGN_IN=1 and a
-# coordinator account (README, Security); then the dataset statistics, then streamlit on ADDRESS:PORT.
+# coordinator account (README, Security); then streamlit on ADDRESS:PORT at once. The app prepares the dataset
+# statistics, the demo drawings and probe v1, the scores and TCAV in the background (dashboard.ui.warmup), and
+# every page that needs them says what it is waiting for. `make warm` does the same in the foreground.
 run: setup
-	umask 077 && $(BIN)/python -m dashboard.ui.serve --warmup --address $(ADDRESS) --port $(PORT)
+	umask 077 && $(BIN)/python -m dashboard.ui.serve --address $(ADDRESS) --port $(PORT)
+
+warm: setup
+	umask 077 && $(BIN)/python -m dashboard.ui.warmup
 
 # lint first (pyproject.toml's [tool.ruff]): a finding fails the run before any test starts
 test: setup

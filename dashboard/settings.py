@@ -54,6 +54,10 @@ class Settings:
                  header before anything is decoded (``CONCEPTLENS_MAX_PIXELS``)
     require_sign_in  readers sign in with their study accounts (``CONCEPTLENS_REQUIRE_SIGN_IN``); the
                  server refuses to listen beyond this machine without it (``dashboard.ui.serve``)
+    demo_drawings  seed drawings from the demo phantom's truth (reader "demo truth") and train probe v1
+                 when the store has no drawings yet (``CONCEPTLENS_DEMO_DRAWINGS``; 0 starts clean)
+    warmup       the app prepares statistics, demo drawings, scores and TCAV in a background thread
+                 (``CONCEPTLENS_WARMUP``; tests turn it off, see ``dashboard.ui.warmup``)
     """
 
     data_dir: Path
@@ -75,6 +79,8 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # true: nothing but the sign-in page is reachable before sign-in (a server open to a network)
     require_sign_in: bool = False
+    demo_drawings: bool = True
+    warmup: bool = True
 
     demo_dir = _under_data("demo", "The embedded synthetic demo set (DICOM files and truth masks).")
     cache_dir = _under_data("cache", "Computed caches: dataset statistics (dissection/), activations, TCAV.")
@@ -131,6 +137,8 @@ def load_settings() -> Settings:
         import_roots=_paths(_env("IMPORT_ROOTS", "")),
         max_pixels=max_pixels_setting(),
         require_sign_in=_env_bool("REQUIRE_SIGN_IN", False),
+        demo_drawings=_env_bool("DEMO_DRAWINGS", True),
+        warmup=_env_bool("WARMUP", True),
     )
 
 

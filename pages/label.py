@@ -3,9 +3,11 @@ import streamlit as st
 
 from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import label as lb
+from dashboard.ui.text import escape_markdown
 
 ctx = resources.get_context()
-st.title("Label concepts")
+st.title("Label concepts", help="Outline a concept on the patch: the units that fire on it show at once, and Save labels them.")
+resources.warmup_notice(("statistics",), key="label", rerun=False)  # never a rerun while the reader draws
 
 
 # ------------------------------------------------------------------ callbacks (run before the next run)
@@ -62,11 +64,14 @@ r = view.ref
 st.session_state[state.CASE_ID] = view.image["case_id"]
 st.session_state[state.IMAGE_ID] = r.image_id
 lb.prepare_patch(ctx, r)  # the first drawing then only waits for its own IoUs
-st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size {r.size} model px"
+st.caption(f"Reader **{escape_markdown(reader)}** · {escape_markdown(view.label)} · patch ({r.x0}, {r.y0}) size {r.size} model px"
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
 for note in view.notes:
     st.warning(note)
 record = st.session_state.setdefault(state.LABEL_SAVES, {}).setdefault(r.as_tuple(), lb.SaveRecord())
+
+
+lb_per_unit = 3  # exemplars per unit in the gallery
 
 
 def pick_concept(ctx, reader: str) -> tuple[str, str]:
@@ -95,9 +100,10 @@ def pick_concept(ctx, reader: str) -> tuple[str, str]:
     return concept, colour
 
 
-def show_match(right, match, concept: str, save_args: tuple) -> None:
+def show_match(ctx, right, match, concept: str, save_args: tuple) -> None:
     """The best unit, its IoU and the units above the threshold (in the ``right`` column), the
-    "Save as ``concept``" button (``save_drawing(*save_args, retrain)``) and the units map."""
+    "Save as ``concept``" button (``save_drawing(*save_args, retrain)``), the best units' top
+    exemplars and the units map."""
     with right:
         st.subheader("Best matching unit")
         c1, c2 = st.columns([1, 1])
@@ -111,6 +117,17 @@ def show_match(right, match, concept: str, save_args: tuple) -> None:
                             help="Fit a new concept probe version with this drawing, so the Report shows it.")
         st.button(f"Save as {concept}", key="label.save", type="primary", on_click=save_drawing,
                   args=(*save_args, retrain))
+    gallery, pending = lb.unit_gallery(ctx, match)
+    if gallery or pending:
+        st.markdown("**The best units' top exemplars** (where each fires most in the data set)")
+        for g in gallery:
+            cols = st.columns([1] + [2] * lb_per_unit)
+            cols[0].markdown(f"**#{g['unit']}**  \nIoU {g['iou']:.2f}" + (f"  \nnow: {g['label']}" if g["label"] else ""))
+            for col, (rgb, caption) in zip(cols[1:], g["exemplars"]):
+                col.image(rgb, caption=caption, width="stretch")
+        if pending:
+            st.caption(f"Exemplars of {pending} more unit(s) are being prepared; they show with your next "
+                       "drawing or Save.")
     st.plotly_chart(match.figure, key="label.units_map", width="stretch")
     if match.table:
         st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")
@@ -165,7 +182,7 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
             st.error(str(exc))
 
     if match is not None:
-        show_match(right, match, concept, (record, keys, view, match, concept, reader))
+        show_match(ctx, right, match, concept, (record, keys, view, match, concept, reader))
 
     annotations = lb.list_drawings(ctx, r.image_id)
     if annotations:

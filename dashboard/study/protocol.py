@@ -14,6 +14,7 @@ from datetime import datetime
 
 import numpy as np
 
+from dashboard.data.demo import DEMO_READER
 from dashboard.data.studies import StudyRow
 from dashboard.study.definition import (
     StudyDefinition,
@@ -124,7 +125,9 @@ def _resolve(store, defn: StudyDefinition, settings, *, check_accounts: bool = T
             continue
         where = f"arms[{i}] ({a.name!r}).probe"
         if a.probe == "latest":
-            rows = store.list_probes(model_card=card_name) if card_name else []
+            # the demo's seeded drawings ('demo truth') never reach a study: their probes are passed over
+            rows = [r for r in (store.list_probes(model_card=card_name) if card_name else [])
+                    if DEMO_READER not in (r["readers"] or [])]
             if rows:
                 probes[a.name] = int(rows[0]["version"])
             elif a.probe_optional:
@@ -144,6 +147,9 @@ def _resolve(store, defn: StudyDefinition, settings, *, check_accounts: bool = T
             elif card_name and row["model_card"] != card_name:
                 errs.append(f"{where}: probe version {a.probe} belongs to model card {row['model_card']!r}, "
                             f"not {card_name!r}")
+            elif DEMO_READER in (row["readers"] or []):
+                errs.append(f"{where}: probe version {a.probe} was trained on the demo's seeded drawings "
+                            f"({DEMO_READER!r}); remove them (Model and data) and retrain, then pin the new version")
             else:
                 probes[a.name] = int(a.probe)
     if errs:
