@@ -232,6 +232,10 @@ def test_non_pool_linear_falls_back_to_tiles(card, image):
     with pytest.warns(UserWarning, match="tiles"):
         lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="fcn"))
     assert lm.method == "tiles" and lm.prob.shape == img.shape
+    tiles = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="tiles"))  # what the fallback ran
+    np.testing.assert_array_equal(lm.prob, tiles.prob)
+    np.testing.assert_array_equal(lm.grid_prob, tiles.grid_prob)
+    assert lm.score == tiles.score and lm.grid_prob.std() > 0
 
 
 def test_lesion_map_efficientnet_lite0(card, image):
