@@ -2,14 +2,16 @@
 windows (monotone, in range, the DICOM formula at its breakpoints)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dashboard.imaging.geometry import Frame, display_flip, display_to_source, source_to_display
-from dashboard.imaging.model import ImagingError, VoiLut
-from dashboard.imaging.windowing import apply_voi_lut, apply_window
+from dashboard.imaging.model import ImagingError, Mammogram, VoiLut, Window
+from dashboard.imaging.windowing import apply_voi_lut, apply_window, auto_window, default_window, window_image
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -110,3 +112,46 @@ def test_voi_lut_is_monotone_for_a_monotone_table_and_in_range(first, bits, data
     # below the table clamps to its first entry, above to its last
     ends = apply_voi_lut(np.array([first - 10, first + len(table) + 10]), lut).astype(int)
     assert ends.tolist() == [round(table[0] * 255 / top), round(table[-1] * 255 / top)]
+
+
+# ---------------------------------------------------------------- values mutation testing asked for
+def _mammogram(pixels, *, photometric="MONOCHROME2", windows=(), fn="LINEAR") -> Mammogram:
+    return Mammogram(pixels=np.asarray(pixels, np.float32), photometric=photometric, bits_stored=12, laterality="L",
+                     view="CC", pixel_spacing_mm=0.1, windows=list(windows), voi_lut_function=fn, meta={},
+                     path=Path("x.dcm"), sha256="0")
+
+
+def test_voi_lut_output_is_uint8_and_clamps_a_table_beyond_its_bits():
+    """A table entry above 2**bits - 1 (a file that declares too few bits) shows white, not wrapped."""
+    lut = VoiLut(first_mapped=10, bits=8, table=np.array([0, 128, 255, 600]))
+    out = apply_voi_lut(np.array([0, 10, 11, 12, 13, 99]), lut)
+    assert out.dtype == np.uint8 and out.tolist() == [0, 0, 128, 255, 255, 255]
+    assert apply_voi_lut(np.array([11.4, 11.6]), lut).tolist() == [128, 255]  # stored values are rounded
+
+
+def test_auto_window_from_the_breast_or_every_pixel():
+    ramp = np.linspace(0, 1000, 201).reshape(1, -1)  # (1, 201)
+    w = auto_window(ramp, np.zeros_like(ramp, bool), 0.0, 100.0)  # an empty mask: every pixel counts
+    assert (w.center, w.width, w.name) == (500.0, 1000.0, "AUTO")
+    mask = ramp >= 500
+    assert auto_window(ramp, mask, 0.0, 100.0).center == 750.0
+    alternating = np.tile([0.0, 1000.0], 50)[None]  # every pixel: no subsample of a small image
+    assert auto_window(alternating, np.ones_like(alternating, bool), 0.0, 100.0).width == 1000.0
+    flat = auto_window(np.full((4, 4), 7.0), np.ones((4, 4), bool))
+    assert (flat.center, flat.width) == (7.5, 1.0)  # a flat image gets the narrowest LINEAR window
+
+
+def test_window_image_inverts_monochrome1_and_uses_linear_for_auto_windows():
+    px = np.array([[0.0, 100.0, 200.0]])
+    lut = Window(center=100, width=200, name="LUT", lut=VoiLut(first_mapped=0, bits=8, table=np.arange(256)))
+    plain = window_image(_mammogram(px, windows=[lut]))
+    inverted = window_image(_mammogram(px, photometric="MONOCHROME1", windows=[lut]))
+    assert plain.tolist() == [[0, 100, 200]] and inverted.tolist() == [[255, 155, 55]]
+    # the file's SIGMOID function applies to its own windows, never to an automatic one
+    auto = Window(center=100, width=200, name="AUTO")
+    assert window_image(_mammogram(px, fn="SIGMOID"), auto).tolist() == apply_window(px, 100, 200).tolist()
+    own = Window(center=100, width=200, name="auto")
+    assert window_image(_mammogram(px, fn="SIGMOID"), own).tolist() == apply_window(px, 100, 200, "SIGMOID").tolist()
+    # MONOCHROME1 without a window: computed on the negated values, named AUTO, expressed in stored units
+    w = default_window(_mammogram(np.tile(np.linspace(0, 1000, 64), (64, 1)), photometric="MONOCHROME1"))
+    assert w.name == "AUTO" and w.center > 0
