@@ -155,3 +155,8 @@ def test_window_image_inverts_monochrome1_and_uses_linear_for_auto_windows():
     # MONOCHROME1 without a window: computed on the negated values, named AUTO, expressed in stored units
     w = default_window(_mammogram(np.tile(np.linspace(0, 1000, 64), (64, 1)), photometric="MONOCHROME1"))
     assert w.name == "AUTO" and w.center > 0
+
+
+def test_display_flip_reads_the_first_letter_of_the_laterality():
+    assert display_flip("R") and display_flip("r") and display_flip("RIGHT") and display_flip("Right breast")
+    assert not display_flip("L") and not display_flip("LEFT") and not display_flip("") and not display_flip("B")
