@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 REQ_SUM := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP   := $(VENV)/.installed-$(REQ_SUM)
 
-.PHONY: setup demo run warm test test-fast bench train-demo train-mias screenshots-real clean-data
+.PHONY: setup demo run warm test test-fast bench mutate train-demo train-mias screenshots-real clean-data
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,14 @@ test-fast: $(STAMP)
 
 bench: setup
 	$(BIN)/python -m bench.run_all
+
+# Mutation testing of the modules users trust ([tool.mutmut] in pyproject.toml; docs/testing.md): each mutant runs
+# only the tests that reach its function. MODULE narrows the run to mutant names matching a glob, e.g.
+# make mutate MODULE='dashboard.imaging.windowing*'. Prints the score per module and lists the survivors.
+MODULE ?=
+mutate: $(STAMP)
+	-nice $(BIN)/mutmut run --max-children 2 $(MODULE)
+	$(BIN)/python -m dashboard.testing.mutation $(BIN)/mutmut
 
 # Retrain the demo model (~20-30 min on 2 CPU cores: demo set, patches, training): its own demo set and patch set under TRAIN_DIR,
 # then fp16 weights + card into model_zoo/ (see the card's [training] table for the run that was committed).
