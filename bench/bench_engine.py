@@ -9,7 +9,8 @@ figures; each part records its own time and load average). With ``--work-dir`` t
 statistics of an earlier run are found in its cache (and reported as loaded, not recomputed). CPU, ``torch.set_num_threads``
 threads (2 by default, the target laptop). Model: the settings' card with trained weights when
 present, else its architecture with the offline ImageNet backbone (see bench.bench_model), run
-on 512-px patches so that ``bn2`` of efficientnet_lite0 gives 1280 units at 16 x 16.
+at the card's concept layer (``default_layer``) on patches of its labeling side (``label_patch_size``),
+as the app's Label page and dataset statistics use them (``--layer`` and ``--size`` override).
 Patches: 512-px crops of the mini-MIAS images in ../shared/data when present, else synthetic.
 Every figure is given as wall-clock and as this process's CPU time, with the load average,
 because the machine may be shared.
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
-SIZE = 512
+SIZE = 512  # set from the card (its labeling patch) in main
 
 
 def _timed(fn, reps: int):
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--skip-stats", action="store_true", help="thresholds from 64 patches instead")
     ap.add_argument("--work-dir", default=None, help="reuse this folder (caches of an earlier run)")
     ap.add_argument("--parts", default="stats,iou,probe,report")
+    ap.add_argument("--layer", default=None, help="concept layer (default: the card's default_layer)")
+    ap.add_argument("--size", type=int, default=None, help="patch side (default: the card's label_patch_size)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
@@ -116,7 +119,9 @@ def main() -> None:
     from dashboard.engine.unit_iou import prepare_unit_masks, unit_ious
 
     card, model, what = load_model("cpu")
-    layer = "bn2"
+    global SIZE
+    layer = args.layer or card.default_layer
+    SIZE = int(args.size or card.label_patch_size)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     res: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "threads": args.threads,
                  "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -153,7 +158,7 @@ def main() -> None:
     if "stats" not in parts:
         res.pop("dataset_stats", None)
     x = card.preprocess(np.stack(patches[:4]))
-    acts = compute_activations(model, [layer], torch.as_tensor(np.asarray(x)), batch_size=4)[layer]  # (4, C, 16, 16)
+    acts = compute_activations(model, [layer], torch.as_tensor(np.asarray(x)), batch_size=4)[layer]  # (4, C, h, w)
     drawings = [("polygon", [[150, 120], [330, 140], [360, 300], [200, 360], [120, 250]]),
                 ("freehand", {"points": [[60, 400], [200, 380], [330, 420], [460, 390]], "width": 14}),
                 ("rect", [240, 60, 460, 250]),

@@ -54,14 +54,14 @@ def _parse(argv):
     ap.add_argument("--demo-cases", type=int, default=40)
     ap.add_argument("--demo-seed", type=int, default=2024)
     ap.add_argument("--card", default=None, help="the product card (default demo-lite0-synth / mias-lite0)")
-    ap.add_argument("--configs", default="bn2:224,bn2:448,blocks.5:224,blocks.5:448,blocks.4:224,blocks.4:448",
+    ap.add_argument("--configs", default="bn2:224,bn2:448,blocks.5:448,blocks.4:224,blocks.4:448",
                     help="layer:S pairs of the product card")
     ap.add_argument("--baseline", default="imagenet-lite0:blocks.4:512",
                     help="card:layer:S of the frozen baseline ('' for none)")
-    ap.add_argument("--stats-patches", type=int, default=160)
-    ap.add_argument("--max-heldout", type=int, default=60)
+    ap.add_argument("--stats-patches", type=int, default=96)
+    ap.add_argument("--max-heldout", type=int, default=30)
     ap.add_argument("--ig-steps", type=int, default=8, help="integration steps of the top-concept decomposition")
-    ap.add_argument("--top-images", type=int, default=16, help="abnormal held-out images for the top concept")
+    ap.add_argument("--top-images", type=int, default=10, help="abnormal held-out images for the top concept")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT_DIR)
     ap.add_argument("--threads", type=int, default=2)
@@ -355,9 +355,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parse(argv)
     import torch
+    from safetensors.torch import load_file, save_file
 
     import model_zoo
-    from dashboard.engine.activations import compute_activations
+    from dashboard.engine.activations import compute_activations, patch_key
 
     torch.set_num_threads(args.threads)
     card_name = args.card or ("demo-lite0-synth" if args.source == "demo" else "mias-lite0")
@@ -379,14 +380,21 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, layer, size in configs:
         card, model = cards[name], models[name]
-        if (name, layer) not in feats:
-            layers = [lay for (n, lay, _s) in configs if n == name]
-            got = {}
+        if (name, layer) not in feats:  # whole held-out images, every layer of this card in one pass, disk-cached
+            layers = list(dict.fromkeys(lay for (n, lay, _s) in configs if n == name))
+            got: dict = {lay: {} for lay in layers}
             for t in held:
-                x = torch.as_tensor(card.preprocess(t.img[None]), dtype=torch.float32)
-                a = compute_activations(model, list(dict.fromkeys(layers)), x, out_device="cpu")
-                for lay, v in a.items():
-                    got.setdefault(lay, {})[t.image_id] = v[0].half()
+                f = cache_dir / "heldout" / f"{name}-{'+'.join(layers)}-{patch_key(t.img)[:16]}.safetensors"
+                if f.is_file():
+                    a = load_file(str(f))
+                else:
+                    x = torch.as_tensor(card.preprocess(t.img[None]), dtype=torch.float32)
+                    a = {k: v[0].half().contiguous()
+                         for k, v in compute_activations(model, layers, x, out_device="cpu").items()}
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    save_file(a, str(f))
+                for lay in layers:
+                    got[lay][t.image_id] = a[lay]
             for lay, d in got.items():
                 feats[(name, lay)] = d
         t0 = time.perf_counter()
