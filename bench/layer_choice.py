@@ -74,9 +74,9 @@ def _mias_truths(store, card, rows, concepts):
     import numpy as np
 
     from dashboard import imaging
+    from dashboard.data.files import load_stored_image
     from dashboard.data.patchset import finding_regions
     from dashboard.evaluation.reader import ImageTruth, TruthRegion
-    from dashboard.imaging.io import load_stored_image
 
     out = []
     for row in rows:
@@ -351,6 +351,15 @@ def summary_row(card_name, layer, size, res, concepts):
             "seconds": res["seconds"]}
 
 
+def choose(rows: list[dict]) -> dict:
+    """The configuration the cards get: most concepts at concept-map AUROC >= 0.90 within 5 drawings,
+    then the highest mean AUROC at 5 drawings, then the fewest units above tau per drawing."""
+    best = max(rows, key=lambda r: (r["concepts_auroc90_within5"], r["auroc_at5_mean"] or 0.0,
+                                    -r["units_above_pct"]))
+    return {"layer": best["layer"], "patch": best["patch"],
+            "rule": "max concepts at AUROC >= 0.90 within 5 drawings, then mean AUROC at 5, then fewest units above tau"}
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parse(argv)
@@ -405,6 +414,8 @@ def main(argv=None) -> int:
         out["configs"].append({"summary": row, **res})
         print(json.dumps(row), flush=True)
         (args.out / f"layer_choice_{args.source}.json").write_text(json.dumps(out, indent=1, default=str))
+    out["chosen"] = choose([c["summary"] for c in out["configs"] if c["summary"]["card"] == card_name])
+    print(f"chosen: {out['chosen']}")
     out["seconds_total"] = round(time.perf_counter() - t_all, 1)
     (args.out / f"layer_choice_{args.source}.json").write_text(json.dumps(out, indent=1, default=str))
     cols = list(out["configs"][0]["summary"])
