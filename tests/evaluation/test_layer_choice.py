@@ -2,10 +2,13 @@
 IoU and probes work there; the real-film bench's split by woman."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import model_zoo
@@ -15,6 +18,7 @@ from dashboard.engine.dissection import StatsConfig, compute_dataset_stats, matc
 from dashboard.engine.probes import _cell_coverage, fit_probe
 from dashboard.evaluation import split_by_woman
 from dashboard.testing.engine_helpers import blob_mask, synthetic_patches
+from model_zoo.cards import card_from_dict, read_card
 
 ROOT = Path(__file__).resolve().parents[2]
 CHOICE = ROOT / "docs" / "layer_choice.json"
@@ -74,3 +78,15 @@ def test_real_film_bench_splits_by_woman(shared_data):
     ps = card.training["patchset"]
     assert tuple(ps["split_by_patient"]) == (0.6, 0.2, 0.2) and ps["split_seed"] == 0
     assert len(women["train"]) == 64 and len(cut["train"]) == ps["split_images"]["train"]
+
+
+def test_label_patch_may_exceed_the_input_and_round_trips(tmp_path):
+    card = model_zoo.load_card("mias-lite0")
+    big = dataclasses.replace(card, label_patch=448)
+    assert big.label_patch_size == 448 and big.patch_size == 224
+    again = model_zoo.save_card(big, tmp_path / "big.toml")
+    assert read_card(tmp_path / "big.toml").label_patch_size == 448 and again.label_patch == 448
+    assert dataclasses.replace(card, label_patch=None).label_patch_size == card.patch_size
+    raw = tomllib.loads((ROOT / "model_zoo" / "cards" / "mias-lite0.toml").read_text())
+    with pytest.raises(model_zoo.CardError):
+        card_from_dict(dict(raw, label_patch=8))
