@@ -159,10 +159,12 @@ def main() -> None:
         res.pop("dataset_stats", None)
     x = card.preprocess(np.stack(patches[:4]))
     acts = compute_activations(model, [layer], torch.as_tensor(np.asarray(x)), batch_size=4)[layer]  # (4, C, h, w)
-    drawings = [("polygon", [[150, 120], [330, 140], [360, 300], [200, 360], [120, 250]]),
-                ("freehand", {"points": [[60, 400], [200, 380], [330, 420], [460, 390]], "width": 14}),
-                ("rect", [240, 60, 460, 250]),
-                ("polygon", [[20, 20], [500, 30], [480, 490], [40, 470]])]
+    k = SIZE / 512  # the drawings were laid out on a 512-px patch: scale them to the patch in use
+    drawings = [("polygon", (np.array([[150, 120], [330, 140], [360, 300], [200, 360], [120, 250]]) * k).tolist()),
+                ("freehand", {"points": (np.array([[60, 400], [200, 380], [330, 420], [460, 390]]) * k).tolist(),
+                              "width": 14 * k}),
+                ("rect", [v * k for v in (240, 60, 460, 250)]),
+                ("polygon", (np.array([[20, 20], [500, 30], [480, 490], [40, 470]]) * k).tolist())]
     iou_rows = []
     for i, (shape, geom) in enumerate(drawings if "iou" in parts else []):
         mask = drawing_to_mask(shape, geom, SIZE)
@@ -196,8 +198,8 @@ def main() -> None:
         store.save_image(ImageRecord(f"im{i}", f"c{i // 4}", f"bench/{i}.png", f"sha{i}", rows=1024, cols=1024))
     for j in range(200):
         i = j % 100
-        cy, cx = rng.uniform(80, 430, 2)
-        r = rng.uniform(30, 90)
+        cy, cx = rng.uniform(80 * k, 430 * k, 2)
+        r = rng.uniform(30 * k, 90 * k)
         pts = [[cx + r * np.cos(a), cy + r * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 24, endpoint=False)]
         store.save_annotation(DrawingRecord(image_id=f"im{i}", concept=concepts[j % 4], reader=f"reader{j % 3}",
                                             patch_x0=0, patch_y0=0, patch_size=SIZE, shape="polygon", geometry=pts,
