@@ -1,4 +1,4 @@
-# ConceptLens: `make run` starts the app on the embedded demo; `make test` runs every test.
+# ConceptLens: `make run` starts the app on the embedded demo; `make test` runs ruff, then every test.
 # Both create the virtual environment and the demo data when they are missing.
 PY      ?= python3
 VENV    ?= .venv
@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 REQ_SUM := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP   := $(VENV)/.installed-$(REQ_SUM)
 
-.PHONY: setup demo run test test-fast bench train-demo train-mias screenshots-real clean-data
+.PHONY: setup demo run warm test test-fast bench mutate train-demo train-mias screenshots-real clean-data
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,18 +23,34 @@ demo: $(STAMP)
 	umask 077 && $(BIN)/python -m dashboard.data.demo ensure
 
 # dashboard.ui.serve checks first: an ADDRESS beyond this machine needs CONCEPTLENS_REQUIRE_SIGN_IN=1 and a
-# coordinator account (README, Security); then the dataset statistics, then streamlit on ADDRESS:PORT.
+# coordinator account (README, Security); then streamlit on ADDRESS:PORT at once. The app prepares the dataset
+# statistics, the demo drawings and probe v1, the scores and TCAV in the background (dashboard.ui.warmup), and
+# every page that needs them says what it is waiting for. `make warm` does the same in the foreground.
 run: setup
-	umask 077 && $(BIN)/python -m dashboard.ui.serve --warmup --address $(ADDRESS) --port $(PORT)
+	umask 077 && $(BIN)/python -m dashboard.ui.serve --address $(ADDRESS) --port $(PORT)
 
+warm: setup
+	umask 077 && $(BIN)/python -m dashboard.ui.warmup
+
+# lint first (pyproject.toml's [tool.ruff]): a finding fails the run before any test starts
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 bench: setup
 	$(BIN)/python -m bench.run_all
+
+# Mutation testing of the modules users trust ([tool.mutmut] in pyproject.toml; docs/testing.md): each mutant runs
+# only the tests that reach its function. MODULE narrows the run to mutant names matching a glob, e.g.
+# make mutate MODULE='dashboard.imaging.windowing*'. Prints the score per module and lists the survivors.
+MODULE ?=
+mutate: $(STAMP)
+	-nice $(BIN)/mutmut run --max-children 2 $(MODULE)
+	$(BIN)/python -m dashboard.testing.mutation $(BIN)/mutmut
 
 # Retrain the demo model (~20-30 min on 2 CPU cores: demo set, patches, training): its own demo set and patch set under TRAIN_DIR,
 # then fp16 weights + card into model_zoo/ (see the card's [training] table for the run that was committed).

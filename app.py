@@ -14,6 +14,8 @@ except ConceptLensError as exc:  # StoreLockedError: the database is open in ano
     st.error(str(exc))
     st.stop()
 
+resources.get_warmup(settings)  # the first request starts the background warm-up (once per process)
+
 user, ended = access.current_user(store, st.session_state.get(state.AUTH_TOKEN))
 if ended:  # expired, signed out elsewhere or deactivated: forget the token, say why on the sign-in page
     st.session_state.pop(state.AUTH_TOKEN, None)

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import plotly.io as pio
 
+from bench.stats import pct
 from dashboard.data.store import Store
 from dashboard.engine import probes
 from dashboard.testing import flows
@@ -72,16 +73,6 @@ from dashboard.ui.work.evidence import image_evidence
 from dashboard.ui.work.probe_versions import annotation_patch, probe_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile by linear interpolation (numpy's default), in the values' unit."""
-    v = sorted(values)
-    if not v:
-        return float("nan")
-    k = (len(v) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
 def jitter(poly: list[tuple[float, float]], rep: int) -> list[tuple[float, float]]:

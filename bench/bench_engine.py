@@ -9,7 +9,8 @@ figures; each part records its own time and load average). With ``--work-dir`` t
 statistics of an earlier run are found in its cache (and reported as loaded, not recomputed). CPU, ``torch.set_num_threads``
 threads (2 by default, the target laptop). Model: the settings' card with trained weights when
 present, else its architecture with the offline ImageNet backbone (see bench.bench_model), run
-on 512-px patches so that ``bn2`` of efficientnet_lite0 gives 1280 units at 16 x 16.
+at the card's concept layer (``default_layer``) on patches of its labeling side (``label_patch_size``),
+as the app's Label page and dataset statistics use them (``--layer`` and ``--size`` override).
 Patches: 512-px crops of the mini-MIAS images in ../shared/data when present, else synthetic.
 Every figure is given as wall-clock and as this process's CPU time, with the load average,
 because the machine may be shared.
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
-SIZE = 512
+SIZE = 512  # set from the card (its labeling patch) in main
 
 
 def _timed(fn, reps: int):
@@ -94,29 +95,25 @@ def main() -> None:
     ap.add_argument("--skip-stats", action="store_true", help="thresholds from 64 patches instead")
     ap.add_argument("--work-dir", default=None, help="reuse this folder (caches of an earlier run)")
     ap.add_argument("--parts", default="stats,iou,probe,report")
+    ap.add_argument("--layer", default=None, help="concept layer (default: the card's default_layer)")
+    ap.add_argument("--size", type=int, default=None, help="patch side (default: the card's label_patch_size)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
 
     from bench.bench_model import load_model
     from dashboard.data.store import DrawingRecord, ImageRecord, Store
+    from dashboard.engine import dissection as dis
     from dashboard.engine.activations import compute_activations
     from dashboard.engine.attribution import AttributionConfig, attribute
-    from dashboard.engine.dissection import (
-        StatsConfig,
-        compute_dataset_stats,
-        compute_unit_ious,
-        compute_unit_ious_reference,
-        drawing_to_mask,
-        label_units_from_drawing,
-        mask_to_png,
-    )
     from dashboard.engine.probes import ProbeConfig, train_probes
     from dashboard.engine.report import ReportInputs, build_report, report_figures, report_to_json
     from dashboard.engine.unit_iou import prepare_unit_masks, unit_ious
 
     card, model, what = load_model("cpu")
-    layer = "bn2"
+    global SIZE
+    layer = args.layer or card.default_layer
+    SIZE = int(args.size or card.label_patch_size)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     res: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "threads": args.threads,
                  "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -136,7 +133,7 @@ def main() -> None:
     n_stats = 64 if args.skip_stats else args.n_stats
     done = []
     t, c = time.perf_counter(), time.process_time()
-    stats = compute_dataset_stats(model, card, layer, _batches(n_stats, 16), StatsConfig(
+    stats = dis.compute_dataset_stats(model, card, layer, _batches(n_stats, 16), dis.StatsConfig(
         n_patches=n_stats, data_key=f"bench-mias-{n_stats}", cache_dir=tmp / "stats", quantile=0.99, top_k=8),
         progress=lambda d, n, m: done.append(d))
     res["dataset_stats"] = {"n_patches": n_stats, "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c,
@@ -153,21 +150,23 @@ def main() -> None:
     if "stats" not in parts:
         res.pop("dataset_stats", None)
     x = card.preprocess(np.stack(patches[:4]))
-    acts = compute_activations(model, [layer], torch.as_tensor(np.asarray(x)), batch_size=4)[layer]  # (4, C, 16, 16)
-    drawings = [("polygon", [[150, 120], [330, 140], [360, 300], [200, 360], [120, 250]]),
-                ("freehand", {"points": [[60, 400], [200, 380], [330, 420], [460, 390]], "width": 14}),
-                ("rect", [240, 60, 460, 250]),
-                ("polygon", [[20, 20], [500, 30], [480, 490], [40, 470]])]
+    acts = compute_activations(model, [layer], torch.as_tensor(np.asarray(x)), batch_size=4)[layer]  # (4, C, h, w)
+    k = SIZE / 512  # the drawings were laid out on a 512-px patch: scale them to the patch in use
+    drawings = [("polygon", (np.array([[150, 120], [330, 140], [360, 300], [200, 360], [120, 250]]) * k).tolist()),
+                ("freehand", {"points": (np.array([[60, 400], [200, 380], [330, 420], [460, 390]]) * k).tolist(),
+                              "width": 14 * k}),
+                ("rect", [v * k for v in (240, 60, 460, 250)]),
+                ("polygon", (np.array([[20, 20], [500, 30], [480, 490], [40, 470]]) * k).tolist())]
     iou_rows = []
     for i, (shape, geom) in enumerate(drawings if "iou" in parts else []):
-        mask = drawing_to_mask(shape, geom, SIZE)
+        mask = dis.drawing_to_mask(shape, geom, SIZE)
         # the app prepares a patch's unit masks once, when the patch's activation is computed;
         # every drawing on that patch then costs only `per_drawing`
         # each lambda runs inside _timed at once, so the loop variables are bound as wanted (B023)
         prep_t, prep = _timed(lambda: prepare_unit_masks(acts[i], stats.thresholds, SIZE), args.reps)  # noqa: B023
         draw_t, fast = _timed(lambda: unit_ious(prep, mask), args.reps)  # noqa: B023
-        once_t, once = _timed(lambda: compute_unit_ious(acts[i], stats.thresholds, mask), args.reps)  # noqa: B023
-        ref_t, ref = _timed(lambda: compute_unit_ious_reference(acts[i], stats.thresholds, mask), 1)  # noqa: B023
+        once_t, once = _timed(lambda: dis.compute_unit_ious(acts[i], stats.thresholds, mask), args.reps)  # noqa: B023
+        ref_t, ref = _timed(lambda: dis.compute_unit_ious_reference(acts[i], stats.thresholds, mask), 1)  # noqa: B023
         iou_rows.append({"shape": shape, "mask_px": int(mask.sum()), "per_drawing": draw_t,
                          "per_patch_prepare": prep_t, "vectorised": once_t, "reference_loop": ref_t,
                          "max_abs_diff": float(np.abs(fast - ref).max()),
@@ -191,12 +190,12 @@ def main() -> None:
         store.save_image(ImageRecord(f"im{i}", f"c{i // 4}", f"bench/{i}.png", f"sha{i}", rows=1024, cols=1024))
     for j in range(200):
         i = j % 100
-        cy, cx = rng.uniform(80, 430, 2)
-        r = rng.uniform(30, 90)
+        cy, cx = rng.uniform(80 * k, 430 * k, 2)
+        r = rng.uniform(30 * k, 90 * k)
         pts = [[cx + r * np.cos(a), cy + r * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 24, endpoint=False)]
         store.save_annotation(DrawingRecord(image_id=f"im{i}", concept=concepts[j % 4], reader=f"reader{j % 3}",
                                             patch_x0=0, patch_y0=0, patch_size=SIZE, shape="polygon", geometry=pts,
-                                            mask_png=mask_to_png(drawing_to_mask("polygon", pts, SIZE)),
+                                            mask_png=dis.mask_to_png(dis.drawing_to_mask("polygon", pts, SIZE)),
                                             model_card=card.name))
     load = lambda a: src[int(a.image_id[2:])]  # noqa: E731
     t = time.perf_counter()
@@ -214,10 +213,10 @@ def main() -> None:
 
     # ---- per-patch report with cached activations
     for concept, (shape, geom) in zip(concepts, drawings):
-        label_units_from_drawing(store, DrawingRecord(image_id="im0", concept=concept, reader="bench", patch_x0=0,
-                                                      patch_y0=0, patch_size=SIZE, shape=shape, geometry=geom,
-                                                      model_card=card.name), layer=layer,
-                                 ious=compute_unit_ious(acts[0], stats.thresholds, drawing_to_mask(shape, geom, SIZE)))
+        ious = dis.compute_unit_ious(acts[0], stats.thresholds, dis.drawing_to_mask(shape, geom, SIZE))
+        dis.label_units_from_drawing(store, DrawingRecord(image_id="im0", concept=concept, reader="bench", patch_x0=0,
+                                                          patch_y0=0, patch_size=SIZE, shape=shape, geometry=geom,
+                                                          model_card=card.name), layer=layer, ious=ious)
     patch = patches[0]
     xa = torch.as_tensor(np.asarray(card.preprocess(patch[None])))
     cached, logits = compute_activations(model, [layer], xa, with_output=True)

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.stats import pct
 from dashboard.data.store import Store
 from dashboard.testing import flows
 from dashboard.testing.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, chromium_available, streamlit_server
@@ -63,16 +64,6 @@ POLYGONS = (
 )
 POLL_MS = 50  # how often a timed wait checks its state in the page
 T0 = time.perf_counter()  # the events' clock
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile by linear interpolation (numpy's default)."""
-    v = sorted(values)
-    if not v:
-        return float("nan")
-    k = (len(v) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
 @dataclass

@@ -31,6 +31,11 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _under_data(name: str, doc: str) -> property:
+    """A read-only ``settings.data_dir / name`` attribute."""
+    return property(lambda self: self.data_dir / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Paths and switches for one running instance.
@@ -49,6 +54,10 @@ class Settings:
                  header before anything is decoded (``CONCEPTLENS_MAX_PIXELS``)
     require_sign_in  readers sign in with their study accounts (``CONCEPTLENS_REQUIRE_SIGN_IN``); the
                  server refuses to listen beyond this machine without it (``dashboard.ui.serve``)
+    demo_drawings  seed drawings from the demo phantom's truth (reader "demo truth") and train probe v1
+                 when the store has no drawings yet (``CONCEPTLENS_DEMO_DRAWINGS``; 0 starts clean)
+    warmup       the app prepares statistics, demo drawings, scores and TCAV in a background thread
+                 (``CONCEPTLENS_WARMUP``; tests turn it off, see ``dashboard.ui.warmup``)
     """
 
     data_dir: Path
@@ -70,37 +79,20 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # true: nothing but the sign-in page is reachable before sign-in (a server open to a network)
     require_sign_in: bool = False
+    demo_drawings: bool = True
+    warmup: bool = True
 
-    @property
-    def demo_dir(self) -> Path:
-        return self.data_dir / "demo"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+    demo_dir = _under_data("demo", "The embedded synthetic demo set (DICOM files and truth masks).")
+    cache_dir = _under_data("cache", "Computed caches: dataset statistics (dissection/), activations, TCAV.")
+    images_dir = _under_data("images", "The store's image files (de-identified copies made by ingest and upload).")
+    uploads_dir = _under_data("uploads", "Where browser uploads are staged while they are ingested (emptied afterwards).")
+    export_dir = _under_data("exports", "HTML reports and study exports (studies/) the app writes.")
+    user_cards_dir = _under_data("model_cards", "The user's model cards (beside the built-in ones).")
 
     @property
     def journal_dir(self) -> Path:
         """The drawing journal of ``db_path`` (beside it, named from it): one journal per database."""
         return journal_dir_for(self.db_path)
-
-    @property
-    def images_dir(self) -> Path:
-        """The store's image files (de-identified copies made by ingest and upload)."""
-        return self.data_dir / "images"
-
-    @property
-    def uploads_dir(self) -> Path:
-        """Where browser uploads are staged while they are ingested (emptied afterwards)."""
-        return self.data_dir / "uploads"
-
-    @property
-    def export_dir(self) -> Path:
-        return self.data_dir / "exports"
-
-    @property
-    def user_cards_dir(self) -> Path:
-        return self.data_dir / "model_cards"
 
     def with_overrides(self, **kw) -> Settings:
         return replace(self, **kw)
@@ -145,6 +137,8 @@ def load_settings() -> Settings:
         import_roots=_paths(_env("IMPORT_ROOTS", "")),
         max_pixels=max_pixels_setting(),
         require_sign_in=_env_bool("REQUIRE_SIGN_IN", False),
+        demo_drawings=_env_bool("DEMO_DRAWINGS", True),
+        warmup=_env_bool("WARMUP", True),
     )
 
 

@@ -56,6 +56,8 @@ class ModelCard:
     pixel_spacing_mm  model-space pixel size: images are resampled to it before patches are cut
     concept_layers    module names (``model.named_modules()``) offered for concept analysis
     head              "pool-linear": ``head_layer``'s output -> global average pool -> ``classifier``
+    label_patch       side of the patch a reader labels (and dataset statistics tile) in model pixels;
+                      default the input side. May exceed it: the concept layer is fully convolutional
     weights_file      relative to the card file, or ``package:...`` for weights shipped in a package
     """
 
@@ -82,6 +84,7 @@ class ModelCard:
     domain: dict = field(default_factory=dict)
     path: Path | None = None
     mean_std_from_timm: bool = True
+    label_patch: int | None = None
 
     # ------------------------------------------------------------ derived
     @property
@@ -109,6 +112,11 @@ class ModelCard:
         if int(self.input_size[-1]) != int(self.input_size[-2]):
             raise CardError(f"Model card {self.name!r}: input_size {list(self.input_size)} is not square.")
         return int(self.input_size[-1])
+
+    @property
+    def label_patch_size(self) -> int:
+        """Side of the labeling patch in model pixels: ``label_patch`` or the input side (``patch_size``)."""
+        return int(self.label_patch) if self.label_patch else self.patch_size
 
     @property
     def weights_path(self) -> Path | None:
@@ -209,7 +217,17 @@ def card_from_dict(raw: dict, path: Path | None = None) -> ModelCard:
         weights_dtype=str(weights.get("dtype", "")), training=dict(raw.get("training", {})),
         metrics=dict(raw.get("metrics", {})), domain=dict(raw.get("domain", {})), path=Path(path).resolve() if path else None,
         mean_std_from_timm="mean" not in raw and "std" not in raw,
+        label_patch=_label_patch(raw, where),
     )
+
+
+def _label_patch(raw: dict, where: str) -> int | None:
+    v = raw.get("label_patch")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 32:
+        raise CardError(f"{where}: label_patch must be an integer number of model pixels >= 32, got {v!r}")
+    return int(v)
 
 
 def _classes(raw: dict, where: str) -> tuple[str, ...]:
@@ -342,6 +360,8 @@ def _card_to_dict(card: ModelCard) -> dict:
     out["pixel_spacing_mm"] = card.pixel_spacing_mm
     out["concept_layers"] = list(card.concept_layers)
     out["default_layer"] = card.default_layer
+    if card.label_patch:
+        out["label_patch"] = int(card.label_patch)
     out["head"] = card.head
     if card.head_layer:
         out["head_layer"] = card.head_layer

@@ -1,18 +1,11 @@
 """Audit log: every audited action, filtered by study, actor, action, entity and time range."""
 import streamlit as st
 
-from dashboard.ui import ConceptLensError, access, resources, state
+from dashboard.ui import resources
 from dashboard.ui.screens import coordinator_audit as ca
 from dashboard.ui.screens import coordinator_results as cres
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Audit log")
-try:
-    access.require_role(store, st.session_state.get(state.AUTH_TOKEN), "coordinator")
-except ConceptLensError as exc:  # AuthError
-    st.error(str(exc))
-    st.stop()
+settings, store, _ = resources.open_study_page("Audit log", "coordinator")
 
 opts = ca.filter_options(store)
 c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1, 2])

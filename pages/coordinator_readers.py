@@ -1,21 +1,12 @@
 """Readers: the study accounts; create one (initial password shown once), deactivate or reactivate one."""
 import streamlit as st
 
-from dashboard.ui import ConceptLensError, access, resources, state
+from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import coordinator_readers as cr
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Readers")
-try:
-    me = access.require_role(store, st.session_state.get(state.AUTH_TOKEN), "coordinator").username
-except ConceptLensError as exc:  # AuthError
-    st.error(str(exc))
-    st.stop()
+settings, store, me = resources.open_study_page("Readers", "coordinator")
 
-flash = st.session_state.pop(state.COORD_FLASH, None)
-if flash:
-    st.success(flash, icon=":material/check:")
+resources.show_flash(state.COORD_FLASH)
 shown = st.session_state.pop(state.COORD_PASSWORD, None)
 if shown:  # this run only: a reload or the next click no longer shows it
     for username, password in shown:

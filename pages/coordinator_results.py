@@ -1,17 +1,10 @@
 """Results: progress per reader and arm, the study's statistics and figures, and the export."""
 import streamlit as st
 
-from dashboard.ui import ConceptLensError, access, resources, state
+from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import coordinator_results as cres
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Results")
-try:
-    me = access.require_role(store, st.session_state.get(state.AUTH_TOKEN), "coordinator").username
-except ConceptLensError as exc:  # AuthError
-    st.error(str(exc))
-    st.stop()
+settings, store, me = resources.open_study_page("Results", "coordinator")
 
 names = cres.study_names(store)
 if not names:
@@ -41,20 +34,17 @@ if kept and kept[0] == study:
     res = kept[2]
     st.caption(f"{res.n_reads} current reads; {res.n_cases_crossed} cases read by every reader in every arm; "
                f"{kept[1]} bootstrap replicates. Method: {res.method}.")
-    st.markdown("**Reader AUROC per arm** (probability of malignancy against truth), mean with 95 % CI")
-    st.dataframe(res.auroc, hide_index=True, width="stretch", key="coord_results.auroc")
-    if res.differences:
-        st.markdown("**Arm difference** in mean AUROC, with 95 % CI")
-        st.dataframe(res.differences, hide_index=True, width="stretch", key="coord_results.diff")
-    st.markdown("**Sensitivity and specificity** with BI-RADS ≥ 4 called positive")
-    st.dataframe(res.sens_spec, hide_index=True, width="stretch", key="coord_results.sens_spec")
-    st.markdown("**Agreement on BI-RADS** between readers")
-    st.dataframe(res.agreement, hide_index=True, width="stretch", key="coord_results.agreement")
-    if res.dice:
-        st.markdown("**Dice** between readers' drawings of one concept on one image")
-        st.dataframe(res.dice, hide_index=True, width="stretch", key="coord_results.dice")
-    st.markdown("**Ratings**")
-    st.dataframe(res.ratings, hide_index=True, width="stretch", key="coord_results.ratings")
+    for title, rows, key, always in (  # (heading, table, widget key, shown when empty)
+            ("**Reader AUROC per arm** (probability of malignancy against truth), mean with 95 % CI", res.auroc,
+             "auroc", True),
+            ("**Arm difference** in mean AUROC, with 95 % CI", res.differences, "diff", False),
+            ("**Sensitivity and specificity** with BI-RADS ≥ 4 called positive", res.sens_spec, "sens_spec", True),
+            ("**Agreement on BI-RADS** between readers", res.agreement, "agreement", True),
+            ("**Dice** between readers' drawings of one concept on one image", res.dice, "dice", False),
+            ("**Ratings**", res.ratings, "ratings", True)):
+        if always or rows:
+            st.markdown(title)
+            st.dataframe(rows, hide_index=True, width="stretch", key=f"coord_results.{key}")
     cols = st.columns(2)
     for i, (name, fig) in enumerate(res.figures.items()):
         cols[i % 2].plotly_chart(fig, width="stretch", key=f"coord_results.fig.{name}")

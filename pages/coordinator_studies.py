@@ -1,21 +1,12 @@
 """Studies: the pilot studies; create one from a TOML file or a form; redefine, close or reopen one."""
 import streamlit as st
 
-from dashboard.ui import ConceptLensError, access, resources, state
+from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import coordinator_studies as cs
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Studies")
-try:
-    me = access.require_role(store, st.session_state.get(state.AUTH_TOKEN), "coordinator").username
-except ConceptLensError as exc:  # AuthError
-    st.error(str(exc))
-    st.stop()
+settings, store, me = resources.open_study_page("Studies", "coordinator")
 
-flash = st.session_state.pop(state.COORD_FLASH, None)
-if flash:
-    st.success(flash, icon=":material/check:")
+resources.show_flash(state.COORD_FLASH)
 shown = st.session_state.pop(state.COORD_PASSWORD, None)
 if shown:  # passwords of accounts created with a study: this run only
     st.warning("Initial passwords of the new reader accounts. They are shown this once: hand each to its reader.")

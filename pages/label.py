@@ -3,9 +3,11 @@ import streamlit as st
 
 from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import label as lb
+from dashboard.ui.text import escape_markdown
 
 ctx = resources.get_context()
-st.title("Label concepts")
+st.title("Label concepts", help="Outline a concept on the patch: the units that fire on it show at once, and Save labels them.")
+resources.warmup_notice(("statistics",), key="label", rerun=False)  # never a rerun while the reader draws
 
 
 # ------------------------------------------------------------------ callbacks (run before the next run)
@@ -62,11 +64,73 @@ r = view.ref
 st.session_state[state.CASE_ID] = view.image["case_id"]
 st.session_state[state.IMAGE_ID] = r.image_id
 lb.prepare_patch(ctx, r)  # the first drawing then only waits for its own IoUs
-st.caption(f"Reader **{reader}** · {view.label} · patch ({r.x0}, {r.y0}) size {r.size} model px"
+st.caption(f"Reader **{escape_markdown(reader)}** · {escape_markdown(view.label)} · patch ({r.x0}, {r.y0}) size {r.size} model px"
            + (" · shown mirrored (right breast)" if view.mirrored else "") + f" · layer `{view.layer}`")
 for note in view.notes:
     st.warning(note)
 record = st.session_state.setdefault(state.LABEL_SAVES, {}).setdefault(r.as_tuple(), lb.SaveRecord())
+
+
+lb_per_unit = 3  # exemplars per unit in the gallery
+
+
+def pick_concept(ctx, reader: str) -> tuple[str, str]:
+    """The lexicon group, the concept radio and "Add custom concept"; returns the concept chosen and its colour."""
+    flash = st.session_state.get(state.LABEL_FLASH)
+    if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
+        st.success(flash[0])
+    st.subheader("Concept")
+    palette = lb.palette(ctx)  # read here: a concept just added is in it
+    group = st.selectbox("Lexicon group", list(palette), key=state.LABEL_GROUP, persist_state=state.PERSIST)
+    concepts = palette[group]
+    names = [c["name"] for c in concepts]
+    # a kept concept of another group is not among these options: streamlit resets it to the first
+    concept = st.radio("Concept", names, key=state.LABEL_CONCEPT, persist_state=state.PERSIST,
+                       captions=[c["description"] for c in concepts])
+    colour = next(c["colour"] for c in concepts if c["name"] == concept)
+    with st.expander("Add custom concept"):
+        st.text_input("Name", key="label.new_name", placeholder="e.g. skin-thickening")
+        st.text_input("Lexicon group", value="custom", key="label.new_group")
+        st.color_picker("Colour", "#00bcd4", key="label.new_colour")
+        st.text_input("Description", key="label.new_desc")
+        st.button("Add concept", key="label.add_concept", on_click=add_concept, args=(reader,))
+        add_error = st.session_state.pop(state.LABEL_ADD_ERROR, None)
+        if add_error:
+            st.error(add_error)
+    return concept, colour
+
+
+def show_match(ctx, right, match, concept: str, save_args: tuple) -> None:
+    """The best unit, its IoU and the units above the threshold (in the ``right`` column), the
+    "Save as ``concept``" button (``save_drawing(*save_args, retrain)``), the best units' top
+    exemplars and the units map."""
+    with right:
+        st.subheader("Best matching unit")
+        c1, c2 = st.columns([1, 1])
+        c1.image(match.best_rgb, caption=f"unit {match.best_unit}: activation (heat), above threshold (yellow), "
+                                         "your drawing (blue outline)", width="stretch")
+        c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
+        c2.metric("IoU", f"{match.best_iou:.2f}")
+        c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
+        retrain = st.toggle("Retrain probes on Save", value=True, key=state.LABEL_RETRAIN,
+                            persist_state=state.PERSIST,
+                            help="Fit a new concept probe version with this drawing, so the Report shows it.")
+        st.button(f"Save as {concept}", key="label.save", type="primary", on_click=save_drawing,
+                  args=(*save_args, retrain))
+    gallery, pending = lb.unit_gallery(ctx, match)
+    if gallery or pending:
+        st.markdown("**The best units' top exemplars** (where each fires most in the data set)")
+        for g in gallery:
+            cols = st.columns([1] + [2] * lb_per_unit)
+            cols[0].markdown(f"**#{g['unit']}**  \nIoU {g['iou']:.2f}" + (f"  \nnow: {g['label']}" if g["label"] else ""))
+            for col, (rgb, caption) in zip(cols[1:], g["exemplars"]):
+                col.image(rgb, caption=caption, width="stretch")
+        if pending:
+            st.caption(f"Exemplars of {pending} more unit(s) are being prepared; they show with your next "
+                       "drawing or Save.")
+    st.plotly_chart(match.figure, key="label.units_map", width="stretch")
+    if match.table:
+        st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")
 
 
 @st.fragment
@@ -77,27 +141,7 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
     r = view.ref
     left, right = st.columns([1.1, 1], gap="large")
     with right:
-        flash = st.session_state.get(state.LABEL_FLASH)
-        if flash and flash[1] == st.session_state.get(state.LABEL_GROUP):
-            st.success(flash[0])
-        st.subheader("Concept")
-        palette = lb.palette(ctx)  # read here: a concept just added is in it
-        group = st.selectbox("Lexicon group", list(palette), key=state.LABEL_GROUP, persist_state=state.PERSIST)
-        concepts = palette[group]
-        names = [c["name"] for c in concepts]
-        # a kept concept of another group is not among these options: streamlit resets it to the first
-        concept = st.radio("Concept", names, key=state.LABEL_CONCEPT, persist_state=state.PERSIST,
-                           captions=[c["description"] for c in concepts])
-        colour = next(c["colour"] for c in concepts if c["name"] == concept)
-        with st.expander("Add custom concept"):
-            st.text_input("Name", key="label.new_name", placeholder="e.g. skin-thickening")
-            st.text_input("Lexicon group", value="custom", key="label.new_group")
-            st.color_picker("Colour", "#00bcd4", key="label.new_colour")
-            st.text_input("Description", key="label.new_desc")
-            st.button("Add concept", key="label.add_concept", on_click=add_concept, args=(reader,))
-            add_error = st.session_state.pop(state.LABEL_ADD_ERROR, None)
-            if add_error:
-                st.error(add_error)
+        concept, colour = pick_concept(ctx, reader)
 
     with left:
         tool = st.radio("Tool", list(lb.DRAW_TOOLS), format_func=lb.DRAW_TOOLS.get, horizontal=True,
@@ -138,22 +182,7 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
             st.error(str(exc))
 
     if match is not None:
-        with right:
-            st.subheader("Best matching unit")
-            c1, c2 = st.columns([1, 1])
-            c1.image(match.best_rgb, caption=f"unit {match.best_unit}: activation (heat), above threshold (yellow), "
-                                             "your drawing (blue outline)", width="stretch")
-            c2.metric("Best unit", f"#{match.best_unit}", help="unit index in the concept layer")
-            c2.metric("IoU", f"{match.best_iou:.2f}")
-            c2.metric(f"Units with IoU > {match.tau:g}", len(match.units_above))
-            retrain = st.toggle("Retrain probes on Save", value=True, key=state.LABEL_RETRAIN,
-                                persist_state=state.PERSIST,
-                                help="Fit a new concept probe version with this drawing, so the Report shows it.")
-            st.button(f"Save as {concept}", key="label.save", type="primary", on_click=save_drawing,
-                      args=(record, keys, view, match, concept, reader, retrain))
-        st.plotly_chart(match.figure, key="label.units_map", width="stretch")
-        if match.table:
-            st.dataframe(match.table, hide_index=True, width="stretch", key="label.matched")
+        show_match(ctx, right, match, concept, (record, keys, view, match, concept, reader))
 
     annotations = lb.list_drawings(ctx, r.image_id)
     if annotations:

@@ -5,7 +5,8 @@ from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import model_data as md
 
 ctx = resources.get_context()
-st.title("Model and data")
+st.title("Model and data", help="The model card in use, the data in the store, uploads and ingest, and the demo's seeded drawings.")
+resources.warmup_notice(("statistics", "demo drawings", "scores", "tcav"), key="model_data")
 view = md.load_model_data(ctx)
 
 # ------------------------------------------------------------------ the model
@@ -131,3 +132,19 @@ with st.expander("Synthetic demo set"):
                                                                 f", built {summary.built_cases}"))
         except ConceptLensError as exc:  # DemoError
             st.error(str(exc))
+
+# ------------------------------------------------------------------ the demo's seeded drawings
+n_demo = md.demo_drawing_count(ctx)
+with st.expander(f"Demo drawings ({n_demo} by '{md.DEMO_READER}')", expanded=False, key="data.demo_drawings_box"):
+    st.caption(f"On a new demo the phantom's true findings are drawn under the reader '{md.DEMO_READER}' and "
+               "concept probe v1 is trained on them, so the Report opens full. They are never part of a reader "
+               "study. Remove them to start from your own drawings (or start clean with "
+               "CONCEPTLENS_DEMO_DRAWINGS=0; command line: python -m dashboard.ui.warmup remove-demo-drawings).")
+    if st.button("Remove the demo drawings", key="data.remove_demo_drawings", disabled=not n_demo,
+                 icon=":material/delete:"):
+        try:
+            removed = md.remove_demo_drawings(ctx, st.session_state.get(state.READER, "") or "model and data page")
+        except ConceptLensError as exc:  # StoreError
+            st.error(str(exc))
+        else:
+            st.success(f"Removed {removed} demo drawing(s); the units they labelled fall back to your drawings.")

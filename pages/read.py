@@ -24,6 +24,21 @@ if opened:
     st.session_state[state.PATCH] = opened
     st.switch_page("pages/label.py")
 
+# a new click on an image (its value is in the session before anything is drawn) opens the patch
+# centred there at once; a click once taken is never taken again
+click = rd.new_click(st.session_state, st.session_state.get(state.READ_SEEN_CLICK))
+if click is not None:
+    image_id, value = click
+    st.session_state[state.READ_SEEN_CLICK] = value["unix_time"]
+    try:
+        ref = rd.patch_from_click(ctx, image_id, value)
+    except ConceptLensError as exc:  # ReadingError: outside the image
+        st.session_state[state.READ_POINT_ERROR] = str(exc)
+    else:
+        rd.prepare_labeling(ctx, ref)
+        st.session_state[state.PATCH] = ref.as_tuple()
+        st.switch_page("pages/label.py")
+
 
 def open_patch(ref: rd.PatchRef) -> None:
     """The Label buttons' callback: runs before the next script run, which then opens the patch."""
@@ -37,15 +52,20 @@ def open_listed_patch(patches: list[dict]) -> None:
     open_patch(rd.PatchRef(p["image_id"], p["x0"], p["y0"], p["size"]))
 
 
-def open_point(image_id: str, clicked) -> None:
-    """"Label patch here": the clicked point on the image, else the typed one (display pixels)."""
-    px, py = clicked or (st.session_state.get("read.x"), st.session_state.get("read.y"))
-    try:
-        ref = rd.patch_at(resources.get_context(), image_id, float(px), float(py))
-    except ConceptLensError as exc:  # ReadingError: the point is outside the image
-        st.session_state[state.READ_POINT_ERROR] = str(exc)
-    else:
-        open_patch(ref)
+def step_case(step: int) -> None:
+    """Next/previous case (buttons and their shortcuts N and P)."""
+    ids = st.session_state.get("read.case_ids") or []
+    current = st.session_state.get(state.CASE_ID)
+    if ids:
+        i = ids.index(current) if current in ids else 0
+        st.session_state[state.CASE_ID] = ids[(i + step) % len(ids)]
+        st.session_state.pop(state.IMAGE_ID, None)
+
+
+def step_patch(step: int, n: int) -> None:
+    """Next/previous suspicious patch in the box (shortcuts J and K)."""
+    if n:
+        st.session_state["read.patch"] = (int(st.session_state.get("read.patch") or 0) + step) % n
 
 
 # the case's own windows name the presets before the widgets exist (one run per view)
@@ -106,14 +126,34 @@ head.title(f"Read · {case['case_id']}")
 head.caption(f"{case['source']} · truth: {case['label']} · {case['description']}")
 pick.selectbox("Case", view.case_ids, key=state.READ_CASE,
                on_change=lambda: st.session_state.update({state.CASE_ID: st.session_state[state.READ_CASE]}))
+st.session_state["read.case_ids"] = view.case_ids
+with pick.container(horizontal=True, gap="small"):
+    st.button("Previous case", key="read.prev_case", on_click=step_case, args=(-1,), shortcut="P",
+              icon=":material/arrow_back:")
+    st.button("Next case", key="read.next_case", on_click=step_case, args=(1,), shortcut="N",
+              icon=":material/arrow_forward:")
+head.caption("Click a point on any image to label the patch centred there. Shortcuts: N / P next or previous "
+             "case, J / K next or previous suspicious patch, L label it.")
 for note in view.notes:
     st.warning(note)
+point_error = st.session_state.pop(state.READ_POINT_ERROR, None)
+if point_error:
+    st.error(point_error)
 
 # ------------------------------------------------------------------ the hanging
 # each row R | L side by side and centred, so the two chest walls meet in the middle
 def tile_width(tile) -> int:
     h, w = tile.rgb.shape[:2]
     return max(120, int(TILE_HEIGHT * w / h))
+
+
+def clickable(tile) -> None:
+    """A hung image that opens the patch centred where it is clicked, with its caption."""
+    width = tile_width(tile)
+    with st.container(width=width, gap=None, key=f"read_tile_{tile.laterality}{tile.view}_{tile.image_id}"):
+        resources.image_coordinates(tile.rgb, key=f"read.img.{tile.image_id}", width=width)
+        score = "" if tile.score is None else f" · P(lesion) {tile.score:.2f}"
+        st.caption(f"{tile.label}{score} · window {tile.window[2] or ''} C {tile.window[0]:g} / W {tile.window[1]:g}")
 
 
 for r, row in enumerate(view.rows):
@@ -128,10 +168,7 @@ for r, row in enumerate(view.rows):
                 with st.container(width=slot_w):
                     st.error(f"{tile.label}: {tile.error}")
             else:
-                score = "" if tile.score is None else f" · P(lesion) {tile.score:.2f}"
-                st.image(tile.rgb, caption=f"{tile.label}{score} · window {tile.window[2] or ''} "
-                                           f"C {tile.window[0]:g} / W {tile.window[1]:g}",
-                         width=tile_width(tile))
+                clickable(tile)
 if view.extra:
     st.subheader("Other views")
     with st.container(horizontal=True, horizontal_alignment="center", gap="small", key="read.extra"):
@@ -139,13 +176,12 @@ if view.extra:
             if tile.error:
                 st.error(f"{tile.label}: {tile.error}")
             else:
-                st.image(tile.rgb, caption=tile.label, width=tile_width(tile))
+                clickable(tile)
 
 # ------------------------------------------------------------------ pick a region to label
 st.subheader("Suspicious patches")
 st.caption("Patch coordinates are model pixels (chest wall left). Pick one to label its concepts, "
-           "or choose a point on an image below.")
-tiles = [t for t in view.tiles if t.error is None]
+           "or click a point on an image above.")
 if view.patches:
     st.dataframe(view.patches, key="read.patches", hide_index=True, width="stretch",
                  column_order=["view", "rank", "x0", "y0", "size", "probability", "image_id"],
@@ -155,30 +191,11 @@ if view.patches:
     c1, c2 = st.columns([3, 1])
     c1.selectbox("Patch", range(len(labels)), format_func=labels.__getitem__, key="read.patch")
     c2.button("Label this patch", key="read.open_patch", type="primary", on_click=open_listed_patch,
-              args=(view.patches,))
+              args=(view.patches,), shortcut="L")
+    with c2.container(horizontal=True, gap="small"):
+        st.button("Previous patch", key="read.prev_patch", on_click=step_patch, args=(-1, len(labels)),
+                  shortcut="K", type="tertiary")
+        st.button("Next patch", key="read.next_patch", on_click=step_patch, args=(1, len(labels)),
+                  shortcut="J", type="tertiary")
 elif not ctx.model_ready:
     st.info(f"No suspicious patches: the model is not available ({ctx.model_error}).")
-
-# drawn only while open: a canvas reports its size with a run of its own when it first shows
-picker = st.expander("Pick a point instead", expanded=not view.patches, key="read.point_open", on_change="rerun") \
-    if tiles else None
-if picker is not None and picker.open:
-    with picker:
-        names = [t.label for t in tiles]
-        ti = st.selectbox("Image", range(len(tiles)), format_func=names.__getitem__, key="read.point_image")
-        tile = tiles[ti]
-        h, w = tile.model_shape
-        c1, c2, c3 = st.columns([1, 1, 1])
-        c1.number_input("x (display px)", 0, w, w // 2, key="read.x")
-        c2.number_input("y (display px)", 0, h, h // 2, key="read.y")
-        st.caption("Or click the image (point tool); the last click wins.")
-        cw, ch = rd.point_canvas_size(tile)
-        res = resources.canvas(tile.rgb, drawing_mode="point", width=cw, height=ch, stroke_color="#ffd54f",
-                               fill_color="#ffd54f", point_display_radius=4, key=f"read.point_canvas.{tile.image_id}")
-        clicked = rd.clicked_point(tile, res.json_data, res.background_fit)
-        if clicked:
-            st.caption(f"Clicked at ({clicked[0]:.0f}, {clicked[1]:.0f}) display px.")
-        c3.button("Label patch here", key="read.open_point", on_click=open_point, args=(tile.image_id, clicked))
-        point_error = st.session_state.pop(state.READ_POINT_ERROR, None)
-        if point_error:
-            st.error(point_error)

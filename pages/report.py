@@ -3,10 +3,11 @@ import streamlit as st
 
 from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import report as rp
-from dashboard.ui.text import escape_markdown
+from dashboard.ui.text import escape_markdown, human_time
 
 ctx = resources.get_context()
-st.title("Report")
+st.title("Report", help="Which concepts carry the evidence for this image's prediction, where they are, and how sure we are.")
+resources.warmup_notice(("demo drawings",), key="report")
 
 ACTIONS = {"retrain": ("Retrain probes", "report.retrain"), "tcav": ("Run TCAV", "report.tcav"),
            "curve": ("Compute learning curve", "report.curve")}
@@ -61,13 +62,19 @@ with head:
     st.caption(f"{escape_markdown(view.image_label)}{score} · model {escape_markdown(ctx.card_name)}")
     if view.domain_warning:
         st.warning(view.domain_warning, icon="⚠️")
+    if view.lead is not None:  # what a radiologist reads first; the tables are under Technical details
+        with st.container(border=True, key="report_lead"):
+            st.markdown(f"**{view.lead.headline}**")
+            st.markdown("\n".join(f"- {s}" for s in view.lead.sentences))
+            for caution in view.lead.cautions:
+                st.caption(f":material/info: {caution}")
     for note in view.notes:
         st.info(note)
 
 # ------------------------------------------------------------------ probe version and jobs
 p = view.probe
 if p is not None:
-    c1.markdown(f"**Concept probe v{p.version}** · layer `{p.layer}` · trained {p.created_at} on "
+    c1.markdown(f"**Concept probe v{p.version}** · layer `{p.layer}` · trained {human_time(p.created_at)} on "
                 f"{p.n_drawings} drawing(s)")
     c1.text("Readers: " + (", ".join(p.readers) or "—"))  # names as typed, never markdown
 slots["retrain"].button("Retrain probes", key="report.retrain", disabled=not ctx.model_ready, type="primary",
@@ -80,17 +87,14 @@ slots["curve"].button("Compute learning curve", key="report.curve", disabled=not
                       help="Is each concept learnt? Validation AUROC against the number of its drawings")
 
 curve = st.session_state.get(state.REPORT_CURVE)
-if p is not None:
-    if curve is not None:
-        with st.expander("Is each concept learnt? Validation AUROC against the number of drawings",
-                         expanded=action == "curve"):
-            if curve.note:
-                st.info(curve.note)
-            if curve.figure is not None:
-                st.plotly_chart(curve.figure, key="report.curve_fig", width="stretch")
-            st.dataframe(curve.rows, hide_index=True, width="stretch", key="report.curve_rows")
-    st.dataframe(p.metrics, hide_index=True, width="stretch", key="report.metrics",
-                 column_config={"auroc": st.column_config.NumberColumn("AUROC (by image)", format="%.3f")})
+if p is not None and curve is not None:
+    with st.expander("Is each concept learnt? Validation AUROC against the number of drawings",
+                     expanded=action == "curve"):
+        if curve.note:
+            st.info(curve.note)
+        if curve.figure is not None:
+            st.plotly_chart(curve.figure, key="report.curve_fig", width="stretch")
+        st.dataframe(curve.rows, hide_index=True, width="stretch", key="report.curve_rows")
 
 # ------------------------------------------------------------------ where the concepts are
 if view.overlay is not None:
@@ -109,9 +113,6 @@ if view.overlay is not None:
 # ------------------------------------------------------------------ which concepts carry the evidence
 if view.concepts:
     st.subheader("Which concepts carry the evidence")
-    st.dataframe(view.concepts, hide_index=True, width="stretch", key="report.concepts",
-                 column_config={"attribution share": st.column_config.ProgressColumn(
-                     "attribution share", min_value=0.0, max_value=1.0, format="%.2f")})
     e1, e2, e3, e4 = st.columns([1, 1, 1.4, 1.2])
     e1.download_button("Export HTML", view.export_html, file_name=f"{view.export_name}.html", mime="text/html",
                        key="report.export_html", icon=":material/download:")
@@ -129,3 +130,14 @@ if view.concepts:
                                       persist_state=state.PERSIST):
         for col, fig in zip(st.columns(2), view.map_figures()):
             col.plotly_chart(fig, width="stretch", theme=None)
+
+# ------------------------------------------------------------------ the numbers behind the lead
+if p is not None:
+    with st.expander("Technical details: logit parts, TCAV, probe validation", key="report.technical"):
+        if view.concepts:
+            st.dataframe(view.concepts, hide_index=True, width="stretch", key="report.concepts",
+                         column_config={"attribution share": st.column_config.ProgressColumn(
+                             "attribution share", min_value=0.0, max_value=1.0, format="%.2f")})
+        st.markdown("**Probe validation** (held-out images)")
+        st.dataframe(p.metrics, hide_index=True, width="stretch", key="report.metrics",
+                     column_config={"auroc": st.column_config.NumberColumn("AUROC (by image)", format="%.3f")})

@@ -1,27 +1,18 @@
 """Questionnaire: the end-of-session usability (SUS) and trust questions, then the washout message."""
 import streamlit as st
 
-from dashboard.ui import ConceptLensError, access, resources, state
+from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import study_questionnaire as sq
 from dashboard.ui.screens import study_read as sr
 from dashboard.ui.screens import study_session as ss
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("End-of-session questionnaire")
-try:
-    reader = access.require_role(store, st.session_state.get(state.AUTH_TOKEN), "reader").username
-except ConceptLensError as exc:  # AuthError
-    st.error(str(exc))
-    st.stop()
+settings, store, reader = resources.open_study_page("End-of-session questionnaire", "reader")
 
 choice = ss.pick_study(ss.reader_studies(store, reader), st.session_state.get(state.STUDY_NAME))
 if choice is None:
     st.info("You have no study to answer for yet.")
     st.stop()
-done = st.session_state.pop(state.QUESTIONNAIRE_FLASH, None)
-if done:
-    st.success(done, icon=":material/check:")
+done = resources.show_flash(state.QUESTIONNAIRE_FLASH)
 try:
     view = sq.questionnaire_view(store, ss.next_step(store, choice.name, reader))
 except ConceptLensError as exc:  # NoAssignmentError

@@ -1,21 +1,14 @@
 """Reading: a pilot-study reader's next case, what its arm shows, the questions, Submit."""
 import streamlit as st
 
-from dashboard.ui import ConceptLensError, access, resources, state
+from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import study_questionnaire as sq
 from dashboard.ui.screens import study_read as sr
 from dashboard.ui.screens import study_session as ss
 
 TILE_HEIGHT = 430  # px, as on the Read page
 
-settings = resources.get_settings()
-store = resources.get_store(settings)
-st.title("Reading")
-try:
-    reader = access.require_role(store, st.session_state.get(state.AUTH_TOKEN), "reader").username
-except ConceptLensError as exc:  # AuthError: not signed in, expired, not a reader
-    st.error(str(exc))
-    st.stop()
+settings, store, reader = resources.open_study_page("Reading", "reader")
 
 choices = ss.reader_studies(store, reader)
 if not choices:
@@ -38,6 +31,24 @@ except ConceptLensError as exc:  # NoAssignmentError, ReadingError
 st.caption(f"{choice.label} · {ss.progress_text(step)}")
 
 
+def ask_assessment(form, key, comment_label: str):
+    """The assessment questions inside a form (helpfulness and comment only where the arm asks them);
+    ``key(question)`` names each widget. Returns the values as typed (``sr.ReadAnswers``)."""
+    birads = st.radio("BI-RADS assessment", list(sr.BIRADS), format_func=sr.BIRADS.get, index=None,
+                      key=key("birads"))
+    malignancy = st.number_input("Probability of malignancy (%)", 0.0, 100.0, value=None, step=1.0,
+                                 key=key("malignancy"))
+    confidence = st.radio("Confidence in your assessment", list(sr.CONFIDENCE), format_func=sr.CONFIDENCE.get,
+                          index=None, horizontal=True, key=key("confidence"))
+    helpfulness = None
+    if form.helpfulness:
+        helpfulness = st.radio("The explanation helped me", list(sr.LIKERT), format_func=sr.LIKERT.get, index=None,
+                               horizontal=True, key=key("helpfulness"))
+    comment = st.text_area(comment_label, key=key("comment")) if form.free_text else ""
+    return sr.ReadAnswers(birads=birads, malignancy=malignancy, confidence=confidence, helpfulness=helpfulness,
+                          comment=comment)
+
+
 def render_correction() -> None:
     """"Correct my last read": a new read that supersedes the last submitted one (both are kept)."""
     last = sr.last_read(store, choice.name, reader)
@@ -50,22 +61,11 @@ def render_correction() -> None:
                    f"malignancy {last['malignancy']:g} %, confidence {last['confidence']}. A correction is a new "
                    "answer that replaces this one; both are kept.")
         with st.form(f"study_read.correct.{rid}"):
-            birads = st.radio("BI-RADS assessment", list(sr.BIRADS), format_func=sr.BIRADS.get, index=None,
-                              key=f"study_read.c_birads.{rid}")
-            malignancy = st.number_input("Probability of malignancy (%)", 0.0, 100.0, value=None, step=1.0,
-                                         key=f"study_read.c_malignancy.{rid}")
-            confidence = st.radio("Confidence in your assessment", list(sr.CONFIDENCE), format_func=sr.CONFIDENCE.get,
-                                  index=None, horizontal=True, key=f"study_read.c_confidence.{rid}")
-            helpfulness = None
-            if form.helpfulness:
-                helpfulness = st.radio("The explanation helped me", list(sr.LIKERT), format_func=sr.LIKERT.get,
-                                       index=None, horizontal=True, key=f"study_read.c_helpfulness.{rid}")
-            comment = st.text_area("Comment", key=f"study_read.c_comment.{rid}") if form.free_text else ""
+            given = ask_assessment(form, lambda q: f"study_read.c_{q}.{rid}", "Comment")
             reason = st.text_input("Why the correction?", key=f"study_read.c_reason.{rid}")
             if st.form_submit_button("Submit correction", key=f"study_read.c_submit.{rid}"):
                 try:
-                    sr.correct(store, last, reader, form, birads=birads, malignancy=malignancy, confidence=confidence,
-                               helpfulness=helpfulness, comment=comment, reason=reason)
+                    sr.correct(store, last, reader, form, given, reason=reason)
                 except ConceptLensError as exc:  # AnswerError lists the answers at fault; ReadingError
                     st.error(str(exc))
                 else:
@@ -253,21 +253,10 @@ with st.expander("Outline a finding (optional)"):
 # ------------------------------------------------------------------ the questions
 st.subheader("Your assessment")
 with st.form(f"study_read.form.{read_id}"):
-    birads = st.radio("BI-RADS assessment", list(sr.BIRADS), format_func=sr.BIRADS.get, index=None,
-                      key=f"study_read.birads.{read_id}")
-    malignancy = st.number_input("Probability of malignancy (%)", 0.0, 100.0, value=None, step=1.0,
-                                 key=f"study_read.malignancy.{read_id}")
-    confidence = st.radio("Confidence in your assessment", list(sr.CONFIDENCE), format_func=sr.CONFIDENCE.get,
-                          index=None, horizontal=True, key=f"study_read.confidence.{read_id}")
-    helpfulness = None
-    if form.helpfulness:
-        helpfulness = st.radio("The explanation helped me", list(sr.LIKERT), format_func=sr.LIKERT.get, index=None,
-                               horizontal=True, key=f"study_read.helpfulness.{read_id}")
-    comment = st.text_area("Comment (optional)", key=f"study_read.comment.{read_id}") if form.free_text else ""
+    given = ask_assessment(form, lambda q: f"study_read.{q}.{read_id}", "Comment (optional)")
     submitted = st.form_submit_button("Submit read", type="primary", key=f"study_read.submit.{read_id}")
 if submitted:
-    ans = sr.answers(form, birads=birads, malignancy=malignancy, confidence=confidence, helpfulness=helpfulness,
-                     click=click, comment=comment)
+    ans = sr.answers(form, given, click)
     try:
         sr.submit(store, read_id, reader, ans)
     except ConceptLensError as exc:  # AnswerError names every answer at fault; ReadLockedError; ReadingError

@@ -5,7 +5,8 @@ from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import units as un
 
 ctx = resources.get_context()
-st.title("Units")
+st.title("Units", help="What each unit of the concept layer has been labelled, from which drawings, and where it fires most.")
+resources.warmup_notice(("statistics", "demo drawings"), key="units")
 
 flash = st.session_state.pop(state.UNITS_FLASH, None)
 if flash:

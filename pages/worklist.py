@@ -5,7 +5,8 @@ from dashboard.ui import ConceptLensError, resources, state
 from dashboard.ui.screens import worklist as wl
 
 ctx = resources.get_context()
-st.title("Worklist")
+st.title("Worklist", help="Every case with the model's P(lesion) and its label status: pick one and open it to read it.")
+scores_ready = resources.warmup_notice(("scores",), key="worklist", refresh_every=0.1)
 
 f1, f2, f3, f4 = st.columns([2, 2, 1.2, 1.2])
 kinds = f1.multiselect("Source", ["synthetic", "real"], key=state.WORKLIST_KINDS,
@@ -42,7 +43,9 @@ m4.metric("Model", view.model_card, help=f"weights SHA-256 {view.weights_sha[:12
                                          f"positive above {view.threshold:.2f}")
 if view.model_error:
     st.warning(f"The model is not available, so cases cannot be scored: {view.model_error}")
-st.button("Score unscored cases", key="worklist.score", disabled=not view.n_unscored_cases or bool(view.model_error),
+st.button("Score unscored cases", key="worklist.score",
+          disabled=not view.n_unscored_cases or bool(view.model_error) or not scores_ready,
+          help=None if scores_ready else "The cases are being scored in the background.",
           on_click=lambda: st.session_state.update({state.WORKLIST_SCORE_CLICKED: True}))
 
 if not view.rows:
@@ -77,6 +80,7 @@ else:
         st.session_state[state.WORKLIST_CASE] = current if current in ids else ids[0]
     c1, c2 = st.columns([3, 1])
     case_id = c1.selectbox("Case", ids, key=state.WORKLIST_CASE)
+    wl.prefetch_case(ctx, case_id)  # Read then opens on images already windowed and scored
     if c2.button("Open case", key="worklist.open", type="primary"):
         st.session_state[state.CASE_ID] = case_id
         st.session_state.pop(state.IMAGE_ID, None)

@@ -15,6 +15,7 @@ def settings(tmp_path, monkeypatch):
     """Settings whose data directory is a fresh tmp folder."""
     monkeypatch.setenv("CONCEPTLENS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("CONCEPTLENS_DB_PATH", raising=False)
+    monkeypatch.setenv("CONCEPTLENS_WARMUP", "0")  # no background warm-up thread in page tests (tests/ui/test_warmup)
     return load_settings()
 
 

@@ -71,6 +71,9 @@ SOURCE_PROVENANCE: dict[str, dict] = {
                              "International Congress Series 1069, pp. 375-378"},
 }
 REAL_SOURCE = "cbis-ddsm"
+#: The reader name of the drawings seeded from the phantom's truth (``dashboard.ui.warmup``): never a
+#: person, never part of a reader study (``dashboard.study`` leaves its drawings and probes out).
+DEMO_READER = "demo truth"
 
 
 class DemoError(ConceptLensError):

@@ -27,7 +27,7 @@ from dashboard import imaging
 from dashboard.data.files import ImageFacts, add_image
 from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality
 from dashboard.data.keys import pseudonym, pseudonym_key, source_key
-from dashboard.data.store import StoreError, open_store
+from dashboard.data.store import run_with_store
 from dashboard.errors import ConceptLensError, log_incident
 from dashboard.imaging import ImagingError
 from dashboard.progress import Progress, tqdm_progress
@@ -247,23 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.show_phi:
         print("note: --show-phi is ignored; the store keeps de-identified copies only", file=sys.stderr)
-    settings = load_settings()
-    try:
-        store = open_store(settings)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
+
+    def ingest(store) -> int:
         with tqdm_progress("ingest", unit="file") as progress:
             report = ingest_folder(store, args.folder, source=args.source,
                                    default_spacing_mm=args.default_spacing, progress=progress)
-    except IngestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    print(report.summary())
-    return 1 if report.failed else 0
+        print(report.summary())
+        return 1 if report.failed else 0
+
+    return run_with_store(load_settings(), ingest)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ names often name the patient); the rows the store returns carry them resolved (`
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from dashboard.data.journal import Journal
 from dashboard.data.names import CONCEPT_MAX, InvalidNameError, check_name, check_reader
 from dashboard.data.private import chmod_private, private_dir, restrict_umask
 from dashboard.data.studies import StudyStoreMixin
+from dashboard.data.studies import where_equal as _where
 from dashboard.errors import ConceptLensError
 from dashboard.settings import journal_dir_for
 
@@ -185,9 +187,11 @@ class FindingRecord:
                 cx, cy, r, json.dumps(self.attributes or {}, default=str), self.source]
 
 
-@dataclass(frozen=True)
-class DissectionRun:
-    """A finished dataset-statistics computation (``Store.save_dissection_run``), keyed by ``key``."""
+@dataclass
+class StatsIdentity:
+    """What one dataset-statistics computation is of: its cache ``key`` and the card, weights, layer,
+    data, quantile, top-k and patch count it stands for (shared by ``DissectionRun`` and the engine's
+    ``DissectionStats``)."""
 
     key: str
     model_card: str
@@ -197,20 +201,15 @@ class DissectionRun:
     quantile: float
     top_k: int
     n_patches: int
+
+
+@dataclass
+class DissectionRun(StatsIdentity):
+    """A finished dataset-statistics computation (``Store.save_dissection_run``), keyed by ``key``."""
+
     n_units: int
     sample_rate: float
     path: str
-
-
-def _where(sql: str, filters: Iterable[tuple[str, Any]]) -> tuple[str, list]:
-    """``sql`` (which ends in a WHERE clause) with ``AND column = ?`` for every filter whose value is
-    not None, and the parameters. Column names are this module's constants, never user input."""
-    params: list = []
-    for column, value in filters:
-        if value is not None:
-            sql += f" AND {column} = ?"
-            params.append(value)
-    return sql, params
 
 
 def _translate(exc: Exception) -> StoreError:
@@ -1085,3 +1084,20 @@ def open_store(settings) -> Store:
         store.compact()  # the replaced paths must not linger in the file's free blocks
     store.replay_journal()
     return store
+
+
+def run_with_store(settings, command: Callable[[Store], int]) -> int:
+    """A command line's body with the settings' store open (``open_store``): ``command``'s exit status,
+    or 2 after printing a ``ConceptLensError`` as ``error: …`` on stderr. The store is closed either way."""
+    try:
+        store = open_store(settings)
+    except ConceptLensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return command(store)
+    except ConceptLensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()

@@ -14,6 +14,8 @@ Time stamps are naive UTC ``datetime`` values passed in by the caller (the serve
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +43,52 @@ ANSWER_COLUMNS = ("birads", "malignancy", "click_image_id", "click_x", "click_y"
                   "comment")
 
 
+@dataclass(frozen=True)
+class StudyRow:
+    """What the ``studies`` table keeps of a definition: its name and title, the TOML text and its
+    SHA-256, the seed, and ``pinned`` (case ids, probe versions, card, weights: stored as JSON)."""
+
+    name: str
+    title: str
+    definition_toml: str
+    definition_sha256: str
+    seed: int
+    pinned: dict
+
+
+@dataclass(frozen=True)
+class QuestionnaireRow:
+    """A reader's end-of-session answers: ``sus_items`` (10 answers 1-5, or None when the study asks
+    no SUS) and their ``sus_score`` (0-100), ``trust_items`` {question: 1-5}, a free ``comment``."""
+
+    study: str
+    reader: str
+    session_index: int
+    arm: str
+    sus_items: list[int] | None
+    sus_score: float | None
+    trust_items: dict
+    comment: str
+
+
+#: The read rows with their assignment's arm, session, position and case, and the read superseding them.
+_READS_SQL = ("SELECT r.*, a.arm, a.session_index, a.position, a.case_id, s.read_id AS superseded_by"
+              " FROM study_reads r JOIN study_assignments a ON a.assignment_id = r.assignment_id"
+              " LEFT JOIN study_reads s ON s.supersedes = r.read_id")
+
+
+def where_equal(sql: str, filters: Iterable[tuple[str, Any]], params: list | None = None) -> tuple[str, list]:
+    """``sql`` (which ends in a WHERE clause) with ``AND column = ?`` for every (column, value) filter
+    whose value is not None, and ``params`` followed by those values. Column names are the store's
+    constants, never user input."""
+    params = list(params or [])
+    for column, value in filters:
+        if value is not None:
+            sql += f" AND {column} = ?"
+            params.append(value)
+    return sql, params
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, default=str)
 
@@ -53,12 +101,13 @@ class StudyStoreMixin:
     """Reader-study tables. Mixed into ``Store``."""
 
     # ------------------------------------------------------------ studies
-    def insert_study(self, *, name: str, title: str, definition_toml: str, definition_sha256: str, seed: int,
-                     pinned: dict, assignments: list[dict], actor: str, now: datetime) -> None:
+    def insert_study(self, study: StudyRow, assignments: list[dict], *, actor: str, now: datetime) -> None:
         """Create a study and its assignments in one transaction (audited ``create``/``study``).
 
         A study of that name existing already raises ``StudyConflictError`` (two coordinators
         creating the same study: the first one wins)."""
+
+        name, sha, seed = study.name, study.definition_sha256, int(study.seed)
 
         def write(cur):
             cur.execute("SELECT created_by, created_at FROM studies WHERE name = ?", [name])
@@ -70,12 +119,11 @@ class StudyStoreMixin:
             cur.execute(
                 "INSERT INTO studies (name, title, definition_toml, definition_sha256, seed, pinned, created_by,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [name, title, definition_toml, definition_sha256, int(seed), _json(pinned), actor, now, now],
+                [name, study.title, study.definition_toml, sha, seed, _json(study.pinned), actor, now, now],
             )
             self._insert_assignments(cur, assignments)
             self._audit(cur, actor, "create", "study", name,
-                        {"study": name, "sha256": definition_sha256, "seed": int(seed),
-                         "assignments": len(assignments)})
+                        {"study": name, "sha256": sha, "seed": seed, "assignments": len(assignments)})
 
         self._write(write)
 
@@ -90,13 +138,14 @@ class StudyStoreMixin:
               a["case_id"]] for a in assignments],
         )
 
-    def replace_study_definition(self, *, name: str, expected_revision: int, title: str, definition_toml: str,
-                                 definition_sha256: str, seed: int, pinned: dict, assignments: list[dict],
+    def replace_study_definition(self, study: StudyRow, assignments: list[dict], *, expected_revision: int,
                                  actor: str, now: datetime) -> int:
         """Replace a study's definition and assignments while no read has been opened.
 
         ``expected_revision`` is the revision the editor read; if another edit came first the
         call raises ``StudyConflictError`` and changes nothing. Returns the new revision."""
+
+        name = study.name
 
         def write(cur):
             rev = self._check_revision(cur, name, expected_revision)
@@ -108,11 +157,12 @@ class StudyStoreMixin:
             cur.execute(
                 "UPDATE studies SET title = ?, definition_toml = ?, definition_sha256 = ?, seed = ?, pinned = ?,"
                 " revision = ?, updated_at = ? WHERE name = ?",
-                [title, definition_toml, definition_sha256, int(seed), _json(pinned), rev + 1, now, name],
+                [study.title, study.definition_toml, study.definition_sha256, int(study.seed), _json(study.pinned),
+                 rev + 1, now, name],
             )
             self._insert_assignments(cur, assignments)
             self._audit(cur, actor, "edit", "study", name,
-                        {"study": name, "sha256": definition_sha256, "revision": rev + 1})
+                        {"study": name, "sha256": study.definition_sha256, "revision": rev + 1})
             return rev + 1
 
         return self._write(write)
@@ -161,11 +211,7 @@ class StudyStoreMixin:
 
     # ------------------------------------------------------------ assignments
     def list_assignments(self, study: str, reader: str | None = None) -> list[dict]:
-        sql = "SELECT * FROM study_assignments WHERE study = ?"
-        params: list = [study]
-        if reader is not None:
-            sql += " AND reader = ?"
-            params.append(reader)
+        sql, params = where_equal("SELECT * FROM study_assignments WHERE study = ?", [("reader", reader)], [study])
         return self.query(sql + " ORDER BY reader, session_index, position", params)
 
     def get_assignment(self, assignment_id: str) -> dict:
@@ -178,20 +224,11 @@ class StudyStoreMixin:
     def list_reads(self, study: str, reader: str | None = None) -> list[dict]:
         """Every read row of a study (corrections and superseded rows included), with its assignment's
         arm, session, position and case, and ``superseded_by`` (the correction replacing it, or NULL)."""
-        sql = ("SELECT r.*, a.arm, a.session_index, a.position, a.case_id, s.read_id AS superseded_by"
-               " FROM study_reads r JOIN study_assignments a ON a.assignment_id = r.assignment_id"
-               " LEFT JOIN study_reads s ON s.supersedes = r.read_id WHERE r.study = ?")
-        params: list = [study]
-        if reader is not None:
-            sql += " AND r.reader = ?"
-            params.append(reader)
+        sql, params = where_equal(_READS_SQL + " WHERE r.study = ?", [("r.reader", reader)], [study])
         return self.query(sql + " ORDER BY r.reader, a.session_index, a.position, r.opened_at, r.read_id", params)
 
     def get_read(self, read_id: str) -> dict:
-        rows = self.query(
-            "SELECT r.*, a.arm, a.session_index, a.position, a.case_id, s.read_id AS superseded_by"
-            " FROM study_reads r JOIN study_assignments a ON a.assignment_id = r.assignment_id"
-            " LEFT JOIN study_reads s ON s.supersedes = r.read_id WHERE r.read_id = ?", [read_id])
+        rows = self.query(_READS_SQL + " WHERE r.read_id = ?", [read_id])
         if not rows:
             raise StudyNotFoundError(f"No read {read_id!r}.")
         return rows[0]
@@ -221,10 +258,7 @@ class StudyStoreMixin:
         it runs inside the caller's transaction (a drawing saved with ``save_annotation``)."""
 
         def write(cur):
-            cur.execute("SELECT submitted_at, first_drawing_at, study FROM study_reads WHERE read_id = ?", [read_id])
-            row = cur.fetchone()
-            if row is None:
-                raise StudyNotFoundError(f"No read {read_id!r}.")
+            row = self._read_row(cur, read_id, "submitted_at, first_drawing_at, study")
             if row[0] is not None:
                 raise ReadLockedError(f"Read {read_id} was submitted at {row[0]:%Y-%m-%d %H:%M:%S} UTC; "
                                       "it takes no more drawings.")
@@ -236,15 +270,21 @@ class StudyStoreMixin:
 
         return write(cur) if cur is not None else self._write(write)
 
+    @staticmethod
+    def _read_row(cur, read_id: str, columns: str) -> tuple:
+        """``columns`` (this module's constants) of the read ``read_id``; ``StudyNotFoundError`` if none."""
+        cur.execute(f"SELECT {columns} FROM study_reads WHERE read_id = ?", [read_id])
+        row = cur.fetchone()
+        if row is None:
+            raise StudyNotFoundError(f"No read {read_id!r}.")
+        return row
+
     def submit_read_row(self, read_id: str, answers: dict, *, actor: str, now: datetime) -> None:
         """Write the answers of an open read and close it, once: a second submit raises
         ``ReadLockedError`` and changes nothing (audited ``submit``)."""
 
         def write(cur):
-            cur.execute("SELECT submitted_at, study FROM study_reads WHERE read_id = ?", [read_id])
-            row = cur.fetchone()
-            if row is None:
-                raise StudyNotFoundError(f"No read {read_id!r}.")
+            row = self._read_row(cur, read_id, "submitted_at, study")
             if row[0] is not None:
                 raise ReadLockedError(
                     f"This read was submitted already (at {row[0]:%Y-%m-%d %H:%M:%S} UTC) and cannot be changed. "
@@ -295,10 +335,7 @@ class StudyStoreMixin:
         """One viewer event (window/level, overlay toggle, ...) of an open read; returns its id."""
 
         def write(cur):
-            cur.execute("SELECT study, reader, submitted_at FROM study_reads WHERE read_id = ?", [read_id])
-            row = cur.fetchone()
-            if row is None:
-                raise StudyNotFoundError(f"No read {read_id!r}.")
+            row = self._read_row(cur, read_id, "study, reader, submitted_at")
             if row[2] is not None:
                 raise ReadLockedError(f"Read {read_id} was submitted already; it records no more events.")
             cur.execute("INSERT INTO study_read_events (read_id, study, reader, kind, payload, recorded_at)"
@@ -315,26 +352,26 @@ class StudyStoreMixin:
         return rows
 
     # ------------------------------------------------------------ questionnaires
-    def insert_questionnaire(self, *, study: str, reader: str, session_index: int, arm: str,
-                             sus_items: list[int] | None, sus_score: float | None, trust_items: dict,
-                             comment: str, now: datetime) -> None:
+    def insert_questionnaire(self, q: QuestionnaireRow, *, now: datetime) -> None:
         """A reader's end-of-session questionnaire, once per session (audited ``questionnaire``)."""
+
+        session_index = int(q.session_index)
 
         def write(cur):
             cur.execute("SELECT submitted_at FROM study_questionnaires WHERE study = ? AND reader = ?"
-                        " AND session_index = ?", [study, reader, int(session_index)])
+                        " AND session_index = ?", [q.study, q.reader, session_index])
             row = cur.fetchone()
             if row:
-                raise ReadLockedError(f"The questionnaire of session {int(session_index) + 1} was submitted already "
+                raise ReadLockedError(f"The questionnaire of session {session_index + 1} was submitted already "
                                       f"(at {row[0]:%Y-%m-%d %H:%M} UTC).")
             cur.execute(
                 "INSERT INTO study_questionnaires (study, reader, session_index, arm, sus_items, sus_score,"
                 " trust_items, comment, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [study, reader, int(session_index), arm, None if sus_items is None else _json(sus_items),
-                 sus_score, _json(trust_items), comment, now],
+                [q.study, q.reader, session_index, q.arm, None if q.sus_items is None else _json(q.sus_items),
+                 q.sus_score, _json(q.trust_items), q.comment, now],
             )
-            self._audit(cur, reader, "questionnaire", "study", study,
-                        {"study": study, "session_index": int(session_index), "arm": arm, "sus_score": sus_score})
+            self._audit(cur, q.reader, "questionnaire", "study", q.study,
+                        {"study": q.study, "session_index": session_index, "arm": q.arm, "sus_score": q.sus_score})
 
         self._write(write)
 
@@ -377,12 +414,8 @@ class StudyStoreMixin:
                     until: datetime | None = None, limit: int = 1000) -> list[dict]:
         """Audit rows, newest first, filtered by actor, action, entity, entity id, study (rows whose
         payload names it, or the study row itself) and a time range [since, until)."""
-        sql = "SELECT * FROM audit_log WHERE true"
-        params: list = []
-        for col, val in (("actor", actor), ("action", action), ("entity", entity), ("entity_id", entity_id)):
-            if val is not None:
-                sql += f" AND {col} = ?"
-                params.append(val)
+        sql, params = where_equal("SELECT * FROM audit_log WHERE true",
+                                  (("actor", actor), ("action", action), ("entity", entity), ("entity_id", entity_id)))
         if study is not None:
             sql += " AND (json_extract_string(payload, '$.study') = ? OR (entity = 'study' AND entity_id = ?))"
             params += [study, study]

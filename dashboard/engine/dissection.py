@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from skimage.draw import line, polygon
 
-from dashboard.data.store import DissectionRun, DrawingRecord, ValidationError
+from dashboard.data.store import DissectionRun, DrawingRecord, StatsIdentity, ValidationError
 from dashboard.engine.activations import compute_activations, model_fingerprint
 from dashboard.engine.model_state import model_device
 from dashboard.engine.unit_iou import (
@@ -103,8 +103,8 @@ class StatsConfig:
 
 
 @dataclass
-class DissectionStats:
-    """Per-unit statistics of one layer over one patch set.
+class DissectionStats(StatsIdentity):
+    """Per-unit statistics of one layer over one patch set (what they are of: ``StatsIdentity``).
 
     thresholds (C,) float32   activation above which a unit counts as "on" (quantile over all
                               patches and positions)
@@ -116,14 +116,6 @@ class DissectionStats:
     unit_xy_var (2,)          fraction of profile variance carried by each coordinate
     """
 
-    key: str
-    model_card: str
-    weights_sha: str
-    layer: str
-    data_key: str
-    quantile: float
-    top_k: int
-    n_patches: int
     patch_size: int
     feature_shape: tuple[int, int]
     n_values: int          # activations per unit that the quantile was taken over

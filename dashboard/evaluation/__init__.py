@@ -21,6 +21,7 @@ from dashboard.evaluation.label_efficiency import (
     compute_train_stats,
     jsonable,
     run_label_efficiency,
+    split_by_woman,
     summarise,
 )
 from dashboard.evaluation.learning_curve import (
@@ -98,6 +99,7 @@ __all__ = [
     "compute_train_stats",
     "EvaluationResult",
     "run_label_efficiency",
+    "split_by_woman",
     "summarise",
     "jsonable",
 ]

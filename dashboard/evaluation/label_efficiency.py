@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from dashboard.data.patchset import lesion_concept_names
+from dashboard.data.patchset import assign_patient_splits, lesion_concept_names
 from dashboard.data.store import ValidationError
 from dashboard.engine.activations import compute_activations
 from dashboard.engine.dissection import StatsConfig, compute_dataset_stats, units_by_concept
@@ -121,7 +121,7 @@ def compute_train_stats(ctx: RunContext, cfg: EvaluationConfig, *, progress: Pro
     half-overlapping tiles at least half breast (``imaging.tile``), ``cfg.stats_patches`` of them, an
     even share from each of a seeded sample of ``cfg.stats_images`` images; units switch on at
     ``cfg.quantile``. Cached under ``ctx.cache_dir``."""
-    size = int(ctx.card.input_size[-1])
+    size = _label_patch(ctx.card)  # thresholds are quantiles over patches of the size readers label
     rows = ctx.store.list_images(split="train")
     pick = np.random.default_rng([cfg.seed, 0x57A7]).permutation(len(rows))[:cfg.stats_images]
     rows = [rows[i] for i in sorted(pick)]
@@ -142,6 +142,30 @@ def compute_train_stats(ctx: RunContext, cfg: EvaluationConfig, *, progress: Pro
     return compute_dataset_stats(ctx.model, ctx.card, ctx.layer, arr, StatsConfig(
         data_key=h.hexdigest()[:24], quantile=cfg.quantile, cache_dir=Path(ctx.cache_dir) / "dissection",
         device=ctx.device, batch_size=16), progress=scaled(progress, 0.2, 1.0), store=ctx.store)
+
+
+def split_by_woman(rows: Sequence[dict], fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+                   seed: int = 0) -> dict[str, list[dict]]:
+    """Image rows of a real-film source cut into "train" and "heldout" (val + test) by woman.
+
+    The cut is ``patchset.assign_patient_splits`` (grouped by ``patient_ref``, stratified by the
+    woman's worst label), the one a real-film card was trained with (its [training.patchset]
+    split_by_patient and split_seed), so no held-out woman was seen in training. Raises
+    ValueError if a woman ends up on both sides."""
+    split = assign_patient_splits(rows, fractions, seed=seed)
+    out: dict[str, list[dict]] = {"train": [], "heldout": []}
+    for r in rows:
+        out["train" if split[str(r["case_id"])] == "train" else "heldout"].append(r)
+    women = {k: {str(r.get("patient_ref") or r["case_id"]) for r in v} for k, v in out.items()}
+    if women["train"] & women["heldout"]:
+        raise ValueError(f"women on both sides of the split: {sorted(women['train'] & women['heldout'])[:5]}")
+    return out
+
+
+def _label_patch(card) -> int:
+    """The labeling patch side of ``card`` (``ModelCard.label_patch_size``; the input side for
+    card-like objects without it)."""
+    return int(getattr(card, "label_patch_size", None) or card.input_size[-1])
 
 
 def _logodds(logits, target: int):
@@ -363,7 +387,7 @@ def _reports(ctx: RunContext, heldout: list[_Heldout], probe, cfg: EvaluationCon
     card, store = ctx.card, ctx.store
     target = _target_index(card)
     checks = _ReportChecks(
-        ctx, cfg, probe, store.list_unit_labels(card.name, getattr(card, "head_layer", None) or card.default_layer),
+        ctx, cfg, probe, store.list_unit_labels(card.name, ctx.layer),
         target, lesion_concept_names(store),
         _score_fn(ctx.model, card, target, ctx.device),
         {s: randomize_model(ctx.model, s, cfg.seed) for s in cfg.random_scopes} if cfg.random_images else {})

@@ -354,7 +354,9 @@ class SimulatedReader:
         self.concepts = list(concepts)
         self.cfg, self.seed, self.reader = config, int(seed), reader
         card = ctx.card
-        self.size = int(card.input_size[-1]) if not np.isscalar(card.input_size) else int(card.input_size)
+        # the Label page's patch: the card's labeling patch (may exceed the model input)
+        self.size = int(getattr(card, "label_patch_size", None) or
+                        (card.input_size[-1] if not np.isscalar(card.input_size) else card.input_size))
         self.patches: dict[tuple, np.ndarray] = {}
         self.log: list[dict] = []
         self._images: OrderedDict[str, ImageTruth] = OrderedDict()

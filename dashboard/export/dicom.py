@@ -276,8 +276,22 @@ def _segments(names: list[str], algorithm_type: str, algorithm=None) -> list[hd.
         tracking_id=name[:64]) for i, name in enumerate(names)]
 
 
-def _segmentation(source: Dataset, masks: np.ndarray, names: list[str], key: bytes, kind: str, content: str,
-                  *, fractional: bool, series_number: int, algorithm=None, label: str) -> hd.seg.Segmentation:
+@dataclass(frozen=True)
+class _SegSpec:
+    """What one Segmentation is: ``kind`` and ``content`` derive its UIDs; binary (drawings) or fractional
+    (concept maps, made by ``algorithm``); its series number and content label."""
+
+    kind: str
+    content: str
+    fractional: bool
+    series_number: int
+    label: str
+    algorithm: object = None
+
+
+def _segmentation(source: Dataset, masks: np.ndarray, names: list[str], key: bytes, spec: _SegSpec) -> hd.seg.Segmentation:
+    kind, content, fractional, label = spec.kind, spec.content, spec.fractional, spec.label
+    series_number, algorithm = spec.series_number, spec.algorithm
     return _tidy(hd.seg.Segmentation(
         source_images=[source], pixel_array=masks,  # (1, H, W, S)
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
@@ -323,8 +337,8 @@ def export_dicom(store, image_id: str, out_dir: Path, *, report: ConceptReport |
         names = sorted(drawn)
         masks = np.stack([to_source_grid(drawn[n], frame) for n in names], -1)[None]  # (1, H, W, S)
         ids = [a.annotation_id for a in store.list_annotations(image_id=image_id)]
-        seg = _segmentation(source, masks.astype(np.uint8), names, key, "drawings", _content_hash(ids),
-                            fractional=False, series_number=901, label="READER_DRAWINGS")
+        seg = _segmentation(source, masks.astype(np.uint8), names, key,
+                            _SegSpec("drawings", _content_hash(ids), False, 901, "READER_DRAWINGS"))
         result.drawings_seg = out_dir / FILE_NAMES["drawings"]
         seg.save_as(result.drawings_seg)
     else:

@@ -61,6 +61,7 @@ from dashboard.study.errors import (
 )
 from dashboard.study.export import COLUMNS, ExportSummary, export_study, read_export, study_tables
 from dashboard.study.protocol import (
+    AuditQuery,
     Study,
     close_study,
     create_study,
@@ -115,7 +116,7 @@ __all__ = [
     "ReadingError", "ReadLockedError", "SessionExpiredError", "SignInError", "StudyConflictError",
     "StudyDefinitionError", "StudyError", "StudyNotFoundError", "StudyStoreError", "UnknownUserError",
     "COLUMNS", "ExportSummary", "export_study", "read_export", "study_tables",
-    "Study", "close_study", "create_study", "edit_study", "list_audit", "list_studies", "load_study", "readers_without_account",
+    "AuditQuery", "Study", "close_study", "create_study", "edit_study", "list_audit", "list_studies", "load_study", "readers_without_account",
     "validate_study",
     "EVENT_KINDS", "Assignment", "NextStep", "ReadAnswers", "ReadForm", "Visibility", "correct_read",
     "next_assignment", "open_read", "read_form", "record_event", "record_first_drawing", "save_drawing",

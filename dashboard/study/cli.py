@@ -19,8 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from dashboard.data.store import open_store
-from dashboard.errors import ConceptLensError
+from dashboard.data.store import run_with_store
 from dashboard.settings import load_settings
 from dashboard.study.accounts import create_user, list_users
 from dashboard.study.definition import load_definition
@@ -174,15 +173,4 @@ _COMMANDS = {"create": _cmd_create, "status": _cmd_status, "results": _cmd_resul
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings()
-    try:
-        store = open_store(settings)
-    except ConceptLensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return _COMMANDS[args.cmd](store, settings, args)
-    except ConceptLensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
+    return run_with_store(settings, lambda store: _COMMANDS[args.cmd](store, settings, args))

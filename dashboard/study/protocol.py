@@ -14,6 +14,8 @@ from datetime import datetime
 
 import numpy as np
 
+from dashboard.data.demo import DEMO_READER
+from dashboard.data.studies import StudyRow
 from dashboard.study.definition import (
     StudyDefinition,
     check_definition,
@@ -123,7 +125,9 @@ def _resolve(store, defn: StudyDefinition, settings, *, check_accounts: bool = T
             continue
         where = f"arms[{i}] ({a.name!r}).probe"
         if a.probe == "latest":
-            rows = store.list_probes(model_card=card_name) if card_name else []
+            # the demo's seeded drawings ('demo truth') never reach a study: their probes are passed over
+            rows = [r for r in (store.list_probes(model_card=card_name) if card_name else [])
+                    if DEMO_READER not in (r["readers"] or [])]
             if rows:
                 probes[a.name] = int(rows[0]["version"])
             elif a.probe_optional:
@@ -143,6 +147,9 @@ def _resolve(store, defn: StudyDefinition, settings, *, check_accounts: bool = T
             elif card_name and row["model_card"] != card_name:
                 errs.append(f"{where}: probe version {a.probe} belongs to model card {row['model_card']!r}, "
                             f"not {card_name!r}")
+            elif DEMO_READER in (row["readers"] or []):
+                errs.append(f"{where}: probe version {a.probe} was trained on the demo's seeded drawings "
+                            f"({DEMO_READER!r}); remove them (Model and data) and retrain, then pin the new version")
             else:
                 probes[a.name] = int(a.probe)
     if errs:
@@ -163,6 +170,19 @@ def validate_study(store, definition: StudyDefinition, *, settings=None, check_a
     return _resolve(store, definition, settings, check_accounts=check_accounts, new_study=True)[4]
 
 
+def _plan_study(store, definition: StudyDefinition, settings,
+                definition_text: str | None) -> tuple[StudyRow, list[dict]]:
+    """The checked definition as the row to store (its TOML, what it pins) and its randomised assignments."""
+    check_definition(definition)
+    text = definition_text if definition_text is not None else definition_to_toml(definition)
+    case_ids, probes, card_name, weights_sha, warnings = _resolve(store, definition, settings)
+    assignments = plan_assignments(definition.name, definition.readers, [a.name for a in definition.arms],
+                                   case_ids, definition.seed)
+    row = StudyRow(definition.name, definition.title, text, definition_sha256(text), definition.seed,
+                   _pinned(case_ids, probes, card_name, weights_sha, warnings))
+    return row, assignments
+
+
 def create_study(store, definition: StudyDefinition, *, actor: str, settings=None, definition_text: str | None = None,
                  now: datetime | None = None) -> Study:
     """Check ``definition`` against the store, resolve what it pins, randomise, and store it all.
@@ -170,15 +190,8 @@ def create_study(store, definition: StudyDefinition, *, actor: str, settings=Non
     ``definition_text``: the TOML it was read from (kept verbatim); code-built definitions are
     written as TOML. Raises ``StudyDefinitionError`` (every problem listed) or
     ``StudyConflictError`` (a study of that name exists: the first creator wins)."""
-    check_definition(definition)
-    text = definition_text if definition_text is not None else definition_to_toml(definition)
-    case_ids, probes, card_name, weights_sha, warnings = _resolve(store, definition, settings)
-    assignments = plan_assignments(definition.name, definition.readers, [a.name for a in definition.arms],
-                                   case_ids, definition.seed)
-    store.insert_study(name=definition.name, title=definition.title, definition_toml=text,
-                       definition_sha256=definition_sha256(text), seed=definition.seed,
-                       pinned=_pinned(case_ids, probes, card_name, weights_sha, warnings),
-                       assignments=assignments, actor=actor, now=now or utcnow())
+    row, assignments = _plan_study(store, definition, settings, definition_text)
+    store.insert_study(row, assignments, actor=actor, now=now or utcnow())
     return load_study(store, definition.name)
 
 
@@ -188,16 +201,9 @@ def edit_study(store, definition: StudyDefinition, *, expected_revision: int, ac
 
     ``expected_revision`` is the revision the coordinator loaded: if another coordinator saved
     first, ``StudyConflictError`` says so and nothing changes."""
-    check_definition(definition)
-    text = definition_text if definition_text is not None else definition_to_toml(definition)
-    case_ids, probes, card_name, weights_sha, warnings = _resolve(store, definition, settings)
-    assignments = plan_assignments(definition.name, definition.readers, [a.name for a in definition.arms],
-                                   case_ids, definition.seed)
-    store.replace_study_definition(name=definition.name, expected_revision=expected_revision,
-                                   title=definition.title, definition_toml=text,
-                                   definition_sha256=definition_sha256(text), seed=definition.seed,
-                                   pinned=_pinned(case_ids, probes, card_name, weights_sha, warnings),
-                                   assignments=assignments, actor=actor, now=now or utcnow())
+    row, assignments = _plan_study(store, definition, settings, definition_text)
+    store.replace_study_definition(row, assignments, expected_revision=expected_revision, actor=actor,
+                                   now=now or utcnow())
     return load_study(store, definition.name)
 
 
@@ -232,10 +238,22 @@ def readers_without_account(store, readers: Iterable[str]) -> list[str]:
     return [r for r in readers if store.get_user(r) is None]
 
 
-def list_audit(store, *, study: str | None = None, actor: str | None = None, action: str | None = None,
-               entity: str | None = None, entity_id: str | None = None, since: datetime | None = None,
-               until: datetime | None = None, limit: int = 1000) -> list[dict]:
+@dataclass(frozen=True)
+class AuditQuery:
+    """The audit view's filters (None: any): study, actor, action, entity, entity id, and the time
+    range [since, until) in naive UTC."""
+
+    study: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    entity: str | None = None
+    entity_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def list_audit(store, query: AuditQuery = AuditQuery(), limit: int = 1000) -> list[dict]:
     """The coordinator's audit view: rows (seq, logged_at, actor, action, entity, entity_id, payload),
-    newest first, filtered by study, actor, action, entity and a time range [since, until)."""
-    return store.query_audit(study=study, actor=actor, action=action, entity=entity, entity_id=entity_id,
-                             since=since, until=until, limit=limit)
+    newest first, that match ``query``; at most ``limit``."""
+    return store.query_audit(study=query.study, actor=query.actor, action=query.action, entity=query.entity,
+                             entity_id=query.entity_id, since=query.since, until=query.until, limit=limit)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dashboard.data.store import DrawingRecord
+from dashboard.data.studies import QuestionnaireRow
 from dashboard.study.definition import SUS_ITEMS
 from dashboard.study.errors import AnswerError, NoAssignmentError, ReadingError, utcnow
 from dashboard.study.protocol import Study, load_study
@@ -382,10 +383,10 @@ def submit_questionnaire(store, study: str | Study, reader: str, session_index: 
         errs.append("Answer 1 to 5: " + "; ".join(bad))
     if errs:
         raise AnswerError("Please check the questionnaire:\n  - " + "\n  - ".join(errs))
-    store.insert_questionnaire(study=st.name, reader=reader, session_index=session_index, arm=rows[0]["arm"],
-                               sus_items=None if sus is None else [int(v) for v in sus], sus_score=score,
-                               trust_items={t: int(trust[t]) for t in q.trust}, comment=(comment or "").strip(),
-                               now=now or utcnow())
+    store.insert_questionnaire(QuestionnaireRow(
+        study=st.name, reader=reader, session_index=session_index, arm=rows[0]["arm"],
+        sus_items=None if sus is None else [int(v) for v in sus], sus_score=score,
+        trust_items={t: int(trust[t]) for t in q.trust}, comment=(comment or "").strip()), now=now or utcnow())
     return next(x for x in store.list_questionnaires(st.name)
                 if x["reader"] == reader and x["session_index"] == session_index)
 

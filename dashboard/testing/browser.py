@@ -41,7 +41,8 @@ def streamlit_server(app: Path | str, env: dict[str, str], *, startup_s: float =
     port = free_port()
     log_path = log_path or ARTIFACTS / f"streamlit-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    # no background warm-up unless the caller asks for it (CONCEPTLENS_WARMUP=1): flows start from known data
+    full_env = {**os.environ, "CONCEPTLENS_WARMUP": "0", **env, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]

@@ -10,6 +10,8 @@ import time
 
 APP_IDLE = "[data-testid='stApp'][data-test-script-state='notRunning'][data-test-connection-state='CONNECTED']"
 LONG = 240_000  # ms: a cold model load on 2 shared cores
+#: The Read page's hung images (clickable: streamlit-image-coordinates), in hanging order.
+READ_TILES = "[data-testid='stMain'] iframe[title*='streamlit_image_coordinates']"
 
 
 def wait_idle(page, timeout: int = LONG) -> None:
@@ -72,7 +74,7 @@ def open_first_patch(page, url: str, case_id: str) -> None:
     select_option(page, "Case", case_id)
     click_button(page, "Open case")
     heading(page, f"Read · {case_id}")
-    page.locator("[data-testid='stImage']").first.wait_for(state="visible", timeout=LONG)
+    page.locator(READ_TILES).first.wait_for(state="visible", timeout=LONG)
     click_button(page, "Label this patch")
     heading(page, "Label concepts")
 
@@ -95,15 +97,23 @@ def fill_number(page, label: str, value) -> None:
 
 
 def open_patch_at_point(page, image_label: str, x: int, y: int) -> None:
-    """Read page: pick an image and a display point, open the patch centred there for labeling."""
-    expander = page.locator("[data-testid='stExpander']", has_text="Pick a point instead").first
-    if not expander.get_by_label("x (display px)").is_visible():
-        expander.locator("summary").click()
-    select_option(page, "Image", image_label)
-    fill_number(page, "x (display px)", x)
-    fill_number(page, "y (display px)", y)
-    click_button(page, "Label patch here")
+    """Read page: click the image ``image_label`` ("R CC", ...) at display point (x, y) (model-grid
+    pixels of the shown image), which opens the patch centred there for labeling."""
+    lat, view = image_label.split()
+    frame = page.frame_locator(f"[class*='st-key-read_tile_{lat}{view}_'] iframe").first
+    img = frame.locator("img").first
+    img.wait_for(state="visible")
+    natural, shown = img.evaluate("i => [i.naturalWidth, i.clientWidth]")
+    scale = shown / max(natural, 1)
+    img.click(position={"x": x * scale, "y": y * scale})
     heading(page, "Label concepts")
+
+
+def shown_patch(page) -> tuple[int, int, int]:
+    """(x0, y0, size) of the patch the Label page shows (model px), once the reader is signed in."""
+    loc = wait_text(page, re.compile(r"patch \(-?\d+, -?\d+\) size \d+ model px"))
+    m = re.search(r"patch \((-?\d+), (-?\d+)\) size (\d+) model px", loc.inner_text())
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
 MEDIA_READY = """() => {

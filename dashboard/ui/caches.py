@@ -25,6 +25,7 @@ class Caches:
     display: Memo = _memo(48)          # (image sha, spacing, window key) -> (h, w) uint8, model orientation
     lesion_maps: Memo = _memo(48)      # (card, weights sha, image sha, spacing) -> LesionMap
     attributions: Memo = _memo(24)     # (card, weights sha, image sha, spacing, method) -> Attribution
+    case_head_start: HeadStart = field(default_factory=lambda: HeadStart(once=True))  # cases the Worklist prepares
     # ------------------------------------------------------------ concept layer (work.concepts)
     stats: Memo = _memo(8)             # stats directory -> DissectionStats
     activations: Memo = _memo(128)     # (card, weights, layer, image sha, x0, y0, size) -> (C, h, w)
@@ -32,6 +33,7 @@ class Caches:
     unit_masks_head_start: HeadStart = field(default_factory=HeadStart)  # patches being prepared
     matches: Memo = _memo(64)          # (card, weights, stats, image sha, patch, geometry, tau) -> MatchView
     exemplars: Memo = _memo(64)        # (card, weights, layer, stats key, stats dir, unit) -> [(RGB, caption)]
+    exemplars_head_start: HeadStart = field(default_factory=HeadStart)  # units whose exemplars are being built
     # ------------------------------------------------------------ report (work.evidence, work.report_parts)
     evidence: Memo = _memo(16)         # (card, weights, layer, image sha, spacing, method) -> ImageEvidence
     evidence_head_start: HeadStart = field(default_factory=HeadStart)   # evidence keys being computed

@@ -18,11 +18,15 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dashboard.data.store import Store, open_store
 from dashboard.engine.model_queue import act_as
+from dashboard.errors import ConceptLensError
 from dashboard.progress import Progress, fraction
 from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui import access, state
 from dashboard.ui.caches import Caches
 from dashboard.ui.context import AppContext, LoadedModel, build_context, load_model
+from dashboard.ui.warmup import STEPS as WARMUP_STEPS
+from dashboard.ui.warmup import TITLES as WARMUP_TITLES
+from dashboard.ui.warmup import WarmUp
 
 
 def get_settings() -> Settings:
@@ -88,6 +92,96 @@ def get_context(card: str | None = None) -> AppContext:
     return build_context(settings, store, get_model(card or selected_card(settings), settings), get_caches())
 
 
+def require_role(store: Store, role: str) -> access.AuthSession:
+    """The signed-in user (``AuthSession``) if this session has ``role``; otherwise the page shows why
+    (not signed in, expired, another role) and stops. A study page's first call after its title."""
+    try:
+        return access.require_role(store, st.session_state.get(state.AUTH_TOKEN), role)
+    except ConceptLensError as exc:  # AuthError
+        st.error(str(exc))
+        st.stop()
+
+
+def open_study_page(title: str, role: str) -> tuple[Settings, Store, str]:
+    """A study page's first lines: the settings and store, the page title, then ``require_role``;
+    returns the settings, the store and the signed-in username."""
+    settings = get_settings()
+    store = get_store(settings)
+    st.title(title)
+    return settings, store, require_role(store, role).username
+
+
+def show_flash(key: str) -> str | None:
+    """Show, once, the success message an action left under the session-state ``key`` before its
+    rerun; returns it (None when there was none)."""
+    flash = st.session_state.pop(key, None)
+    if flash:
+        st.success(flash, icon=":material/check:")
+    return flash
+
+
+@st.cache_resource
+def _warmup(db_path: str, data_dir: str, card_name: str) -> WarmUp:
+    return WarmUp()
+
+
+def get_warmup(settings: Settings | None = None) -> WarmUp:
+    """The process's warm-up of this database and default card (``dashboard.ui.warmup``), started
+    in a background thread on first use (every page's run asks, so the first request starts it)."""
+    settings = settings or get_settings()
+    warm = _warmup(str(settings.db_path), str(settings.data_dir), settings.model_card)
+    if warm.thread is None:
+        if not settings.warmup:
+            warm.disable("off (CONCEPTLENS_WARMUP=0)")
+        else:
+            store, loaded, caches = get_store(settings), get_model(settings.model_card, settings), get_caches()
+            warm.start(lambda: build_context(settings, store, loaded, caches))
+    return warm
+
+
+def warmup_notice(needs: tuple[str, ...], *, key: str, refresh_every: float = 0.0, rerun: bool = True) -> bool:
+    """Say what this page waits for while the warm-up prepares ``needs`` (steps of ``WARMUP_STEPS``),
+    with their progress, updated every 2 s; the page runs again when one of them finishes (and, with
+    ``refresh_every`` (a fraction), each time that much more of a step is done). True when all are
+    finished (nothing drawn then, except a failed step's message). ``rerun=False`` (a page where the
+    reader may be drawing): the notice says it is ready instead, and the reader's next action uses it."""
+    warm = get_warmup()
+    seen = warm.snapshot()
+    for n in needs:
+        if seen[n].state == "failed":
+            st.warning(f"Preparing the {WARMUP_TITLES[n]} failed: {seen[n].message}")
+    if all(seen[n].finished for n in needs):
+        return True
+
+    @st.fragment(run_every=2.0)
+    def notice():
+        snap = warm.snapshot()
+        with st.container(border=True, key=f"{key}.warmup"):
+            st.markdown("**Getting ready in the background** · the app works meanwhile")
+            for n in WARMUP_STEPS:
+                s = snap[n]
+                if n not in needs and s.state != "running":
+                    continue
+                if s.finished:
+                    st.caption(f":material/check: {WARMUP_TITLES[n].capitalize()}: {s.state}")
+                elif s.state == "running":
+                    count = f" · {s.done}/{s.total}" if s.total else ""
+                    st.progress(s.fraction, text=f"Preparing the {WARMUP_TITLES[n]}{count}"
+                                                 + (f" · {s.message}" if s.message else ""))
+                else:
+                    st.caption(f":material/schedule: Waiting to prepare the {WARMUP_TITLES[n]}")
+        changed = any(snap[n].finished != seen[n].finished for n in needs)
+        grown = refresh_every > 0 and any(
+            snap[n].total and snap[n].done - seen[n].done >= max(1.0, refresh_every * snap[n].total) for n in needs)
+        if rerun and (changed or grown):
+            st.rerun()  # the whole page: what it waited for is there
+        elif all(snap[n].finished for n in needs):
+            st.success("Ready: go ahead.", icon=":material/check:")
+
+    notice()
+    return False
+
+
 def forget_models() -> None:
     """Drop cached models (after a card changed on disk or new weights were trained)."""
     _model.clear()
@@ -130,5 +224,7 @@ def image_coordinates(rgb: np.ndarray, *, key: str, width: int) -> dict | None:
     # imported here for the same reason as the canvas: the package registers a component on import
     from streamlit_image_coordinates import streamlit_image_coordinates  # optional until a page uses it
 
-    return streamlit_image_coordinates(Image.fromarray(rgb), key=key, width=width, image_format="JPEG",
-                                       jpeg_quality=90, cursor="crosshair")
+    # the height too: given a width alone, the component keeps the image's own height (a distorted image)
+    height = max(1, round(width * rgb.shape[0] / rgb.shape[1]))
+    return streamlit_image_coordinates(Image.fromarray(rgb), key=key, width=width, height=height,
+                                       image_format="JPEG", jpeg_quality=90, cursor="crosshair")

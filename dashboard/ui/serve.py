@@ -6,8 +6,8 @@ runs as before, for the person at this machine. Any other address (0.0.0.0, a LA
 name) puts it on the network, and then readers must sign in: ``CONCEPTLENS_REQUIRE_SIGN_IN`` must be on
 and the store must hold an active coordinator account (``python -m dashboard.study user add ... --role
 coordinator``); otherwise the server refuses to start and says why. Then the process makes every file
-it writes private (umask 077), computes the default model's dataset statistics if asked
-(``--warmup``), and replaces itself with ``streamlit run app.py`` on that address and port, so signals
+it writes private (umask 077), runs the warm-up in the foreground if asked (``--warmup``; without
+it the app runs it in the background, ``dashboard.ui.warmup``), and replaces itself with ``streamlit run app.py`` on that address and port, so signals
 reach Streamlit directly, with the security options on its command line (``SECURE_OPTIONS``).
 ``--check`` runs the check only.
 """
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dashboard.ui.serve", description=__doc__.splitlines()[0])
     ap.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     ap.add_argument("--port", type=int, default=8501)
-    ap.add_argument("--warmup", action="store_true", help="compute the default model's dataset statistics first")
+    ap.add_argument("--warmup", action="store_true", help="run the warm-up (statistics, demo drawings, scores, TCAV) before serving")
     ap.add_argument("--check", action="store_true", help="run the start-up check only")
     args, extra = ap.parse_known_args(argv)
     settings = load_settings()

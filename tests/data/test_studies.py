@@ -9,7 +9,13 @@ import duckdb
 import pytest
 
 from dashboard.data.store import SQL_DIR, ImageRecord, Store
-from dashboard.data.studies import ReadLockedError, StudyConflictError, StudyNotFoundError
+from dashboard.data.studies import (
+    QuestionnaireRow,
+    ReadLockedError,
+    StudyConflictError,
+    StudyNotFoundError,
+    StudyRow,
+)
 
 T0 = datetime(2025, 3, 1, 9, 0, 0)
 
@@ -43,8 +49,8 @@ def test_migration_005_upgrades_a_database_with_drawings(tmp_path):
 def _study(store, name="s"):
     store.save_case("c1", "synthetic", label="malignant")
     store.save_image(ImageRecord("i1", "c1", "x", hashlib.sha256(b"x").hexdigest(), rows=8, cols=8))
-    store.insert_study(name=name, title="", definition_toml="name = 's'", definition_sha256="0" * 64, seed=1,
-                       pinned={"case_ids": ["c1"]}, actor="coord", now=T0,
+    store.insert_study(StudyRow(name=name, title="", definition_toml="name = 's'", definition_sha256="0" * 64, seed=1,
+                                pinned={"case_ids": ["c1"]}), actor="coord", now=T0,
                        assignments=[{"assignment_id": f"{name}/r/0/0", "study": name, "reader": "r", "arm": "a",
                                      "session_index": 0, "position": 0, "case_id": "c1"}])
     return store.get_assignment(f"{name}/r/0/0")
@@ -80,11 +86,11 @@ def test_revisions_and_duplicates_conflict(store):
 
 def test_questionnaire_once(store):
     _study(store)
-    kw = dict(study="s", reader="r", session_index=0, arm="a", sus_items=[3] * 10, sus_score=50.0,
-              trust_items={"t": 3}, comment="", now=T0)
-    store.insert_questionnaire(**kw)
+    q = QuestionnaireRow(study="s", reader="r", session_index=0, arm="a", sus_items=[3] * 10, sus_score=50.0,
+                         trust_items={"t": 3}, comment="")
+    store.insert_questionnaire(q, now=T0)
     with pytest.raises(ReadLockedError):
-        store.insert_questionnaire(**kw)
+        store.insert_questionnaire(q, now=T0)
     assert store.list_questionnaires("s")[0]["trust_items"] == {"t": 3}
 
 

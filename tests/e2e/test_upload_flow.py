@@ -57,7 +57,7 @@ def test_upload_two_dicoms_see_them_in_the_worklist_and_open_one(browser, artifa
             flows.select_option(page, "Case", case_id)
             flows.click_button(page, "Open case")
             flows.heading(page, f"Read · {case_id}")
-            tiles = page.locator("[data-testid='stMain'] [data-testid='stImage']")
+            tiles = page.locator(flows.READ_TILES)
             tiles.nth(1).wait_for(state="visible")  # both views hung
             n_tiles = tiles.count()
             read_text = page.locator("[data-testid='stMain']").inner_text()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dashboard.engine.activations import compute_activations
 from dashboard.engine.attribution import (
     METHODS,
     Attribution,
@@ -236,8 +237,22 @@ def test_real_model_card(patch, method):
     att = attribute(model, card, patch, AttributionConfig(method=method, **FAST))
     assert att.map.shape == (S, S) and np.isfinite(att.map).all() and att.map.std() > 1e-4
     assert att.target == card.positive_index
+    x = card.preprocess(torch.from_numpy(patch)[None])
     if method == "gradcam":
         assert att.layer == card.default_layer
+        # at the pool-linear layer the gradient is W[target] / (h w) everywhere: Grad-CAM is the ReLU of
+        # the head's per-cell logit contributions, bilinearly upsampled and scaled to a maximum of 1
+        with torch.no_grad():
+            acts = compute_activations(model, [card.default_layer], x)[card.default_layer][0]  # (C, h, w)
+            w = model.get_classifier().weight[card.positive_index]
+            cam = torch.relu(torch.einsum("c,chw->hw", w, acts) / (acts.shape[1] * acts.shape[2]))
+            up = torch.nn.functional.interpolate(cam[None, None], size=(S, S), mode="bilinear")[0, 0].numpy()
+        assert up.max() > 0 and att.stats["max"] == pytest.approx(float(up.max()), rel=1e-4)
+        np.testing.assert_allclose(att.map, up / up.max(), atol=1e-4)
+    else:  # IG adds up to the logit's change from the black baseline
+        with torch.no_grad():
+            gap = (model(x) - model(card.preprocess(torch.zeros(1, S, S))))[0, card.positive_index].item()
+        assert abs(gap) > 0.1 and att.stats["sum"] == pytest.approx(gap, rel=0.1, abs=0.05)
     for k, v in before.items():
         assert torch.equal(v, model.state_dict()[k]), k
     assert _no_hooks(model)

@@ -425,3 +425,69 @@ def test_concurrent_readers_lose_nothing(settings, separate_connections):
     if separate_connections:
         stores[1].close()
     base.close()
+
+
+# ---------------------------------------------------------------- the labeling boundary: strict > everywhere
+def _boundary_scene():
+    """Three units on a 10 x 10 patch whose feature map is 10 x 10 too (the upsampling is the identity),
+    a 5 x 5 drawing (25 pixels), and IoUs that are exact ratios of pixel counts:
+
+    unit 0: on at 5 pixels inside the drawing                      -> IoU 5/25 = 0.2, exactly tau
+    unit 1: the same 5 pixels, and the rest of the patch sits exactly at the threshold
+            (strict > leaves it off)                                 -> IoU 0.2; with >= it would be 25/100
+    unit 2: on at 6 pixels inside the drawing                        -> IoU 6/25 = 0.24 > tau
+    """
+    a = np.zeros((3, 10, 10), np.float32)
+    a[0, 0, :5] = 1.0
+    a[1] = 0.5
+    a[1, 0, :5] = 1.0
+    a[2, 0, :5] = 1.0
+    a[2, 1, 0] = 1.0
+    t = np.array([0.5, 0.5, 0.5], np.float32)
+    mask = np.zeros((10, 10), bool)
+    mask[:5, :5] = True
+    return a, t, mask
+
+
+def test_unit_iou_threshold_and_tau_are_strict():
+    """A pixel exactly at its unit's activation threshold is off, and a unit exactly at tau is not picked:
+    IoUs are ratios of pixel counts, so equality is common (5/25 is exactly 0.2)."""
+    a, t, mask = _boundary_scene()
+    expected = np.array([0.2, 0.2, 0.24])
+    np.testing.assert_array_equal(compute_unit_ious(a, t, mask), expected)
+    np.testing.assert_array_equal(compute_unit_ious_reference(a, t, mask), expected)
+    np.testing.assert_array_equal(unit_ious(prepare_unit_masks(a, t, 10), mask), expected)
+    m = match_drawing(a, t, mask, tau=0.2)
+    assert m.units_above.tolist() == [2] and m.best_unit == 2 and m.best_iou == 0.24
+    assert match_drawing(a, t, mask, tau=0.19).units_above.tolist() == [2, 0, 1]
+
+
+def test_unit_iou_plateau_at_threshold_is_off():
+    """Upsampled plateaus exactly at the threshold (ReLU6 caps, constant maps) are off, whole cells and all."""
+    a = torch.full((2, 4, 4), 6.0)
+    a[1, :2] = 7.0  # the top half above, the bottom half at the threshold
+    t = torch.tensor([6.0, 6.0])
+    mask = np.zeros((32, 32), bool)
+    mask[:16] = True
+    fast, ref = compute_unit_ious(a, t, mask), compute_unit_ious_reference(a, t, mask)
+    np.testing.assert_array_equal(fast, ref)
+    assert fast[0] == 0.0
+    # unit 1: the upsampled map is 7 on rows whose bilinear weights touch only the top cells
+    up = F.interpolate(a[1][None, None].double(), size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    seg = (up > 6.0).numpy()
+    assert 0 < seg.sum() < 32 * 32 and fast[1] == (seg & mask).sum() / (seg | mask).sum()
+
+
+def test_labeling_at_tau_exactly_labels_nothing(store):
+    """The store keeps and labels only units with IoU strictly above tau; one exactly at tau is left out."""
+    add_image(store)
+    a, t, mask = _boundary_scene()
+    ious = compute_unit_ious(a, t, mask)
+    res = _save(store, "mass-round", ious, tau=0.2)
+    assert res.units_above.tolist() == [2] and res.labeled_units.tolist() == [2]
+    assert res.ious_above.tolist() == [0.24]
+    assert [(r["unit"], r["iou"]) for r in store.list_annotation_units(annotation_id=res.annotation_id)] == [(2, 0.24)]
+    assert _labels(store) == {2: ("mass-round", 0.24, res.annotation_id)}
+    # a second drawing exactly tying unit 2's best IoU does not take it (a later drawing must beat it)
+    later = _save(store, "vessel", np.array([0.0, 0.0, 0.24]))
+    assert later.labeled_units.tolist() == [] and _labels(store)[2][0] == "mass-round"

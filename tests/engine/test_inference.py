@@ -232,6 +232,10 @@ def test_non_pool_linear_falls_back_to_tiles(card, image):
     with pytest.warns(UserWarning, match="tiles"):
         lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="fcn"))
     assert lm.method == "tiles" and lm.prob.shape == img.shape
+    tiles = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="tiles"))  # what the fallback ran
+    np.testing.assert_array_equal(lm.prob, tiles.prob)
+    np.testing.assert_array_equal(lm.grid_prob, tiles.grid_prob)
+    assert lm.score == tiles.score and lm.grid_prob.std() > 0
 
 
 def test_lesion_map_efficientnet_lite0(card, image):
@@ -242,6 +246,27 @@ def test_lesion_map_efficientnet_lite0(card, image):
     lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="fcn"))
     assert lm.prob.shape == img.shape and np.isfinite(lm.prob).all()
     assert lm.grid_prob.shape[0] >= int(np.ceil((img.shape[0] - 1) / 32)) + 1
+    # the grid is the definition: the head applied to the mean feature of each 2 x 2 window (patch S = 2
+    # cells of stride 32) of one pass over the image zero-padded by S/2, grid step 32
+    h, w = img.shape
+    hp, wp = 32 * (int(np.ceil((h - 1) / 32)) + 2), 32 * (int(np.ceil((w - 1) / 32)) + 2)
+    padded = np.zeros((hp, wp), np.float32)
+    padded[S // 2:S // 2 + h, S // 2:S // 2 + w] = img
+    with torch.no_grad():
+        feat = model.forward_features(card.preprocess(torch.from_numpy(padded)[None]))[0]  # (C, hf, wf)
+        pooled = torch.nn.functional.avg_pool2d(feat[None], 2, stride=1)[0]  # (C, rows, cols)
+        logits = torch.einsum("kc,cij->kij", model.get_classifier().weight, pooled) + model.get_classifier().bias[:, None, None]
+        expected = torch.softmax(logits, 0)[1].numpy()
+    assert expected.shape == lm.grid_prob.shape and lm.grid_prob.std() > 0.01
+    np.testing.assert_allclose(lm.grid_prob, expected, atol=1e-4)
+    np.testing.assert_array_equal(lm.grid_xy[0, :, 0], np.arange(lm.grid_prob.shape[1]) * 32 - S // 2)
+    # the map passes through the grid at the patch centres, is 0 outside the breast, and the score is the
+    # best grid value whose centre is in the breast
+    cy, cx = np.meshgrid(np.arange(expected.shape[0]) * 32, np.arange(expected.shape[1]) * 32, indexing="ij")
+    inside = (cy < h) & (cx < w)
+    inside[inside] = mask[cy[inside], cx[inside]]
+    np.testing.assert_allclose(lm.prob[cy[inside], cx[inside]], lm.grid_prob[inside], atol=1e-5)
+    assert not lm.prob[~mask].any() and lm.score == pytest.approx(float(lm.grid_prob[inside].max()), abs=1e-6)
     _assert_same_state(model, before)
     assert sum(hook_counts(model).values()) == 0
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import dashboard.engine.probes as probes_mod
 from dashboard.data.store import DrawingRecord, NotFoundError, ValidationError
 from dashboard.engine.activations import compute_activations
 from dashboard.engine.dissection import undo_annotation
@@ -16,6 +17,7 @@ from dashboard.engine.probes import (
     compute_image_concept_maps,
     fit_probe,
     fit_probes,
+    image_folds,
     load_probe,
     train_probes,
 )
@@ -182,3 +184,41 @@ def test_single_image_gives_reason(store, model, card, tmp_path):
     probe = train_probes(store, model, card, LAYER, load_patch=_loader(patches), config=ProbeConfig(cache_dir=tmp_path))
     m = probe.metrics["mass-round"]
     assert m["auroc"] is None and "image" in m["reason"] and m["n_drawings"] == 3 and m["n_images"] == 1
+
+
+def test_image_folds_keep_each_image_together():
+    group = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 5, 6, 6])  # positions of 7 images
+    fold = image_folds(group, 7, 3, seed=0)
+    for g in np.unique(group):
+        assert len(set(fold[group == g])) == 1  # an image's positions share one fold
+    per_image = np.array([fold[group == g][0] for g in range(7)])
+    assert sorted(np.bincount(per_image, minlength=3).tolist()) == [2, 2, 3]  # dealt round-robin
+    np.testing.assert_array_equal(fold, image_folds(group, 7, 3, seed=0))  # seeded
+    assert any(not np.array_equal(fold, image_folds(group, 7, 3, seed=s)) for s in range(1, 6))
+
+
+def test_validation_never_trains_on_a_held_out_image(store, model, card, tmp_path, monkeypatch):
+    """Each validation model is trained without any position of the images it scores: a fold that split an
+    image would leak the held-out image into its own training rows (and inflate the AUROC)."""
+    seen = {}
+    real_collect, real_fit = probes_mod.collect_probe_data, probes_mod.fit_probes
+
+    def collect(*a, **kw):
+        seen["data"] = real_collect(*a, **kw)
+        return seen["data"]
+
+    def fit(X, y, n_classes, train, **kw):
+        seen["train"] = train.clone()
+        return real_fit(X, y, n_classes, train, **kw)
+
+    monkeypatch.setattr(probes_mod, "collect_probe_data", collect)
+    monkeypatch.setattr(probes_mod, "fit_probes", fit)
+    patches = _populate(store, n_images=5, vessel_drawings=0)
+    train_probes(store, model, card, LAYER, load_patch=_loader(patches), config=ProbeConfig(cache_dir=tmp_path, folds=3))
+    group, train = seen["data"].group.numpy(), seen["train"].numpy()
+    assert train.shape == (4, len(group)) and train[3].all()  # 3 validation models, then the probe on everything
+    held = ~train[:3]
+    np.testing.assert_array_equal(held.sum(0), 1)  # every position is scored by exactly one validation model
+    for f in range(3):
+        assert held[f].any() and not set(group[held[f]]) & set(group[train[f]])
+    assert sorted(len(set(group[held[f]])) for f in range(3)) == [1, 2, 2]  # 5 images dealt to 3 folds

@@ -7,6 +7,7 @@ import torch
 
 from dashboard.data.store import DrawingRecord
 from dashboard.engine.activations import compute_activations
+from dashboard.engine.attribution import AttributionConfig, attribute
 from dashboard.engine.dissection import label_units_from_drawing
 from dashboard.engine.probes import ProbeConfig, train_probes
 from dashboard.engine.report import (
@@ -218,7 +219,14 @@ def test_default_attribution_is_wired(setup, store, model, card):
     rep = build_report(model, card, _scene(4)[0], probe,
                        inputs=ReportInputs(store=store))  # Grad-CAM from dashboard.engine.attribution
     assert rep.attribution_map.shape == (S, S) and rep.attribution_method == "gradcam"
-    assert np.isfinite(rep.attribution_map).all() and rep.attribution_map.max() > 0
+    # it is the card's target class's Grad-CAM, and the concept shares are those of that map
+    cam = attribute(model, card, _scene(4)[0], AttributionConfig(method="gradcam", target=rep.target)).map
+    assert cam.std() > 0.01
+    np.testing.assert_array_equal(rep.attribution_map, cam)
+    given = build_report(model, card, _scene(4)[0], probe, inputs=ReportInputs(store=store, attribution_map=cam))
+    assert [(c.concept, c.attribution_share) for c in rep.concepts] == [
+        (c.concept, c.attribution_share) for c in given.concepts]
+    assert any(c.attribution_share for c in rep.concepts)
 
 
 @pytest.mark.e2e

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from dashboard.engine.probes import ProbeConfig, ProbeData, collect_probe_data, train_probes
 from dashboard.engine.tcav import (
@@ -133,3 +134,51 @@ def test_run_tcav_stores_and_round_trips(store, model, card, inputs, tmp_path):
     assert res.alpha_corrected == pytest.approx(0.025)
     row = store.latest_tcav_run(probe.version, target=1)
     assert TCAVResult.from_dict(row["results"]) == res
+
+
+def test_ttest_is_two_sided_welch():
+    """A concept far *below* random is as significant as one far above: the test is two-sided, and its
+    p-value is Welch's, by hand."""
+    low = np.array([0.0, 0.05, 0.1, 0.0, 0.05])
+    rand = np.array([0.5, 0.6, 0.45, 0.55, 0.5])
+    va, vb = low.var(ddof=1) / 5, rand.var(ddof=1) / 5
+    t = (low.mean() - rand.mean()) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 4)
+    p = 2 * stats.t.sf(abs(t), df)
+    assert p < 1e-5
+    assert _ttest(low, rand) == pytest.approx(p, rel=1e-9)
+    assert _ttest(rand, low) == pytest.approx(p, rel=1e-9)
+
+
+def _planted(model, concepts: dict[str, int], random_on: int, r: int = 8) -> CAVSet:
+    """CAVs at the pool-linear layer bn2, where every input's gradient is W[target] / (h w): a CAV along +W
+    scores 1 on every input and one along -W scores 0. concepts {name: how many of its r runs are +W};
+    random_on: how many of the r random CAVs are +W."""
+    w = model.classifier.weight[1].detach().numpy().astype(np.float32)
+    w = w / np.linalg.norm(w)
+    vecs, idx = [], []
+    for n_on in [*concepts.values(), random_on]:
+        idx.append(list(range(len(vecs), len(vecs) + r)))
+        vecs += [w] * n_on + [-w] * (r - n_on)
+    return CAVSet(layer="bn2", concepts=list(concepts), vectors=np.stack(vecs), concept_idx=np.array(idx[:-1]),
+                  random_idx=np.array(idx[-1]), accuracy=np.ones(len(vecs)), n_runs=r)
+
+
+def test_significance_is_bonferroni_corrected(model, card, inputs):
+    """Run scores 0/8 and 8/8 against random 4/8: Welch's two-sided p = 0.0331, between alpha / K = 0.025
+    and alpha = 0.05. With two concepts neither is significant; alone, each is."""
+    p_hand = 2 * stats.t.sf(0.5 / np.sqrt((2 / 7) / 8), 7)
+    assert 0.025 < p_hand < 0.05
+    both = compute_tcav(model, card, _planted(model, {"up": 8, "down": 0}, 4), inputs, TCAVConfig(target=1))
+    assert both.alpha_corrected == 0.025
+    for cn, score in (("up", 1.0), ("down", 0.0)):
+        c = both.concepts[cn]
+        assert c.score == score and c.p_value == pytest.approx(p_hand, rel=1e-9)
+        assert c.significant is False
+    for cn, n_on in (("up", 8), ("down", 0)):
+        alone = compute_tcav(model, card, _planted(model, {cn: n_on}, 4), inputs, TCAVConfig(target=1))
+        assert alone.alpha_corrected == 0.05
+        assert alone.concepts[cn].p_value == pytest.approx(p_hand, rel=1e-9) and alone.concepts[cn].significant is True
+    # a concept that scores like random is never significant
+    same = compute_tcav(model, card, _planted(model, {"flat": 4}, 4), inputs, TCAVConfig(target=1))
+    assert same.concepts["flat"].p_value == pytest.approx(1.0) and same.concepts["flat"].significant is False

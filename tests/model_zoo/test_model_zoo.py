@@ -44,7 +44,7 @@ def test_builtin_cards_are_listed_and_the_demo_card_matches_its_contract():
     assert demo.arch == "efficientnet_lite0"
     assert demo.classes == ("normal", "lesion") and demo.positive_index == 1
     assert demo.pixel_spacing_mm == 0.2 and demo.input_size == (3, 224, 224) and demo.patch_size == 224
-    assert demo.concept_layers == ("bn2", "blocks.5", "blocks.4") and demo.default_layer == "bn2"
+    assert demo.concept_layers == ("bn2", "blocks.5", "blocks.4") and demo.default_layer == "blocks.4" and demo.label_patch_size == 224
     assert demo.head == "pool-linear" and demo.head_layer == "bn2" and demo.classifier == "classifier"
     assert demo.grayscale_to == "repeat"
 

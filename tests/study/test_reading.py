@@ -10,6 +10,7 @@ import pytest
 from dashboard.engine.dissection import mask_to_png
 from dashboard.study import (
     AnswerError,
+    AuditQuery,
     NoAssignmentError,
     ReadAnswers,
     ReadingError,
@@ -212,7 +213,7 @@ def test_every_action_writes_an_audit_row(study_env):
     assert store.query_audit(study="pilot", since=datetime(2100, 1, 1)) == []
     assert len(store.query_audit(study="pilot", until=datetime(2100, 1, 1))) == 5
     assert store.query_audit(entity="read", entity_id=read_id)[0]["action"] == "submit"
-    assert [r["action"] for r in list_audit(store, study="pilot", actor=reader, action="open")] == ["open"]
+    assert [r["action"] for r in list_audit(store, AuditQuery(study="pilot", actor=reader, action="open"))] == ["open"]
 
 
 def test_two_coordinators_creating_the_same_study_one_wins(store, settings):

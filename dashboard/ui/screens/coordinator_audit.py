@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from dashboard.study import list_audit
+from dashboard.study import AuditQuery, list_audit
 
 #: Rows the page shows at most (the export holds a study's whole log).
 MAX_ROWS = 2000
@@ -37,8 +37,8 @@ def audit_rows(store, flt: AuditFilter, limit: int = MAX_ROWS) -> list[dict]:
     """The log rows matching ``flt``, newest first, the payload as JSON text."""
     since = datetime.combine(flt.since, time.min) if flt.since else None
     until = datetime.combine(flt.until, time.min) + timedelta(days=1) if flt.until else None
-    rows = list_audit(store, study=flt.study or None, actor=flt.actor or None, action=flt.action or None,
-                      entity=flt.entity or None, since=since, until=until, limit=limit)
+    rows = list_audit(store, AuditQuery(study=flt.study or None, actor=flt.actor or None, action=flt.action or None,
+                                         entity=flt.entity or None, since=since, until=until), limit=limit)
     return [{"seq": r["seq"], "time (UTC)": r["logged_at"], "actor": r["actor"], "action": r["action"],
              "entity": r["entity"], "id": r["entity_id"], "details": json.dumps(r["payload"], default=str)}
             for r in rows]

@@ -23,6 +23,7 @@ from dashboard.engine import dissection
 from dashboard.errors import ConceptLensError
 from dashboard.ui import canvas
 from dashboard.ui.context import AppContext
+from dashboard.ui.screens.units import ready_exemplars
 from dashboard.ui.types import TAU, LabelingError, PatchRef, WindowChoice
 from dashboard.ui.work import concepts as cx
 from dashboard.ui.work import images
@@ -31,6 +32,9 @@ from dashboard.ui.work.overlays import heat_rgb
 from dashboard.ui.work.probe_versions import retrain as retrain_probes
 from dashboard.ui.work.report_parts import prefetch_report
 from dashboard.ui.work.unit_map import unit_scatter
+
+#: Units of a drawing's match shown as a gallery of their top exemplars (best IoU first).
+GALLERY_UNITS = 4
 
 #: The canvas is at most MAX_CANVAS pixels wide (an integer zoom of the patch below that).
 MAX_CANVAS = 448
@@ -347,3 +351,20 @@ def save(ctx: AppContext, view: PatchView, m: MatchView, concept: str, reader: s
             out.probe_version, out.probe_drawings = info.version, info.n_drawings
         out.timings_s["retrain"] = time.perf_counter() - t0
     return out
+
+
+def unit_gallery(ctx: AppContext, m: MatchView, per_unit: int = 3) -> tuple[list[dict], int]:
+    """The drawing's best units (IoU above tau, else the best one) with their top exemplars: rows
+    {unit, iou, label, exemplars [(RGB, caption)]} of those whose exemplars are built, and how many
+    are still being built in the background (they show on the next run)."""
+    stats = cx.find_stats(ctx)
+    if stats is None:
+        return [], 0
+    units = list(m.units_above[:GALLERY_UNITS]) or [int(m.best_unit)]
+    # while the Report's evidence is being prepared (the reader's next wait), the exemplars wait their turn
+    busy = bool(ctx.caches.evidence_head_start) or bool(ctx.caches.unit_masks_head_start)
+    ready, missing = ready_exemplars(ctx, stats, units, defer=busy)
+    labels = {int(r["unit"]): r["concept"] for r in ctx.store.list_unit_labels(ctx.card_name, cx.layer_of(ctx))}
+    rows = [{"unit": u, "iou": float(m.ious[u]), "label": labels.get(u, ""), "exemplars": ready[u][:per_unit]}
+            for u in units if u in ready]
+    return rows, len(missing)

@@ -11,8 +11,10 @@ import model_zoo
 from dashboard.data import demo
 from dashboard.data import ingest as ingest_mod
 from dashboard.data import uploads as uploads_mod
+from dashboard.data.demo import DEMO_READER as DEMO_READER  # the page names the seeded reader
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
+from dashboard.ui import warmup
 from dashboard.ui.context import AppContext
 from dashboard.ui.incidents import incidents
 from dashboard.ui.work import concepts
@@ -173,3 +175,13 @@ def compute_dataset_stats(ctx: AppContext, max_patches: int, progress: Progress 
     """Activation quantiles, exemplars and the unit map of the card's concept layer.
     ``progress(done, total, message)`` counts patches."""
     return concepts.compute_stats(ctx, int(max_patches), progress)
+
+
+def demo_drawing_count(ctx: AppContext) -> int:
+    """Live drawings of the demo's seeded reader (``DEMO_READER``)."""
+    return warmup.count_demo_drawings(ctx)
+
+
+def remove_demo_drawings(ctx: AppContext, actor: str) -> int:
+    """Remove every seeded demo drawing in one step (``warmup.remove_demo_drawings``)."""
+    return warmup.remove_demo_drawings(ctx, actor)

@@ -22,7 +22,6 @@ from dashboard import imaging
 from dashboard.data.domain import card_modality, case_domains, domain_warning, suggest_card
 from dashboard.data.files import BURNED_IN_WARNING, burned_in_annotation
 from dashboard.data.store import StoreError
-from dashboard.ui.canvas import parse_points
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef, ReadingError, WindowChoice, operating_threshold
 from dashboard.ui.work.concepts import find_stats, patch_unit_masks, prefetch_unit_masks
@@ -42,8 +41,6 @@ OVERLAYS = ("none", "lesion map", "attribution")
 HANGING = (("R", "CC"), ("L", "CC")), (("R", "MLO"), ("L", "MLO"))
 #: Box colours of the most suspicious patch and of the others.
 FIRST_BOX, OTHER_BOX = "#ffd54f", "#4fc3f7"
-#: Widest point-picking canvas, px (twice the model image when that is narrower).
-POINT_CANVAS_PX = 520
 
 @dataclass
 class Tile:
@@ -281,19 +278,36 @@ def prepare_labeling(ctx: AppContext, ref: PatchRef) -> bool:
         return False
 
 
-# ---------------------------------------------------------------- picking a point on a tile
-def point_canvas_size(tile: Tile) -> tuple[int, int]:
-    """(width, height) of the point-picking canvas over a tile, px: at most POINT_CANVAS_PX wide."""
-    h, w = tile.model_shape
-    cw = min(POINT_CANVAS_PX, w * 2)
-    return cw, int(round(cw * h / w))
+# ---------------------------------------------------------------- clicking a point on an image
+#: Prefix of the session-state keys of the Read page's clickable images (one per image id).
+CLICK_KEY = "read.img."
 
 
-def clicked_point(tile: Tile, json_data: dict | None, fit: dict | None) -> tuple[float, float] | None:
-    """The last point clicked on the tile's canvas, in display pixels of the tile (None: no click)."""
-    h, w = tile.model_shape
-    clicks = parse_points(json_data, image_size=(w, h), fit=fit, canvas_size=point_canvas_size(tile))
-    return clicks[-1] if clicks else None
+def new_click(session: dict, seen: float | None) -> tuple[str, dict] | None:
+    """The newest click on one of the Read page's images not yet taken: (image_id, its value
+    {"x", "y", "width", "height", "unix_time"}), or None. ``seen``: the unix time of the last one taken."""
+    best = None
+    for key in list(session.keys()):
+        value = session.get(key) if isinstance(key, str) and key.startswith(CLICK_KEY) else None
+        if not isinstance(value, dict) or value.get("unix_time") is None:
+            continue
+        if seen is not None and float(value["unix_time"]) <= float(seen):
+            continue
+        if best is None or value["unix_time"] > best[1]["unix_time"]:
+            best = (key[len(CLICK_KEY):], value)
+    return best
+
+
+def patch_from_click(ctx: AppContext, image_id: str, value: dict) -> PatchRef:
+    """The patch centred on a click on a shown image: (x, y) in shown pixels of an image shown
+    ``value["width"]`` px wide (display orientation) -> ``patch_at`` in display pixels."""
+    row = ctx.store.get_image(image_id)
+    if row is None:
+        raise ReadingError(f"Image {image_id!r} is not in the store.")
+    _, _, frame = model_image(ctx, row)
+    h, w = frame.model_shape
+    scale = w / max(float(value.get("width") or w), 1.0)
+    return patch_at(ctx, image_id, float(value["x"]) * scale, float(value["y"]) * scale)
 
 
 # ---------------------------------------------------------------- the model for this case

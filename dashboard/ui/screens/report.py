@@ -14,17 +14,19 @@ import numpy as np
 import plotly.graph_objects as go
 
 from dashboard import evaluation
+from dashboard.data.demo import DEMO_READER
 from dashboard.data.domain import domain_warning, image_row_domain
 from dashboard.engine import report, tcav
 from dashboard.export import export_dicom
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
-from dashboard.ui.types import PatchRef, ReportError
+from dashboard.ui.types import PatchRef, ReportError, operating_threshold
 from dashboard.ui.work.concepts import layer_of
-from dashboard.ui.work.images import model_image, patch_gray
+from dashboard.ui.work.images import model_image, model_spacing, patch_gray
 from dashboard.ui.work.probe_versions import ProbeInfo, annotation_patch, load_probe_version, probe_info
 from dashboard.ui.work.probe_versions import retrain as retrain  # the page's Retrain probes button
+from dashboard.ui.work.report_lead import Lead, lead_of
 from dashboard.ui.work.report_parts import MAP_LEVEL as MAP_LEVEL  # the page's caption
 from dashboard.ui.work.report_parts import map_figures, probe_parts
 
@@ -62,6 +64,7 @@ class ReportView:
                                                     # attribution), built when the reader asks for them
     figure_names: list = field(default_factory=list)  # the engine's figures drawn in ``figures``, in order
     domain_warning: str = ""                          # the image is from another domain than the model's
+    lead: Lead | None = None                          # the plain sentences the page shows first
 
 
 def report_images(ctx: AppContext, case_id: str | None) -> list[dict]:
@@ -94,6 +97,9 @@ def _fill_from_probe(ctx: AppContext, view: ReportView, info: ProbeInfo, row: di
     view.figure_names = [name for name, _ in figs]
     view.map_figures = lambda: ctx.caches.map_figures.get(key + (parts.mirrored,), lambda: map_figures(shown))
     view.concepts = rows
+    _, breast, _ = model_image(ctx, row)
+    view.lead = lead_of(rep, row, breast, model_spacing(ctx), operating_threshold(ctx.card), readers=info.readers,
+                        demo_reader=DEMO_READER)
     view.probability, view.target = float(rep.probability), rep.target_name
     view.notes += list(rep.notes)
     view.tcav_run = parts.tcav_run
@@ -139,6 +145,10 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
     view.score = None if pred is None else float(pred["score"])
     if info is None:
         view.notes.append("No concept probe is trained yet: label some concepts, then press Retrain probes.")
+        return view
+    if info.n_drawings and not info.n_live:
+        view.notes.append(f"Concept probe v{info.version} was trained only on drawings that were removed since: "
+                          "label some concepts, then press Retrain probes.")
         return view
     view.probe = info
     if info.stale:

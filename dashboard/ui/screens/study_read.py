@@ -12,7 +12,7 @@ the ones the study pinned.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -145,19 +145,32 @@ def _click_marker(rgb: np.ndarray, xy: tuple[float, float]) -> np.ndarray:
     return np.asarray(im)
 
 
-def _tile(ctx: AppContext, row: dict, window: WindowChoice, vis: Visibility, model_ok: bool, overlay: str,
-          method: str, opacity: float, click: tuple[str, float, float] | None) -> StudyTile:
+@dataclass(frozen=True)
+class _TileOptions:
+    """How ``load_case`` paints each of a case's tiles (its arguments, shared by the tiles)."""
+
+    window: WindowChoice
+    vis: Visibility
+    model_ok: bool
+    overlay: str
+    method: str
+    opacity: float
+    click: tuple[str, float, float] | None
+
+
+def _tile(ctx: AppContext, row: dict, opt: _TileOptions) -> StudyTile:
+    vis, click = opt.vis, opt.click
     lat, view = row["laterality"] or "?", row["view"] or "?"
     mirrored = imaging.display_flip(lat)
-    gray, win = display_gray(ctx, row, window)                      # (h, w) uint8, model orientation
+    gray, win = display_gray(ctx, row, opt.window)                  # (h, w) uint8, model orientation
     m = load_mammogram(ctx, row)
     presets = [f"{i + 1}: {w.name or 'window'} (C {w.center:g} / W {w.width:g})" for i, w in enumerate(m.windows)]
     h, w = gray.shape
-    score = _image_score(ctx, row["image_id"]) if model_ok and vis.score else None
+    score = _image_score(ctx, row["image_id"]) if opt.model_ok and vis.score else None
     heat = None
-    if model_ok and vis.attribution and overlay == "attribution":
-        heat = np.clip(attribution_for(ctx, row["image_id"], method).map, 0, None)
-    rgb = np.repeat(gray[..., None], 3, axis=2) if heat is None else blend(gray, heat, opacity)
+    if opt.model_ok and vis.attribution and opt.overlay == "attribution":
+        heat = np.clip(attribution_for(ctx, row["image_id"], opt.method).map, 0, None)
+    rgb = np.repeat(gray[..., None], 3, axis=2) if heat is None else blend(gray, heat, opt.opacity)
     if mirrored:
         rgb = rgb[:, ::-1]
     rgb = np.ascontiguousarray(rgb)
@@ -182,12 +195,13 @@ def load_case(ctx: AppContext, case_id: str, vis: Visibility, window: WindowChoi
         notes.append("The AI outputs of this case are not available: the model in use is not the one this study "
                      "pinned. Please tell the study coordinator; you can still read and answer.")
     rows_raw, extra_raw = hang(images)
+    opt = _TileOptions(window, vis, model_ok, overlay, method, opacity, click)
 
     def one(row):
         if row is None:
             return None
         try:
-            return _tile(ctx, row, window, vis, model_ok, overlay, method, opacity, click)
+            return _tile(ctx, row, opt)
         except Exception as exc:  # noqa: BLE001 - one unreadable image must not hide the others
             lat, view = row["laterality"] or "?", row["view"] or "?"
             return StudyTile(row["image_id"], f"{lat} {view}", None, imaging.display_flip(lat), (0, 0),
@@ -328,14 +342,12 @@ def own_drawings(store, study: str, reader: str, image_ids: list[str]) -> list[d
 
 
 # ---------------------------------------------------------------- answers
-def answers(form: ReadForm, *, birads, malignancy, confidence, helpfulness=None, click=None,
-            comment: str = "") -> ReadAnswers:
-    """The page's widget values as ``ReadAnswers`` (the library checks them: a missing answer is
-    reported by name). Questions the arm does not ask are left out."""
-    return ReadAnswers(birads=birads, malignancy=malignancy, confidence=confidence,
-                       helpfulness=helpfulness if form.helpfulness else None,
-                       click=tuple(click) if (click is not None and form.location) else None,
-                       comment=(comment or "") if form.free_text else "")
+def answers(form: ReadForm, given: ReadAnswers, click: tuple[str, float, float] | None = None) -> ReadAnswers:
+    """The page's widget values (``given``, as typed: the library checks them and reports a missing
+    answer by name) with the location ``click``; questions the arm does not ask are left out."""
+    return replace(given, helpfulness=given.helpfulness if form.helpfulness else None,
+                   click=tuple(click) if (click is not None and form.location) else None,
+                   comment=(given.comment or "") if form.free_text else "")
 
 
 def submit(store, read_id: str, reader: str, ans: ReadAnswers) -> dict:
@@ -354,14 +366,11 @@ def correction_form(store, read: dict) -> ReadForm:
     return reading.read_form(store, read["assignment_id"])
 
 
-def correct(store, read: dict, reader: str, form: ReadForm, *, birads, malignancy, confidence, helpfulness=None,
-            comment: str = "", reason: str = "") -> str:
-    """A correction of ``read``: a new read row that supersedes it (the original stays); the
-    location click is kept as it was. Returns the new read id."""
+def correct(store, read: dict, reader: str, form: ReadForm, given: ReadAnswers, reason: str = "") -> str:
+    """A correction of ``read`` with the widget values ``given``: a new read row that supersedes it
+    (the original stays); the location click is kept as it was. Returns the new read id."""
     click = ((read["click_image_id"], read["click_x"], read["click_y"]) if read.get("click_image_id") else None)
-    ans = answers(form, birads=birads, malignancy=malignancy, confidence=confidence, helpfulness=helpfulness,
-                  click=click, comment=comment)
-    return reading.correct_read(store, read["read_id"], reader, ans, reason)
+    return reading.correct_read(store, read["read_id"], reader, answers(form, given, click), reason)
 
 
 def case_label(step: NextStep) -> str:
@@ -373,5 +382,5 @@ def case_label(step: NextStep) -> str:
 __all__ = ["BIRADS", "LIKERT", "CONFIDENCE", "STUDY_OVERLAYS", "VIEWER_METHODS", "ReadingStep", "StudyTile",
            "StudyCase", "PinnedReport", "StudyPatch", "PatchRef", "WindowChoice", "open_step", "record_view_event", "load_case",
            "clicked_location", "latest_click", "pinned_report", "pinned_probe_info", "drawing_patch",
-           "save_study_drawing", "own_drawings", "answers", "submit", "last_read", "correction_form", "correct",
+           "save_study_drawing", "own_drawings", "ReadAnswers", "answers", "submit", "last_read", "correction_form", "correct",
            "case_label", "model_matches"]

@@ -68,8 +68,25 @@ def unit_exemplars(ctx: AppContext, stats, unit: int) -> list[tuple[np.ndarray, 
 
     Cached by model, weights, layer, dataset statistics and unit: a rerun of the Units page
     (a click elsewhere, an undo) does not rebuild them."""
-    key = (ctx.card_name, ctx.weights_sha, stats.layer, str(getattr(stats, "key", "")), str(stats.path), int(unit))
-    return ctx.caches.exemplars.get(key, lambda: _build_exemplars(ctx, stats, int(unit)))
+    return ctx.caches.exemplars.get(exemplars_key(ctx, stats, unit), lambda: _build_exemplars(ctx, stats, int(unit)))
+
+
+def exemplars_key(ctx: AppContext, stats, unit: int) -> tuple:
+    return (ctx.card_name, ctx.weights_sha, stats.layer, str(getattr(stats, "key", "")), str(stats.path), int(unit))
+
+
+def ready_exemplars(ctx: AppContext, stats, units: list[int], *, defer: bool = False) -> tuple[dict[int, list], list[int]]:
+    """The exemplars of ``units`` already built ({unit: [(RGB, caption)]}) and the units still
+    missing, whose exemplars are then built in a background thread (never while a reader waits;
+    ``defer``: not now, a later call starts them)."""
+    ready = {int(u): unit_exemplars(ctx, stats, u) for u in units  # cached (rebuilt only if evicted meanwhile)
+             if exemplars_key(ctx, stats, u) in ctx.caches.exemplars}
+    missing = [int(u) for u in units if int(u) not in ready]
+    if missing and not defer:
+        ctx.caches.exemplars_head_start.start(
+            (ctx.card_name, ctx.weights_sha, str(stats.path), tuple(missing)),
+            lambda: [unit_exemplars(ctx, stats, u) for u in missing], name="exemplars")
+    return ready, missing
 
 
 def _build_exemplars(ctx: AppContext, stats, unit: int) -> list[tuple[np.ndarray, str]]:

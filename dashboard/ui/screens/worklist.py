@@ -7,8 +7,8 @@ from dashboard.data.domain import card_domain_text, domain_warning, row_domain
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
-from dashboard.ui.types import operating_threshold
-from dashboard.ui.work.images import lesion_map_for
+from dashboard.ui.types import WindowChoice, operating_threshold
+from dashboard.ui.work.images import display_gray, lesion_map_for
 
 #: Stored ``cases.source`` values that are synthetic; every other source is a real image set.
 SYNTHETIC_SOURCES = frozenset({"synthetic", "phantom", "demo"})
@@ -172,3 +172,21 @@ def score_unscored(ctx: AppContext, progress: Progress | None = None,
             failures.append((img["image_id"], str(exc)))
     report_progress(progress, len(todo), len(todo), f"Scored {done} image(s)")
     return ScoreReport(n_images=len(todo), n_scored=done, failures=failures)
+
+
+def prefetch_case(ctx: AppContext, case_id: str | None) -> bool:
+    """Start preparing a case's images in a background thread (once per case and model) while the
+    reader is still on the Worklist: each image read, windowed as the Read page first shows it and
+    scored, so opening the case finds them cached. True when a thread was started."""
+    if not case_id or not ctx.model_ready:
+        return False
+    rows = ctx.store.list_images(case_id=case_id)
+
+    def work():
+        for row in rows:
+            display_gray(ctx, row, WindowChoice())
+            if ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, row["image_id"]) is None:
+                lesion_map_for(ctx, row["image_id"])
+
+    key = (ctx.card_name, ctx.weights_sha, case_id)
+    return ctx.caches.case_head_start.start(key, work, name=f"case-{case_id}") is not None

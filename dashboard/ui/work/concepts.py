@@ -105,7 +105,7 @@ def dissection_patch_refs(ctx: AppContext, max_patches: int = MAX_PATCHES, seed:
                           splits: tuple[str, ...] | None = None) -> list[PatchRef]:
     """Breast tiles (half the tile in the breast) of the store's images, a seeded even sample of
     at most ``max_patches``, in a fixed order."""
-    size = int(ctx.card.input_size[-1])
+    size = int(ctx.card.label_patch_size)  # the statistics' tiles are the patches readers label
     refs: list[PatchRef] = []
     for row in ctx.store.list_images():
         if splits and row.get("split") not in splits:

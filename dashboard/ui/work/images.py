@@ -31,9 +31,9 @@ def model_spacing(ctx: AppContext) -> float:
 
 
 def patch_size(ctx: AppContext) -> int:
-    """The card's input side in model pixels: the patch a reader labels (``ModelCard.patch_size``)."""
+    """The patch a reader labels, in model pixels: the card's labeling patch (``ModelCard.label_patch_size``)."""
     if ctx.card is not None:
-        return ctx.card.patch_size
+        return ctx.card.label_patch_size
     return FALLBACK_PATCH
 
 

@@ -22,6 +22,7 @@ class ProbeInfo:
     readers: list[str]
     n_drawings: int
     stale: bool                   # drawings were added or undone since it was trained
+    n_live: int = 0               # of its drawings, how many are still live (0: all were removed)
 
 
 def annotation_patch(ctx: AppContext):
@@ -44,7 +45,8 @@ def probe_info(ctx: AppContext) -> ProbeInfo | None:
                          "images": m.get("n_images"), "note": m.get("reason") or m.get("note") or ""})
     return ProbeInfo(version=int(p["version"]), layer=p["layer"], created_at=p["created_at"],
                      concepts=list(p["concepts"]), metrics=rows_out, readers=list(p["readers"] or []),
-                     n_drawings=len(p["annotation_ids"] or []), stale=set(p["annotation_ids"] or []) != live)
+                     n_drawings=len(p["annotation_ids"] or []), stale=set(p["annotation_ids"] or []) != live,
+                     n_live=len(set(p["annotation_ids"] or []) & live))
 
 
 def probe_key(ctx: AppContext, info_or_version) -> tuple:

@@ -102,7 +102,8 @@ def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
 
     The probe-independent evidence comes from ``image_evidence`` (cached per image), so a new probe
     version costs the probe's maps and the assembly only."""
-    labels = ctx.store.list_unit_labels(ctx.card_name, getattr(ctx.card, "head_layer", None) or layer_of(ctx))
+    # the units of the card's concept layer, the layer the engine's report decomposes the logit at
+    labels = ctx.store.list_unit_labels(ctx.card_name, getattr(ctx.card, "default_layer", None) or layer_of(ctx))
     lab_key = hashlib.sha256(repr(sorted((r["unit"], r["concept"], r["annotation_id"]) for r in labels))
                              .encode()).hexdigest()[:16]
     run = ctx.store.latest_tcav_run(info.version)
