@@ -354,9 +354,9 @@ def export_dicom(store, image_id: str, out_dir: Path, *, report: ConceptReport |
     concept_seg = None
     if mapped:
         maps = np.stack([to_source_grid(np.clip(c.probe_map.astype(np.float32), 0, 1), frame) for c in mapped], -1)
-        concept_seg = _segmentation(source, maps[None], [c.concept for c in mapped], key, "concepts",
-                                    _content_hash(report.model_card, report.weights_sha, report.probe_version),
-                                    fractional=True, series_number=902, algorithm=probe_algo, label="CONCEPT_MAPS")
+        concept_seg = _segmentation(source, maps[None], [c.concept for c in mapped], key, _SegSpec(
+            "concepts", _content_hash(report.model_card, report.weights_sha, report.probe_version), True, 902,
+            "CONCEPT_MAPS", probe_algo))
         result.concepts_seg = out_dir / FILE_NAMES["concepts"]
         concept_seg.save_as(result.concepts_seg)
     result.attribution_pm = _parametric_map(source, report, frame, key, out_dir)
