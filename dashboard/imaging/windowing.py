@@ -1,5 +1,5 @@
 """Display windows (DICOM PS3.3 C.11.2): linear and sigmoid windows, VOI LUTs, the presentation LUT, automatic
-windows. The maths is pydicom's (``pydicom.pixels.apply_windowing`` / ``apply_voi`` / ``apply_presentation_lut``);
+windows. The maths is pydicom's (``pydicom.pixels.apply_windowing`` / ``apply_voi``; INVERSE is 255 - y, ``_to_uint8``);
 this module wraps it for 8-bit display output and for windows the viewer makes (automatic, manual)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_presentation_lut, apply_voi, apply_windowing
+from pydicom.pixels import apply_voi, apply_windowing
 
 from dashboard.imaging.model import ImagingError, Mammogram, VoiLut, Window
 from dashboard.imaging.segmentation import segment_breast
@@ -31,8 +31,10 @@ def _display_dataset(**elements) -> Dataset:
 
 def _to_uint8(y: np.ndarray, invert: bool) -> np.ndarray:
     out = np.clip(np.rint(y), 0, 255).astype(np.uint8)
-    if invert:  # through the presentation LUT, as an INVERSE shape (8-bit output: 255 - y)
-        out = apply_presentation_lut(out, _display_dataset(PresentationLUTShape="INVERSE")).astype(np.uint8)
+    if invert:  # an INVERSE presentation LUT shape over the 8-bit output range: 255 - y. Not pydicom's
+        # apply_presentation_lut: its INVERSE is arr.max() - arr, relative to the image's own maximum, so a
+        # window that does not reach white would come out shifted (an all-grey image would turn black)
+        out = np.uint8(255) - out
     return out
 
 
@@ -76,7 +78,10 @@ def apply_voi_lut(pixels: np.ndarray, lut: VoiLut, invert: bool = False) -> np.n
     ds = _display_dataset(VOILUTSequence=[voi_lut_item(lut)])
     ds.BitsStored = 16
     x = np.rint(np.asarray(pixels, np.float64)).astype(np.int64)
-    y = apply_voi(x, ds, index=0).astype(np.float64)
+    if len(lut.table) == 1:  # one entry: every value maps to it (pydicom reads a one-value LUTData as a scalar)
+        y = np.full(x.shape, float(lut.table[0]))
+    else:
+        y = apply_voi(x, ds, index=0).astype(np.float64)
     top = float((1 << int(lut.bits)) - 1) or 1.0
     return _to_uint8(y * (255.0 / top), invert)
 
