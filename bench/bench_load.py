@@ -55,6 +55,8 @@ from dashboard.testing.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, 
 from dashboard.testing.e2e_data import E2E_CARD, _settings, prepare_data_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: "Label this patch" has a keyboard shortcut: its accessible name is "Label this patch Shortcut L".
+LABEL_PATCH = re.compile(r"^Label this patch( Shortcut \S+)?$")
 STEPS = ("open_case", "label_patch", "draw_to_iou", "save_to_saved", "open_report")
 #: Polygons the readers outline on the patch, in fractions of the canvas (each jittered per reader).
 POLYGONS = (
@@ -152,7 +154,7 @@ class Reader:
 
         async def until():
             await self.heading(f"Read · {self.log.case_id}")
-            await page.get_by_role("button", name="Label this patch", exact=True).first.wait_for(
+            await page.get_by_role("button", name=LABEL_PATCH).first.wait_for(
                 state="visible", timeout=self.timeout)
             await self.settled()
 
@@ -161,7 +163,7 @@ class Reader:
             raise Lost("open_case")
 
     async def label_patch(self) -> None:
-        button = self.page.get_by_role("button", name="Label this patch", exact=True).first
+        button = self.page.get_by_role("button", name=LABEL_PATCH).first
 
         async def until():
             await self.heading("Label concepts")
@@ -292,7 +294,7 @@ def check_store(data_dir: Path, logs: list[ReaderLog]) -> dict:
 def summarise(logs: list[ReaderLog]) -> dict:
     out = {}
     for step in STEPS + tuple(s + "_page_busy" for s in STEPS):
-        vals = [v for log in logs for v in log.times[step]]
+        vals = [v for log in logs for v in log.times.get(step, [])]
         out[step] = {"p50_s": round(pct(vals, 0.5), 2), "p90_s": round(pct(vals, 0.9), 2),
                      "max_s": round(max(vals), 2) if vals else None, "n": len(vals),
                      "samples_s": [round(v, 2) for v in vals]}

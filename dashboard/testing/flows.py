@@ -46,8 +46,14 @@ def select_option(page, label: str, option: str) -> None:
     wait_idle(page)
 
 
+def button(page, name: str):
+    """The button labelled ``name``. A button with a keyboard shortcut (``st.button(shortcut="L")``)
+    shows its key, which joins its accessible name ("Label this patch Shortcut L")."""
+    return page.get_by_role("button", name=re.compile(rf"^{re.escape(name)}( Shortcut \S+)?$")).first
+
+
 def click_button(page, name: str) -> None:
-    page.get_by_role("button", name=name, exact=True).first.click()
+    button(page, name).click()
     wait_idle(page)
 
 

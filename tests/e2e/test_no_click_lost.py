@@ -54,7 +54,7 @@ def test_label_this_patch_clicked_the_moment_it_appears_opens_the_patch(page, ap
         flows.select_option(page, "Case", case_id)
         page.get_by_role("button", name="Open case", exact=True).first.click()
         page.locator("h1", has_text=f"Read · {case_id}").first.wait_for(state="visible")
-        button = page.get_by_role("button", name="Label this patch", exact=True).first
+        button = flows.button(page, "Label this patch")
         button.wait_for(state="visible")
         button.click()  # at once: no wait for the run to finish
         flows.heading(page, "Label concepts")
