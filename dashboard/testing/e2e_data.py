@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from dashboard import imaging
 from dashboard.data import demo
@@ -94,7 +95,11 @@ def plan_drawing(data_dir: Path, case_id: str) -> dict:
             raise RuntimeError("no unit fires on a usable part of the lesion patch")
         best, best_iou, best_box = None, 0.0, None
         for u in candidates:  # a handful of candidate units, not the layer: test set-up only
-            rows, cols = np.nonzero(on[u])
+            # the bounding box of the unit's largest connected region (at a fine layer a unit fires in
+            # several places, and the box around all of them would match none)
+            regions, n = ndimage.label(on[u])
+            largest = np.argmax(np.bincount(regions.ravel())[1:]) + 1 if n else 0
+            rows, cols = np.nonzero(regions == largest)
             x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
             box = np.zeros((size, size), bool)
             box[y0:y1, x0:x1] = True
@@ -108,6 +113,8 @@ def plan_drawing(data_dir: Path, case_id: str) -> dict:
         box = np.zeros((size, size), bool)
         box[y0:y1, x0:x1] = True
         best_iou = float((box & on[best]).sum() / (box | on[best]).sum())
+        if best_iou <= 0.3:  # the labeling threshold is 0.2: leave the browser room for its few pixels
+            raise RuntimeError(f"no unit's region in the lesion patch can be outlined by a box (best IoU {best_iou:.2f})")
         if mirrored:
             x0, x1 = size - x1, size - x0
         poly = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
