@@ -3,6 +3,7 @@ the synthetic demo set (real DICOM files), the trained demo model (model_zoo's d
 card), and the dataset statistics of its concept layer, so the Label page can match units at once."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -84,40 +85,53 @@ def plan_drawing(data_dir: Path, case_id: str) -> dict:
         mirrored = imaging.display_flip(row["laterality"])
         x_disp, y_disp = int(round(w - mx if mirrored else mx)), int(round(my))
         ref = read.patch_at(ctx, row["image_id"], x_disp, y_disp)
-        act = concepts.patch_activation(ctx, ref)  # (C, h', w')
         size = ref.size
-        up = F.interpolate(torch.as_tensor(act)[None], size=(size, size), mode="bilinear",
-                           align_corners=False)[0]  # (C, S, S)
-        on = (up > torch.as_tensor(stats.thresholds)[:, None, None]).numpy()  # (C, S, S)
-        area = on.reshape(len(on), -1).mean(1)
-        candidates = np.nonzero((area > 0.04) & (area < 0.35))[0]
-        if not len(candidates):
-            raise RuntimeError("no unit fires on a usable part of the lesion patch")
-        best, best_iou, best_box = None, 0.0, None
-        for u in candidates:  # a handful of candidate units, not the layer: test set-up only
-            # the bounding box of the unit's largest connected region (at a fine layer a unit fires in
-            # several places, and the box around all of them would match none)
-            regions, n = ndimage.label(on[u])
-            largest = np.argmax(np.bincount(regions.ravel())[1:]) + 1 if n else 0
-            rows, cols = np.nonzero(regions == largest)
-            x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
-            box = np.zeros((size, size), bool)
-            box[y0:y1, x0:x1] = True
-            iou = (box & on[u]).sum() / (box | on[u]).sum()
-            inside = min(x0, y0) >= 0.04 * size and max(x1, y1) <= 0.96 * size  # clickable corners
-            iou = iou if inside else iou / 4
-            if iou > best_iou:
-                best, best_iou, best_box = int(u), float(iou), (x0, y0, x1, y1)
-        lo, hi = int(0.03 * size), int(np.ceil(0.97 * size))
-        x0, y0, x1, y1 = (int(np.clip(v, lo, hi)) for v in best_box)
-        box = np.zeros((size, size), bool)
-        box[y0:y1, x0:x1] = True
-        best_iou = float((box & on[best]).sum() / (box | on[best]).sum())
-        if best_iou <= 0.3:  # the labeling threshold is 0.2: leave the browser room for its few pixels
-            raise RuntimeError(f"no unit's region in the lesion patch can be outlined by a box (best IoU {best_iou:.2f})")
-        if mirrored:
-            x0, x1 = size - x1, size - x0
-        poly = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        thresholds = torch.as_tensor(stats.thresholds)[:, None, None]
+
+        def fires(dx: int, dy: int) -> np.ndarray:  # (C, S, S): where each unit fires in the patch moved by dx, dy
+            moved = dataclasses.replace(ref, x0=ref.x0 + dx, y0=ref.y0 + dy)
+            act = concepts.patch_activation(ctx, moved)  # (C, h', w')
+            up = F.interpolate(torch.as_tensor(act)[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+            return (up > thresholds).numpy()
+
+        def box_plan(on: np.ndarray) -> dict | None:  # the unit and box of one exact patch
+            area = on.reshape(len(on), -1).mean(1)
+            best, best_iou, best_box = None, 0.0, None
+            for u in np.nonzero((area > 0.04) & (area < 0.35))[0]:  # a handful of units: test set-up only
+                # the bounding box of the unit's largest connected region (at a fine layer a unit fires
+                # in several places, and the box around all of them would match none)
+                regions, n = ndimage.label(on[u])
+                largest = np.argmax(np.bincount(regions.ravel())[1:]) + 1 if n else 0
+                rows, cols = np.nonzero(regions == largest)
+                lo, hi = int(0.03 * size), int(np.ceil(0.97 * size))
+                x0, x1 = int(np.clip(cols.min(), lo, hi)), int(np.clip(cols.max() + 1, lo, hi))
+                y0, y1 = int(np.clip(rows.min(), lo, hi)), int(np.clip(rows.max() + 1, lo, hi))
+                box = np.zeros((size, size), bool)
+                box[y0:y1, x0:x1] = True
+                iou = float((box & on[u]).sum() / (box | on[u]).sum())
+                if min(x0, y0) >= 0.04 * size and max(x1, y1) <= 0.96 * size and iou > best_iou:  # clickable
+                    best, best_iou, best_box = int(u), iou, (x0, y0, x1, y1)
+            if best is None or best_iou <= 0.3:  # the labeling threshold is 0.2: room for rasterisation
+                return None
+            x0, y0, x1, y1 = best_box
+            if mirrored:
+                x0, x1 = size - x1, size - x0
+            poly = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+            return {"unit": best, "expected_iou": best_iou,
+                    "polygon": [(float(x) / size, float(y) / size) for x, y in poly]}
+
+        # a click opens the patch to within a few model px (a shown pixel is ~2.4 model px), and at a
+        # fine concept layer a few px move what fires: a plan for every patch the click may open; the
+        # browser test takes the one of the patch the page shows
+        by_patch = {}
+        for dx in range(-3, 4):
+            for dy in range(-3, 4):
+                plan = box_plan(fires(dx, dy))
+                if plan is not None:
+                    by_patch[(ref.x0 + dx, ref.y0 + dy)] = plan
+        if (ref.x0, ref.y0) not in by_patch:
+            raise RuntimeError("no unit's region in the lesion patch can be outlined by a box")
         label = f"{row['laterality']} {row['view']}"
-    return {"image_label": label, "layer": concepts.layer_of(ctx), "x": x_disp, "y": y_disp, "patch": ref.as_tuple(), "unit": best,
-            "expected_iou": best_iou, "polygon": [(float(x) / size, float(y) / size) for x, y in poly]}
+    return {"image_label": label, "layer": concepts.layer_of(ctx), "x": x_disp, "y": y_disp, "patch": ref.as_tuple(),
+            **by_patch[(ref.x0, ref.y0)], "by_patch": by_patch}
+

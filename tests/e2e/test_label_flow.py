@@ -65,6 +65,7 @@ def label_and_save(page, artifacts, case_id: str, plan: dict) -> tuple[str, str]
     # the planned one to within that
     sx, sy, ssize = flows.shown_patch(page)
     assert ssize == size and abs(sx - x0) <= 3 and abs(sy - y0) <= 3, ((sx, sy, ssize), plan["patch"])
+    plan.update(plan["by_patch"][(sx, sy)])  # the unit and outline planned for exactly this patch
     flows.select_option(page, "Lexicon group", "mass")
     page.get_by_text("Mass (any shape or margin)").wait_for()
     flows.draw_polygon(page, plan["polygon"])
