@@ -90,13 +90,7 @@ class ImportReport:
     results: list[dict] = field(default_factory=list)
 
     def record(self, case: str, file: str, result: str, detail: str = "", image_id: str = "") -> None:
-        self.results.append({"case": case, "file": file, "result": result, "detail": detail, "image_id": image_id})
-        if result == "added":
-            self.added += 1
-        elif result == "duplicate":
-            self.duplicates += 1
-        elif result == "failed":
-            self.failed.append((file, detail))
+        tally(self, {"case": case, "file": file, "result": result, "detail": detail, "image_id": image_id})
 
     @property
     def imported_cases(self) -> list[str]:
@@ -114,6 +108,19 @@ class ImportReport:
         skipped = [r for r in self.results if r["result"] == "not imported"]
         lines += [f"  not imported {r['file']} (case {r['case']}): {r['detail']}" for r in skipped]
         return "\n".join(lines)
+
+
+def tally(report, row: dict) -> None:
+    """Add one file's result row to ``report.results`` and count it: ``added``, ``duplicates``, or a
+    (file, detail) pair in ``failed`` (an import's and an ingest's reports)."""
+    report.results.append(row)
+    if row["result"] == "added":
+        report.added += 1
+    elif row["result"] == "duplicate":
+        report.duplicates += 1
+    elif row["result"] == "failed":
+        report.failed.append((row["file"], row["detail"]))
+
 
 
 def _stable_id(*parts: str) -> str:

@@ -25,7 +25,7 @@ import pydicom
 
 from dashboard import imaging
 from dashboard.data.files import ImageFacts, add_image
-from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality
+from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality, tally
 from dashboard.data.keys import pseudonym, pseudonym_key, source_key
 from dashboard.data.store import run_with_store
 from dashboard.errors import ConceptLensError, log_incident
@@ -89,13 +89,7 @@ class IngestReport:
         return "\n".join(lines)
 
     def record(self, file: str, result: str, detail: str = "", image_id: str = "") -> None:
-        self.results.append({"file": file, "result": result, "detail": detail, "image_id": image_id})
-        if result == "added":
-            self.added += 1
-        elif result == "duplicate":
-            self.duplicates += 1
-        elif result == "failed":
-            self.failed.append((file, detail))
+        tally(self, {"file": file, "result": result, "detail": detail, "image_id": image_id})
 
 
 # ---------------------------------------------------------------- import roots
