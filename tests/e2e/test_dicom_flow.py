@@ -96,7 +96,7 @@ def test_film_case_warns_and_exports_dicom(browser, artifacts, tmp_path, shared_
             flows.select_option(page, "Model for this case", E2E_CARD)  # the reader switches back
             flows.heading(page, f"Read · {FILM_CASE}")
             read_warning = flows.wait_text(page, "Domain mismatch: demo-lite0-synth was trained on").inner_text()
-            page.locator("[data-testid='stImage']").first.wait_for(state="visible")
+            page.locator(flows.READ_TILES).first.wait_for(state="visible")  # the clickable images
             shot(page, artifacts, "dicom_02_read")
 
             flows.nav(page, "Report")
