@@ -23,7 +23,7 @@ demo: $(STAMP)
 	umask 077 && $(BIN)/python -m dashboard.data.demo ensure
 
 # dashboard.ui.serve checks first: an ADDRESS beyond this machine needs CONCEPTLENS_REQUIRE_SIGN_IN=1 and a
-# coordinator account (README, Security); then streamlit on ADDRESS:PORT at once. The app prepares the dataset
+# coordinator account (docs/security.md); then streamlit on ADDRESS:PORT at once. The app prepares the dataset
 # statistics, the demo drawings and probe v1, the scores and TCAV in the background (dashboard.ui.warmup), and
 # every page that needs them says what it is waiting for. `make warm` does the same in the foreground.
 run: setup

@@ -58,7 +58,7 @@ def refusal(address: str, settings: Settings) -> str | None:
         return (f"Refusing to serve ConceptLens on {where}: that reaches beyond this machine, and sign-in is off. "
                 "Either keep it local (ADDRESS=127.0.0.1, the default), or turn sign-in on with "
                 "CONCEPTLENS_REQUIRE_SIGN_IN=1 after creating a coordinator account "
-                "(python -m dashboard.study user add NAME --role coordinator). See README, Security.")
+                "(python -m dashboard.study user add NAME --role coordinator). See docs/security.md.")
     try:
         found = coordinators(settings)
     except StoreError as exc:
