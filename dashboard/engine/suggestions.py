@@ -87,7 +87,9 @@ class PatchScores:
 
     unsure_concept / disputed_concept index ``probe.concepts``; unsure_p is the concept's probability
     at its most uncertain cell; fold_low / fold_high the folds' lowest and highest probability at the
-    cell where they disagree most; novel_unit is -1 where no unlabelled unit fires."""
+    cell where they disagree most; novel_unit is -1 where no unlabelled unit fires. per_concept
+    (N, K): each concept's own weighted uncertainty + disagreement (what a drawing *of that
+    concept* there would settle)."""
 
     uncertainty: np.ndarray
     unsure_concept: np.ndarray
@@ -99,6 +101,7 @@ class PatchScores:
     novelty: np.ndarray
     novel_unit: np.ndarray
     score: np.ndarray
+    per_concept: np.ndarray
 
 
 @dataclass
@@ -156,12 +159,14 @@ def score_patches(probe, feats: torch.Tensor, *, thresholds: np.ndarray | None =
         pc = torch.softmax(probe.logits(rows), 1)[:, 1:].reshape(n, h * w, k)  # (N, P, K) concepts
         ent = _binary_entropy(pc)  # (N, P, K)
         u_k = ent.mean(1)  # (N, K)
+        d_k = torch.zeros(n, k)
         unc, unsure = u_k.max(1) if k else (torch.zeros(n), torch.zeros(n, dtype=torch.long))
         unsure_p = _at_best_cell(pc, ent, unsure) if k else torch.full((n,), float("nan"))
         if probe.n_folds >= 2 and k:
             fp = torch.softmax(probe.fold_logits(rows), 2)[:, :, 1:].reshape(-1, n, h * w, k)  # (F, N, P, K)
             sd = fp.std(0, unbiased=False) * 2.0  # (N, P, K) in [0, 1]
-            dis, disputed = sd.mean(1).max(1)
+            d_k = sd.mean(1)  # (N, K)
+            dis, disputed = d_k.max(1)
             at = _at_best_cell(fp, sd, disputed)  # (F, N)
             low, high = at.min(0).values, at.max(0).values
         else:
@@ -185,7 +190,8 @@ def score_patches(probe, feats: torch.Tensor, *, thresholds: np.ndarray | None =
                        unsure_p=f(unsure_p).astype(np.float32), disagreement=f(dis).astype(np.float32),
                        disputed_concept=f(disputed).astype(np.int64), fold_low=f(low).astype(np.float32),
                        fold_high=f(high).astype(np.float32), novelty=f(nov).astype(np.float32),
-                       novel_unit=f(unit).astype(np.int64), score=f(score).astype(np.float32))
+                       novel_unit=f(unit).astype(np.int64), score=f(score).astype(np.float32),
+                       per_concept=f(config.uncertainty * u_k + config.disagreement * d_k).astype(np.float32))
 
 
 def reason_for(scores: PatchScores, i: int, concepts: Sequence[str],
