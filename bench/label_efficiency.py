@@ -63,6 +63,8 @@ def _parse(argv):
                     help="the reader's drawing order per concept: the plan's seeded order, or the app's "
                          "'where to draw next' suggestions under the last probe (default random)")
     ap.add_argument("--pool", type=int, default=30, help="findings per concept the suggested order picks from")
+    ap.add_argument("--suggest-weights", default="1,1,1",
+                    help="the suggested order's weights of uncertainty, fold disagreement, novelty (default 1,1,1)")
     ap.add_argument("--no-learning-curve", action="store_true", help="skip the in-app learning curve")
     ap.add_argument("--replot", type=Path, default=None,
                     help="only recompute the summary, tables and plots of a saved label_efficiency.json into --out")
@@ -337,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         budgets=tuple(int(b) for b in args.budgets.split(",")), reader=reader, seed=args.seed,
         max_heldout_images=args.max_heldout, stats_patches=args.stats_patches, n_boot=args.n_boot,
         report_images=args.report_images, random_images=args.random_images, layer=args.layer, order=args.order,
-        pool=args.pool, learning_curve=not args.no_learning_curve)
+        pool=args.pool, learning_curve=not args.no_learning_curve,
+        suggest_weights=tuple(float(w) for w in args.suggest_weights.split(",")))
     device = pick_device(args.device)
     card = model_zoo.load_card(args.card, extra_dirs=(settings.user_cards_dir,))
     model = model_zoo.create_model(card, device=device)

@@ -24,7 +24,7 @@ from dashboard.engine.dissection import StatsConfig, compute_dataset_stats, unit
 from dashboard.engine.model_state import lock_for
 from dashboard.engine.probes import compute_concept_maps
 from dashboard.engine.report import ReportConfig, ReportInputs, build_report
-from dashboard.engine.suggestions import score_patches
+from dashboard.engine.suggestions import SuggestConfig, score_patches
 from dashboard.evaluation.faithfulness import deletion_drops, inpaint_regions, randomize_model, region_curves
 from dashboard.evaluation.learning_curve import LearningCurveConfig, compute_learning_curve
 from dashboard.evaluation.metrics import (
@@ -81,6 +81,7 @@ class EvaluationConfig:
                       among the first ``pool`` of the plan, ranked by the app's suggestion score of
                       their patch under the probe of the last round; the first batch, before any
                       probe, is the plan's)
+    suggest_weights   the suggested order's weights of uncertainty, fold disagreement and novelty
     curve_orders      random orders the deletion/insertion curves compare with (``region_curves``)
     """
 
@@ -105,6 +106,7 @@ class EvaluationConfig:
     learning_curve: bool = True
     order: str = "random"
     pool: int = 30
+    suggest_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     curve_orders: int = 24
 
 
@@ -690,15 +692,17 @@ def _suggested_batch(ctx: RunContext, reader: SimulatedReader, probe, left: dict
     acts = compute_patch_activations(ctx.model, ctx.card, ctx.layer, [reader.patches[k] for k in uniq],
                                      cache_dir=ctx.cache_dir, device=ctx.device)
     labelled = [int(r["unit"]) for r in ctx.store.list_unit_labels(ctx.card.name, ctx.layer)]
+    wu, wd, wn = cfg.suggest_weights
     sc = score_patches(probe, torch.stack([torch.as_tensor(a).float() for a in acts]),
-                       thresholds=reader.stats.thresholds, labelled_units=labelled, flagged=True)
+                       thresholds=reader.stats.thresholds, labelled_units=labelled, flagged=True,
+                       config=SuggestConfig(uncertainty=wu, disagreement=wd, novelty=wn))
     row = {k: i for i, k in enumerate(uniq)}
     out = {}
     for c in cfg.concepts:
         mine = [(t, k) for t, k in live if t.concept == c]
         if c in probe.concepts:
             ci = probe.concepts.index(c)
-            value = [float(sc.per_concept[row[k], ci] + sc.novelty[row[k]]) for _, k in mine]
+            value = [float(sc.per_concept[row[k], ci] + wn * sc.novelty[row[k]]) for _, k in mine]
             order = np.argsort(-np.asarray(value), kind="stable")
             mine = [mine[i] for i in order]
         out[c] = [t for t, _ in mine[:n]]
