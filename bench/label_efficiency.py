@@ -59,6 +59,13 @@ def _parse(argv):
                     help="drawing times measured by branch app's browser bench")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--layer", default=None, help="concept layer (default: the card's default_layer, as the app)")
+    ap.add_argument("--order", choices=("random", "suggested"), default="random",
+                    help="the reader's drawing order per concept: the plan's seeded order, or the app's "
+                         "'where to draw next' suggestions under the last probe (default random)")
+    ap.add_argument("--pool", type=int, default=30, help="findings per concept the suggested order picks from")
+    ap.add_argument("--suggest-weights", default="1,1,1",
+                    help="the suggested order's weights of uncertainty, fold disagreement, novelty (default 1,1,1)")
+    ap.add_argument("--no-learning-curve", action="store_true", help="skip the in-app learning curve")
     ap.add_argument("--replot", type=Path, default=None,
                     help="only recompute the summary, tables and plots of a saved label_efficiency.json into --out")
     return ap.parse_args(argv)
@@ -221,6 +228,7 @@ def headline(result: dict) -> str:
     lines.append(f"concept-map AUROC after {s.get('final_budget')} drawings/concept (held-out, pooled pixels): "
                  + ", ".join(f"{c} {v:.3f}" for c, v in fa.items()) + f"; mean {s.get('final_auroc_mean') or float('nan'):.3f}")
     need = s.get("drawings_to_auroc_target") or {}
+    lines.append(f"drawing order: {result['config'].get('order', 'random')}")
     lines.append(f"drawings to reach AUROC >= {s['auroc_target']}: "
                  + ", ".join(f"{c} {'never' if n is None else n}" for c, n in need.items())
                  + f"  -> target (<= {s['max_drawings_target']}) met by {s['targets']['auroc_within_5_drawings']} "
@@ -250,6 +258,19 @@ def headline(result: dict) -> str:
                      + f" over {dv.get('n_patches')} patches, pooled {_fmt(dv.get('spearman_pooled'))}; vs logit parts "
                      f"{_fmt(dv.get('spearman_logit_parts_mean'))}; removing the finding drops the log-odds by "
                      f"{_fmt(fd)}")
+    for variant, what in (("curves_truth", "true regions"), ("curves_report", "report's regions")):
+        cv = (s.get("curves") or {}).get(variant) or {}
+        if cv.get("n_patches"):
+            dci, ici = cv.get("deletion_gap_ci") or [None, None], cv.get("insertion_gap_ci") or [None, None]
+            lines.append(f"deletion/insertion curves over the {what} ({cv['n_patches']} patches, "
+                         f"{_fmt(cv.get('regions_mean'))} regions each): deletion AUC {_fmt(cv.get('deletion_auc_mean'))} "
+                         f"vs random {_fmt(cv.get('deletion_random_auc_mean'))}, gap {_fmt(cv.get('deletion_gap_mean'))} "
+                         f"[{_fmt(dci[0])}, {_fmt(dci[1])}], better than random on "
+                         f"{pct(cv.get('deletion_better_than_random'))}; insertion AUC {_fmt(cv.get('insertion_auc_mean'))} "
+                         f"vs random {_fmt(cv.get('insertion_random_auc_mean'))}, gap {_fmt(cv.get('insertion_gap_mean'))} "
+                         f"[{_fmt(ici[0])}, {_fmt(ici[1])}], better on {pct(cv.get('insertion_better_than_random'))}; "
+                         f"gaps / span {_fmt(cv.get('deletion_gap_over_span_mean'))}, "
+                         f"{_fmt(cv.get('insertion_gap_over_span_mean'))}")
     for scope, r in (s.get("randomisation") or {}).items():
         lines.append(f"randomisation ({scope} re-initialised): median shares Spearman {_fmt(r['share_spearman'])}, "
                      f"attribution Pearson {_fmt(r['attr_pearson'])}, SSIM {_fmt(r['attr_ssim'])} (n={r['n']}; "
@@ -317,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         concepts=tuple(args.concepts.split(",")) if args.concepts else ev.DEFAULT_CONCEPTS,
         budgets=tuple(int(b) for b in args.budgets.split(",")), reader=reader, seed=args.seed,
         max_heldout_images=args.max_heldout, stats_patches=args.stats_patches, n_boot=args.n_boot,
-        report_images=args.report_images, random_images=args.random_images, layer=args.layer)
+        report_images=args.report_images, random_images=args.random_images, layer=args.layer, order=args.order,
+        pool=args.pool, learning_curve=not args.no_learning_curve,
+        suggest_weights=tuple(float(w) for w in args.suggest_weights.split(",")))
     device = pick_device(args.device)
     card = model_zoo.load_card(args.card, extra_dirs=(settings.user_cards_dir,))
     model = model_zoo.create_model(card, device=device)

@@ -199,3 +199,22 @@ if view.patches:
                   shortcut="J", type="tertiary")
 elif not ctx.model_ready:
     st.info(f"No suspicious patches: the model is not available ({ctx.model_error}).")
+
+# ------------------------------------------------------------------ where a drawing would teach the probes most
+st.subheader("Where to draw next")
+if st.toggle("Suggest patches to draw on", key="read.suggest", persist_state=state.PERSIST,
+             help="Ranks this case's patches by how unsure the concept probes are there, how much the "
+                  "validation folds' probes disagree, and strong units with no concept on flagged images."):
+    with st.spinner("Ranking this case's patches…"):
+        try:
+            nxt = rd.draw_next(ctx, st.session_state.get(state.CASE_ID))
+        except ConceptLensError as exc:
+            nxt = rd.DrawNext([], str(exc))
+    if nxt.note:
+        st.info(nxt.note)
+    for i, row in enumerate(nxt.rows):
+        with st.container(horizontal=True, gap="small", key=f"read.suggestion{i}"):
+            st.text(f"{row['rank']}. {row['view']} at ({row['x0']}, {row['y0']}) · score {row['score']:.2f}"
+                    f" · {row['source']}\n{row['reason']}")
+            st.button("Label", key=f"read.suggest.open{i}", on_click=open_patch, args=(nxt.ref(i),),
+                      icon=":material/draw:")

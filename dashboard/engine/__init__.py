@@ -40,6 +40,15 @@ from dashboard.engine.report import (
     report_from_json,
     report_to_json,
 )
+from dashboard.engine.suggestions import (
+    Candidate,
+    ImageFeatures,
+    SuggestConfig,
+    Suggestion,
+    grid_candidates,
+    score_patches,
+    suggest_patches,
+)
 from dashboard.engine.tcav import TCAVConfig, TCAVResult, compute_tcav, run_tcav
 from dashboard.engine.unit_iou import UnitMasks, prepare_unit_masks, unit_ious
 
@@ -54,6 +63,7 @@ __all__ = [
     "ProbeConfig", "ProbeVersion", "compute_concept_maps", "image_folds", "load_probe", "train_probes",
     "ConceptReport", "ImageEvidence", "ReportConfig", "ReportInputs", "build_image_report", "build_report",
     "compute_image_evidence", "export_html", "report_figures", "report_from_json", "report_to_json",
+    "Candidate", "ImageFeatures", "SuggestConfig", "Suggestion", "grid_candidates", "score_patches", "suggest_patches",
     "TCAVConfig", "TCAVResult", "compute_tcav", "run_tcav",
     "UnitMasks", "prepare_unit_masks", "unit_ious",
 ]

@@ -42,6 +42,8 @@ __all__ = ["ProbeVersion", "ProbeData", "ProbeConfig", "collect_probe_data", "fi
            "auroc_one_vs_rest"]
 
 BACKGROUND = "background"
+#: The validation folds' tensors a probe version stores beside its own (absent in older versions).
+_FOLD_TENSORS = ("fold_weight", "fold_bias", "fold_mean", "fold_std")
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,30 @@ class ProbeVersion:
     readers: list[str] = field(default_factory=list)
     version: int | None = None
     created_at: Any = None
+    # the validation folds' models (F, K+1, C), (F, K+1), (F, C), (F, C); None: trained without
+    # validation, or stored before they were kept (``suggestions`` reads their disagreement)
+    fold_weight: np.ndarray | None = None
+    fold_bias: np.ndarray | None = None
+    fold_mean: np.ndarray | None = None
+    fold_std: np.ndarray | None = None
 
     @property
     def concepts(self) -> list[str]:
         return self.classes[1:]
+
+    @property
+    def n_folds(self) -> int:
+        return 0 if self.fold_weight is None else int(self.fold_weight.shape[0])
+
+    def fold_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features (N, C) raw activations -> (F, N, K+1) logits of the validation folds' models."""
+        if self.fold_weight is None:
+            raise ValueError("this probe version has no validation folds")
+        dev = features.device
+        w, b, mu, sd = (torch.as_tensor(v, dtype=torch.float32, device=dev)
+                        for v in (self.fold_weight, self.fold_bias, self.fold_mean, self.fold_std))
+        z = (features.float()[None] - mu[:, None, :]) / sd[:, None, :]  # (F, N, C)
+        return torch.einsum("fnc,fkc->fnk", z, w) + b[:, None, :]
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """features (N, C) raw activations -> (N, K+1) logits."""
@@ -107,8 +129,8 @@ class ProbeVersion:
         return ((self.weight[1:] - self.weight[:1]) / self.std[None, :]).astype(np.float32)
 
     def to_bytes(self) -> bytes:
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k), dtype=np.float32))
-                   for k in ("weight", "bias", "mean", "std")}
+        names = ("weight", "bias", "mean", "std") + (_FOLD_TENSORS if self.fold_weight is not None else ())
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k), dtype=np.float32)) for k in names}
         return st_save(tensors, metadata={"classes": json.dumps(self.classes), "layer": self.layer,
                                           "model_card": self.model_card})
 
@@ -340,8 +362,11 @@ def train_probes(store, model, card, layer: str | None = None, *, load_patch: Ca
         oof = oof_t.numpy()
     W, b, mu, sd = Ws[-1], bs[-1], mus[-1], sds[-1]
     report(progress, 1, 1, "probe trained")
+    folds = {}
+    if k >= 2:  # kept with the version: where they disagree is where a drawing would teach most
+        folds = dict(zip(_FOLD_TENSORS, (Ws[:-1].numpy(), bs[:-1].numpy(), mus[:-1].numpy(), sds[:-1].numpy())))
     probe = ProbeVersion(model_card=card.name, layer=layer, classes=data.classes, weight=W.numpy(), bias=b.numpy(),
-                         mean=mu.numpy(), std=sd.numpy(),
+                         mean=mu.numpy(), std=sd.numpy(), **folds,
                          metrics=_metrics(data, oof, config.min_drawings, config.min_images, k),
                          annotation_ids=data.annotation_ids, readers=data.readers,
                          created_at=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -362,7 +387,8 @@ def load_probe(store, version: int | None = None, *, model_card: str | None = No
     return ProbeVersion(model_card=row["model_card"], layer=row["layer"], classes=classes,
                         weight=t["weight"].numpy(), bias=t["bias"].numpy(), mean=t["mean"].numpy(),
                         std=t["std"].numpy(), metrics=row["metrics"], annotation_ids=row["annotation_ids"],
-                        readers=row["readers"], version=int(row["version"]), created_at=row["created_at"])
+                        readers=row["readers"], version=int(row["version"]), created_at=row["created_at"],
+                        **{k: t[k].numpy() for k in _FOLD_TENSORS if k in t})
 
 
 def _probabilities(probe: ProbeVersion, activation) -> torch.Tensor:

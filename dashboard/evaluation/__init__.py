@@ -4,7 +4,7 @@ checks, the app's learning curve, label efficiency end to end and the model card
 * ``reader``: a scripted reader draws ground-truth regions through the canvas path's calls;
 * ``metrics``: binned pixel AUROC, IoU, bootstrap intervals, Spearman, top-concept match, map similarity
   (the exact rank AUROC is ``model_zoo.metrics.compute_aurocs``);
-* ``faithfulness``: deletion by inpainting, model randomisation;
+* ``faithfulness``: deletion by inpainting, deletion/insertion curves over concept regions, model randomisation;
 * ``learning_curve``: validation AUROC of each concept against its number of drawings;
 * ``label_efficiency``: everything end to end on a demo store (``bench/label_efficiency.py``);
 * ``scoring``: a card's patch and image AUROC with patient-bootstrap CIs."""
@@ -12,6 +12,7 @@ from dashboard.evaluation.faithfulness import (
     deletion_drops,
     inpaint_regions,
     randomize_model,
+    region_curves,
 )
 from dashboard.evaluation.label_efficiency import (
     DEFAULT_BUDGETS,
@@ -92,6 +93,7 @@ __all__ = [
     "inpaint_regions",
     "deletion_drops",
     "randomize_model",
+    "region_curves",
     "load_drawing_speed",
     "LearningCurveConfig",
     "compute_learning_curve",

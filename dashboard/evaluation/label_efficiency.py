@@ -19,12 +19,13 @@ from scipy.stats import rankdata
 
 from dashboard.data.patchset import assign_patient_splits, lesion_concept_names
 from dashboard.data.store import ValidationError
-from dashboard.engine.activations import compute_activations
+from dashboard.engine.activations import compute_activations, compute_patch_activations
 from dashboard.engine.dissection import StatsConfig, compute_dataset_stats, units_by_concept
 from dashboard.engine.model_state import lock_for
 from dashboard.engine.probes import compute_concept_maps
 from dashboard.engine.report import ReportConfig, ReportInputs, build_report
-from dashboard.evaluation.faithfulness import deletion_drops, inpaint_regions, randomize_model
+from dashboard.engine.suggestions import SuggestConfig, score_patches
+from dashboard.evaluation.faithfulness import deletion_drops, inpaint_regions, randomize_model, region_curves
 from dashboard.evaluation.learning_curve import LearningCurveConfig, compute_learning_curve
 from dashboard.evaluation.metrics import (
     attribution_in_region,
@@ -52,6 +53,10 @@ from dashboard.progress import Progress, report, scaled
 DEFAULT_BUDGETS = (1, 2, 3, 5, 10, 20)
 #: Deletion test variants: where a concept is (its true region / the report's region) and how it is removed.
 DELETION_VARIANTS = ("deletion_truth", "deletion_report", "deletion_truth_blur")
+#: Deletion/insertion curve variants (``region_curves``): the true regions / the report's, texture inpainting.
+CURVE_VARIANTS = ("curves_truth", "curves_report")
+#: The reader's drawing orders (``EvaluationConfig.order``).
+ORDERS = ("random", "suggested")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,13 @@ class EvaluationConfig:
     report_images     abnormal held-out images for the report checks (None: all)
     random_images     of those, how many get the randomisation check;  random_scopes: "top", "full"
     min_region_px     a concept region smaller than this (px) is not deleted
+    order             which drawing of a concept the reader makes next: "random" (the plan's seeded
+                      order) or "suggested" (``_suggested_batch``: the remaining findings of the concept
+                      among the first ``pool`` of the plan, ranked by the app's suggestion score of
+                      their patch under the probe of the last round; the first batch, before any
+                      probe, is the plan's)
+    suggest_weights   the suggested order's weights of uncertainty, fold disagreement and novelty
+    curve_orders      random orders the deletion/insertion curves compare with (``region_curves``)
     """
 
     concepts: tuple[str, ...] = DEFAULT_CONCEPTS
@@ -92,6 +104,10 @@ class EvaluationConfig:
     min_region_px: int = 16
     attribution_method: str = "gradcam"
     learning_curve: bool = True
+    order: str = "random"
+    pool: int = 30
+    suggest_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    curve_orders: int = 24
 
 
 @dataclass
@@ -472,6 +488,20 @@ def _deletion_checks(checks: _ReportChecks, pt: dict, rep, row: dict) -> None:
         row[f"{prefix}.spearman"] = spearman(sh, row[f"{prefix}.drops"])
         pairs = [(p, d) for p, d in zip(lp, row[f"{prefix}.drops"]) if p is not None]
         row[f"{prefix}.spearman_logit_parts"] = spearman([p for p, _ in pairs], [d for _, d in pairs])
+    # the second method: deletion and insertion curves, most relevant (largest share) first vs random order
+    for prefix, regions in (("curves_truth", truth_regions), ("curves_report", report_regions)):
+        names = list(regions)
+        row[f"{prefix}.n_regions"] = len(names)
+        if len(names) < 2:  # one region has one order: nothing to compare
+            continue
+        cur = region_curves(checks.score, patch, np.stack([regions[c] for c in names]),
+                            [float(entries[c].attribution_share) for c in names], n_random=cfg.curve_orders,
+                            seed=cfg.seed)
+        for key in ("deletion_auc", "deletion_random_auc", "insertion_auc", "insertion_random_auc", "deletion_gap",
+                    "insertion_gap", "span", "n_orders"):
+            row[f"{prefix}.{key}"] = cur[key]
+        for key in ("deletion", "insertion", "deletion_random", "insertion_random"):
+            row[f"{prefix}.{key}"] = [float(v) for v in cur[key]]
 
 
 def _randomisation_rows(checks: _ReportChecks, h: _Heldout, rep) -> list[dict]:
@@ -566,6 +596,8 @@ def run_label_efficiency(store, model, card, cfg: EvaluationConfig = EvaluationC
 
     The store must hold no live drawings under ``card`` yet (a fresh copy of a demo store).
     """
+    if cfg.order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {cfg.order!r}")
     if store.list_annotations(model_card=card.name):
         raise ValidationError("The store already holds drawings for this model card: run on a fresh copy.")
     ctx = RunContext(store, model, card, cfg.layer or card.default_layer,
@@ -577,7 +609,10 @@ def run_label_efficiency(store, model, card, cfg: EvaluationConfig = EvaluationC
     t0 = time.perf_counter()
     heldout = _prepare_heldout(ctx, stats.thresholds, cfg, progress=_stage(progress, "held-out"))
     timings["heldout_features_s"] = time.perf_counter() - t0
-    plan = plan_drawings(store, cfg.concepts, max(cfg.budgets), seed=cfg.seed)
+    # the plan's first max(budgets) per concept are the random order's drawings; the suggested order
+    # picks from a larger pool of the same plan
+    depth = max(cfg.budgets) if cfg.order == "random" else max(max(cfg.budgets), cfg.pool)
+    plan = plan_drawings(store, cfg.concepts, depth, seed=cfg.seed)
     reader = SimulatedReader(ctx, stats, concepts=cfg.concepts, config=cfg.reader, seed=cfg.seed)
     rounds, probe = _run_rounds(ctx, reader, plan, heldout, cfg, timings, progress)
     t0 = time.perf_counter()
@@ -612,9 +647,16 @@ def _run_rounds(ctx: RunContext, reader: SimulatedReader, plan: dict, heldout: l
     step = (stop - start) / len(budgets)
     rounds, prev, probe = [], 0, None
     timings["drawing_s"] = timings["training_s"] = timings["maps_s"] = 0.0
+    left = {c: list(plan[c]) for c in cfg.concepts}  # each concept's findings not drawn yet, in plan order
     for ri, budget in enumerate(budgets):
         at = start + ri * step
-        batch = [plan[c][j] for j in range(prev, budget) for c in cfg.concepts if j < len(plan[c])]
+        if cfg.order == "suggested" and probe is not None:
+            picks = _suggested_batch(ctx, reader, probe, left, budget - prev, cfg)
+        else:
+            picks = {c: left[c][:budget - prev] for c in cfg.concepts}
+        batch = [picks[c][j] for j in range(budget - prev) for c in cfg.concepts if j < len(picks[c])]
+        for c in cfg.concepts:
+            left[c] = [t for t in left[c] if t not in picks[c]]
         prev = budget
         t0 = time.perf_counter()
         if batch:
@@ -633,6 +675,38 @@ def _run_rounds(ctx: RunContext, reader: SimulatedReader, plan: dict, heldout: l
                        "probe_validation": {c: (probe.metrics.get(c) or {}).get("auroc") for c in probe.concepts}})
         report(_stage(progress, "rounds"), ri + 1, len(budgets), f"{budget} drawings/concept evaluated")
     return rounds, probe
+
+
+def _suggested_batch(ctx: RunContext, reader: SimulatedReader, probe, left: dict[str, list], n: int,
+                     cfg: EvaluationConfig) -> dict[str, list]:
+    """The next ``n`` findings of each concept in the app's suggested order: every remaining finding's
+    patch (as the reader would open it) scored by ``suggestions.score_patches`` under ``probe`` (the
+    concept's own uncertainty + fold disagreement, plus unlabelled units firing; every image counts
+    as flagged), best first. A concept the probe does not know yet keeps the plan's order."""
+    tasks = [t for c in cfg.concepts for t in left[c]]
+    keys = reader.patch_keys(tasks)
+    live = [(t, k) for t, k in zip(tasks, keys) if k is not None]
+    if not live:
+        return {c: [] for c in cfg.concepts}
+    uniq = list(dict.fromkeys(k for _, k in live))
+    acts = compute_patch_activations(ctx.model, ctx.card, ctx.layer, [reader.patches[k] for k in uniq],
+                                     cache_dir=ctx.cache_dir, device=ctx.device)
+    labelled = [int(r["unit"]) for r in ctx.store.list_unit_labels(ctx.card.name, ctx.layer)]
+    wu, wd, wn = cfg.suggest_weights
+    sc = score_patches(probe, torch.stack([torch.as_tensor(a).float() for a in acts]),
+                       thresholds=reader.stats.thresholds, labelled_units=labelled, flagged=True,
+                       config=SuggestConfig(uncertainty=wu, disagreement=wd, novelty=wn))
+    row = {k: i for i, k in enumerate(uniq)}
+    out = {}
+    for c in cfg.concepts:
+        mine = [(t, k) for t, k in live if t.concept == c]
+        if c in probe.concepts:
+            ci = probe.concepts.index(c)
+            value = [float(sc.per_concept[row[k], ci] + wn * sc.novelty[row[k]]) for _, k in mine]
+            order = np.argsort(-np.asarray(value), kind="stable")
+            mine = [mine[i] for i in order]
+        out[c] = [t for t, _ in mine[:n]]
+    return out
 
 
 def _first_reaching(rounds: list[dict], concept: str, key: str, target: float, *, stay: bool = False):
@@ -658,6 +732,7 @@ def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings
     need_stable = {c: _first_reaching(res.rounds, c, "auroc", auroc_target, stay=True) for c in evaluable}
     met = [c for c, n in need.items() if n is not None and n <= max_drawings]
     deletion = _deletion_summary(res.reports)
+    curves = _curves_summary(res.reports)
     out = {
         "auroc_target": auroc_target, "max_drawings_target": max_drawings,
         "drawings_to_auroc_target": need, "drawings_to_auroc_target_stable": need_stable,
@@ -666,7 +741,7 @@ def summarise(res: EvaluationResult, *, auroc_target: float = 0.90, max_drawings
         "final_auroc": {c: final["metrics"][c]["auroc"] for c in evaluable} if final else {},
         "final_auroc_mean": _nanmean([final["metrics"][c]["auroc"] for c in evaluable]) if final else None,
         **_top_concept_summary(res.reports, flag_threshold), "top1_target": top1_target,
-        "deletion": deletion, "spearman_target": spearman_target,
+        "deletion": deletion, "spearman_target": spearman_target, "curves": curves,
         "randomisation": _randomisation_summary(res.randomisation),
         **_drawings_summary(res.drawings),
     }
@@ -732,6 +807,36 @@ def _deletion_summary(rep: list[dict]) -> dict:
                              "spearman_logit_parts_mean": _nanmean(lp), "n_patches_logit_parts": len(lp),
                              "finding_drop_mean": _nanmean(_finite(rep, f"{variant}.finding_drop"))}
     return deletion
+
+
+def _curves_summary(rep: list[dict]) -> dict:
+    """Per curve variant: over the patches with at least two regions, the mean deletion and insertion
+    gaps (random-order AUC minus relevance-order AUC for deletion, the reverse for insertion; log-odds
+    x fraction of regions; > 0: the shares order the regions better than chance) with bootstrap
+    intervals, the share of patches where each gap is positive, and the gaps over |span| (the score
+    lost when every region is removed), which puts patches on one scale."""
+    out = {}
+    for variant in CURVE_VARIANTS:
+        rows = [r for r in rep if r.get(f"{variant}.deletion_gap") is not None]
+        d = [float(r[f"{variant}.deletion_gap"]) for r in rows]
+        i = [float(r[f"{variant}.insertion_gap"]) for r in rows]
+        spans = [abs(float(r[f"{variant}.span"])) for r in rows]
+        norm = [(a / s, b / s) for a, b, s in zip(d, i, spans) if s > 1e-6]
+        dci, ici = bootstrap_mean(d, seed=0), bootstrap_mean(i, seed=0)
+        out[variant] = {
+            "n_patches": len(rows), "regions_mean": _nanmean([r[f"{variant}.n_regions"] for r in rows]),
+            "deletion_gap_mean": dci[0], "deletion_gap_ci": list(dci[1:]),
+            "insertion_gap_mean": ici[0], "insertion_gap_ci": list(ici[1:]),
+            "deletion_better_than_random": float(np.mean([v > 0 for v in d])) if d else None,
+            "insertion_better_than_random": float(np.mean([v > 0 for v in i])) if i else None,
+            "deletion_gap_over_span_mean": _nanmean([a for a, _ in norm]),
+            "insertion_gap_over_span_mean": _nanmean([b for _, b in norm]),
+            "deletion_auc_mean": _nanmean([r[f"{variant}.deletion_auc"] for r in rows]),
+            "deletion_random_auc_mean": _nanmean([r[f"{variant}.deletion_random_auc"] for r in rows]),
+            "insertion_auc_mean": _nanmean([r[f"{variant}.insertion_auc"] for r in rows]),
+            "insertion_random_auc_mean": _nanmean([r[f"{variant}.insertion_random_auc"] for r in rows]),
+        }
+    return out
 
 
 def _randomisation_summary(randomisation: list[dict]) -> dict:

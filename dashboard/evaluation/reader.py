@@ -363,6 +363,7 @@ class SimulatedReader:
         self._image_cache = int(image_cache)
         self._rows = {r["image_id"]: r for r in ctx.store.list_images()}
         self._groups = {c["name"]: c["lexicon_group"] for c in ctx.store.list_concepts()}
+        self._keys: dict[DrawingTask, tuple | None] = {}
 
     def _truth(self, image_id: str) -> ImageTruth:
         if image_id in self._images:
@@ -408,6 +409,16 @@ class SimulatedReader:
                     self.patches[key] = imaging.crop_patch(truth.img, x0, y0, self.size)
                 slots[i] = (t, d, saved, key)
         return [s for s in slots if s is not None]
+
+    def patch_keys(self, tasks: Sequence[DrawingTask]) -> list[tuple | None]:
+        """The patch (image_id, x0, y0, size) each task would be drawn on (None: nothing to draw
+        there), as ``draw`` would open it; remembered per task, the patches kept for ``load_patch``."""
+        todo = [t for t in dict.fromkeys(tasks) if t not in self._keys]
+        for t in todo:
+            self._keys[t] = None
+        for t, _, _, key in self._prepare(todo):
+            self._keys[t] = key
+        return [self._keys[t] for t in tasks]
 
     def draw(self, tasks: Sequence[DrawingTask], round_index: int = 0, progress: Progress | None = None) -> list[dict]:
         """Draw, match and save ``tasks`` in order (the time order of the store). Returns their log rows."""

@@ -47,3 +47,6 @@ class Caches:
     bar_panels: Memo = _memo(8)        # report key + mirrored -> the bar charts in one figure
     map_figures: Memo = _memo(4)       # report key + mirrored -> the image-like figures (on request)
     report_head_start: HeadStart = field(default_factory=lambda: HeadStart(once=True))  # probe key + image sha
+    # ------------------------------------------------------------ where to draw next (work.suggestions)
+    image_features: Memo = _memo(16)   # (card, weights, layer, image sha, spacing) -> (C, h, w) whole-image features
+    suggestions: Memo = _memo(8)       # probe key + image shas, drawings, unit labels, stats -> [Suggestion]

@@ -36,6 +36,7 @@ from dashboard.ui.work.images import (
     patch_size,
 )
 from dashboard.ui.work.overlays import blend
+from dashboard.ui.work.suggestions import where_to_draw
 
 OVERLAYS = ("none", "lesion map", "attribution")
 HANGING = (("R", "CC"), ("L", "CC")), (("R", "MLO"), ("L", "MLO"))
@@ -276,6 +277,38 @@ def prepare_labeling(ctx: AppContext, ref: PatchRef) -> bool:
         return prefetch_evidence(ctx, ref.image_id, after=after) or started
     except Exception:  # noqa: BLE001 - only a head start: the pages compute it otherwise and show why
         return False
+
+
+# ---------------------------------------------------------------- where to draw next
+@dataclass
+class DrawNext:
+    """The Read page's "Where to draw next" list for a case: one row per suggestion (rank, view,
+    image_id, x0, y0, size, score and its parts, reason) best first, or a note saying why there is none."""
+
+    rows: list[dict]
+    note: str = ""
+
+    def ref(self, i: int) -> PatchRef:
+        r = self.rows[i]
+        return PatchRef(r["image_id"], r["x0"], r["y0"], r["size"])
+
+
+def draw_next(ctx: AppContext, case_id: str | None, limit: int = 8) -> DrawNext:
+    """Where a drawing on this case's images would teach the concept probes most (``work.suggestions``)."""
+    if not ctx.model_ready:
+        return DrawNext([], f"Suggestions need the model, which is not available: {ctx.model_error}")
+    _, case_id = current_case(ctx, case_id)
+    images = ctx.store.list_images(case_id=case_id) if case_id else []
+    found = where_to_draw(ctx, [r["image_id"] for r in images], limit=limit)
+    if found is None:
+        return DrawNext([], "No concept probe yet: draw a few concepts and retrain the probes (Label or Report "
+                            "page); then this list says where a drawing would teach them most.")
+    views = {r["image_id"]: f"{r['laterality'] or '?'} {r['view'] or '?'}" for r in images}
+    rows = [{"rank": i + 1, "view": views.get(s.image_id, s.image_id), "image_id": s.image_id, "x0": s.x0,
+             "y0": s.y0, "size": s.size, "source": s.source, "score": round(s.score, 3),
+             "uncertainty": round(s.uncertainty, 3), "disagreement": round(s.disagreement, 3),
+             "novelty": round(s.novelty, 3), "reason": s.reason} for i, s in enumerate(found)]
+    return DrawNext(rows, "" if rows else "Every patch of this case has been drawn on.")
 
 
 # ---------------------------------------------------------------- clicking a point on an image
