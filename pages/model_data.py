@@ -122,6 +122,22 @@ with st.expander("Ingest a folder"):
             except ConceptLensError as exc:  # IngestError says what to do
                 st.error(str(exc))
 
+last = md.last_import(ctx)
+with st.expander("Last import" + (f" · {last.summary}" if last else ""), expanded=False):
+    if last is None:
+        st.caption("Nothing imported yet (importer command, folder ingest or upload).")
+    else:
+        st.markdown(f"**{last.summary}**")
+        if last.failed:
+            st.markdown("Failed, with the reason")
+            st.dataframe(last.failed, hide_index=True, width="stretch", key="data.last_failed")
+        if last.inferred:
+            st.markdown("Fields inferred (not stated by the file)")
+            st.dataframe(last.inferred, hide_index=True, width="stretch", key="data.last_inferred")
+        if last.imported:
+            st.markdown("Imported")
+            st.dataframe(last.imported, hide_index=True, width="stretch", key="data.last_imported")
+
 with st.expander("Synthetic demo set"):
     n = st.number_input("Cases", 1, 1000, ctx.settings.demo_cases, key="data.demo_cases")
     if st.button("Build missing demo cases", key="data.demo"):

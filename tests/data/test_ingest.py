@@ -138,3 +138,47 @@ def test_ingest_of_the_real_cbis_ddsm_dicoms(store, tmp_path):
     assert len(store.list_cases()) == 8
     assert "P_00" not in json.dumps(store.list_cases() + images, default=str)
     assert ingest_folder(store, root).added == 0
+
+
+def test_ingest_infers_laterality_and_view_from_file_names_as_the_importers_do(store, tmp_path):
+    root = tmp_path / "named"
+    root.mkdir()
+    # breast on the left of the file, so the chest-wall guess alone would say "L"; the name says R-MLO
+    Image.fromarray((_breast(5) >> 4).astype(np.uint8)).save(root / "0_R-MLO.png")
+    Image.fromarray((_breast(6) >> 4).astype(np.uint8)).save(root / "plain.png")
+    mias = np.zeros((1024, 1024), np.uint8)
+    mias[:, :600] = (_breast(7, 1024, 600) >> 4).astype(np.uint8)
+    Image.fromarray(mias).save(root / "mdb003.png")
+    report = ingest_folder(store, root)
+    assert report.added == 3 and not report.failed
+    named = image_for_source(store, root / "0_R-MLO.png")
+    meta = json.loads(named["meta"])
+    assert (named["laterality"], named["view"]) == ("R", "MLO")
+    assert meta["laterality_inferred"] is True and meta["view_inferred"] is True
+    assert meta["laterality_source"] == meta["view_source"] == "file name (token 'R-MLO')"
+    detail = {r["file"]: r["detail"] for r in report.results}
+    assert "laterality R and view MLO from the file name" in detail["0_R-MLO.png"]
+    plain = image_for_source(store, root / "plain.png")
+    assert plain["view"] in ("", None) and "view_inferred" not in json.loads(plain["meta"])
+    assert "from the file name" not in detail["plain.png"]
+    # mini-MIAS convention: the reference number decides the side (odd = left), the data set the view
+    mdb = image_for_source(store, root / "mdb003.png")
+    meta = json.loads(mdb["meta"])
+    assert (mdb["laterality"], mdb["view"], mdb["pixel_spacing_mm"]) == ("L", "MLO", pytest.approx(0.2))
+    assert meta["laterality_inferred"] is False and "reference number" in meta["laterality_source"]
+    assert meta["view_inferred"] is True and "view MLO" in detail["mdb003.png"]
+
+
+def test_the_cli_keeps_the_last_import_report_with_failures_and_inferred_fields(settings, tmp_path):
+    root = tmp_path / "incoming"
+    root.mkdir()
+    Image.fromarray((_breast(5) >> 4).astype(np.uint8)).save(root / "case7_L_CC.png")
+    (root / "broken.dcm").write_bytes(b"not a dicom")
+    assert ingest.main([str(root), "--default-spacing", "0.1"]) == 1
+    rec = json.loads((settings.data_dir / "last-import.json").read_text())
+    assert rec["kind"] == "folder ingest" and rec["added"] == 1
+    assert [f["file"] for f in rec["failed"]] == ["broken.dcm"] and rec["failed"][0]["reason"]
+    inferred = {(r["file"], r["field"]): (r["value"], r["source"]) for r in rec["inferred"]}
+    assert inferred[("case7_L_CC.png", "laterality")] == ("L", "file name (token 'L_CC')")
+    assert inferred[("case7_L_CC.png", "view")] == ("CC", "file name (token 'L_CC')")
+    assert inferred[("case7_L_CC.png", "pixel_spacing_mm")] == ("0.1", "folder default")

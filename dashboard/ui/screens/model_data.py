@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import model_zoo
-from dashboard.data import demo
+from dashboard.data import demo, import_log
 from dashboard.data import ingest as ingest_mod
 from dashboard.data import uploads as uploads_mod
 from dashboard.data.demo import DEMO_READER as DEMO_READER  # the page names the seeded reader
@@ -111,9 +111,12 @@ def ingest(ctx: AppContext, folder: str, source: str = "ingest", progress: Progr
     IngestReport. ``progress(done, total, message)`` counts files. Raises IngestError when folder ingest
     is off or the folder is not inside a root (without saying what lies outside the roots)."""
     with incidents("ingesting a folder"):
-        return ingest_mod.ingest_folder(ctx.store, folder, source=(source or "ingest").strip() or "ingest",
-                                        default_spacing_mm=_spacing(default_spacing_mm),
-                                        roots=ctx.settings.import_roots, progress=_file_progress(progress))
+        source = (source or "ingest").strip() or "ingest"
+        report = ingest_mod.ingest_folder(ctx.store, folder, source=source,
+                                          default_spacing_mm=_spacing(default_spacing_mm),
+                                          roots=ctx.settings.import_roots, progress=_file_progress(progress))
+        import_log.save_last_import(ctx.store, report, kind="folder ingest", source=source)
+        return report
 
 
 def upload(ctx: AppContext, files: list[tuple[str, bytes]], source: str = "upload",
@@ -121,10 +124,13 @@ def upload(ctx: AppContext, files: list[tuple[str, bytes]], source: str = "uploa
     """Ingest uploaded files ((name, bytes): DICOM, PNG, JPEG, TIFF or a ZIP of a study folder) into the
     managed data directory; returns the IngestReport with one result per file."""
     with incidents("ingesting uploads"):
-        return uploads_mod.ingest_uploads(
+        source = (source or "upload").strip() or "upload"
+        report = uploads_mod.ingest_uploads(
             ctx.store, [uploads_mod.Upload(n, d) for n, d in files], ctx.settings.uploads_dir,
-            source=(source or "upload").strip() or "upload", default_spacing_mm=_spacing(default_spacing_mm),
+            source=source, default_spacing_mm=_spacing(default_spacing_mm),
             max_pixels=ctx.settings.max_pixels, progress=_file_progress(progress))
+        import_log.save_last_import(ctx.store, report, kind="upload", source=source)
+        return report
 
 
 def result_rows(report) -> list[dict]:
@@ -139,6 +145,33 @@ def result_summary(report) -> str:
     if report.outside:
         text += f", {report.outside} outside the import roots (not read)"
     return text
+
+
+@dataclass
+class LastImportView:
+    """The last import's report for the page: a one-line summary and three tables."""
+
+    summary: str
+    imported: list[dict]   # file, image id, result, detail
+    failed: list[dict]     # file, reason
+    inferred: list[dict]   # file, image id, field, value, source
+
+
+def last_import(ctx: AppContext) -> LastImportView | None:
+    """The last import's report (importer command, folder ingest or upload), None before the first."""
+    rec = import_log.load_last_import(ctx.store)
+    if rec is None:
+        return None
+    head = " · ".join(str(x) for x in (rec.get("kind", "import"), rec.get("source"), rec.get("finished_at")) if x)
+    summary = (f"{head}: "
+               f"added {rec.get('added', 0)}, duplicates {rec.get('duplicates', 0)}, "
+               f"failed {len(rec.get('failed', []))}, inferred fields {len(rec.get('inferred', []))}")
+    imported = [{"file": r["file"], "image id": r["image_id"], "result": r["result"], "detail": r["detail"]}
+                for r in rec.get("results", []) if r.get("result") in ("added", "duplicate")]
+    failed = [{"file": f["file"], "reason": f["reason"]} for f in rec.get("failed", [])]
+    inferred = [{"file": r["file"], "image id": r["image_id"], "field": r["field"], "value": r["value"],
+                 "source": r["source"]} for r in rec.get("inferred", [])]
+    return LastImportView(summary, imported, failed, inferred)
 
 
 def images_without_spacing(ctx: AppContext) -> list[str]:
