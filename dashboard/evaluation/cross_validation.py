@@ -124,6 +124,20 @@ def summarise(oof: OutOfFold, *, n_boot: int = 2000, seed: int = 0) -> dict:
     }
 
 
+def subtract_contralateral(oof: OutOfFold, laterality: dict[str, str]) -> OutOfFold:
+    """Scores minus the score of the same woman's other breast (same patient, other laterality; the
+    mean when there are several), 0 subtracted when she has none. A lesion is usually one-sided, so
+    the difference removes what is the woman's own (density, film, digitiser) rather than a finding.
+    Both breasts of a woman are always in one fold, so this adds no leak."""
+    out = oof.score.copy()
+    for i, (pat, img) in enumerate(zip(oof.patient, oof.image_id)):
+        other = [j for j in np.flatnonzero(oof.patient == pat)
+                 if laterality.get(oof.image_id[j]) and laterality.get(oof.image_id[j]) != laterality.get(img)]
+        if other:
+            out[i] = oof.score[i] - float(np.mean(oof.score[other]))
+    return dataclasses.replace(oof, score=out)
+
+
 # ---------------------------------------------------------------- recipe: fine-tuning (the baseline)
 FINETUNE = dict(per_image_lesion=12, per_image_normal=8, seed=0, jitter=28, exclusion_margin=28,
                 epochs=4, batch=32, lr=4e-4, augment="mammo")
@@ -506,8 +520,11 @@ def main(argv: list[str] | None = None) -> int:
                         oof = run_probe(feats, fold_of, entry, c=c, tta=not args.no_tta)
                         res = summarise(oof)
                         single = summarise(dataclasses.replace(oof, score=oof.score_no_tta))
-                        res["without_tta"] = {k: single[k] for k in ("fold_auroc", "mean_fold_auroc", "pooled_auroc",
-                                                                     "pooled_auroc_ci95")}
+                        keys = ("fold_auroc", "mean_fold_auroc", "pooled_auroc", "pooled_auroc_ci95")
+                        res["without_tta"] = {k: single[k] for k in keys}
+                        lat = {r["image_id"]: r.get("laterality") or "" for r in rows}
+                        pair = summarise(subtract_contralateral(oof, lat))
+                        res["minus_contralateral"] = {k: pair[k] for k in keys}
                         results[f"{'+'.join(entry)} C={c}"] = res
                         results.setdefault("scores", {})[f"{'+'.join(entry)} C={c}"] = {
                             i: round(float(v), 5) for i, v in zip(oof.image_id, oof.score)}

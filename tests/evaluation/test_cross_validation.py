@@ -75,6 +75,9 @@ def test_real_mini_mias_pairs_share_a_fold(shared_data):
 
 @pytest.fixture(scope="module")
 def card():
+    """The card ``make cv-mias`` writes; not committed while it does not beat mias-lite0 (docs/evaluation.md)."""
+    if not (model_zoo.CARDS_DIR / f"{CARD}.toml").is_file():
+        pytest.skip(f"card {CARD} not built here (make cv-mias writes it)")
     return model_zoo.load_card(CARD)
 
 
