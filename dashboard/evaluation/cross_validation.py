@@ -12,7 +12,9 @@ Recipes
               ``compute_lesion_map``: 224 px windows every 32 px) and a logistic regression over lesion
               windows (centre within 40 px of a truth centre) and normal windows (clear of every
               circle by 28 px, >= 50 % breast); training and test images are also seen up-down
-              flipped and the image score is the mean of the two maxima (test-time augmentation)
+              flipped and the image score is the mean of the two maxima (test-time augmentation);
+              each row is also reported without TTA and minus the other breast's score
+              (``subtract_contralateral``)
 
     python -m dashboard.evaluation.cross_validation --recipe probe --layer bn2 --source mini-mias \
         --out data/train-mias/cv-probe-bn2.json
