@@ -26,6 +26,7 @@ REPORT_IMAGE = "report.image"             # the image picker (a widget key the p
 REPORT_CURVE = "report.curve_view"        # the learning curve computed on request
 REPORT_VERSION = "report.version"         # the probe version the Report shows (None: the latest)
 REPORT_COMPARE = "report.compare"         # the probe version it is compared with (None: none)
+WHATIF_OPEN = "report.whatif"            # the What if expander (open: its panel computes)
 WHATIF_CONCEPT = "report.whatif.concept"  # the concept the What if panel removes
 WHATIF_STRENGTH = "report.whatif.strength"  # how much of it, percent
 WHATIF_LESION_MAP = "report.whatif.lesion_map"  # also show the lesion map before/after
