@@ -43,24 +43,33 @@ def main(argv: list[str] | None = None) -> int:
                         only_missing=True)
         ctx = demo_context(args.data_dir, store)
         figs = control_figures(ctx, n_random=args.random, alpha=args.alpha)
-    print(f"{'image':<22} {'top concept':<26} {'P before':>8} {'dP top':>8} {'median |dP| random':>19}")
+    print(f"{'image':<18} {'top concept':<16} {'P before':>8} {'dP top':>9} {'med|dP| rnd':>11} "
+          f"{'log-odds':>8} {'dLO top':>8} {'med|dLO| rnd':>12}")
     for r in figs.rows:
-        print(f"{r['image']:<22} {r['top concept']:<26} {r['P before']:8.3f} {r['dP top']:+8.3f} "
-              f"{r['median |dP| random']:19.4f}")
+        print(f"{r['image']:<18} {r['top concept']:<16} {r['P before']:8.4f} {r['dP top']:+9.5f} "
+              f"{r['median |dP| random']:11.5f} {r['log-odds before']:8.2f} {r['dlog-odds top']:+8.3f} "
+              f"{r['median |dlog-odds| random']:12.3f}")
     beats = sum(abs(r["dP top"]) > r["median |dP| random"] for r in figs.rows)
+    beats_lo = sum(abs(r["dlog-odds top"]) > r["median |dlog-odds| random"] for r in figs.rows)
     print(f"\n{len(figs.rows)} abnormal images, alpha {figs.alpha:g}, {figs.n_random} random unit directions each")
     print(f"mean |dP| removing the top concept: {figs.mean_abs_top:.4f}")
     print(f"mean |dP| removing a random direction: {figs.mean_abs_random:.4f}")
-    print(f"top concept beats the median random direction on {beats}/{len(figs.rows)} images")
-    print("mean |dP| per concept (removed from every abnormal image):")
+    print(f"top concept beats the median random direction on {beats}/{len(figs.rows)} images (P)")
+    print(f"mean |d log-odds| removing the top concept: {figs.mean_abs_top_log_odds:.4f}")
+    print(f"mean |d log-odds| removing a random direction: {figs.mean_abs_random_log_odds:.4f}")
+    print(f"top concept beats the median random direction on {beats_lo}/{len(figs.rows)} images (log-odds)")
+    print("mean |dP| and |d log-odds| per concept (removed from every abnormal image):")
     for c, v in sorted(figs.per_concept.items(), key=lambda kv: -kv[1]):
-        print(f"  {c:<26} {v:.4f}")
+        print(f"  {c:<26} {v:.5f}  {figs.per_concept_log_odds[c]:.4f}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"cases": args.cases, "seed": e2e_data.SEED, "alpha": figs.alpha,
                                "n_random": figs.n_random, "rows": figs.rows, "per_concept": figs.per_concept,
                                "mean_abs_top": figs.mean_abs_top, "mean_abs_random": figs.mean_abs_random,
-                               "beats_median": int(beats), "median_ratio": float(np.median(
+                               "per_concept_log_odds": figs.per_concept_log_odds,
+                               "mean_abs_top_log_odds": figs.mean_abs_top_log_odds,
+                               "mean_abs_random_log_odds": figs.mean_abs_random_log_odds,
+                               "beats_median": int(beats), "beats_median_log_odds": int(beats_lo), "median_ratio": float(np.median(
                                    [abs(r["dP top"]) / max(r["median |dP| random"], 1e-12) for r in figs.rows]))},
                               indent=1))
     return 0

@@ -183,7 +183,7 @@ def whatif_panel():
         with col, st.container(border=True, key=f"report.whatif.{kind}"):
             st.markdown(f"**{titles[kind]}**")
             st.markdown(f"### {panel.sentences[kind]}")
-            st.caption(panel.how[kind])
+            st.caption(f"{panel.results[kind].log_odds_sentence()} · {panel.how[kind]}")
             a, b = st.columns(2)
             a.image(panel.images["before"], caption="as reported", width="stretch")
             b.image(panel.images[kind], caption="after", width="stretch")

@@ -100,6 +100,8 @@ class WhatIf:
     region: np.ndarray | None = None
     removed: float = 0.0
     notes: list[str] = field(default_factory=list)
+    log_odds_before: float = 0.0   # logit_t - logsumexp(other logits): still moves where P saturates
+    log_odds_after: float = 0.0
 
     @property
     def delta(self) -> float:
@@ -107,9 +109,13 @@ class WhatIf:
         return self.p_after - self.p_before
 
     def sentence(self) -> str:
-        """'without <concept>: P(<target>) 0.91 -> 0.38' (with the strength when partial)."""
+        """'without <concept>: P(<target>) 0.91 → 0.38' (with the strength when partial)."""
         how = "without" if self.alpha >= 1 else f"with {self.alpha:.0%} less"
         return f"{how} {self.concept}: P({self.target_name}) {self.p_before:.2f} → {self.p_after:.2f}"
+
+    def log_odds_sentence(self) -> str:
+        """'log-odds +9.12 → +7.40': the change P hides when it is near 0 or 1."""
+        return f"log-odds {self.log_odds_before:+.2f} → {self.log_odds_after:+.2f}"
 
 
 def concept_direction(probe: ProbeVersion, concept: str) -> np.ndarray:
@@ -168,7 +174,7 @@ def projection_hook(model, layer: str, direction, alpha: float, where=None) -> I
 
 def _analyse(model, card, patch: np.ndarray, probe: ProbeVersion, t_idx: int, config: WhatIfConfig, *,
              direction=None, alpha: float = 0.0, where=None):
-    """(logit, P(target), shares (K,), unexplained, maps (K+1, S, S), removed) of one grey patch (S, S),
+    """(logit, P(target), shares (K,), unexplained, maps (K+1, S, S), removed, log-odds) of a grey patch (S, S),
     with ``direction`` projected out at the probe's layer when given."""
     dev = model_device(model, config.device)
     x = preprocess(card, torch.as_tensor(patch, dtype=torch.float32, device=dev)[None])  # (1, 3, S, S)
@@ -182,7 +188,8 @@ def _analyse(model, card, patch: np.ndarray, probe: ProbeVersion, t_idx: int, co
     maps = compute_concept_maps(probe, act, patch.shape, include_background=True)  # (K+1, S, S)
     shares, unexplained = concept_shares(maps, att)
     p = float(torch.softmax(logits, 0)[t_idx])
-    return float(logits[t_idx]), p, shares, float(unexplained), maps, seen.get("removed", 0.0)
+    lo = float(logits[t_idx] - torch.logsumexp(torch.cat([logits[:t_idx], logits[t_idx + 1:]]), 0))
+    return float(logits[t_idx]), p, shares, float(unexplained), maps, seen.get("removed", 0.0), lo
 
 
 def _result(kind, method, concept, config, t_name, probe, before, after, **kw) -> WhatIf:
@@ -191,7 +198,8 @@ def _result(kind, method, concept, config, t_name, probe, before, after, **kw) -
                   shares_before={c: float(s) for c, s in zip(probe.concepts, before[2])},
                   shares_after={c: float(s) for c, s in zip(probe.concepts, after[2])},
                   unexplained_before=before[3], unexplained_after=after[3],
-                  maps_before=before[4][1:].astype(np.float16), maps_after=after[4][1:].astype(np.float16), **kw)
+                  maps_before=before[4][1:].astype(np.float16), maps_after=after[4][1:].astype(np.float16),
+                  log_odds_before=before[6], log_odds_after=after[6], **kw)
 
 
 def _check_alpha(alpha: float) -> None:
@@ -293,7 +301,9 @@ def intervened_lesion_map(model, card, img: np.ndarray, mask: np.ndarray | None,
 class DirectionControl:
     """|change of P(target)| when a concept's direction is removed vs seeded random unit directions.
 
-    dp_concept (N,) one per patch; dp_random (N, R); p_before (N,)."""
+    dp_concept (N,) one per patch; dp_random (N, R); p_before (N,). The same as changes of the target's
+    log-odds, logit_t - logsumexp(other logits) (dl_*, lo_before): where P saturates near 0 or 1 its
+    changes vanish in float precision while the log-odds still move."""
 
     concepts: list[str]
     p_before: np.ndarray
@@ -301,11 +311,19 @@ class DirectionControl:
     dp_random: np.ndarray
     alpha: float
     seed: int
+    lo_before: np.ndarray | None = None
+    dl_concept: np.ndarray | None = None
+    dl_random: np.ndarray | None = None
 
     @property
     def median_random(self) -> np.ndarray:
         """(N,) the median |dP| over the random directions of each patch."""
         return np.median(np.abs(self.dp_random), axis=1)
+
+    @property
+    def median_random_log_odds(self) -> np.ndarray:
+        """(N,) the median |d log-odds| over the random directions of each patch."""
+        return np.median(np.abs(self.dl_random), axis=1)
 
 
 def direction_control(model, card, patches: np.ndarray, probe: ProbeVersion, concepts: list[str], *,
@@ -323,15 +341,23 @@ def direction_control(model, card, patches: np.ndarray, probe: ProbeVersion, con
     rand = torch.randn(n_random, c, generator=g, dtype=torch.float64)
     rand = (rand / rand.norm(dim=1, keepdim=True)).float()  # (R, C)
     dev = model_device(model, config.device)
-    p0, dpc, dpr = [], [], []
+    p0, dpc, dpr, l0, dlc, dlr = [], [], [], [], [], []
     for patch, concept in zip(np.asarray(patches, dtype=np.float32), concepts):  # patches, not units
         dirs = torch.cat([torch.zeros(1, c), torch.from_numpy(concept_direction(probe, concept))[None], rand])
         x = preprocess(card, torch.as_tensor(patch, device=dev)[None]).expand(len(dirs), -1, -1, -1)  # (B, 3, S, S)
         with lock_for(model), model_state_guard(model), \
                 projection_hook(model, probe.layer, dirs.to(dev), alpha), torch.no_grad():
-            p = torch.softmax(model(x).double(), 1)[:, t_idx].cpu().numpy()  # (B,)
+            logits = model(x).double().cpu()  # (B, K)
+        p = torch.softmax(logits, 1)[:, t_idx].numpy()  # (B,)
+        others = torch.cat([logits[:, :t_idx], logits[:, t_idx + 1:]], 1)  # (B, K-1)
+        lo = (logits[:, t_idx] - torch.logsumexp(others, 1)).numpy()  # (B,) log-odds of the target
         p0.append(p[0])
         dpc.append(p[1] - p[0])
         dpr.append(p[2:] - p[0])
+        l0.append(lo[0])
+        dlc.append(lo[1] - lo[0])
+        dlr.append(lo[2:] - lo[0])
     return DirectionControl(concepts=list(concepts), p_before=np.asarray(p0), dp_concept=np.asarray(dpc),
-                            dp_random=np.asarray(dpr).reshape(len(p0), n_random), alpha=float(alpha), seed=int(seed))
+                            dp_random=np.asarray(dpr).reshape(len(p0), n_random), alpha=float(alpha), seed=int(seed),
+                            lo_before=np.asarray(l0), dl_concept=np.asarray(dlc),
+                            dl_random=np.asarray(dlr).reshape(len(p0), n_random))

@@ -34,6 +34,9 @@ class ControlFigures:
     mean_abs_random: float
     n_random: int
     alpha: float
+    per_concept_log_odds: dict[str, float] | None = None
+    mean_abs_top_log_odds: float = 0.0
+    mean_abs_random_log_odds: float = 0.0
 
 
 def demo_context(data_dir: Path, store: Store, stats_patches: int = 160) -> AppContext:
@@ -74,12 +77,18 @@ def control_figures(ctx: AppContext, *, n_random: int = 16, alpha: float = 1.0, 
     patches_a = np.stack(patches)
     dc = intervention.direction_control(ctx.model, ctx.card, patches_a, probe, tops, n_random=n_random,
                                         alpha=alpha, seed=seed)
-    per_concept = {}
+    per_concept, per_concept_lo = {}, {}
     for concept in probe.concepts:  # a handful of concepts, each one batched pass per patch
         one = intervention.direction_control(ctx.model, ctx.card, patches_a, probe, [concept] * len(ids),
                                              n_random=0, alpha=alpha, seed=seed)
         per_concept[concept] = float(np.abs(one.dp_concept).mean())
-    rows = [{"image": i, "top concept": t, "P before": float(p), "dP top": float(d), "median |dP| random": float(m)}
-            for i, t, p, d, m in zip(ids, tops, dc.p_before, dc.dp_concept, dc.median_random)]
+        per_concept_lo[concept] = float(np.abs(one.dl_concept).mean())
+    rows = [{"image": i, "top concept": t, "P before": float(p), "dP top": float(d), "median |dP| random": float(m),
+             "log-odds before": float(lo), "dlog-odds top": float(dl), "median |dlog-odds| random": float(ml)}
+            for i, t, p, d, m, lo, dl, ml in zip(ids, tops, dc.p_before, dc.dp_concept, dc.median_random,
+                                                 dc.lo_before, dc.dl_concept, dc.median_random_log_odds)]
     return ControlFigures(rows=rows, per_concept=per_concept, mean_abs_top=float(np.abs(dc.dp_concept).mean()),
-                          mean_abs_random=float(np.abs(dc.dp_random).mean()), n_random=n_random, alpha=float(alpha))
+                          mean_abs_random=float(np.abs(dc.dp_random).mean()), n_random=n_random, alpha=float(alpha),
+                          per_concept_log_odds=per_concept_lo,
+                          mean_abs_top_log_odds=float(np.abs(dc.dl_concept).mean()),
+                          mean_abs_random_log_odds=float(np.abs(dc.dl_random).mean()))

@@ -106,6 +106,8 @@ def test_alpha_zero_is_the_identity_and_full_removal_moves_the_score(card_model,
     assert sum(full.shares_after.values()) + full.unexplained_after == pytest.approx(1.0, abs=1e-6)
     assert half.p_after != pytest.approx(full.p_after, abs=1e-4)
     assert full.sentence().startswith("without mass: P(lesion) ")
+    assert full.log_odds_before == pytest.approx(np.log(full.p_before / (1 - full.p_before)), abs=1e-6)
+    assert full.log_odds_sentence() == f"log-odds {full.log_odds_before:+.2f} → {full.log_odds_after:+.2f}"
     assert half.sentence().startswith("with 50% less mass")
     assert hook_counts(model) == before_hooks  # the hook went with the intervention
     with pytest.raises(ValueError):
