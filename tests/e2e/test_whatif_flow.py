@@ -16,7 +16,8 @@ from dashboard.testing.e2e_data import prepare_data_dir
 from dashboard.testing.whatif_demo import abnormal_images, demo_context
 from dashboard.ui.work import images
 
-pytestmark = pytest.mark.e2e
+# the demo model's first Report of an image and both interventions, on 2 shared cores
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 DOCS = ROOT / "docs" / "screenshots"
 #: ms: the Report's first run on an image (whole-image Grad-CAM, evidence, report) on 2 shared cores

@@ -100,7 +100,7 @@ def shares_figure(results: dict, concepts: list[str], colours: dict[str, str]) -
         fig.add_trace(go.Bar(x=xs, y=[r.shares_after[c] for c in concepts] + [r.unexplained_after], name=label,
                              marker_color=colour, hovertemplate="%{x}: %{y:.1%} " + label + "<extra></extra>"))
     fig.update_layout(barmode="group", yaxis_tickformat=".0%", yaxis_title="share of the attribution",
-                      height=SHARES_PX, margin=dict(l=10, r=10, t=30, b=10), legend_orientation="h",
+                      height=SHARES_PX, margin=dict(l=70, r=10, t=40, b=40), legend_orientation="h",
                       title="Concept shares before and after")
     return fig
 
@@ -189,7 +189,7 @@ def version_diff(ctx: AppContext, info: ProbeInfo, other: ProbeInfo, row: dict) 
                                               "%{customdata[1]:.1%}, difference %{y:+.1%}<extra></extra>")))
         fig.add_hline(y=0, line_color="grey")
         fig.update_layout(title=f"Concept shares: v{info.version} minus v{other.version}", yaxis_tickformat="+.0%",
-                          yaxis_title="difference of share", height=SHARES_PX, margin=dict(l=10, r=10, t=40, b=10))
+                          yaxis_title="difference of share", height=SHARES_PX, margin=dict(l=70, r=10, t=40, b=40))
         overlays = {i.version: concept_panels(ctx, i, row, colours, mirrored)[3]["overlay"] for i in (info, other)}
         return VersionDiff(info.version, other.version, rows, fig, overlays,
                            {v: float(r.probability) for v, r in reps.items()})
