@@ -46,7 +46,8 @@ if action in ACTIONS:
         except ConceptLensError as exc:  # ValidationError (no drawings yet), ReportError: what the job needs
             st.error(str(exc))
 
-view = rp.load_report(ctx, st.session_state.get(state.CASE_ID), st.session_state.get(state.IMAGE_ID))
+view = rp.load_report(ctx, st.session_state.get(state.CASE_ID), st.session_state.get(state.IMAGE_ID),
+                      st.session_state.get(state.REPORT_VERSION))
 with head:
     flash = st.session_state.pop(state.REPORT_FLASH, None)
     if flash:
@@ -77,6 +78,18 @@ if p is not None:
     c1.markdown(f"**Concept probe v{p.version}** · layer `{p.layer}` · trained {human_time(p.created_at)} on "
                 f"{p.n_drawings} drawing(s)")
     c1.text("Readers: " + (", ".join(p.readers) or "—"))  # names as typed, never markdown
+    if len(view.versions) > 1:
+        latest = view.versions[0]
+        v1, v2 = c1.columns(2)
+        v1.selectbox("Probe version", [None] + view.versions, key=state.REPORT_VERSION,
+                     format_func=lambda v: f"latest (v{latest})" if v is None else f"v{v}",
+                     help="Show the report under any stored probe version")
+        others = [v for v in view.versions if v != p.version]
+        if st.session_state.get(state.REPORT_COMPARE) not in others:
+            st.session_state[state.REPORT_COMPARE] = None
+        v2.selectbox("Compare with version", [None] + others, key=state.REPORT_COMPARE,
+                     format_func=lambda v: "—" if v is None else f"v{v}",
+                     help="Concept shares and maps of this version next to another one")
 slots["retrain"].button("Retrain probes", key="report.retrain", disabled=not ctx.model_ready, type="primary",
                         on_click=request, args=("retrain",))
 slots["tcav"].button("Run TCAV" if view.tcav_run is None else "Rerun TCAV", key="report.tcav",
@@ -130,6 +143,67 @@ if view.concepts:
                                       persist_state=state.PERSIST):
         for col, fig in zip(st.columns(2), view.map_figures()):
             col.plotly_chart(fig, width="stretch", theme=None)
+
+# ------------------------------------------------------------------ two probe versions side by side
+other = st.session_state.get(state.REPORT_COMPARE)
+if p is not None and other is not None and view.whatif_concepts:
+    with st.expander(f"Probe v{p.version} compared with v{other}", expanded=True, key="report.compare_box"):
+        try:
+            diff = rp.compare_versions(ctx, view, other)
+        except ConceptLensError as exc:
+            st.error(str(exc))
+        else:
+            st.plotly_chart(diff.figure, width="stretch", theme=None, key="report.compare_fig")
+            st.dataframe(diff.rows, hide_index=True, width="stretch", key="report.compare_rows")
+            for col, v in zip(st.columns(2), (diff.version, diff.other)):
+                col.image(diff.overlays[v], caption=f"Concept map, probe v{v}", width="stretch")
+
+
+# ------------------------------------------------------------------ what if a concept were absent
+@st.fragment
+def whatif_panel():
+    """Remove (or dial down) one concept and see the prediction move; reruns only this panel."""
+    if st.session_state.get(state.WHATIF_CONCEPT) not in view.whatif_concepts:  # another probe version
+        st.session_state.pop(state.WHATIF_CONCEPT, None)
+    concept = st.selectbox("Concept to remove", view.whatif_concepts, key=state.WHATIF_CONCEPT,
+                           help="Ranked by its share of the evidence, largest first")
+    strength = st.slider("Strength", 0, 100, 100, step=5, format="%d%%", key=state.WHATIF_STRENGTH,
+                         help="How much of the concept to remove: 100 % removes all of it")
+    try:
+        with st.spinner("Recomputing without it…"):
+            panel = rp.whatif(ctx, view, concept, strength)
+    except ConceptLensError as exc:
+        st.error(str(exc))
+        return
+    x0, y0, size = panel.patch
+    st.caption(f"On the most suspicious patch ({size} px at {x0}, {y0}), whose probability is the image's.")
+    cols = st.columns(2)
+    titles = {"activation": "In activation space", "image": "In image space"}
+    for col, kind in zip(cols, ("activation", "image")):
+        with col, st.container(border=True, key=f"report.whatif.{kind}"):
+            st.markdown(f"**{titles[kind]}**")
+            st.markdown(f"### {panel.sentences[kind]}")
+            st.caption(f"{panel.results[kind].log_odds_sentence()} · {panel.how[kind]}")
+            a, b = st.columns(2)
+            a.image(panel.images["before"], caption="as reported", width="stretch")
+            b.image(panel.images[kind], caption="after", width="stretch")
+    for note in panel.notes:
+        st.info(note)
+    st.plotly_chart(panel.shares, width="stretch", theme=None, key="report.whatif.shares")
+    if st.toggle("Lesion map of the whole image before and after", key=state.WHATIF_LESION_MAP):
+        with st.spinner("Scanning the whole image twice…"):
+            maps = rp.whatif_maps(ctx, view, concept, strength)
+        captions = {"before": "as reported", "activation": "activation removed", "image": "region inpainted"}
+        for col, name in zip(st.columns(3), ("before", "activation", "image")):
+            jpg, score = maps[name]
+            col.image(jpg, caption=f"{captions[name]} · score {score:.2f}", width="stretch")
+
+
+if p is not None and view.whatif_concepts:
+    # lazy: the panel computes only while the reader has it open (opening it reruns the page once)
+    with st.expander("What if a concept were absent?", key=state.WHATIF_OPEN, on_change="rerun") as box:
+        if box.open:
+            whatif_panel()
 
 # ------------------------------------------------------------------ the numbers behind the lead
 if p is not None:

@@ -249,6 +249,10 @@ def _shares(prob_all: np.ndarray, attribution: np.ndarray) -> tuple[np.ndarray, 
     return mass[1:], float(mass[0])
 
 
+#: The report's concept shares of an attribution map, for other modules (``engine.intervention``).
+concept_shares = _shares
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     """How a report is computed.

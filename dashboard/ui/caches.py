@@ -46,6 +46,9 @@ class Caches:
     exports: Memo = _memo(8)           # report key -> HTML bytes
     bar_panels: Memo = _memo(8)        # report key + mirrored -> the bar charts in one figure
     map_figures: Memo = _memo(4)       # report key + mirrored -> the image-like figures (on request)
+    whatifs: Memo = _memo(32)          # probe key + image sha, patch, concept, alpha, kind -> WhatIf (work.whatif)
+    whatif_maps: Memo = _memo(8)       # the same -> the lesion map under the intervention
+    version_diffs: Memo = _memo(8)     # both probe keys + image sha, mirrored -> VersionDiff (work.whatif)
     report_head_start: HeadStart = field(default_factory=lambda: HeadStart(once=True))  # probe key + image sha
     # ------------------------------------------------------------ where to draw next (work.suggestions)
     image_features: Memo = _memo(16)   # (card, weights, layer, image sha, spacing) -> (C, h, w) whole-image features

@@ -24,11 +24,25 @@ from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef, ReportError, operating_threshold
 from dashboard.ui.work.concepts import layer_of
 from dashboard.ui.work.images import model_image, model_spacing, patch_gray
-from dashboard.ui.work.probe_versions import ProbeInfo, annotation_patch, load_probe_version, probe_info
+from dashboard.ui.work.probe_versions import (
+    ProbeInfo,
+    annotation_patch,
+    load_probe_version,
+    probe_info,
+    probe_versions,
+)
 from dashboard.ui.work.probe_versions import retrain as retrain  # the page's Retrain probes button
 from dashboard.ui.work.report_lead import Lead, lead_of
 from dashboard.ui.work.report_parts import MAP_LEVEL as MAP_LEVEL  # the page's caption
 from dashboard.ui.work.report_parts import map_figures, probe_parts
+from dashboard.ui.work.whatif import (
+    VersionDiff,
+    WhatIfPanel,
+    ranked_concepts,
+    version_diff,
+    whatif_lesion_maps,
+    whatif_panel,
+)
 
 #: Most input patches TCAV scores (the model's most suspicious patches of the store's images).
 TCAV_INPUTS = 48
@@ -65,6 +79,8 @@ class ReportView:
     figure_names: list = field(default_factory=list)  # the engine's figures drawn in ``figures``, in order
     domain_warning: str = ""                          # the image is from another domain than the model's
     lead: Lead | None = None                          # the plain sentences the page shows first
+    versions: list[int] = field(default_factory=list)  # the stored probe versions, newest first
+    whatif_concepts: list[str] = field(default_factory=list)  # the probe's concepts, largest share first
 
 
 def report_images(ctx: AppContext, case_id: str | None) -> list[dict]:
@@ -97,6 +113,7 @@ def _fill_from_probe(ctx: AppContext, view: ReportView, info: ProbeInfo, row: di
     view.figure_names = [name for name, _ in figs]
     view.map_figures = lambda: ctx.caches.map_figures.get(key + (parts.mirrored,), lambda: map_figures(shown))
     view.concepts = rows
+    view.whatif_concepts = ranked_concepts(rep)
     _, breast, _ = model_image(ctx, row)
     view.lead = lead_of(rep, row, breast, model_spacing(ctx), operating_threshold(ctx.card), readers=info.readers,
                         demo_reader=DEMO_READER)
@@ -122,8 +139,9 @@ def _fill_from_probe(ctx: AppContext, view: ReportView, info: ProbeInfo, row: di
     view.export_sr = lambda: dicom_export().sr.read_bytes()
 
 
-def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> ReportView:
-    """The report of one image (default: the case's first image) under the latest probe.
+def load_report(ctx: AppContext, case_id: str | None, image_id: str | None, version: int | None = None) -> ReportView:
+    """The report of one image (default: the case's first image) under probe ``version`` (default,
+    or when it is not stored: the latest).
 
     Only what depends on the probe version is computed for a new version: the image's evidence
     (tiles, feature map, attribution) is cached by model and image, and everything else by its
@@ -140,7 +158,8 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
         view.notes.append(f"The report needs the model: {ctx.model_error}")
         return view
     view.domain_warning = domain_warning(ctx.card, image_row_domain(ctx.store, image_id))
-    info = probe_info(ctx)
+    view.versions = probe_versions(ctx)
+    info = (probe_info(ctx, version) if version in view.versions else None) or probe_info(ctx)
     pred = ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, image_id)
     view.score = None if pred is None else float(pred["score"])
     if info is None:
@@ -155,6 +174,33 @@ def load_report(ctx: AppContext, case_id: str | None, image_id: str | None) -> R
         view.notes.append("Drawings were added or undone since this probe was trained: retrain to include them.")
     _fill_from_probe(ctx, view, info, row)
     return view
+
+
+# ---------------------------------------------------------------- what if, and another probe version
+def _row(ctx: AppContext, view: ReportView) -> dict:
+    if view.probe is None or view.image_id is None or not ctx.model_ready:
+        raise ReportError("What if needs a report: a trained concept probe and the model.")
+    return ctx.store.get_image(view.image_id)
+
+
+def whatif(ctx: AppContext, view: ReportView, concept: str, strength_pct: float) -> WhatIfPanel:
+    """The report's patch without ``concept`` (``strength_pct`` % of it removed), both interventions."""
+    if concept not in view.whatif_concepts:
+        raise ReportError(f"{concept!r} is not a concept of probe v{view.probe.version if view.probe else '?'}.")
+    return whatif_panel(ctx, view.probe, _row(ctx, view), concept, float(strength_pct) / 100.0)
+
+
+def whatif_maps(ctx: AppContext, view: ReportView, concept: str, strength_pct: float) -> dict:
+    """The image's lesion map before and under both interventions: {"before" / kind: (JPEG, score)}."""
+    return whatif_lesion_maps(ctx, view.probe, _row(ctx, view), concept, float(strength_pct) / 100.0)
+
+
+def compare_versions(ctx: AppContext, view: ReportView, other: int) -> VersionDiff:
+    """The shown probe version against stored version ``other`` on the shown image."""
+    info = probe_info(ctx, other)
+    if info is None:
+        raise ReportError(f"Probe version {other} is not stored for this model.")
+    return version_diff(ctx, view.probe, info, _row(ctx, view))
 
 
 # ---------------------------------------------------------------- TCAV

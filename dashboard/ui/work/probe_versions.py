@@ -30,9 +30,16 @@ def annotation_patch(ctx: AppContext):
     return lambda a: patch_gray(ctx, PatchRef(a.image_id, a.patch_x0, a.patch_y0, a.patch_size))
 
 
-def probe_info(ctx: AppContext) -> ProbeInfo | None:
-    """The latest probe version of the card's concept layer (without its weights), or None."""
+def probe_versions(ctx: AppContext) -> list[int]:
+    """The stored probe versions of the card's concept layer, newest first."""
+    return [int(r["version"]) for r in ctx.store.list_probes(model_card=ctx.card_name, layer=layer_of(ctx))]
+
+
+def probe_info(ctx: AppContext, version: int | None = None) -> ProbeInfo | None:
+    """A probe version of the card's concept layer (default the latest; without its weights), or None."""
     rows = ctx.store.list_probes(model_card=ctx.card_name, layer=layer_of(ctx))
+    if version is not None:
+        rows = [r for r in rows if int(r["version"]) == int(version)]
     if not rows:
         return None
     p = rows[0]
