@@ -280,7 +280,7 @@ class _Run:
     """Running state of one statistics computation; checkpointed to disk after every batch."""
 
     def __init__(self, n_units: int, fshape: tuple[int, int], n_patches: int, config: StatsConfig,
-                 device: torch.device):
+                 device: torch.device, patch0: int = 0):
         h, w = fshape
         top_k, quantile = config.top_k, config.quantile
         max_buffer, max_profiles = config.max_buffer, config.max_profiles
@@ -298,11 +298,17 @@ class _Run:
             self.n_target = max(int(math.floor(self.rate * n_total)), 2)
         self.t_keep = self.n_target - math.floor((self.n_target - 1) * quantile)
         self.device = device
+        # where this run starts in the whole patch set (a shard; 0 for the whole set in one run)
+        self.patch0 = patch0
+        self.batch0 = patch0 // max(config.batch_size, 1)
+        self.pos0 = patch0 * h * w
         self.done = 0              # patches consumed
         self.seen_pos = 0          # positions consumed
         self.kept = 0              # positions kept in the quantile sample
         self.top = torch.empty(n_units, 0, device=device)                      # (C, <=T) descending
-        self.sum = torch.zeros(n_units, dtype=torch.float64, device=device)     # (C,)
+        # per-batch sums, added in batch order at the end, so shards merged in order sum exactly
+        # as one run over all batches does
+        self.sums: list[torch.Tensor] = []                                      # [(C,) float64]
         self.ex_val = torch.empty(n_units, 0, device=device)                    # (C, <=k)
         self.ex_idx = torch.empty(n_units, 0, dtype=torch.int64, device=device)
         self.ex_map = torch.empty(n_units, 0, h, w, device=device)              # (C, <=k, h, w)
@@ -316,9 +322,9 @@ class _Run:
         b, c, h, w = acts.shape
         flat = acts.permute(1, 0, 2, 3).reshape(c, b * h * w)  # (C, B*h*w)
         if self.rate < 1.0:
-            end = self.seen_pos + b * h * w
-            n_keep = math.floor(self.rate * end) - math.floor(self.rate * self.seen_pos)
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + len(self.chunk_hashes))
+            start = self.pos0 + self.seen_pos
+            n_keep = math.floor(self.rate * (start + b * h * w)) - math.floor(self.rate * start)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + self.batch0 + len(self.chunk_hashes))
             pick = torch.randperm(b * h * w, generator=gen)[:n_keep].to(flat.device)
             flat_q = flat.index_select(1, pick)
         else:
@@ -327,35 +333,78 @@ class _Run:
         self.kept += flat_q.shape[1]
         both = torch.cat([self.top, flat_q], 1)
         self.top = both.topk(min(self.t_keep, both.shape[1]), dim=1, sorted=True).values
-        self.sum += flat.double().sum(1)
+        self.sums.append(flat.double().sum(1))
         # exemplars: ranked by the patch's max activation (Network Dissection's choice)
         pmax = acts.amax(dim=(2, 3)).T  # (C, B)
-        idx = torch.arange(self.done, self.done + b, device=acts.device).expand(c, b)
-        vals = torch.cat([self.ex_val, pmax], 1)
-        ids = torch.cat([self.ex_idx, idx], 1)
-        maps = torch.cat([self.ex_map, acts.permute(1, 0, 2, 3)], 1)  # (C, k+B, h, w)
-        best = vals.topk(min(self.k, vals.shape[1]), dim=1, sorted=True).indices  # (C, k)
-        self.ex_val = vals.gather(1, best)
-        self.ex_idx = ids.gather(1, best)
-        self.ex_map = maps.gather(1, best[:, :, None, None].expand(-1, -1, h, w))
-        sel = [i for i in range(b) if (self.done + i) % self.profile_stride == 0]
+        first = self.patch0 + self.done
+        idx = torch.arange(first, first + b, device=acts.device).expand(c, b)
+        self.ex_val, self.ex_idx, self.ex_map = _top_exemplars(
+            torch.cat([self.ex_val, pmax], 1), torch.cat([self.ex_idx, idx], 1),
+            torch.cat([self.ex_map, acts.permute(1, 0, 2, 3)], 1), self.k)  # (C, k+B, h, w) in
+        sel = [i for i in range(b) if (first + i) % self.profile_stride == 0]
         if sel:
             self.profiles.append(acts[sel].mean(dim=(2, 3)).float().cpu())  # (b', C)
         self.done += b
 
     # ---- checkpoint
+    @property
+    def sum(self) -> torch.Tensor:
+        """(C,) float64 sum of every activation, added batch by batch in order."""
+        total = torch.zeros(self.n_units, dtype=torch.float64, device=self.device)
+        for s in self.sums:
+            total += s.to(self.device)
+        return total
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         prof = torch.cat(self.profiles) if self.profiles else torch.zeros(0, self.n_units)
-        return {"top": self.top.cpu().contiguous(), "sum": self.sum.cpu(), "ex_val": self.ex_val.cpu(),
+        sums = torch.stack(self.sums).cpu() if self.sums else torch.zeros(0, self.n_units, dtype=torch.float64)
+        return {"top": self.top.cpu().contiguous(), "sums": sums, "ex_val": self.ex_val.cpu(),
                 "ex_idx": self.ex_idx.cpu(), "ex_map": self.ex_map.cpu().contiguous(), "profiles": prof,
-                "counters": torch.tensor([self.done, self.seen_pos, self.kept], dtype=torch.int64)}
+                "counters": torch.tensor([self.done, self.seen_pos, self.kept, self.patch0], dtype=torch.int64)}
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         dev = self.device
-        self.top, self.sum = sd["top"].to(dev), sd["sum"].to(dev)
+        self.top = sd["top"].to(dev)
+        self.sums = list(sd["sums"].to(dev)) if "sums" in sd else [sd["sum"].to(dev)]  # "sum": dissect-v3 checkpoints
         self.ex_val, self.ex_idx, self.ex_map = sd["ex_val"].to(dev), sd["ex_idx"].to(dev), sd["ex_map"].to(dev)
         self.profiles = [sd["profiles"]] if sd["profiles"].shape[0] else []
-        self.done, self.seen_pos, self.kept = (int(v) for v in sd["counters"].tolist())
+        self.done, self.seen_pos, self.kept = (int(v) for v in sd["counters"].tolist()[:3])
+
+
+def _top_exemplars(vals: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
+    """The k best exemplars per unit: vals (C, M) patch max activations, ids (C, M) patch indices,
+    maps (C, M, h, w). Highest value first, ties to the lower patch index (the candidates arrive in
+    patch order, and the sort is stable), so shards merge to exactly the exemplars of one run."""
+    h, w = maps.shape[2:]
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, :k]  # (C, <=k)
+    return vals.gather(1, order), ids.gather(1, order), maps.gather(1, order[:, :, None, None].expand(-1, -1, h, w))
+
+
+def merge_runs(runs: Sequence[_Run]) -> _Run:
+    """One run over all patches from runs over consecutive shards (in patch order; batch-aligned).
+
+    Exact: the quantile keeps the top T of the union of each shard's top T (T is the whole run's),
+    the sums add batch by batch in order, exemplars re-rank with the same tie rule, the unit-map
+    profiles and the counters concatenate and add. A single run comes back unchanged."""
+    if len(runs) == 1:
+        return runs[0]
+    runs = sorted(runs, key=lambda r: r.patch0)
+    out = runs[0]
+    for r in runs[1:]:
+        if r.patch0 != out.patch0 + out.done:
+            raise ValueError(f"shards do not meet: one ends at patch {out.patch0 + out.done}, the next starts at {r.patch0}")
+        both = torch.cat([out.top, r.top.to(out.device)], 1)
+        out.top = both.topk(min(out.t_keep, both.shape[1]), dim=1, sorted=True).values
+        out.sums = out.sums + [s.to(out.device) for s in r.sums]
+        out.ex_val, out.ex_idx, out.ex_map = _top_exemplars(
+            torch.cat([out.ex_val, r.ex_val.to(out.device)], 1), torch.cat([out.ex_idx, r.ex_idx.to(out.device)], 1),
+            torch.cat([out.ex_map, r.ex_map.to(out.device)], 1), out.k)
+        out.profiles = out.profiles + r.profiles
+        out.done += r.done
+        out.seen_pos += r.seen_pos
+        out.kept += r.kept
+        out.chunk_hashes = out.chunk_hashes + r.chunk_hashes
+    return out
 
 
 def _save_checkpoint(directory: Path, run: _Run, meta: dict) -> None:
@@ -421,7 +470,7 @@ def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, con
         if isinstance(patches, (np.ndarray, torch.Tensor, Sequence)):
             return compute_dataset_stats(model, card, layer, patches, config, progress=progress, store=store)
         raise
-    stats = _finish_stats(run, card, layer, config, key, weights_sha, patch_size)
+    stats = _finish_stats(merge_runs([run]), card, layer, config, key, weights_sha, patch_size)
     stats.save(directory)
     (directory / "state.safetensors").unlink(missing_ok=True)
     if store is not None:
@@ -510,8 +559,9 @@ def _finish_stats(run: _Run, card, layer: str, config: StatsConfig, key: str, we
                   patch_size: int | None) -> DissectionStats:
     """Thresholds, means, exemplars (padded to top_k) and the unit map of a finished run."""
     quantile, top_k = config.quantile, config.top_k
+    total = run.sum  # (C,) float64
     thresholds = _quantile_from_top(run.top, run.kept, quantile).float()
-    thresholds, n_tied = _untie_at_max(thresholds, run.top[:, 0].float(), run.sum / max(run.seen_pos, 1))
+    thresholds, n_tied = _untie_at_max(thresholds, run.top[:, 0].float(), total / max(run.seen_pos, 1))
     prof = torch.cat(run.profiles) if run.profiles else torch.zeros(0, run.n_units)
     unit_xy, unit_var = _pca_units(prof)
     n_have = run.ex_val.shape[1]
@@ -527,7 +577,7 @@ def _finish_stats(run: _Run, card, layer: str, config: StatsConfig, key: str, we
         data_key=config.data_key, quantile=float(quantile), top_k=int(top_k), n_patches=int(config.n_patches),
         patch_size=int(patch_size or 0), feature_shape=(int(h), int(w)), n_values=int(run.kept),
         sample_rate=float(run.kept / max(run.seen_pos, 1)),
-        thresholds=thresholds.cpu().numpy(), mean=(run.sum / max(run.seen_pos, 1)).float().cpu().numpy(),
+        thresholds=thresholds.cpu().numpy(), mean=(total / max(run.seen_pos, 1)).float().cpu().numpy(),
         top_values=ex_val.numpy(), top_indices=ex_idx.numpy(), top_maps=ex_map.numpy(),
         unit_xy=unit_xy, unit_xy_var=unit_var, n_tied_at_max=n_tied, version=STATS_VERSION,
     )
