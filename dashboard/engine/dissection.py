@@ -45,6 +45,14 @@ from skimage.draw import line, polygon
 from dashboard.data.store import DissectionRun, DrawingRecord, StatsIdentity, ValidationError
 from dashboard.engine.activations import compute_activations, model_fingerprint
 from dashboard.engine.model_state import model_device
+from dashboard.engine.shards import (
+    ArrayPatches,
+    ShardSpec,
+    load_shard_file,
+    plan_shards,
+    save_shard_file,
+    shard_file,
+)
 from dashboard.engine.unit_iou import (
     UnitMasks,
     compute_unit_ious,
@@ -440,17 +448,25 @@ def _iter_batches(patches, batch_size: int):
 
 
 def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, config: StatsConfig, *,
-                          progress: Progress | None = None, store=None) -> DissectionStats:
+                          progress: Progress | None = None, store=None, engine=None,
+                          model_source=None) -> DissectionStats:
     """Per-unit dataset statistics of ``layer`` over a patch set (see module doc and ``StatsConfig``).
 
     patches: (N, S, S) grey patches in [0, 1] (array or tensor), or an iterable of such batches
         (then ``config`` needs ``n_patches`` and ``data_key`` unless it is a sequence). Batches are
         re-checked against the hashes of a checkpoint, so a wrong key can never resume onto other data.
+        With an engine: an array or a ``shards.PatchSource`` (patches the workers load themselves).
     progress: called as ``progress(done_patches, n_patches, message)``.
     store: if given, the finished run is recorded (``Store.save_dissection_run``).
+    engine: None runs here, in this process; a ``distributed.RayEngine`` maps shards of the patch set
+        to workers that each load the model from ``model_source`` (a ``shards.CardModel``), writes
+        each finished shard in ``cache_dir/<key>/shards/`` (a rerun skips those) and merges them
+        exactly: the same numbers, and the same key, as in-process.
     """
     if not 0.5 <= config.quantile < 1.0:
         raise ValueError("quantile must be in [0.5, 1)")
+    if engine is not None:
+        return _compute_sharded(model, card, layer, patches, config, engine, model_source, progress, store)
     patches, n_patches, data_key = _patch_source(patches, config)
     config = replace(config, n_patches=n_patches, data_key=data_key)
     weights_sha = model_fingerprint(model)
@@ -471,14 +487,115 @@ def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, con
             return compute_dataset_stats(model, card, layer, patches, config, progress=progress, store=store)
         raise
     stats = _finish_stats(merge_runs([run]), card, layer, config, key, weights_sha, patch_size)
+    return _save_finished(stats, directory, config, store, progress)
+
+
+def _save_finished(stats: DissectionStats, directory: Path, config: StatsConfig, store,
+                   progress: Progress | None) -> DissectionStats:
     stats.save(directory)
     (directory / "state.safetensors").unlink(missing_ok=True)
     if store is not None:
         store.save_dissection_run(DissectionRun(
-            key=key, model_card=stats.model_card, weights_sha=weights_sha, layer=layer, data_key=data_key,
-            quantile=config.quantile, top_k=config.top_k, n_patches=n_patches, n_units=stats.n_units,
-            sample_rate=stats.sample_rate, path=str(directory)))
-    report(progress, n_patches, n_patches, "dataset statistics done")
+            key=stats.key, model_card=stats.model_card, weights_sha=stats.weights_sha, layer=stats.layer,
+            data_key=stats.data_key, quantile=config.quantile, top_k=config.top_k, n_patches=stats.n_patches,
+            n_units=stats.n_units, sample_rate=stats.sample_rate, path=str(directory)))
+    report(progress, stats.n_patches, stats.n_patches, "dataset statistics done")
+    return stats
+
+
+# ---------------------------------------------------------------------- sharded (Ray)
+@dataclass(frozen=True)
+class _ShardJob:
+    """What one worker needs for one shard (small: no model, no arrays beyond a test's patches)."""
+
+    model_source: Any      # shards.CardModel: .load() -> (model, card)
+    layer: str
+    config: StatsConfig
+    shard: ShardSpec
+    source: Any            # the part of the patch source that holds the shard's patches
+    out_dir: str
+    meta: dict
+    weights_sha: str
+    n_patches: int         # of the whole patch set
+
+
+def _stats_shard(job: _ShardJob, tell) -> int:
+    """Worker: fold the shard's batches into a ``_Run`` and write it atomically. Returns the shard index."""
+    model, card = job.model_source.load()
+    if model_fingerprint(model) != job.weights_sha:
+        raise StaleCacheError(f"the worker's {getattr(card, 'name', '')} weights differ from the driver's")
+    dev = model_device(model, None)
+    run, patch_size, bs = None, 0, job.config.batch_size
+    for start in range(job.shard.patch0, job.shard.stop, bs):
+        batch = _to_numpy_batch(job.source.load(start, min(start + bs, job.shard.stop)))  # (B, S, S)
+        patch_size = batch.shape[-1]
+        x = torch.as_tensor(np.asarray(card.preprocess(batch)), dtype=torch.float32)  # (B, 3, S, S)
+        acts = compute_activations(model, [job.layer], x, device=dev)[job.layer]  # (B, C, h, w)
+        if run is None:
+            run = _Run(acts.shape[1], tuple(acts.shape[2:]), job.n_patches, job.config, dev, patch0=job.shard.patch0)
+        run.update(acts, job.config.seed)
+        run.chunk_hashes.append(_hash_batch(batch))
+        tell(run.done)
+    save_shard_file(Path(job.out_dir), job.shard.index, run.state_dict(), {
+        **job.meta, "fshape": list(run.fshape), "patch_size": int(patch_size), "chunks": run.chunk_hashes})
+    return job.shard.index
+
+
+def _compute_sharded(model, card, layer: str, patches, config: StatsConfig, engine, model_source,
+                     progress: Progress | None, store) -> DissectionStats:
+    if model_source is None:
+        raise ValueError("a distributed engine needs model_source= (how a worker loads the model)")
+    if isinstance(patches, (np.ndarray, torch.Tensor)):
+        arr, n_patches, data_key = _patch_source(patches, config)
+        source = ArrayPatches(np.asarray(arr, dtype=np.float32), data_key)
+    elif hasattr(patches, "part") and hasattr(patches, "load"):
+        source, n_patches, data_key = patches, int(patches.n_patches), str(patches.data_key)
+    else:
+        raise ValueError("a distributed engine needs an array or a PatchSource, not an iterable of batches")
+    config = replace(config, n_patches=n_patches, data_key=data_key)
+    weights_sha = model_fingerprint(model)
+    key = dataset_stats_key(card, weights_sha, layer, data_key, config)
+    directory = Path(config.cache_dir) / key
+    if (directory / "stats.safetensors").is_file():
+        report(progress, n_patches, n_patches, "dataset statistics loaded from cache")
+        return load_dataset_stats(directory)
+    shard_dir = directory / "shards"
+    plan = plan_shards(source.group_sizes(), config.batch_size, engine.n_shards)
+    base = {"key": key, "layer": layer, "data_key": data_key, "n_patches": n_patches, "batch_size": config.batch_size}
+
+    def meta_of(sp: ShardSpec) -> dict:
+        return {**base, "shard": sp.index, "patch0": sp.patch0, "n": sp.n_patches}
+
+    todo = [sp for sp in plan if load_shard_file(shard_dir, sp.index, meta_of(sp)) is None]
+    before = n_patches - sum(sp.n_patches for sp in todo)
+    worker_config = replace(config, device=None, cache_dir=str(config.cache_dir))
+    jobs = [_ShardJob(model_source, layer, worker_config, sp, source.part(sp.patch0, sp.stop), str(shard_dir),
+                      meta_of(sp), weights_sha, n_patches) for sp in todo]
+    report(progress, before, n_patches, f"dataset statistics: {len(plan) - len(todo)} of {len(plan)} shards done")
+    if jobs:
+        engine.map(_stats_shard, jobs, total=n_patches - before, message="dataset statistics",
+                   progress=None if progress is None else (
+                       lambda d, n, msg: progress(before + d, n_patches, f"{msg}: {before + d}/{n_patches} patches")))
+    runs, patch_size = [], 0
+    for sp in plan:
+        got = load_shard_file(shard_dir, sp.index, meta_of(sp))
+        if got is None:
+            raise ConceptLensError(f"shard {sp.index} of the dataset statistics has no result; run again to resume")
+        tensors, meta = got
+        run = _Run(tensors["top"].shape[0], tuple(meta["fshape"]), n_patches, config, torch.device("cpu"),
+                   patch0=sp.patch0)
+        run.load_state_dict(tensors)
+        run.chunk_hashes = list(meta["chunks"])
+        runs.append(run)
+        patch_size = meta["patch_size"]
+    run = merge_runs(runs)
+    if run.done != n_patches:
+        raise ValueError(f"expected {n_patches} patches, the shards hold {run.done}")
+    directory.mkdir(parents=True, exist_ok=True)
+    stats = _finish_stats(run, card, layer, config, key, weights_sha, patch_size)
+    stats = _save_finished(stats, directory, config, store, progress)
+    for sp in plan:
+        shard_file(shard_dir, sp.index).unlink(missing_ok=True)
     return stats
 
 
