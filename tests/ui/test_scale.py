@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from dashboard.data import report_tables
 from dashboard.data.store import Store
-from dashboard.engine.batch_report import report_rows
+from dashboard.engine.batch_report import ROW_COLUMNS, report_rows
 from dashboard.engine.distributed import RayEngine
 from dashboard.settings import PROJECT_ROOT
 from dashboard.testing import app_data
@@ -120,3 +121,43 @@ def test_batch_report_command_on_ray_equals_in_process(ctx, monkeypatch, capsys)
     assert "Parquet parts" in capsys.readouterr().out
     assert report_tables.read_rows(plan.path) == here
     assert report_tables.list_runs(br.batch_root(ctx.settings))[0]["key"] == plan.key
+
+
+def _fake_run(settings, key: str, rows: list[dict]) -> Path:
+    """A finished batch run written straight from rows (no model): what the page reads."""
+    path = br.batch_root(settings) / key
+    report_tables.write_part(path, 0, rows, ROW_COLUMNS, key)
+    report_tables.write_manifest(path, {"key": key, "model_card": app_data.TINY_CARD, "probe_version": 3,
+                                        "n_images": 3, "n_parts": 1, "finished": "2026-12-03T20:00:00+00:00"})
+    return path
+
+
+def _row(image_id, truth, concept, share, area=None):
+    return {"image_id": image_id, "case_id": "c", "truth": truth, "concept": concept, "attribution_share": share,
+            "area_mm2": area, "probability": 0.5}
+
+
+def test_dataset_concepts_page_summarises_a_batch_run_per_truth_label(settings, monkeypatch):
+    monkeypatch.setenv("CONCEPTLENS_MODEL_CARD", "no-such-card")  # the page needs no model
+    Store(settings.db_path, settings.journal_dir).close()
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/dataset_concepts.py")
+    at.run()
+    assert not at.exception
+    assert any("dashboard.ui.scale report" in i.value for i in at.info)
+    _fake_run(settings, "run1", [
+        _row("a", "malignant", "mass", 0.7, 12.0), _row("a", "malignant", "unexplained", 0.3),
+        _row("b", "malignant", "mass", 0.1, 2.0), _row("b", "malignant", "calcification", 0.5, 1.0),
+        _row("b", "malignant", "unexplained", 0.4),
+        _row("c", "normal", "mass", 0.2, 0.0), _row("c", "normal", "unexplained", 0.8)])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    got = {(r["truth"], r["concept"]): r for r in table.to_dict("records")}
+    assert got[("malignant", "mass")]["images"] == 2 and got[("malignant", "mass")]["mean share"] == pytest.approx(0.4)
+    assert got[("malignant", "mass")]["images top"] == 1 and got[("malignant", "calcification")]["images top"] == 1
+    assert got[("normal", "mass")]["images"] == 1 and got[("normal", "unexplained")]["mean share"] == pytest.approx(0.8)
+    assert "3 images" in " ".join(c.value for c in at.caption)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2 and "malignant" in charts[0].proto.spec and "normal" in charts[0].proto.spec
