@@ -21,6 +21,11 @@ values needs, so the threshold is exact (float64 interpolation, stored as float3
 batch is drawn at random (same positions for all units, seeded) so that the kept sample fits, and
 the threshold is the exact quantile of that uniform sample: its rank error is binomial, standard
 deviation ``sqrt(q (1 - q) / n_sampled)`` in quantile units (``DissectionStats.quantile_se``).
+
+Shards: a run may cover consecutive patches of the set (a shard, starting on a batch boundary);
+``merge_runs`` merges such runs exactly (upper tails, per-batch sums in order, exemplars with ties
+to the lower patch index). In-process is one run through the same merge; ``engine=`` maps shards
+to Ray workers (``engine.distributed``, docs/scale.md) with the same numbers and the same key.
 """
 from __future__ import annotations
 

@@ -11,18 +11,7 @@ from dashboard.engine.shards import ArrayPatches, plan_shards
 from dashboard.testing.engine_helpers import TinyCard, synthetic_patches, tiny_model
 from dashboard.testing.scale_helpers import DyingPatches, TinyModelSource, loads
 
-ray = pytest.importorskip("ray")
-
 FIELDS = ("thresholds", "mean", "top_values", "top_indices", "top_maps", "unit_xy", "unit_xy_var")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module: 2 CPUs, no dashboard, a small object store."""
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(__import__("dashboard").settings.PROJECT_ROOT)}})
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -54,19 +54,12 @@ def _with_probe(ctx):
     return ctx
 
 
-def test_store_stats_on_two_ray_workers_equal_in_process(ctx):
-    ray = pytest.importorskip("ray")
+def test_store_stats_on_two_ray_workers_equal_in_process(ctx, local_ray):
     here = cx.compute_stats(ctx, 120)
     kept = Path(here.path).with_name("in-process")
     shutil.move(here.path, kept)  # the Ray run must compute, not find the cached numbers
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
-    try:
-        seen = []
-        there = cx.compute_stats(ctx, 120, progress=lambda d, n, msg: seen.append((d, n)),
-                                 engine=RayEngine(workers=2))
-    finally:
-        ray.shutdown()
+    seen = []
+    there = cx.compute_stats(ctx, 120, progress=lambda d, n, msg: seen.append((d, n)), engine=RayEngine(workers=2))
     assert there.key == here.key and there.n_patches == here.n_patches > 16
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(there, f), getattr(here, f), err_msg=f)
@@ -107,8 +100,7 @@ def test_batch_report_rows_equal_each_single_report_and_resume(ctx):
 
 
 @pytest.mark.slow
-def test_batch_report_command_on_ray_equals_in_process(ctx, monkeypatch, capsys):
-    pytest.importorskip("ray")
+def test_batch_report_command_on_ray_equals_in_process(ctx, monkeypatch, capsys, ray_lib):
     ctx = _with_probe(ctx)
     plan = br.plan_batch(ctx, None)
     br.run_batch(ctx, plan)
