@@ -11,7 +11,7 @@ concept layer. The store is copied to a temporary data directory (the images are
 running app is not disturbed. Ray: a local Ray started before the timing (its start-up is timed
 apart), ``--threads`` torch threads per worker (default: the cores divided by the workers).
 
-Prints the figures and writes ``bench/results/scale.json`` with the load average before and after
+Prints the figures and writes ``bench/results/scale.json`` (``--append``: after its earlier sessions) with the load average before and after
 each run (the machine may be shared) and the largest difference of the thresholds to in-process.
 """
 from __future__ import annotations
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None, help="data directory with the store (default: the settings')")
     ap.add_argument("--gpus-per-task", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per Ray worker")
+    ap.add_argument("--append", action="store_true", help="keep the earlier sessions in the results file")
     args = ap.parse_args(argv)
     settings = load_settings()
     src = Path(args.data_dir) if args.data_dir else settings.data_dir
@@ -145,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    session = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
         "cpus": os.cpu_count(), "device": str(ctx.device), "card": ctx.card_name, "layer": cx.layer_of(ctx),
         "torch": torch.__version__, "command": "python -m bench.bench_scale " + " ".join(argv or []),
-        "runs": runs}, indent=1))
+        "runs": runs}
+    earlier = json.loads(RESULTS.read_text()).get("sessions", []) if args.append and RESULTS.is_file() else []
+    RESULTS.write_text(json.dumps({"sessions": earlier + [session]}, indent=1))
     print(f"written {RESULTS}")
     return 0
 
