@@ -58,6 +58,8 @@ class Settings:
                  when the store has no drawings yet (``CONCEPTLENS_DEMO_DRAWINGS``; 0 starts clean)
     warmup       the app prepares statistics, demo drawings, scores and TCAV in a background thread
                  (``CONCEPTLENS_WARMUP``; tests turn it off, see ``dashboard.ui.warmup``)
+    ray_address  dataset statistics run on this Ray cluster ("auto", "host:6379", "ray://host:10001")
+                 instead of in-process (``CONCEPTLENS_RAY_ADDRESS``; empty: in-process; docs/scale.md)
     """
 
     data_dir: Path
@@ -81,6 +83,7 @@ class Settings:
     require_sign_in: bool = False
     demo_drawings: bool = True
     warmup: bool = True
+    ray_address: str = ""
 
     demo_dir = _under_data("demo", "The embedded synthetic demo set (DICOM files and truth masks).")
     cache_dir = _under_data("cache", "Computed caches: dataset statistics (dissection/), activations, TCAV.")
@@ -139,6 +142,7 @@ def load_settings() -> Settings:
         require_sign_in=_env_bool("REQUIRE_SIGN_IN", False),
         demo_drawings=_env_bool("DEMO_DRAWINGS", True),
         warmup=_env_bool("WARMUP", True),
+        ray_address=_env("RAY_ADDRESS", ""),
     )
 
 

@@ -35,3 +35,24 @@ def shared_data() -> Path:
             pytest.fail(f"shared data folder missing in CI: {path}")
         pytest.skip(f"no shared data at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_lib():
+    """The ``ray`` module (requirements-scale.txt). Required in CI, skipped elsewhere."""
+    try:
+        import ray  # optional: the scale path's tests only
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("ray is not installed in CI: make test installs requirements-scale.txt")
+        pytest.skip("ray is not installed (pip install -r requirements-scale.txt)")
+    return ray
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_lib):
+    """One local Ray for a test module: 2 CPUs, no dashboard, a 200 MB object store; shut down after."""
+    ray_lib.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}})
+    yield ray_lib
+    ray_lib.shutdown()

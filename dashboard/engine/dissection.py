@@ -21,6 +21,11 @@ values needs, so the threshold is exact (float64 interpolation, stored as float3
 batch is drawn at random (same positions for all units, seeded) so that the kept sample fits, and
 the threshold is the exact quantile of that uniform sample: its rank error is binomial, standard
 deviation ``sqrt(q (1 - q) / n_sampled)`` in quantile units (``DissectionStats.quantile_se``).
+
+Shards: a run may cover consecutive patches of the set (a shard, starting on a batch boundary);
+``merge_runs`` merges such runs exactly (upper tails, per-batch sums in order, exemplars with ties
+to the lower patch index). In-process is one run through the same merge; ``engine=`` maps shards
+to Ray workers (``engine.distributed``, docs/scale.md) with the same numbers and the same key.
 """
 from __future__ import annotations
 
@@ -45,6 +50,14 @@ from skimage.draw import line, polygon
 from dashboard.data.store import DissectionRun, DrawingRecord, StatsIdentity, ValidationError
 from dashboard.engine.activations import compute_activations, model_fingerprint
 from dashboard.engine.model_state import model_device
+from dashboard.engine.shards import (
+    ArrayPatches,
+    ShardSpec,
+    load_shard_file,
+    plan_shards,
+    save_shard_file,
+    shard_file,
+)
 from dashboard.engine.unit_iou import (
     UnitMasks,
     compute_unit_ious,
@@ -280,7 +293,7 @@ class _Run:
     """Running state of one statistics computation; checkpointed to disk after every batch."""
 
     def __init__(self, n_units: int, fshape: tuple[int, int], n_patches: int, config: StatsConfig,
-                 device: torch.device):
+                 device: torch.device, patch0: int = 0):
         h, w = fshape
         top_k, quantile = config.top_k, config.quantile
         max_buffer, max_profiles = config.max_buffer, config.max_profiles
@@ -298,11 +311,17 @@ class _Run:
             self.n_target = max(int(math.floor(self.rate * n_total)), 2)
         self.t_keep = self.n_target - math.floor((self.n_target - 1) * quantile)
         self.device = device
+        # where this run starts in the whole patch set (a shard; 0 for the whole set in one run)
+        self.patch0 = patch0
+        self.batch0 = patch0 // max(config.batch_size, 1)
+        self.pos0 = patch0 * h * w
         self.done = 0              # patches consumed
         self.seen_pos = 0          # positions consumed
         self.kept = 0              # positions kept in the quantile sample
         self.top = torch.empty(n_units, 0, device=device)                      # (C, <=T) descending
-        self.sum = torch.zeros(n_units, dtype=torch.float64, device=device)     # (C,)
+        # per-batch sums, added in batch order at the end, so shards merged in order sum exactly
+        # as one run over all batches does
+        self.sums: list[torch.Tensor] = []                                      # [(C,) float64]
         self.ex_val = torch.empty(n_units, 0, device=device)                    # (C, <=k)
         self.ex_idx = torch.empty(n_units, 0, dtype=torch.int64, device=device)
         self.ex_map = torch.empty(n_units, 0, h, w, device=device)              # (C, <=k, h, w)
@@ -316,9 +335,9 @@ class _Run:
         b, c, h, w = acts.shape
         flat = acts.permute(1, 0, 2, 3).reshape(c, b * h * w)  # (C, B*h*w)
         if self.rate < 1.0:
-            end = self.seen_pos + b * h * w
-            n_keep = math.floor(self.rate * end) - math.floor(self.rate * self.seen_pos)
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + len(self.chunk_hashes))
+            start = self.pos0 + self.seen_pos
+            n_keep = math.floor(self.rate * (start + b * h * w)) - math.floor(self.rate * start)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + self.batch0 + len(self.chunk_hashes))
             pick = torch.randperm(b * h * w, generator=gen)[:n_keep].to(flat.device)
             flat_q = flat.index_select(1, pick)
         else:
@@ -327,35 +346,78 @@ class _Run:
         self.kept += flat_q.shape[1]
         both = torch.cat([self.top, flat_q], 1)
         self.top = both.topk(min(self.t_keep, both.shape[1]), dim=1, sorted=True).values
-        self.sum += flat.double().sum(1)
+        self.sums.append(flat.double().sum(1))
         # exemplars: ranked by the patch's max activation (Network Dissection's choice)
         pmax = acts.amax(dim=(2, 3)).T  # (C, B)
-        idx = torch.arange(self.done, self.done + b, device=acts.device).expand(c, b)
-        vals = torch.cat([self.ex_val, pmax], 1)
-        ids = torch.cat([self.ex_idx, idx], 1)
-        maps = torch.cat([self.ex_map, acts.permute(1, 0, 2, 3)], 1)  # (C, k+B, h, w)
-        best = vals.topk(min(self.k, vals.shape[1]), dim=1, sorted=True).indices  # (C, k)
-        self.ex_val = vals.gather(1, best)
-        self.ex_idx = ids.gather(1, best)
-        self.ex_map = maps.gather(1, best[:, :, None, None].expand(-1, -1, h, w))
-        sel = [i for i in range(b) if (self.done + i) % self.profile_stride == 0]
+        first = self.patch0 + self.done
+        idx = torch.arange(first, first + b, device=acts.device).expand(c, b)
+        self.ex_val, self.ex_idx, self.ex_map = _top_exemplars(
+            torch.cat([self.ex_val, pmax], 1), torch.cat([self.ex_idx, idx], 1),
+            torch.cat([self.ex_map, acts.permute(1, 0, 2, 3)], 1), self.k)  # (C, k+B, h, w) in
+        sel = [i for i in range(b) if (first + i) % self.profile_stride == 0]
         if sel:
             self.profiles.append(acts[sel].mean(dim=(2, 3)).float().cpu())  # (b', C)
         self.done += b
 
     # ---- checkpoint
+    @property
+    def sum(self) -> torch.Tensor:
+        """(C,) float64 sum of every activation, added batch by batch in order."""
+        total = torch.zeros(self.n_units, dtype=torch.float64, device=self.device)
+        for s in self.sums:
+            total += s.to(self.device)
+        return total
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         prof = torch.cat(self.profiles) if self.profiles else torch.zeros(0, self.n_units)
-        return {"top": self.top.cpu().contiguous(), "sum": self.sum.cpu(), "ex_val": self.ex_val.cpu(),
+        sums = torch.stack(self.sums).cpu() if self.sums else torch.zeros(0, self.n_units, dtype=torch.float64)
+        return {"top": self.top.cpu().contiguous(), "sums": sums, "ex_val": self.ex_val.cpu(),
                 "ex_idx": self.ex_idx.cpu(), "ex_map": self.ex_map.cpu().contiguous(), "profiles": prof,
-                "counters": torch.tensor([self.done, self.seen_pos, self.kept], dtype=torch.int64)}
+                "counters": torch.tensor([self.done, self.seen_pos, self.kept, self.patch0], dtype=torch.int64)}
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         dev = self.device
-        self.top, self.sum = sd["top"].to(dev), sd["sum"].to(dev)
+        self.top = sd["top"].to(dev)
+        self.sums = list(sd["sums"].to(dev)) if "sums" in sd else [sd["sum"].to(dev)]  # "sum": dissect-v3 checkpoints
         self.ex_val, self.ex_idx, self.ex_map = sd["ex_val"].to(dev), sd["ex_idx"].to(dev), sd["ex_map"].to(dev)
         self.profiles = [sd["profiles"]] if sd["profiles"].shape[0] else []
-        self.done, self.seen_pos, self.kept = (int(v) for v in sd["counters"].tolist())
+        self.done, self.seen_pos, self.kept = (int(v) for v in sd["counters"].tolist()[:3])
+
+
+def _top_exemplars(vals: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
+    """The k best exemplars per unit: vals (C, M) patch max activations, ids (C, M) patch indices,
+    maps (C, M, h, w). Highest value first, ties to the lower patch index (the candidates arrive in
+    patch order, and the sort is stable), so shards merge to exactly the exemplars of one run."""
+    h, w = maps.shape[2:]
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, :k]  # (C, <=k)
+    return vals.gather(1, order), ids.gather(1, order), maps.gather(1, order[:, :, None, None].expand(-1, -1, h, w))
+
+
+def merge_runs(runs: Sequence[_Run]) -> _Run:
+    """One run over all patches from runs over consecutive shards (in patch order; batch-aligned).
+
+    Exact: the quantile keeps the top T of the union of each shard's top T (T is the whole run's),
+    the sums add batch by batch in order, exemplars re-rank with the same tie rule, the unit-map
+    profiles and the counters concatenate and add. A single run comes back unchanged."""
+    if len(runs) == 1:
+        return runs[0]
+    runs = sorted(runs, key=lambda r: r.patch0)
+    out = runs[0]
+    for r in runs[1:]:
+        if r.patch0 != out.patch0 + out.done:
+            raise ValueError(f"shards do not meet: one ends at patch {out.patch0 + out.done}, the next starts at {r.patch0}")
+        both = torch.cat([out.top, r.top.to(out.device)], 1)
+        out.top = both.topk(min(out.t_keep, both.shape[1]), dim=1, sorted=True).values
+        out.sums = out.sums + [s.to(out.device) for s in r.sums]
+        out.ex_val, out.ex_idx, out.ex_map = _top_exemplars(
+            torch.cat([out.ex_val, r.ex_val.to(out.device)], 1), torch.cat([out.ex_idx, r.ex_idx.to(out.device)], 1),
+            torch.cat([out.ex_map, r.ex_map.to(out.device)], 1), out.k)
+        out.profiles = out.profiles + r.profiles
+        out.done += r.done
+        out.seen_pos += r.seen_pos
+        out.kept += r.kept
+        out.chunk_hashes = out.chunk_hashes + r.chunk_hashes
+    return out
 
 
 def _save_checkpoint(directory: Path, run: _Run, meta: dict) -> None:
@@ -391,17 +453,25 @@ def _iter_batches(patches, batch_size: int):
 
 
 def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, config: StatsConfig, *,
-                          progress: Progress | None = None, store=None) -> DissectionStats:
+                          progress: Progress | None = None, store=None, engine=None,
+                          model_source=None) -> DissectionStats:
     """Per-unit dataset statistics of ``layer`` over a patch set (see module doc and ``StatsConfig``).
 
     patches: (N, S, S) grey patches in [0, 1] (array or tensor), or an iterable of such batches
         (then ``config`` needs ``n_patches`` and ``data_key`` unless it is a sequence). Batches are
         re-checked against the hashes of a checkpoint, so a wrong key can never resume onto other data.
+        With an engine: an array or a ``shards.PatchSource`` (patches the workers load themselves).
     progress: called as ``progress(done_patches, n_patches, message)``.
     store: if given, the finished run is recorded (``Store.save_dissection_run``).
+    engine: None runs here, in this process; a ``distributed.RayEngine`` maps shards of the patch set
+        to workers that each load the model from ``model_source`` (a ``shards.CardModel``), writes
+        each finished shard in ``cache_dir/<key>/shards/`` (a rerun skips those) and merges them
+        exactly: the same numbers, and the same key, as in-process.
     """
     if not 0.5 <= config.quantile < 1.0:
         raise ValueError("quantile must be in [0.5, 1)")
+    if engine is not None:
+        return _compute_sharded(model, card, layer, patches, config, engine, model_source, progress, store)
     patches, n_patches, data_key = _patch_source(patches, config)
     config = replace(config, n_patches=n_patches, data_key=data_key)
     weights_sha = model_fingerprint(model)
@@ -421,15 +491,116 @@ def compute_dataset_stats(model: torch.nn.Module, card, layer: str, patches, con
         if isinstance(patches, (np.ndarray, torch.Tensor, Sequence)):
             return compute_dataset_stats(model, card, layer, patches, config, progress=progress, store=store)
         raise
-    stats = _finish_stats(run, card, layer, config, key, weights_sha, patch_size)
+    stats = _finish_stats(merge_runs([run]), card, layer, config, key, weights_sha, patch_size)
+    return _save_finished(stats, directory, config, store, progress)
+
+
+def _save_finished(stats: DissectionStats, directory: Path, config: StatsConfig, store,
+                   progress: Progress | None) -> DissectionStats:
     stats.save(directory)
     (directory / "state.safetensors").unlink(missing_ok=True)
     if store is not None:
         store.save_dissection_run(DissectionRun(
-            key=key, model_card=stats.model_card, weights_sha=weights_sha, layer=layer, data_key=data_key,
-            quantile=config.quantile, top_k=config.top_k, n_patches=n_patches, n_units=stats.n_units,
-            sample_rate=stats.sample_rate, path=str(directory)))
-    report(progress, n_patches, n_patches, "dataset statistics done")
+            key=stats.key, model_card=stats.model_card, weights_sha=stats.weights_sha, layer=stats.layer,
+            data_key=stats.data_key, quantile=config.quantile, top_k=config.top_k, n_patches=stats.n_patches,
+            n_units=stats.n_units, sample_rate=stats.sample_rate, path=str(directory)))
+    report(progress, stats.n_patches, stats.n_patches, "dataset statistics done")
+    return stats
+
+
+# ---------------------------------------------------------------------- sharded (Ray)
+@dataclass(frozen=True)
+class _ShardJob:
+    """What one worker needs for one shard (small: no model, no arrays beyond a test's patches)."""
+
+    model_source: Any      # shards.CardModel: .load() -> (model, card)
+    layer: str
+    config: StatsConfig
+    shard: ShardSpec
+    source: Any            # the part of the patch source that holds the shard's patches
+    out_dir: str
+    meta: dict
+    weights_sha: str
+    n_patches: int         # of the whole patch set
+
+
+def _stats_shard(job: _ShardJob, tell) -> int:
+    """Worker: fold the shard's batches into a ``_Run`` and write it atomically. Returns the shard index."""
+    model, card = job.model_source.load()
+    if model_fingerprint(model) != job.weights_sha:
+        raise StaleCacheError(f"the worker's {getattr(card, 'name', '')} weights differ from the driver's")
+    dev = model_device(model, None)
+    run, patch_size, bs = None, 0, job.config.batch_size
+    for start in range(job.shard.patch0, job.shard.stop, bs):
+        batch = _to_numpy_batch(job.source.load(start, min(start + bs, job.shard.stop)))  # (B, S, S)
+        patch_size = batch.shape[-1]
+        x = torch.as_tensor(np.asarray(card.preprocess(batch)), dtype=torch.float32)  # (B, 3, S, S)
+        acts = compute_activations(model, [job.layer], x, device=dev)[job.layer]  # (B, C, h, w)
+        if run is None:
+            run = _Run(acts.shape[1], tuple(acts.shape[2:]), job.n_patches, job.config, dev, patch0=job.shard.patch0)
+        run.update(acts, job.config.seed)
+        run.chunk_hashes.append(_hash_batch(batch))
+        tell(run.done)
+    save_shard_file(Path(job.out_dir), job.shard.index, run.state_dict(), {
+        **job.meta, "fshape": list(run.fshape), "patch_size": int(patch_size), "chunks": run.chunk_hashes})
+    return job.shard.index
+
+
+def _compute_sharded(model, card, layer: str, patches, config: StatsConfig, engine, model_source,
+                     progress: Progress | None, store) -> DissectionStats:
+    if model_source is None:
+        raise ValueError("a distributed engine needs model_source= (how a worker loads the model)")
+    if isinstance(patches, (np.ndarray, torch.Tensor)):
+        arr, n_patches, data_key = _patch_source(patches, config)
+        source = ArrayPatches(np.asarray(arr, dtype=np.float32), data_key)
+    elif hasattr(patches, "part") and hasattr(patches, "load"):
+        source, n_patches, data_key = patches, int(patches.n_patches), str(patches.data_key)
+    else:
+        raise ValueError("a distributed engine needs an array or a PatchSource, not an iterable of batches")
+    config = replace(config, n_patches=n_patches, data_key=data_key)
+    weights_sha = model_fingerprint(model)
+    key = dataset_stats_key(card, weights_sha, layer, data_key, config)
+    directory = Path(config.cache_dir) / key
+    if (directory / "stats.safetensors").is_file():
+        report(progress, n_patches, n_patches, "dataset statistics loaded from cache")
+        return load_dataset_stats(directory)
+    shard_dir = directory / "shards"
+    plan = plan_shards(source.group_sizes(), config.batch_size, engine.n_shards)
+    base = {"key": key, "layer": layer, "data_key": data_key, "n_patches": n_patches, "batch_size": config.batch_size}
+
+    def meta_of(sp: ShardSpec) -> dict:
+        return {**base, "shard": sp.index, "patch0": sp.patch0, "n": sp.n_patches}
+
+    todo = [sp for sp in plan if load_shard_file(shard_dir, sp.index, meta_of(sp)) is None]
+    before = n_patches - sum(sp.n_patches for sp in todo)
+    worker_config = replace(config, device=None, cache_dir=str(config.cache_dir))
+    jobs = [_ShardJob(model_source, layer, worker_config, sp, source.part(sp.patch0, sp.stop), str(shard_dir),
+                      meta_of(sp), weights_sha, n_patches) for sp in todo]
+    report(progress, before, n_patches, f"dataset statistics: {len(plan) - len(todo)} of {len(plan)} shards done")
+    if jobs:
+        engine.map(_stats_shard, jobs, total=n_patches - before, message="dataset statistics",
+                   progress=None if progress is None else (
+                       lambda d, n, msg: progress(before + d, n_patches, f"{msg}: {before + d}/{n_patches} patches")))
+    runs, patch_size = [], 0
+    for sp in plan:
+        got = load_shard_file(shard_dir, sp.index, meta_of(sp))
+        if got is None:
+            raise ConceptLensError(f"shard {sp.index} of the dataset statistics has no result; run again to resume")
+        tensors, meta = got
+        run = _Run(tensors["top"].shape[0], tuple(meta["fshape"]), n_patches, config, torch.device("cpu"),
+                   patch0=sp.patch0)
+        run.load_state_dict(tensors)
+        run.chunk_hashes = list(meta["chunks"])
+        runs.append(run)
+        patch_size = meta["patch_size"]
+    run = merge_runs(runs)
+    if run.done != n_patches:
+        raise ValueError(f"expected {n_patches} patches, the shards hold {run.done}")
+    directory.mkdir(parents=True, exist_ok=True)
+    stats = _finish_stats(run, card, layer, config, key, weights_sha, patch_size)
+    stats = _save_finished(stats, directory, config, store, progress)
+    for sp in plan:
+        shard_file(shard_dir, sp.index).unlink(missing_ok=True)
     return stats
 
 
@@ -510,8 +681,9 @@ def _finish_stats(run: _Run, card, layer: str, config: StatsConfig, key: str, we
                   patch_size: int | None) -> DissectionStats:
     """Thresholds, means, exemplars (padded to top_k) and the unit map of a finished run."""
     quantile, top_k = config.quantile, config.top_k
+    total = run.sum  # (C,) float64
     thresholds = _quantile_from_top(run.top, run.kept, quantile).float()
-    thresholds, n_tied = _untie_at_max(thresholds, run.top[:, 0].float(), run.sum / max(run.seen_pos, 1))
+    thresholds, n_tied = _untie_at_max(thresholds, run.top[:, 0].float(), total / max(run.seen_pos, 1))
     prof = torch.cat(run.profiles) if run.profiles else torch.zeros(0, run.n_units)
     unit_xy, unit_var = _pca_units(prof)
     n_have = run.ex_val.shape[1]
@@ -527,7 +699,7 @@ def _finish_stats(run: _Run, card, layer: str, config: StatsConfig, key: str, we
         data_key=config.data_key, quantile=float(quantile), top_k=int(top_k), n_patches=int(config.n_patches),
         patch_size=int(patch_size or 0), feature_shape=(int(h), int(w)), n_values=int(run.kept),
         sample_rate=float(run.kept / max(run.seen_pos, 1)),
-        thresholds=thresholds.cpu().numpy(), mean=(run.sum / max(run.seen_pos, 1)).float().cpu().numpy(),
+        thresholds=thresholds.cpu().numpy(), mean=(total / max(run.seen_pos, 1)).float().cpu().numpy(),
         top_values=ex_val.numpy(), top_indices=ex_idx.numpy(), top_maps=ex_map.numpy(),
         unit_xy=unit_xy, unit_xy_var=unit_var, n_tied_at_max=n_tied, version=STATS_VERSION,
     )

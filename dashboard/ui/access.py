@@ -40,6 +40,7 @@ DEMO_PAGES = (
     PageSpec("pages/label.py", "Label concepts", ":material/draw:"),
     PageSpec("pages/units.py", "Units", ":material/scatter_plot:"),
     PageSpec("pages/report.py", "Report", ":material/summarize:"),
+    PageSpec("pages/dataset_concepts.py", "Concepts across images", ":material/bar_chart:"),
     PageSpec("pages/model_data.py", "Model and data", ":material/settings:"),
 )
 READER_PAGES = (

@@ -20,15 +20,19 @@ import torch
 import torch.nn.functional as F
 
 from dashboard import imaging
+from dashboard.data.files import stored_image_path
+from dashboard.data.patch_source import StoredImagePatches, StoredPatches
 from dashboard.engine import dissection
 from dashboard.engine.activations import compute_patch_activations, model_fingerprint
+from dashboard.engine.distributed import RayEngine
 from dashboard.engine.model_state import lock_for
+from dashboard.engine.shards import CardModel
 from dashboard.engine.unit_iou import prepare_unit_masks
 from dashboard.progress import Progress
 from dashboard.progress import report as report_progress
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import QUANTILE, EngineNotReady, PatchRef
-from dashboard.ui.work.images import model_image, patch_gray
+from dashboard.ui.work.images import model_image, model_spacing, patch_gray
 
 #: Most patches the dataset statistics run over by default (a 2-core laptop does ~20 patches/s).
 MAX_PATCHES = 600
@@ -166,24 +170,51 @@ def stats_patch_refs(stats) -> list[PatchRef]:
     return [PatchRef.from_tuple(t) for t in json.loads(path.read_text())]
 
 
-def compute_stats(ctx: AppContext, max_patches: int = MAX_PATCHES, progress: Progress | None = None):
+def stats_engine(ctx: AppContext) -> RayEngine | None:
+    """Where the dataset statistics run: the Ray cluster of ``CONCEPTLENS_RAY_ADDRESS``, else None (here)."""
+    return RayEngine(address=ctx.settings.ray_address) if ctx.settings.ray_address else None
+
+
+def stored_patches(ctx: AppContext, refs: list[PatchRef]) -> StoredPatches:
+    """The patch refs as a source that workers load from the image files themselves."""
+    rows = {r["image_id"]: r for r in ctx.store.list_images()}
+    images: list[StoredImagePatches] = []
+    for ref in refs:  # consecutive refs of one image share its entry
+        if images and images[-1].image_id == ref.image_id:
+            last = images[-1]
+            images[-1] = StoredImagePatches(last.image_id, last.path, last.sha256, last.default_spacing_mm,
+                                            last.patches + ((ref.x0, ref.y0, ref.size),))
+            continue
+        row = rows[ref.image_id]
+        images.append(StoredImagePatches(ref.image_id, str(stored_image_path(ctx.store, row)), row["sha256"],
+                                         row.get("pixel_spacing_mm"), ((ref.x0, ref.y0, ref.size),)))
+    return StoredPatches(tuple(images), model_spacing(ctx), _data_key(ctx, refs), ctx.settings.max_pixels)
+
+
+def compute_stats(ctx: AppContext, max_patches: int = MAX_PATCHES, progress: Progress | None = None,
+                  engine: RayEngine | None = None):
     """Dataset statistics of the concept layer over the store's breast tiles (resumable, cached).
-    ``progress(done, total, message)`` counts patches."""
+    ``progress(done, total, message)`` counts patches. ``engine``: a Ray engine (default: the one of
+    ``CONCEPTLENS_RAY_ADDRESS``, else this process); the numbers are the same either way."""
     ctx.require_model()
     report_progress(progress, 0, 0, "Collecting breast tiles")
     refs = dissection_patch_refs(ctx, max_patches)
     if not refs:
         raise EngineNotReady("The store has no readable images to compute dataset statistics on.")
+    engine = engine if engine is not None else stats_engine(ctx)
 
     def batches():
         for s in range(0, len(refs), STATS_BATCH):
             yield np.stack([patch_gray(ctx, r) for r in refs[s:s + STATS_BATCH]])  # (B, S, S)
 
+    extra = {} if engine is None else {"engine": engine, "model_source": CardModel(
+        ctx.card_name, (str(ctx.settings.user_cards_dir),), ctx.settings.device)}
     stats = dissection.compute_dataset_stats(
-        ctx.model, ctx.card, layer_of(ctx), batches(), dissection.StatsConfig(
+        ctx.model, ctx.card, layer_of(ctx), batches() if engine is None else stored_patches(ctx, refs),
+        dissection.StatsConfig(
             n_patches=len(refs), data_key=_data_key(ctx, refs), quantile=QUANTILE,
             cache_dir=ctx.settings.cache_dir / "dissection", device=ctx.device, batch_size=STATS_BATCH),
-        progress=progress, store=ctx.store)
+        progress=progress, store=ctx.store, **extra)
     (Path(stats.path) / PATCHES_FILE).write_text(json.dumps([r.as_tuple() for r in refs]))
     ctx.caches.stats.clear()
     return stats
