@@ -14,6 +14,7 @@ docs/testing.md as equivalent.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -123,7 +124,9 @@ def run_modules(modules: list[str], scratch: Path, mutmut: str, children: int, r
         where = scratch / module.removesuffix(".py").replace("/", ".")
         prepare_scratch(root, where, module, MODULE_TESTS[module])
         start = time.monotonic()
-        subprocess.run(["nice", mutmut, "run", "--max-children", str(children)], cwd=where, check=False)
+        # one thread per worker: the workers are the parallelism, and OpenMP pools do not survive a fork
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        subprocess.run(["nice", mutmut, "run", "--max-children", str(children)], cwd=where, check=False, env=env)
         merged.update(results_of(mutmut, where))
         print(f"# {module}: {time.monotonic() - start:.0f} s in {where}", flush=True)
     print("\n".join(score_lines(merged)))
