@@ -23,8 +23,10 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-KILLED = {"killed", "timeout", "caught by type check", "segfault"}
-SURVIVED = {"survived", "no tests", "suspicious"}
+KILLED = {"killed", "timeout", "caught by type check"}
+# "segfault" is mutmut's name for a worker ended by signal 9 or 11: with torch under a plain fork that was the
+# worker dying, not the tests failing (the mutant passed them when run alone), so it counts as not killed
+SURVIVED = {"survived", "no tests", "suspicious", "segfault"}
 
 # module -> the test files that check its answers (the per-module test selection). Order: value and cost.
 MODULE_TESTS: dict[str, list[str]] = {
@@ -84,7 +86,7 @@ def module_table(table: str, module: str, tests: list[str]) -> str:
     def setting(text: str, key: str, value: list[str]) -> str:
         line = f"{key} = [" + ", ".join(f'"{v}"' for v in value) + "]\n"
         # a list value may span lines: it ends at the first "]" that closes a line
-        pattern = re.compile(rf"^{key}\s*=\s*\[.*?\]\s*(#.*)?\n", re.S | re.M)
+        pattern = re.compile(rf"^{key}\s*=\s*\[.*?\][ \t]*(#[^\n]*)?\n", re.S | re.M)
         return pattern.sub(lambda _: line, text, count=1) if pattern.search(text) else text + line
     table = setting(table, "only_mutate", [module])
     return setting(table, "pytest_add_cli_args_test_selection", tests)
