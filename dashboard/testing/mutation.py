@@ -33,7 +33,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "dashboard/engine/unit_iou.py": ["tests/engine/test_dissection.py", "tests/engine/test_properties.py"],
     "dashboard/engine/dissection.py": ["tests/engine/test_dissection.py", "tests/engine/test_properties.py"],
     "dashboard/engine/tcav.py": ["tests/engine/test_tcav.py"],
-    "dashboard/evaluation/metrics.py": ["tests/evaluation/test_metrics.py"],
+    "dashboard/evaluation/metrics.py": ["tests/evaluation/test_metrics.py", "tests/evaluation/test_evaluation.py"],
     "model_zoo/metrics.py": ["tests/evaluation/test_metrics.py", "tests/model_zoo/test_model_zoo.py",
                              "tests/data/test_patient_split.py"],
     "dashboard/study/results.py": ["tests/study/test_results.py"],
