@@ -85,6 +85,12 @@ def test_bootstrap_mean_is_scipys_percentile_bootstrap():
     want = np.percentile(values[idx].mean(1), [2.5, 97.5])
     assert mean == pytest.approx(values.mean()) and (lo, hi) == pytest.approx(tuple(want), abs=1e-12)
     assert lo < mean < hi
+    # its defaults: 2000 resamples drawn from seed 0, a 95 % interval
+    exact = np.random.default_rng(6).normal(size=25)  # no ties: every resample count moves the interval
+    idx = np.random.default_rng(0).integers(0, exact.size, size=(2000, exact.size))
+    want = np.percentile(exact[idx].mean(1), [2.5, 97.5])
+    assert ev.bootstrap_mean(exact)[1:] == pytest.approx(tuple(want), abs=1e-12)
+    assert ev.bootstrap_mean(exact)[1:] != ev.bootstrap_mean(exact, n_boot=2001)[1:]
     assert ev.bootstrap_mean([]) == (None, None, None)
     assert ev.bootstrap_mean([0.4]) == (0.4, 0.4, 0.4)
 
