@@ -536,5 +536,7 @@ def test_unit_ious_refuse_wrong_shapes_and_say_what_they_got():
         compute_unit_ious(act, thr[:2], np.zeros((8, 8), bool))
     with pytest.raises(ValueError, match=r"drawing mask must be \(H, W\), got \(1, 8, 8\)"):
         compute_unit_ious(act, thr, np.zeros((1, 8, 8), bool))
+    with pytest.raises(ValueError, match=r"drawing mask must be \(H, W\), got \(1, 8, 8\)"):
+        compute_unit_ious_reference(act, thr, np.zeros((1, 8, 8), bool))
     with pytest.raises(ValueError, match=r"drawing mask is \(8, 9\), the unit masks were prepared for \(8, 8\)"):
         unit_ious(prepare_unit_masks(act, thr, 8), np.zeros((8, 9), bool))
