@@ -106,12 +106,16 @@ def test_cavs_separate_concepts(drawn):
     np.testing.assert_array_equal(again.vectors, cavs.vectors)
 
 
-def test_batched_equals_captum(drawn, model, card, inputs):
+def test_batched_equals_captum(drawn, model, card, inputs, tmp_path, monkeypatch):
     _, data = drawn
     cavs = compute_cavs(data, n_runs=3, random_size=40, seed=2)
     assert data.layer == cavs.layer == "blocks.5"
     a = compute_tcav(model, card, cavs, inputs, TCAVConfig(engine="batched"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # captum saves CAVs under its save_path (default ./cav/): ours is a temp dir
     b = compute_tcav(model, card, cavs, inputs, TCAVConfig(engine="captum"))
+    assert not [str(p.relative_to(cwd)) for p in cwd.rglob("*")]
     assert a.engine == "batched" and b.engine == "captum"
     for cn in a.concepts:
         assert a.concepts[cn].run_scores == b.concepts[cn].run_scores

@@ -91,6 +91,8 @@ def test_bootstrap_mean_is_scipys_percentile_bootstrap():
     want = np.percentile(exact[idx].mean(1), [2.5, 97.5])
     assert ev.bootstrap_mean(exact)[1:] == pytest.approx(tuple(want), abs=1e-12)
     assert ev.bootstrap_mean(exact)[1:] != ev.bootstrap_mean(exact, n_boot=2001)[1:]
+    half = ev.bootstrap_mean(exact, level=0.5)[1:]  # the level reaches the interval
+    assert half == pytest.approx(tuple(np.percentile(exact[idx].mean(1), [25, 75])), abs=1e-12)
     assert ev.bootstrap_mean([]) == (None, None, None)
     assert ev.bootstrap_mean([0.4]) == (0.4, 0.4, 0.4)
 
