@@ -148,20 +148,20 @@ def test_run_tcav_is_the_pipeline_by_hand_with_its_settings(store, model, card, 
     probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches),
                          config=ProbeConfig(cache_dir=tmp_path / "probe", folds=2))
     store.delete_annotation(probe.annotation_ids[0], "reader0")  # undone after the probe was trained
-    config = TCAVConfig(n_runs=3, random_size=40, seed=5, alpha=0.2, target=0, save=False,
+    config = TCAVConfig(n_runs=3, random_size=6, seed=5, alpha=0.2, target=0, save=False,
                         cache_dir=tmp_path / "tcav")
     res = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches), config=config)
     ann = [a for a in store.list_annotations(include_deleted=True) if a.annotation_id in set(probe.annotation_ids)]
     assert len(ann) == len(probe.annotation_ids)
     data = collect_probe_data(model, card, "blocks.5", ann, _loader(patches), ProbeConfig(seed=5))
-    cavs = compute_cavs(data, n_runs=3, random_size=40, seed=5)
+    cavs = compute_cavs(data, n_runs=3, random_size=6, seed=5)
     assert res == compute_tcav(model, card, cavs, inputs, config, probe=probe)
     assert res.target == 0 and res.alpha_corrected == pytest.approx(0.1)
     assert any((tmp_path / "tcav").rglob("*")), "the drawn patches' activations are cached"
     assert store.latest_tcav_run(probe.version, target=0) is None  # save=False
     # another seed draws other random sets and background positions: other run scores
     other = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches),
-                     config=TCAVConfig(n_runs=3, random_size=40, seed=6, alpha=0.2, target=0, save=False))
+                     config=TCAVConfig(n_runs=3, random_size=6, seed=6, alpha=0.2, target=0, save=False))
     assert [c.run_scores for c in other.concepts.values()] != [c.run_scores for c in res.concepts.values()]
 
 
