@@ -35,7 +35,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "dashboard/engine/tcav.py": ["tests/engine/test_tcav.py"],
     "dashboard/evaluation/metrics.py": ["tests/evaluation/test_metrics.py", "tests/evaluation/test_evaluation.py"],
     "model_zoo/metrics.py": ["tests/evaluation/test_metrics.py", "tests/model_zoo/test_model_zoo.py",
-                             "tests/data/test_patient_split.py"],
+                             "tests/model_zoo/test_train.py", "tests/data/test_patient_split.py"],
     "dashboard/study/results.py": ["tests/study/test_results.py"],
     "dashboard/engine/probes.py": ["tests/engine/test_probes.py", "tests/engine/test_properties.py"],
     "dashboard/engine/report.py": ["tests/engine/test_report.py", "tests/engine/test_layer_decomposition.py"],
