@@ -53,13 +53,14 @@ test-fast: $(STAMP) $(SCALE_STAMP)
 bench: setup
 	$(BIN)/python -m bench.run_all
 
-# Mutation testing of the modules users trust ([tool.mutmut] in pyproject.toml; docs/testing.md): each mutant runs
-# only the tests that reach its function. MODULE narrows the run to mutant names matching a glob, e.g.
-# make mutate MODULE='dashboard.imaging.windowing*'. Prints the score per module and lists the survivors.
+# Mutation testing of the modules users trust (docs/testing.md): module by module, each in a scratch copy of the
+# tree (under MUTATE_DIR, kept for reruns) whose [tool.mutmut] mutates that module against only its own test files
+# (MODULE_TESTS in dashboard/testing/mutation.py). MODULE narrows the run to modules whose path contains a word,
+# e.g. make mutate MODULE='unit_iou tcav'. Prints the score per module and lists the survivors.
 MODULE ?=
+MUTATE_DIR ?= /tmp/conceptlens-mutate
 mutate: $(STAMP)
-	-nice $(BIN)/mutmut run --max-children 2 $(MODULE)
-	$(BIN)/python -m dashboard.testing.mutation $(BIN)/mutmut
+	nice $(BIN)/python -m dashboard.testing.mutation run --scratch $(MUTATE_DIR) $(MODULE)
 
 # Retrain the demo model (~20-30 min on 2 CPU cores: demo set, patches, training): its own demo set and patch set under TRAIN_DIR,
 # then fp16 weights + card into model_zoo/ (see the card's [training] table for the run that was committed).

@@ -491,3 +491,52 @@ def test_labeling_at_tau_exactly_labels_nothing(store):
     # a second drawing exactly tying unit 2's best IoU does not take it (a later drawing must beat it)
     later = _save(store, "vessel", np.array([0.0, 0.0, 0.24]))
     assert later.labeled_units.tolist() == [] and _labels(store)[2][0] == "mass-round"
+
+
+def test_unit_ious_take_any_input_types_as_the_same_answer():
+    """Drawings come as bool, 0/1 or 0/255 integers (a decoded PNG) or floats; activations as numpy or as a
+    torch tensor straight from a hook (still needing grad); both are the float32 values the model made, so
+    every form gives the IoUs of the plain bool / float32 inputs, in the fast path and the reference."""
+    rng = np.random.default_rng(11)
+    act = rng.random((12, 6, 6)).astype(np.float32)  # (C, h, w)
+    thr = np.quantile(act, 0.6, axis=(1, 2)).astype(np.float32)  # (C,)
+    drawing = np.zeros((48, 48), bool)
+    drawing[7:31, 12:40] = True
+    ref = compute_unit_ious_reference(act, thr, drawing)
+    assert 0 < ref.max() < 1 and len(set(ref.round(6))) > 6
+    masks = prepare_unit_masks(act, thr, 48)
+    for as_drawn in (drawing.astype(np.uint8), drawing.astype(np.uint8) * 255, drawing.astype(np.float32)):
+        np.testing.assert_array_equal(compute_unit_ious(act, thr, as_drawn), ref)
+        np.testing.assert_array_equal(unit_ious(masks, as_drawn), ref)
+        np.testing.assert_array_equal(compute_unit_ious_reference(act, thr, as_drawn), ref)
+    from_hook = torch.from_numpy(act).requires_grad_(True)
+    thr_t = torch.from_numpy(thr).requires_grad_(True)
+    np.testing.assert_array_equal(compute_unit_ious(from_hook, thr_t, drawing), ref)
+    np.testing.assert_array_equal(unit_ious(prepare_unit_masks(from_hook, thr_t, 48), drawing), ref)
+    np.testing.assert_array_equal(compute_unit_ious_reference(from_hook, thr_t, drawing), ref)
+    # float64 inputs are first the float32 values they stand for: unit 0 is a plateau 1e-9 above its
+    # threshold and unit 1's threshold is 1e-9 below its plateau, both of which round to "equal" (off)
+    a64, t64 = act.astype(np.float64), thr.astype(np.float64)
+    a64[0], a64[1] = float(thr[0]) + 1e-9, float(thr[1])
+    t64[1] -= 1e-9
+    a32 = a64.astype(np.float32)
+    assert (a32[0] == thr[0]).all() and np.float32(t64[1]) == thr[1]
+    expected = compute_unit_ious(a32, thr, drawing)
+    assert expected[0] == expected[1] == 0
+    for fn in (compute_unit_ious, compute_unit_ious_reference):
+        np.testing.assert_array_equal(fn(a64, t64, drawing), expected)
+    np.testing.assert_array_equal(unit_ious(prepare_unit_masks(a64, t64, 48), drawing), expected)
+
+
+def test_unit_ious_refuse_wrong_shapes_and_say_what_they_got():
+    act, thr = np.zeros((3, 4, 4), np.float32), np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=r"activation must be \(C, h, w\), got \(4, 4\)"):
+        compute_unit_ious(act[0], thr, np.zeros((8, 8), bool))
+    with pytest.raises(ValueError, match="^2 thresholds for 3 units$"):
+        compute_unit_ious(act, thr[:2], np.zeros((8, 8), bool))
+    with pytest.raises(ValueError, match=r"drawing mask must be \(H, W\), got \(1, 8, 8\)"):
+        compute_unit_ious(act, thr, np.zeros((1, 8, 8), bool))
+    with pytest.raises(ValueError, match=r"drawing mask must be \(H, W\), got \(1, 8, 8\)"):
+        compute_unit_ious_reference(act, thr, np.zeros((1, 8, 8), bool))
+    with pytest.raises(ValueError, match=r"drawing mask is \(8, 9\), the unit masks were prepared for \(8, 8\)"):
+        unit_ious(prepare_unit_masks(act, thr, 8), np.zeros((8, 9), bool))

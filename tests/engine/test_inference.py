@@ -299,3 +299,10 @@ def test_real_model_card_end_to_end(image):
     lm = compute_lesion_map(model, card, img, mask, LesionMapConfig(method="fcn"))
     assert lm.method == "fcn" and lm.prob.shape == img.shape and np.isfinite(lm.prob).all()
     assert lm.grid_prob.std() > 0
+    # the top patches are re-scored by exact patch passes (refine): each one's probability is that of its
+    # crop, they come most suspicious first, and the image score is the first one's
+    xy = np.array([(x0, y0) for x0, y0, _, _ in lm.top_patches])
+    exact = predict_patches(model, card, _crops(img, xy, S))[:, card.positive_index]
+    assert len(lm.top_patches) == 5 and all(size == S for _, _, size, _ in lm.top_patches)
+    np.testing.assert_allclose([p for *_, p in lm.top_patches], exact, atol=1e-5)
+    assert list(exact) == sorted(exact, reverse=True) and lm.score == pytest.approx(exact[0], abs=1e-5)

@@ -127,6 +127,10 @@ def test_train_probes_store_metrics_and_maps(store, model, card, tmp_path):
     big[:S, :S] = patch
     img_maps = compute_image_concept_maps(probe, model, card, big)
     assert img_maps.shape == (3, 192, 256) and np.isfinite(img_maps).all()
+    # and finds the drawn mass where the patch lies in the image, as the patch's own maps do
+    assert (img_maps >= 0).all() and (img_maps <= 1).all()
+    corner = img_maps[i_mass, :S, :S]
+    assert corner[mass].mean() > corner[~mass & ~fat].mean() + 0.2, (corner[mass].mean(), corner[~mass & ~fat].mean())
 
 
 def test_probe_data_positions_and_background(store, model, card, tmp_path):

@@ -106,12 +106,16 @@ def test_cavs_separate_concepts(drawn):
     np.testing.assert_array_equal(again.vectors, cavs.vectors)
 
 
-def test_batched_equals_captum(drawn, model, card, inputs):
+def test_batched_equals_captum(drawn, model, card, inputs, tmp_path, monkeypatch):
     _, data = drawn
     cavs = compute_cavs(data, n_runs=3, random_size=40, seed=2)
     assert data.layer == cavs.layer == "blocks.5"
     a = compute_tcav(model, card, cavs, inputs, TCAVConfig(engine="batched"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # captum saves CAVs under its save_path (default ./cav/): ours is a temp dir
     b = compute_tcav(model, card, cavs, inputs, TCAVConfig(engine="captum"))
+    assert not [str(p.relative_to(cwd)) for p in cwd.rglob("*")]
     assert a.engine == "batched" and b.engine == "captum"
     for cn in a.concepts:
         assert a.concepts[cn].run_scores == b.concepts[cn].run_scores
@@ -134,6 +138,31 @@ def test_run_tcav_stores_and_round_trips(store, model, card, inputs, tmp_path):
     assert res.alpha_corrected == pytest.approx(0.025)
     row = store.latest_tcav_run(probe.version, target=1)
     assert TCAVResult.from_dict(row["results"]) == res
+
+
+def test_run_tcav_is_the_pipeline_by_hand_with_its_settings(store, model, card, inputs, tmp_path):
+    """run_tcav = collect the probe's drawings (deleted ones too: the probe version was trained on them) with
+    the config's seed and cache -> compute_cavs with its runs, random-set size and seed -> compute_tcav with
+    its target and alpha; ``save=False`` stores nothing."""
+    patches = _populate(store, n_images=4, vessel_drawings=0)
+    probe = train_probes(store, model, card, "blocks.5", load_patch=_loader(patches),
+                         config=ProbeConfig(cache_dir=tmp_path / "probe", folds=2))
+    store.delete_annotation(probe.annotation_ids[0], "reader0")  # undone after the probe was trained
+    config = TCAVConfig(n_runs=3, random_size=6, seed=5, alpha=0.2, target=0, save=False,
+                        cache_dir=tmp_path / "tcav")
+    res = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches), config=config)
+    ann = [a for a in store.list_annotations(include_deleted=True) if a.annotation_id in set(probe.annotation_ids)]
+    assert len(ann) == len(probe.annotation_ids)
+    data = collect_probe_data(model, card, "blocks.5", ann, _loader(patches), ProbeConfig(seed=5))
+    cavs = compute_cavs(data, n_runs=3, random_size=6, seed=5)
+    assert res == compute_tcav(model, card, cavs, inputs, config, probe=probe)
+    assert res.target == 0 and res.alpha_corrected == pytest.approx(0.1)
+    assert any((tmp_path / "tcav").rglob("*")), "the drawn patches' activations are cached"
+    assert store.latest_tcav_run(probe.version, target=0) is None  # save=False
+    # another seed draws other random sets and background positions: other run scores
+    other = run_tcav(store, model, card, probe, inputs, load_patch=_loader(patches),
+                     config=TCAVConfig(n_runs=3, random_size=6, seed=6, alpha=0.2, target=0, save=False))
+    assert [c.run_scores for c in other.concepts.values()] != [c.run_scores for c in res.concepts.values()]
 
 
 def test_ttest_is_two_sided_welch():

@@ -2,6 +2,8 @@
 the bootstrap intervals and Spearman, checked against scikit-learn and scipy on random data with ties."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -85,6 +87,14 @@ def test_bootstrap_mean_is_scipys_percentile_bootstrap():
     want = np.percentile(values[idx].mean(1), [2.5, 97.5])
     assert mean == pytest.approx(values.mean()) and (lo, hi) == pytest.approx(tuple(want), abs=1e-12)
     assert lo < mean < hi
+    # its defaults: 2000 resamples drawn from seed 0, a 95 % interval
+    exact = np.random.default_rng(6).normal(size=25)  # no ties: every resample count moves the interval
+    idx = np.random.default_rng(0).integers(0, exact.size, size=(2000, exact.size))
+    want = np.percentile(exact[idx].mean(1), [2.5, 97.5])
+    assert ev.bootstrap_mean(exact)[1:] == pytest.approx(tuple(want), abs=1e-12)
+    assert ev.bootstrap_mean(exact)[1:] != ev.bootstrap_mean(exact, n_boot=2001)[1:]
+    half = ev.bootstrap_mean(exact, level=0.5)[1:]  # the level reaches the interval
+    assert half == pytest.approx(tuple(np.percentile(exact[idx].mean(1), [25, 75])), abs=1e-12)
     assert ev.bootstrap_mean([]) == (None, None, None)
     assert ev.bootstrap_mean([0.4]) == (0.4, 0.4, 0.4)
 
@@ -103,3 +113,15 @@ def test_spearman_is_scipys(seed):
     assert ev.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
     a[3] = np.nan  # pairs with a missing side are left out
     assert ev.spearman(a, b) == pytest.approx(spearmanr(np.delete(a, 3), np.delete(b, 3)).statistic, abs=1e-12)
+
+
+def test_compute_aurocs_one_sided_columns_are_nan_without_warnings_and_labels_are_truthiness():
+    """A column with no negatives (or no positives) has no AUROC: NaN, quietly (no division warning); one with
+    a single negative has one; labels count as positive when truthy (0/3 integers are the bool labels)."""
+    s = np.array([[0.9, 0.9, 0.2, 0.1], [0.8, 0.8, 0.4, 0.7], [0.7, 0.7, 0.6, 0.3], [0.1, 0.1, 0.8, 0.5]])
+    y = np.array([[1, 1, 0, 0], [1, 1, 3, 0], [1, 1, 0, 0], [0, 1, 3, 0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auc = compute_aurocs(y, s)
+    assert auc[0] == 1.0 and np.isnan(auc[1]) and np.isnan(auc[3])  # 3 positives above the one negative
+    assert auc[2] == compute_aurocs(y.astype(bool), s)[2] == 0.75  # 3 of the 4 (positive, negative) pairs in order

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 
 import model_zoo as mz
 from model_zoo import imagenet
@@ -233,6 +234,12 @@ def test_demo_model_weights_load_and_match_their_card():
     with torch.no_grad():
         out = model(card.preprocess(torch.rand(2, 224, 224)))  # (2, 2) logits
     assert out.shape == (2, 2) and torch.isfinite(out).all()
+    # the model holds the committed tensors (fp16 on disk, so float32 values equal to the file's)
+    saved = load_file(str(card.weights_path))
+    state = model.state_dict()
+    assert saved.keys() <= state.keys() and any(k.startswith("classifier") for k in saved)
+    for k, v in saved.items():
+        assert torch.equal(state[k].to(v.dtype), v) and (v.dtype != torch.float16 or state[k].dtype == torch.float32), k
     m = card.metrics
     assert {"auroc", "sensitivity", "specificity", "threshold", "n_train", "n_val", "n_test"} <= set(m)
     assert m["n_test"] == m["n_eval_lesion"] + m["n_eval_normal"]

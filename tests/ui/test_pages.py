@@ -1,8 +1,11 @@
 """Every page through streamlit's AppTest, started at app.py against a small real store."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -66,6 +69,16 @@ def read_tiles(at: AppTest) -> list[tuple[str, str]]:
     captions = [c.value for c in at.caption if c.value.split(" ·")[0] in ("R CC", "L CC", "R MLO", "L MLO")]
     assert len(srcs) == len(captions), (len(srcs), captions)
     return list(zip(captions, srcs))
+
+
+def tile_rgb(src: str) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a tile's image source (a data URL)."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+
+
+def chroma(rgb: np.ndarray) -> float:
+    """Share of a tile's pixels in colour (red and blue apart by more than JPEG-like noise)."""
+    return float((np.abs(rgb[..., 0] - rgb[..., 2]) > 24).mean())
 
 
 def store_of(at_settings) -> Store:
@@ -162,6 +175,12 @@ def test_read_overlays_and_opening_a_patch(model_data):
     assert not at.exception
     with_attr = [src for _, src in read_tiles(at)]
     assert plain != with_map and with_map != with_attr
+    # the plain films are gray but for the patch boxes; the lesion map changes a part of each film (only
+    # where the model's probability is above its operating point); the attribution colours every film
+    for a, b, c in zip(plain, with_map, with_attr):
+        gray, lesion, attr = (tile_rgb(src).astype(int) for src in (a, b, c))
+        assert chroma(gray) < 0.03 and chroma(attr) > 0.05, (chroma(gray), chroma(attr))
+        assert 0.01 < (np.abs(lesion - gray).max(-1) > 0).mean() < 0.5
     at.selectbox(key="read.patch").set_value(0).run()
     first = at.dataframe[0].value.iloc[0]
     at.button(key="read.open_patch").click().run()
