@@ -36,6 +36,7 @@ from dashboard.ui.work.images import (
     patch_size,
 )
 from dashboard.ui.work.overlays import blend
+from dashboard.ui.work.probe_versions import prepare_drawn_patches
 
 OVERLAYS = ("none", "lesion map", "attribution")
 HANGING = (("R", "CC"), ("L", "CC")), (("R", "MLO"), ("L", "MLO"))
@@ -272,7 +273,12 @@ def prepare_labeling(ctx: AppContext, ref: PatchRef) -> bool:
     try:
         started = prefetch_unit_masks(ctx, ref)
         stats = find_stats(ctx)
-        after = (lambda: patch_unit_masks(ctx, ref, stats)) if stats is not None else None
+
+        def after():  # what the reader needs first: the first drawing's unit masks, then Save's retrain inputs
+            if stats is not None:
+                patch_unit_masks(ctx, ref, stats)
+            prepare_drawn_patches(ctx)
+
         return prefetch_evidence(ctx, ref.image_id, after=after) or started
     except Exception:  # noqa: BLE001 - only a head start: the pages compute it otherwise and show why
         return False
