@@ -23,6 +23,7 @@ class Caches:
     mammograms: Memo = _memo(24)       # image sha -> Mammogram
     model_images: Memo = _memo(24)     # (image sha, spacing, default spacing) -> (img, mask, Frame)
     display: Memo = _memo(48)          # (image sha, spacing, window key) -> (h, w) uint8, model orientation
+    tiles: Memo = _memo(32)            # the same + card, weights, overlay, patches -> (RGB, JPEG) of a hung image
     drawn_patches: Memo = _memo(256)   # (image sha, spacing, default spacing, x0, y0, size) -> (S, S) float32
     lesion_maps: Memo = _memo(48)      # (card, weights sha, image sha, spacing) -> LesionMap
     attributions: Memo = _memo(24)     # (card, weights sha, image sha, spacing, method) -> Attribution

@@ -47,6 +47,8 @@ TITLES = {
     "scores": "P(lesion) of every image for the worklist",
     "tcav": "TCAV significance of the probe's concepts",
 }
+#: The warm-up waits at most this long, s, for the first page to be sent before it starts (``WarmUp.start``).
+FIRST_PAGE_S = 20.0
 #: Concepts the demo truth draws, and how many drawings of each (lesion concepts and two normal structures).
 DEMO_CONCEPTS = ("mass", "calcification", "architectural-distortion", "fibroglandular", "vessel")
 DEMO_PER_CONCEPT = 8
@@ -84,6 +86,7 @@ class WarmUp:
         self._steps = {n: StepState(n) for n in steps}
         self.thread: threading.Thread | None = None
         self.started = time.time()
+        self.page_shown = threading.Event()  # set once the process has sent its first page (``resources``)
 
     def set(self, name: str, **kw) -> None:
         with self._lock:
@@ -107,14 +110,20 @@ class WarmUp:
             self._steps = {n: replace(s, state="skipped", message=reason) for n, s in self._steps.items()}
             self.thread = self.thread or threading.current_thread()
 
-    def start(self, make_ctx: Callable[[], AppContext]) -> threading.Thread:
-        """Run every step in a background thread (once per instance)."""
+    def start(self, make_ctx: Callable[[], AppContext], *, first_page_s: float = 0.0) -> threading.Thread:
+        """Run every step in a background thread (once per instance).
+
+        first_page_s: wait up to this long for the process's first page to be sent (``page_shown``)
+        before the steps start: on 2 cores the statistics' passes would otherwise halve the speed of
+        the first Worklist a new user waits for."""
         with self._lock:
             if self.thread is not None:
                 return self.thread
             self.thread = threading.current_thread()  # placeholder while starting: no second start
 
         def work():
+            if first_page_s > 0:
+                self.page_shown.wait(first_page_s)
             run_warmup(make_ctx(), self)
 
         with job(("warmup",)):
