@@ -181,8 +181,10 @@ class LayerDecomposition:
 #: and doubles (up to ``MAX_DECOMPOSITION_STEPS``) while the convergence delta exceeds
 #: ``ReportConfig.decomposition_tol`` of what is explained, max(1, |logit - baseline logit|). Measured on
 #: demo patches at blocks.4 (224 px): |delta| 0.12-0.44 at 16 steps, 0.07-0.21 at 32, 0.002-0.06 at 64,
-#: 0.01-0.02 at 128, for logit - baseline 3.5-9.3 (docs/evaluation.md).
-DECOMPOSITION_STEPS = 32
+#: 0.01-0.02 at 128, for logit - baseline 3.5-9.3 (docs/evaluation.md); on the most suspicious patches of
+#: three images (``python -m bench.decomposition_steps``) the relative delta was 1.2-4.8 % at 32 steps,
+#: 0.3-3.6 % at 64: 32 steps never reached the 1 % tolerance, so starting there only added a run.
+DECOMPOSITION_STEPS = 64
 MAX_DECOMPOSITION_STEPS = 128
 #: Interpolation steps of one forward and backward pass of the decomposition (captum's internal_batch_size).
 IG_BATCH = 16
