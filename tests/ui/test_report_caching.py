@@ -15,7 +15,7 @@ import torch
 from dashboard.data.store import Store
 from dashboard.engine import report
 from dashboard.testing import app_data
-from dashboard.ui import canvas
+from dashboard.ui import canvas, warmup
 from dashboard.ui.caches import Caches
 from dashboard.ui.context import build_context, load_model
 from dashboard.ui.screens import label as lb
@@ -145,3 +145,18 @@ def test_a_retrain_reads_each_drawn_patch_once(inner):
                                                                  lambda: None),
                                   ctx.caches.drawn_patches.get(next(iter(ctx.caches.drawn_patches._data)),
                                                                lambda: None))
+
+
+def test_the_warm_up_leaves_the_decompositions_of_the_most_suspicious_images_on_disk(inner, counted, settings):
+    ctx = inner
+    app_data.score(ctx.store, ctx.card_name, ctx.weights_sha, {IMAGE: 0.9, "SYN-0002-RCC": 0.4, "SYN-0001-RCC": 0.1})
+    assert warmup.step_decompositions(ctx, limit=2) == 2  # the two highest scores
+    assert len(list((settings.cache_dir / "decompositions").rglob("*.safetensors"))) == 2
+    runs = len(counted)
+    # a restarted server: the Report's decomposition of those images is read, not computed
+    fresh = build_context(settings, ctx.store, load_model(INNER, settings.user_cards_dir, "cpu"), Caches())
+    assert image_decomposition(fresh, ctx.store.get_image(IMAGE)) is not None and len(counted) == runs
+    image_decomposition(fresh, ctx.store.get_image("SYN-0001-RCC"))  # left out by the limit: computed
+    assert len(counted) > runs
+    snap = warmup.run_warmup(ctx, warmup.WarmUp(("decompositions",))).snapshot()["decompositions"]
+    assert snap.state == "done" and snap.message == "3 image(s)"
