@@ -87,9 +87,16 @@ def start_to_worklist(data_dir: Path, cases: int, shots: Path | None, tag: str, 
 def pick_case(page, case_id: str) -> None:
     """Pick ``case_id`` in the Worklist's case box, typed in first: a long list shows only the
     options scrolled into view (a data dir with many real cases)."""
-    page.get_by_role("combobox", name="Case", exact=True).first.click()
-    page.keyboard.type(case_id)
-    page.get_by_role("option", name=case_id, exact=True).first.click()
+    box = page.get_by_role("combobox", name="Case", exact=True).first
+    for _ in range(3):  # the box may not open on a click that arrives while the page is still busy
+        box.click()
+        try:
+            page.get_by_role("listbox").first.wait_for(state="visible", timeout=15_000)
+        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: click again
+            continue
+        box.type(case_id)
+        page.get_by_role("option", name=case_id, exact=True).first.click()
+        break
     flows.wait_idle(page)
 
 

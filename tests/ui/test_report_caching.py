@@ -160,3 +160,14 @@ def test_the_warm_up_leaves_the_decompositions_of_the_most_suspicious_images_on_
     assert len(counted) > runs
     snap = warmup.run_warmup(ctx, warmup.WarmUp(("decompositions",))).snapshot()["decompositions"]
     assert snap.state == "done" and snap.message == "3 image(s)"
+
+
+def test_before_the_first_save_the_label_page_prepares_only_the_evidence(inner):
+    ctx = inner
+    save_drawing(ctx, 20, 30)  # probe v1 exists: a report could be prepared
+    fresh = build_context(ctx.settings, ctx.store, load_model(INNER, ctx.settings.user_cards_dir, "cpu"), Caches())
+    assert lb.prepare_report(fresh, IMAGE, saved=False) is True  # the evidence's head start
+    assert not fresh.caches.report_head_start and fresh.caches.reports.misses == 0
+    assert not any(t.name.startswith("report-") for t in threading.enumerate())
+    assert lb.prepare_report(fresh, IMAGE) is True  # after a Save: the report under the new version too
+    assert any(t.name == f"report-{IMAGE}-v1" for t in threading.enumerate()) or fresh.caches.reports.misses == 1
