@@ -11,7 +11,7 @@ Steps, in order (each resumable and cached on disk, so a second run skips what i
   removed seed is not seeded again). ``remove_demo_drawings`` takes them out in one step.
 * ``scores``: every image's P(lesion) for the worklist (the lesion map, its score stored).
 * ``tcav``: TCAV of the probe's concepts, so the Report says how significant each concept is.
-* ``decompositions``: the Report's logit decomposition at the concept layer (integrated gradients, its
+* ``decompositions`` (command line only: ``--steps decompositions``): the Report's logit decomposition at the concept layer (integrated gradients, its
   slowest part, probe-independent) of the most suspicious patch of the highest-scored images, kept on
   disk (``evidence.image_decomposition``): a reader's first Report of those images, even on a restarted
   server, then does not wait for it.
@@ -48,7 +48,11 @@ from dashboard.ui.work.evidence import report_config
 from dashboard.ui.work.images import model_image
 from dashboard.ui.work.probe_versions import probe_info
 
-STEPS = ("statistics", "demo drawings", "scores", "tcav", "decompositions")
+STEPS = ("statistics", "demo drawings", "scores", "tcav")
+#: Steps the command line runs when asked (``--steps``), never the app's background warm-up: one
+#: decomposition holds the model for its whole integral (tens of seconds on a loaded 2-core machine),
+#: so in a serving app it delayed readers' first drawings (measured, docs/benchmarks.md).
+OPTIONAL_STEPS = ("decompositions",)
 #: What each step prepares, in the words a waiting page uses.
 TITLES = {
     "statistics": "dataset statistics (each unit's threshold, needed to label concepts)",
@@ -280,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dashboard.ui.warmup", description=__doc__.splitlines()[0])
     ap.add_argument("command", nargs="?", default="run", choices=("run", "remove-demo-drawings"),
                     help="run the warm-up steps (default), or remove the seeded demo drawings")
-    ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help=f"comma-separated subset of {', '.join(STEPS + OPTIONAL_STEPS)}")
     args = ap.parse_args([] if argv is None else argv)
     settings = load_settings()
     loaded = load_model(settings.model_card, settings.user_cards_dir, pick_device(settings.device))
@@ -294,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warmup: removed {remove_demo_drawings(ctx, 'command line')} demo drawing(s) by '{DEMO_READER}'")
             return 0
         steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
-        unknown = [s for s in steps if s not in STEPS]
+        unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
         if unknown:
-            print(f"warmup: unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}", file=sys.stderr)
+            print(f"warmup: unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS + OPTIONAL_STEPS)}",
+                  file=sys.stderr)
             return 2
         warm = WarmUp(steps)
         print(f"warmup: {settings.model_card} / {cx.layer_of(ctx)}: {', '.join(steps)}")

@@ -171,3 +171,6 @@ def test_before_the_first_save_the_label_page_prepares_only_the_evidence(inner):
     assert not any(t.name.startswith("report-") for t in threading.enumerate())
     assert lb.prepare_report(fresh, IMAGE) is True  # after a Save: the report under the new version too
     assert any(t.name == f"report-{IMAGE}-v1" for t in threading.enumerate()) or fresh.caches.reports.misses == 1
+    deadline = time.monotonic() + 300  # the head starts finish before the store closes
+    while (fresh.caches.evidence_head_start or fresh.caches.report_head_start) and time.monotonic() < deadline:
+        time.sleep(0.1)
