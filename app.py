@@ -42,3 +42,4 @@ sections = access.navigation(user.role if user else None, settings.require_sign_
 pages = {title: [st.Page(p.path, title=p.title, icon=p.icon, default=p.default) for p in specs]
          for title, specs in sections.items()}
 st.navigation(pages).run()
+resources.page_shown(settings)  # the first page is sent: the background warm-up may start

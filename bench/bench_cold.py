@@ -84,6 +84,22 @@ def start_to_worklist(data_dir: Path, cases: int, shots: Path | None, tag: str, 
     return out
 
 
+def pick_case(page, case_id: str) -> None:
+    """Pick ``case_id`` in the Worklist's case box, typed in first: a long list shows only the
+    options scrolled into view (a data dir with many real cases)."""
+    box = page.get_by_role("combobox", name="Case", exact=True).first
+    for _ in range(3):  # the box may not open on a click that arrives while the page is still busy
+        box.click()
+        try:
+            page.get_by_role("listbox").first.wait_for(state="visible", timeout=15_000)
+        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: click again
+            continue
+        box.type(case_id)
+        page.get_by_role("option", name=case_id, exact=True).first.click()
+        break
+    flows.wait_idle(page)
+
+
 def cold_path(data_dir: Path, case_id: str, plan: dict, shots: Path | None, run: int) -> dict:
     """A fresh server on the warmed data: Open case -> Read, click -> Label, draw -> IoU, Save -> Report."""
     out = {}
@@ -92,7 +108,7 @@ def cold_path(data_dir: Path, case_id: str, plan: dict, shots: Path | None, run:
         t = time.perf_counter()
         worklist_rendered(page)
         out["worklist_s"] = round(time.perf_counter() - t, 2)
-        flows.select_option(page, "Case", case_id)
+        pick_case(page, case_id)
         flows.settle(page)
         t = time.perf_counter()
         page.get_by_role("button", name="Open case", exact=True).first.click()

@@ -192,7 +192,7 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
     # the Report opens on this image: its evidence and its report under the latest probe version (a
     # Save just retrained it) are prepared in the background, started once this part is all sent,
     # so the head start never delays what the reader waits for here
-    lb.prepare_report(ctx, r.image_id)
+    lb.prepare_report(ctx, r.image_id, saved=bool(record.last))
 
 
 drawing_panel(view, reader, record)

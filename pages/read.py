@@ -151,7 +151,7 @@ def clickable(tile) -> None:
     """A hung image that opens the patch centred where it is clicked, with its caption."""
     width = tile_width(tile)
     with st.container(width=width, gap=None, key=f"read_tile_{tile.laterality}{tile.view}_{tile.image_id}"):
-        resources.image_coordinates(tile.rgb, key=f"read.img.{tile.image_id}", width=width)
+        resources.image_coordinates(tile.rgb, key=f"read.img.{tile.image_id}", width=width, jpeg=tile.jpeg)
         score = "" if tile.score is None else f" · P(lesion) {tile.score:.2f}"
         st.caption(f"{tile.label}{score} · window {tile.window[2] or ''} C {tile.window[0]:g} / W {tile.window[1]:g}")
 

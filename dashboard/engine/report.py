@@ -22,9 +22,11 @@ file (plotly.js inlined, images as data URIs).
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
+import os
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
@@ -38,9 +40,11 @@ import torch.nn.functional as F
 from captum.attr import LayerIntegratedGradients
 from PIL import Image
 from plotly.offline import get_plotlyjs
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from dashboard.data.store import BUILTIN_CONCEPTS
-from dashboard.engine.activations import compute_activations, model_fingerprint
+from dashboard.engine.activations import compute_activations, model_fingerprint, patch_key
 from dashboard.engine.attribution import AttributionConfig, attribute, attribute_image
 from dashboard.engine.inference import target_class
 from dashboard.engine.model_state import lock_for, model_device, model_state_guard
@@ -50,7 +54,7 @@ from dashboard.imaging import crop_patch, tile
 __all__ = ["ConceptEntry", "ConceptReport", "ImageEvidence", "ReportConfig", "ReportInputs", "build_report",
            "build_image_report", "compute_image_evidence", "report_to_json", "report_from_json", "report_figures",
            "export_html", "logit_decomposition", "layer_logit_decomposition", "LayerDecomposition",
-           "DECOMPOSITION_STEPS", "decomposition_scale"]
+           "DECOMPOSITION_STEPS", "decomposition_scale", "compute_decomposition", "needs_decomposition"]
 
 _DEFAULT_COLOURS = {name: colour for name, colour, _g, _d in BUILTIN_CONCEPTS}
 _FALLBACK = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -177,9 +181,13 @@ class LayerDecomposition:
 #: and doubles (up to ``MAX_DECOMPOSITION_STEPS``) while the convergence delta exceeds
 #: ``ReportConfig.decomposition_tol`` of what is explained, max(1, |logit - baseline logit|). Measured on
 #: demo patches at blocks.4 (224 px): |delta| 0.12-0.44 at 16 steps, 0.07-0.21 at 32, 0.002-0.06 at 64,
-#: 0.01-0.02 at 128, for logit - baseline 3.5-9.3 (docs/evaluation.md).
-DECOMPOSITION_STEPS = 32
+#: 0.01-0.02 at 128, for logit - baseline 3.5-9.3 (docs/evaluation.md); on the most suspicious patches of
+#: three images (``python -m bench.decomposition_steps``) the relative delta was 1.2-4.8 % at 32 steps,
+#: 0.3-3.6 % at 64: 32 steps never reached the 1 % tolerance, so starting there only added a run.
+DECOMPOSITION_STEPS = 64
 MAX_DECOMPOSITION_STEPS = 128
+#: Interpolation steps of one forward and backward pass of the decomposition (captum's internal_batch_size).
+IG_BATCH = 16
 
 
 def decomposition_scale(logit: float, baseline_logit: float) -> float:
@@ -188,7 +196,8 @@ def decomposition_scale(logit: float, baseline_logit: float) -> float:
 
 
 def layer_logit_decomposition(model, x: torch.Tensor, layer: str, target: int, *, n_steps: int = DECOMPOSITION_STEPS,
-                              baseline: torch.Tensor | None = None, device=None) -> LayerDecomposition:
+                              baseline: torch.Tensor | None = None, device=None,
+                              internal_batch_size: int | None = None) -> LayerDecomposition:
     """Integrated gradients of the target logit at ``layer`` (captum ``LayerIntegratedGradients``).
 
     Why integrated gradients: between an inner layer and the logit sit non-linear blocks, so no
@@ -199,7 +208,9 @@ def layer_logit_decomposition(model, x: torch.Tensor, layer: str, target: int, *
     zeros in grey before the card's preprocessing is the caller's; here the preprocessed tensor
     ``x * 0 + x.amin()``, i.e. the darkest value everywhere) to its activation on ``x``.
 
-    x: (1, 3, H, W) preprocessed input. Returns a ``LayerDecomposition`` on the CPU.
+    x: (1, 3, H, W) preprocessed input. ``internal_batch_size``: interpolation steps per forward and
+    backward pass (default ``IG_BATCH``; the sum is the same, only memory and speed change).
+    Returns a ``LayerDecomposition`` on the CPU.
     """
     modules = dict(model.named_modules())
     if layer not in modules or not layer:
@@ -223,7 +234,7 @@ def layer_logit_decomposition(model, x: torch.Tensor, layer: str, target: int, *
             h.remove()
         lig = LayerIntegratedGradients(logit_of, modules[layer])
         attr, delta = lig.attribute(x, baselines=base, n_steps=int(n_steps), return_convergence_delta=True,
-                                    internal_batch_size=min(int(n_steps), 16))
+                                    internal_batch_size=min(int(n_steps), int(internal_batch_size or IG_BATCH)))
     a = attr[0].detach().double().cpu()  # (C, h, w)
     return LayerDecomposition(attribution=a, activation=act.cpu(), logit=logit, baseline_logit=base_logit,
                               delta=float(a.sum()) - (logit - base_logit), method="integrated-gradients",
@@ -262,6 +273,9 @@ class ReportConfig:
     device              where the model is (default its own device)
     stride, batch_size  image reports: tile stride in model px (default S/2) and tiles per forward pass
     colours             concept -> colour overrides (else the store's palette, then the built-in one)
+    decomposition_steps, decomposition_tol  the layer decomposition's first step count and the relative
+                        convergence delta it must reach (steps double up to ``MAX_DECOMPOSITION_STEPS``)
+    cache_dir           where layer decompositions are kept on disk (``compute_decomposition``); None: not kept
     """
 
     attribution_method: str = "gradcam"
@@ -272,6 +286,7 @@ class ReportConfig:
     colours: dict[str, str] | None = None
     decomposition_steps: int = DECOMPOSITION_STEPS
     decomposition_tol: float = 0.01
+    cache_dir: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +305,8 @@ class ReportInputs:
                      their name in the report's note
     evidence         image reports: the probe-independent part (``compute_image_evidence``)
     probs_all        image reports: the probe's maps over the image, (K+1, H, W), background first
+    decomposition    the layer decomposition of the report's patch (``compute_decomposition``; it does
+                     not depend on the probe or the labels, so callers cache it)
     """
 
     store: Any = None
@@ -305,6 +322,7 @@ class ReportInputs:
     tile_source: str = "tiles"
     evidence: ImageEvidence | None = None
     probs_all: np.ndarray | None = None
+    decomposition: LayerDecomposition | None = None
 
 
 @dataclass
@@ -416,21 +434,83 @@ def _logit_parts(model, card, unit_act, logits, t_idx: int, labels: dict, notes:
     return parts, bias, rest, exact, "linear", total - total_logit
 
 
-def _decompose(model, card, patch: np.ndarray, t_idx: int, config: ReportConfig, label_rows: list[dict]):
-    """IG decomposition at an inner unit layer for a grey patch (S, S), or None (linear head, or no
-    labeled units to give parts to). Steps double from ``config.decomposition_steps`` while the
-    relative convergence delta exceeds ``config.decomposition_tol``."""
-    layer = _unit_layer(card)
-    if not label_rows or _linear_head_at(card, layer):
+def needs_decomposition(card) -> bool:
+    """True when the card's unit layer is an inner layer: its logit parts need ``compute_decomposition``."""
+    return not _linear_head_at(card, _unit_layer(card))
+
+
+def _decomposition_path(model, card, x: np.ndarray, layer: str, t_idx: int, config: ReportConfig) -> Path | None:
+    """The disk cache file of one decomposition: keyed by the weights, the card's preprocessing, the
+    layer, the target, the patch's content and the step rule, so nothing stale is ever read."""
+    if config.cache_dir is None:
         return None
-    x = torch.as_tensor(np.asarray(card.preprocess(np.asarray(patch, np.float32)[None])), dtype=torch.float32)
+    prep = hashlib.sha256(repr((getattr(card, "name", ""), getattr(card, "mean", None), getattr(card, "std", None),
+                                t_idx, int(config.decomposition_steps), float(config.decomposition_tol),
+                                MAX_DECOMPOSITION_STEPS, IG_BATCH)).encode()).hexdigest()[:12]
+    folder = Path(config.cache_dir) / "decompositions" / f"{model_fingerprint(model)[:16]}-{prep}" / layer
+    return folder / f"{patch_key(x)}.safetensors"
+
+
+def _save_decomposition(dec: LayerDecomposition, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{id(dec)}.tmp")
+    meta = {"logit": repr(dec.logit), "baseline_logit": repr(dec.baseline_logit), "delta": repr(dec.delta),
+            "method": dec.method, "n_steps": str(dec.n_steps)}
+    save_file({"attribution": dec.attribution.contiguous(), "activation": dec.activation.contiguous()}, str(tmp),
+              metadata=meta)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _load_decomposition(path: Path) -> LayerDecomposition | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            return LayerDecomposition(attribution=f.get_tensor("attribution"), activation=f.get_tensor("activation"),
+                                      logit=float(meta["logit"]), baseline_logit=float(meta["baseline_logit"]),
+                                      delta=float(meta["delta"]), method=meta["method"], n_steps=int(meta["n_steps"]))
+    except Exception:  # noqa: BLE001 - a torn or foreign file is recomputed
+        return None
+
+
+def compute_decomposition(model, card, patch: np.ndarray, target: int | str | None = None,
+                          config: ReportConfig = ReportConfig()) -> LayerDecomposition | None:
+    """IG decomposition of the target logit at the card's unit layer for a grey patch (S, S) in
+    [0, 1], or None when that layer feeds a pool-linear head (the linear parts are exact there).
+
+    Steps double from ``config.decomposition_steps`` while the relative convergence delta exceeds
+    ``config.decomposition_tol``. It depends on the model, the patch and the target only, never on a
+    probe or the unit labels (the labels only group its per-unit parts), so a new probe version or a
+    new drawing reuses it: with ``config.cache_dir`` it is kept on disk (a restarted server reads it)."""
+    layer = _unit_layer(card)
+    if _linear_head_at(card, layer):
+        return None
+    t_idx, _ = target_class(card, config.target if target is None else target)
+    x = np.asarray(card.preprocess(np.asarray(patch, np.float32)[None]), dtype=np.float32)  # (1, 3, S, S)
+    path = _decomposition_path(model, card, x, layer, t_idx, config)
+    if path is not None and path.is_file():
+        dec = _load_decomposition(path)
+        if dec is not None:
+            return dec
+    xt = torch.as_tensor(x)
     steps = int(config.decomposition_steps)
     while True:
-        dec = layer_logit_decomposition(model, x, layer, t_idx, n_steps=steps, device=config.device)
+        dec = layer_logit_decomposition(model, xt, layer, t_idx, n_steps=steps, device=config.device)
         if (abs(dec.delta) <= config.decomposition_tol * decomposition_scale(dec.logit, dec.baseline_logit)
                 or steps >= MAX_DECOMPOSITION_STEPS):
-            return dec
+            break
         steps *= 2
+    if path is not None:
+        _save_decomposition(dec, path)
+    return dec
+
+
+def _decompose(model, card, patch: np.ndarray, t_idx: int, config: ReportConfig, label_rows: list[dict],
+               given: LayerDecomposition | None = None):
+    """The decomposition a report uses: None without labeled units to give parts to (or at a linear
+    head); else ``given`` (the caller's cached one) or ``compute_decomposition``'s."""
+    if not label_rows or _linear_head_at(card, _unit_layer(card)):
+        return None
+    return given if given is not None else compute_decomposition(model, card, patch, t_idx, config)
 
 
 def _colours(store, colours):
@@ -483,7 +563,7 @@ def build_report(model, card, patch: np.ndarray, probe: ProbeVersion, config: Re
         probs_all=probs_all, logits=logits, target=(t_idx, t_name), unit_act=torch.as_tensor(acts[unit_layer]),
         label_rows=label_rows, tcav=inputs.tcav, colours=_colours(inputs.store, config.colours),
         image_id=inputs.image_id, patch=(patch_xy[0], patch_xy[1], size) if patch_xy is not None else None,
-        notes=[], decomposition=_decompose(model, card, patch, t_idx, config, label_rows)))
+        notes=[], decomposition=_decompose(model, card, patch, t_idx, config, label_rows, inputs.decomposition)))
 
 
 @dataclass
@@ -609,7 +689,8 @@ def build_image_report(model, card, image: np.ndarray, probe: ProbeVersion, conf
         target=(t_idx, t_name), unit_act=evidence.unit_act, label_rows=label_rows,
         tcav=inputs.tcav, colours=_colours(inputs.store, config.colours), image_id=inputs.image_id,
         patch=(x0, y0, card.patch_size), notes=notes,
-        decomposition=_decompose(model, card, crop_patch(img, x0, y0, card.patch_size), t_idx, config, label_rows)))
+        decomposition=_decompose(model, card, crop_patch(img, x0, y0, card.patch_size), t_idx, config, label_rows,
+                                 inputs.decomposition)))
 
 
 # ---------------------------------------------------------------- JSON

@@ -23,6 +23,8 @@ class Caches:
     mammograms: Memo = _memo(24)       # image sha -> Mammogram
     model_images: Memo = _memo(24)     # (image sha, spacing, default spacing) -> (img, mask, Frame)
     display: Memo = _memo(48)          # (image sha, spacing, window key) -> (h, w) uint8, model orientation
+    tiles: Memo = _memo(32)            # the same + card, weights, overlay, patches -> (RGB, JPEG) of a hung image
+    drawn_patches: Memo = _memo(256)   # (image sha, spacing, default spacing, x0, y0, size) -> (S, S) float32
     lesion_maps: Memo = _memo(48)      # (card, weights sha, image sha, spacing) -> LesionMap
     attributions: Memo = _memo(24)     # (card, weights sha, image sha, spacing, method) -> Attribution
     case_head_start: HeadStart = field(default_factory=lambda: HeadStart(once=True))  # cases the Worklist prepares
@@ -37,6 +39,7 @@ class Caches:
     # ------------------------------------------------------------ report (work.evidence, work.report_parts)
     evidence: Memo = _memo(16)         # (card, weights, layer, image sha, spacing, method) -> ImageEvidence
     evidence_head_start: HeadStart = field(default_factory=HeadStart)   # evidence keys being computed
+    decompositions: Memo = _memo(32)   # evidence key + best tile -> report.LayerDecomposition (also on disk)
     # probe-versioned caches start with probe_key: (db file, card, weights, probe version, created at)
     probes: Memo = _memo(16)           # probe key -> ProbeVersion
     probabilities: Memo = _memo(16)    # probe key + image sha -> (K+1, H, W), background first (unmasked)

@@ -24,6 +24,7 @@ from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui import access, state
 from dashboard.ui.caches import Caches
 from dashboard.ui.context import AppContext, LoadedModel, build_context, load_model
+from dashboard.ui.warmup import FIRST_PAGE_S as WARMUP_FIRST_PAGE_S
 from dashboard.ui.warmup import STEPS as WARMUP_STEPS
 from dashboard.ui.warmup import TITLES as WARMUP_TITLES
 from dashboard.ui.warmup import WarmUp
@@ -135,8 +136,14 @@ def get_warmup(settings: Settings | None = None) -> WarmUp:
             warm.disable("off (CONCEPTLENS_WARMUP=0)")
         else:
             store, loaded, caches = get_store(settings), get_model(settings.model_card, settings), get_caches()
-            warm.start(lambda: build_context(settings, store, loaded, caches))
+            warm.start(lambda: build_context(settings, store, loaded, caches), first_page_s=WARMUP_FIRST_PAGE_S)
     return warm
+
+
+def page_shown(settings: Settings | None = None) -> None:
+    """The page of this script run has been sent (``app.py``'s last line): the warm-up may start."""
+    settings = settings or get_settings()
+    _warmup(str(settings.db_path), str(settings.data_dir), settings.model_card).page_shown.set()
 
 
 def warmup_notice(needs: tuple[str, ...], *, key: str, refresh_every: float = 0.0, rerun: bool = True) -> bool:
@@ -218,13 +225,25 @@ def canvas(background: np.ndarray | bytes, *, key: str, width: int, height: int,
                      drawing_mode=drawing_mode, key=key, **style)
 
 
-def image_coordinates(rgb: np.ndarray, *, key: str, width: int) -> dict | None:
+class _Encoded:
+    """Image bytes encoded once (and cached): what the image component's ``source.save`` writes,
+    instead of encoding the array again on every script run."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def save(self, buf, format: str = "", **_kw) -> None:  # noqa: A002 - PIL's own keyword
+        buf.write(self.data)
+
+
+def image_coordinates(rgb: np.ndarray, *, key: str, width: int, jpeg: bytes = b"") -> dict | None:
     """An RGB (h, w, 3) uint8 image that reports where it was last clicked: {"x", "y" (shown px),
-    "width", "height" (shown size), "unix_time"} or None (streamlit-image-coordinates)."""
+    "width", "height" (shown size), "unix_time"} or None (streamlit-image-coordinates).
+    ``jpeg``: the image already encoded as JPEG (sent as it is)."""
     # imported here for the same reason as the canvas: the package registers a component on import
     from streamlit_image_coordinates import streamlit_image_coordinates  # optional until a page uses it
 
     # the height too: given a width alone, the component keeps the image's own height (a distorted image)
     height = max(1, round(width * rgb.shape[0] / rgb.shape[1]))
-    return streamlit_image_coordinates(Image.fromarray(rgb), key=key, width=width, height=height,
-                                       image_format="JPEG", jpeg_quality=90, cursor="crosshair")
+    return streamlit_image_coordinates(_Encoded(jpeg) if jpeg else Image.fromarray(rgb), key=key, width=width,
+                                       height=height, image_format="JPEG", jpeg_quality=90, cursor="crosshair")

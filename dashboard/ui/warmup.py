@@ -11,6 +11,10 @@ Steps, in order (each resumable and cached on disk, so a second run skips what i
   removed seed is not seeded again). ``remove_demo_drawings`` takes them out in one step.
 * ``scores``: every image's P(lesion) for the worklist (the lesion map, its score stored).
 * ``tcav``: TCAV of the probe's concepts, so the Report says how significant each concept is.
+* ``decompositions`` (command line only: ``--steps decompositions``): the Report's logit decomposition at the concept layer (integrated gradients, its
+  slowest part, probe-independent) of the most suspicious patch of the highest-scored images, kept on
+  disk (``evidence.image_decomposition``): a reader's first Report of those images, even on a restarted
+  server, then does not wait for it.
 
 The app runs them in one background thread per process (``resources.get_warmup``), as BACKGROUND
 model work: a reader's own requests go first. Pages read ``WarmUp.snapshot()`` to say what they wait
@@ -28,25 +32,39 @@ from dataclasses import dataclass, replace
 
 from dashboard.data.demo import DEMO_READER, SOURCE
 from dashboard.data.store import open_store
+from dashboard.engine import report
 from dashboard.engine.dissection import undo_annotation
 from dashboard.engine.model_queue import background_thread, job
 from dashboard.evaluation.reader import ReaderConfig, RunContext, SimulatedReader, plan_drawings
+from dashboard.imaging import crop_patch
 from dashboard.progress import Progress, tqdm_progress
+from dashboard.progress import report as report_progress
 from dashboard.settings import load_settings, pick_device
 from dashboard.ui.context import AppContext, build_context, load_model
 from dashboard.ui.screens.report import run_tcav
 from dashboard.ui.screens.worklist import score_unscored
 from dashboard.ui.work import concepts as cx
+from dashboard.ui.work.evidence import report_config
+from dashboard.ui.work.images import model_image
 from dashboard.ui.work.probe_versions import probe_info
 
 STEPS = ("statistics", "demo drawings", "scores", "tcav")
+#: Steps the command line runs when asked (``--steps``), never the app's background warm-up: one
+#: decomposition holds the model for its whole integral (tens of seconds on a loaded 2-core machine),
+#: so in a serving app it delayed readers' first drawings (measured, docs/benchmarks.md).
+OPTIONAL_STEPS = ("decompositions",)
 #: What each step prepares, in the words a waiting page uses.
 TITLES = {
     "statistics": "dataset statistics (each unit's threshold, needed to label concepts)",
     "demo drawings": "demo drawings from the phantom's truth and concept probe v1",
     "scores": "P(lesion) of every image for the worklist",
     "tcav": "TCAV significance of the probe's concepts",
+    "decompositions": "Report's logit decomposition of the most suspicious images",
 }
+#: The ``decompositions`` step prepares at most this many images, highest score first.
+DECOMPOSITION_IMAGES = 24
+#: The warm-up waits at most this long, s, for the first page to be sent before it starts (``WarmUp.start``).
+FIRST_PAGE_S = 20.0
 #: Concepts the demo truth draws, and how many drawings of each (lesion concepts and two normal structures).
 DEMO_CONCEPTS = ("mass", "calcification", "architectural-distortion", "fibroglandular", "vessel")
 DEMO_PER_CONCEPT = 8
@@ -84,6 +102,7 @@ class WarmUp:
         self._steps = {n: StepState(n) for n in steps}
         self.thread: threading.Thread | None = None
         self.started = time.time()
+        self.page_shown = threading.Event()  # set once the process has sent its first page (``resources``)
 
     def set(self, name: str, **kw) -> None:
         with self._lock:
@@ -107,14 +126,20 @@ class WarmUp:
             self._steps = {n: replace(s, state="skipped", message=reason) for n, s in self._steps.items()}
             self.thread = self.thread or threading.current_thread()
 
-    def start(self, make_ctx: Callable[[], AppContext]) -> threading.Thread:
-        """Run every step in a background thread (once per instance)."""
+    def start(self, make_ctx: Callable[[], AppContext], *, first_page_s: float = 0.0) -> threading.Thread:
+        """Run every step in a background thread (once per instance).
+
+        first_page_s: wait up to this long for the process's first page to be sent (``page_shown``)
+        before the steps start: on 2 cores the statistics' passes would otherwise halve the speed of
+        the first Worklist a new user waits for."""
         with self._lock:
             if self.thread is not None:
                 return self.thread
             self.thread = threading.current_thread()  # placeholder while starting: no second start
 
         def work():
+            if first_page_s > 0:
+                self.page_shown.wait(first_page_s)
             run_warmup(make_ctx(), self)
 
         with job(("warmup",)):
@@ -160,6 +185,30 @@ def seed_demo_drawings(ctx: AppContext, progress: Progress | None = None, *,
     probe = reader.retrain()
     ctx.caches.matches.clear()
     return len(rows), int(probe.version) if probe is not None and hasattr(probe, "version") else None
+
+
+def step_decompositions(ctx: AppContext, progress: Progress | None = None, *,
+                        limit: int = DECOMPOSITION_IMAGES) -> int | None:
+    """The logit decomposition of the stored most suspicious patch of the ``limit`` highest-scored
+    images, onto the disk cache (one already there is only read). None when the card needs none (a
+    linear head at its concept layer); else how many images were prepared."""
+    if not report.needs_decomposition(ctx.card):
+        return None
+    preds = []
+    for row in ctx.store.list_images():
+        pred = ctx.store.get_prediction(ctx.card_name, ctx.weights_sha, row["image_id"])
+        if pred and pred["top_patches"]:
+            preds.append((float(pred["score"]), row, pred["top_patches"][0]))
+    preds.sort(key=lambda t: -t[0])
+    todo = preds[:limit]
+    config = report_config(ctx)
+    for i, (_, row, (x0, y0, size, _p)) in enumerate(todo):
+        report_progress(progress, i, len(todo), f"{row['case_id']} {row['laterality']}{row['view']}")
+        img, _, _ = model_image(ctx, row)
+        # the patch the Report explains: the evidence's best tile, the lesion map's top patch
+        report.compute_decomposition(ctx.model, ctx.card, crop_patch(img, int(x0), int(y0), int(size)), None, config)
+    report_progress(progress, len(todo), len(todo), "done")
+    return len(todo)
 
 
 def remove_demo_drawings(ctx: AppContext, actor: str = "system") -> int:
@@ -222,6 +271,11 @@ def _run_step(ctx: AppContext, warm: WarmUp, name: str) -> tuple[str, str]:
             return "skipped", f"already computed for probe v{info.version}"
         run_tcav(ctx, progress)
         return "done", f"probe v{info.version}"
+    if name == "decompositions":
+        n = step_decompositions(ctx, progress)
+        if n is None:
+            return "skipped", "the card's concept layer feeds its linear head: no decomposition needed"
+        return ("done", f"{n} image(s)") if n else ("skipped", "no scored images")
     raise ValueError(f"unknown warm-up step {name!r}")
 
 
@@ -230,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dashboard.ui.warmup", description=__doc__.splitlines()[0])
     ap.add_argument("command", nargs="?", default="run", choices=("run", "remove-demo-drawings"),
                     help="run the warm-up steps (default), or remove the seeded demo drawings")
-    ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help=f"comma-separated subset of {', '.join(STEPS + OPTIONAL_STEPS)}")
     args = ap.parse_args([] if argv is None else argv)
     settings = load_settings()
     loaded = load_model(settings.model_card, settings.user_cards_dir, pick_device(settings.device))
@@ -244,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warmup: removed {remove_demo_drawings(ctx, 'command line')} demo drawing(s) by '{DEMO_READER}'")
             return 0
         steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
-        unknown = [s for s in steps if s not in STEPS]
+        unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
         if unknown:
-            print(f"warmup: unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}", file=sys.stderr)
+            print(f"warmup: unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS + OPTIONAL_STEPS)}",
+                  file=sys.stderr)
             return 2
         warm = WarmUp(steps)
         print(f"warmup: {settings.model_card} / {cx.layer_of(ctx)}: {', '.join(steps)}")

@@ -11,6 +11,7 @@ import torch
 from captum.attr import LayerIntegratedGradients
 
 from dashboard.data.store import DrawingRecord, Store
+from dashboard.engine import report
 from dashboard.engine.dissection import label_units_from_drawing
 from dashboard.engine.probes import ProbeConfig, train_probes
 from dashboard.engine.report import (
@@ -103,3 +104,35 @@ def test_inner_layer_report_parts_sum_to_the_logit(model, tmp_path):
         assert lin.logit_method in ("linear", "")
     finally:
         store.close()
+
+
+def test_a_decomposition_is_kept_on_disk_and_read_back_without_running_the_model(model, tmp_path, monkeypatch):
+    """``compute_decomposition`` with a cache dir: the second call (another model object with the
+    same weights, as after a restart) reads the file; another patch or target is its own entry."""
+    card = TinyCard(name="ig-card", default_layer="blocks.5", head_layer="bn2")
+    patch = synthetic_patches(1, 128, seed=5)[0]
+    cfg = ReportConfig(cache_dir=tmp_path, decomposition_steps=16)
+    assert report.needs_decomposition(card) and not report.needs_decomposition(TinyCard(name="ig-card"))
+    first = report.compute_decomposition(model, card, patch, 1, cfg)
+    files = list((tmp_path / "decompositions").rglob("*.safetensors"))
+    assert len(files) == 1
+    ran = []
+    real = report.layer_logit_decomposition
+    monkeypatch.setattr(report, "layer_logit_decomposition", lambda *a, **k: ran.append(1) or real(*a, **k))
+    again = report.compute_decomposition(tiny_model("efficientnet_lite0", seed=0), card, patch, 1, cfg)
+    assert not ran
+    torch.testing.assert_close(again.attribution, first.attribution, rtol=0, atol=0)
+    torch.testing.assert_close(again.activation, first.activation, rtol=0, atol=0)
+    assert (again.logit, again.baseline_logit, again.delta, again.n_steps, again.method) == (
+        first.logit, first.baseline_logit, first.delta, first.n_steps, first.method)
+    # and it is what the report uses: the same parts given or computed
+    other = report.compute_decomposition(model, card, patch, 0, cfg)   # another target: computed
+    assert ran and len(list((tmp_path / "decompositions").rglob("*.safetensors"))) == 2
+    assert other.logit != first.logit
+    files[0].write_bytes(b"torn")  # a torn file is recomputed, not trusted
+    n = len(ran)
+    fixed = report.compute_decomposition(model, card, patch, 1, cfg)
+    assert len(ran) > n and fixed.logit == pytest.approx(first.logit, abs=1e-6)
+    # without a cache dir nothing is written
+    report.compute_decomposition(model, card, patch, 1, ReportConfig(decomposition_steps=16))
+    assert len(list((tmp_path / "decompositions").rglob("*.safetensors"))) == 2

@@ -108,13 +108,17 @@ def prepare_patch(ctx: AppContext, ref: PatchRef) -> bool:
     return cx.prefetch_unit_masks(ctx, ref)
 
 
-def prepare_report(ctx: AppContext, image_id: str) -> bool:
+def prepare_report(ctx: AppContext, image_id: str, *, saved: bool = True) -> bool:
     """Start preparing the Report of the image being labeled in the background: its model evidence
     (once per image), then its report under the latest probe version (once per version, so
     right after a Save retrained the probes). Save -> Report then finds it ready. True when a
-    background thread was started; cheap when there is nothing new."""
+    background thread was started; cheap when there is nothing new.
+
+    saved: False before this reader's first Save: only the evidence then. The report under the
+    probe version of before the Save is not the one the Save leads to, and building its panels
+    (Python-heavy image work) while the reader draws slowed the first drawing's IoU panel."""
     started = False
-    for prefetch in (prefetch_evidence, prefetch_report):
+    for prefetch in (prefetch_evidence, prefetch_report) if saved else (prefetch_evidence,):
         try:
             started = bool(prefetch(ctx, image_id)) or started
         except Exception:  # noqa: BLE001 - only a head start; the Report computes it otherwise

@@ -33,9 +33,11 @@ from dashboard.ui.work.images import (
     lesion_map_for,
     load_mammogram,
     model_image,
+    model_spacing,
     patch_size,
 )
-from dashboard.ui.work.overlays import blend
+from dashboard.ui.work.overlays import blend, jpeg
+from dashboard.ui.work.probe_versions import prepare_drawn_patches
 from dashboard.ui.work.suggestions import where_to_draw
 
 OVERLAYS = ("none", "lesion map", "attribution")
@@ -59,6 +61,7 @@ class Tile:
     score: float | None = None
     patches: list[dict] = field(default_factory=list)
     error: str | None = None
+    jpeg: bytes = b""                 # ``rgb`` encoded for the browser (cached with it)
 
 
 @dataclass
@@ -151,8 +154,15 @@ def window_names(m) -> list[str]:
     return [f"{i + 1}: {w.name or 'window'} (C {w.center:g} / W {w.width:g})" for i, w in enumerate(m.windows)]
 
 
+#: JPEG quality of the hung images sent to the browser.
+TILE_JPEG_QUALITY = 90
+
+
 def _tile(ctx: AppContext, row: dict, window: WindowChoice, overlay: Overlay) -> Tile:
-    """One image of the hanging, windowed, with its overlay and numbered suspicious patches."""
+    """One image of the hanging, windowed, with its overlay and numbered suspicious patches.
+
+    The painted image and its JPEG are cached by what they show (image, window, model, overlay,
+    patches), for every session: a rerun, or another reader opening the case, only sends them."""
     lat, view = row["laterality"] or "?", row["view"] or "?"
     label = f"{lat} {view}"
     mirrored = imaging.display_flip(lat)
@@ -166,14 +176,22 @@ def _tile(ctx: AppContext, row: dict, window: WindowChoice, overlay: Overlay) ->
         patches = [{"image_id": row["image_id"], "view": label, "rank": rank, "x0": int(x0), "y0": int(y0),
                     "size": int(size), "probability": float(prob)}
                    for rank, (x0, y0, size, prob) in enumerate(tops, start=1)]
-    rgb = np.repeat(gray[..., None], 3, axis=2) if heat is None else blend(gray, heat, overlay.opacity)
-    if mirrored:
-        rgb = np.ascontiguousarray(rgb[:, ::-1])
-    boxes = [(to_display_box(p["x0"], p["size"], w, mirrored), p["y0"], p["size"], str(p["rank"]),
-              FIRST_BOX if p["rank"] == 1 else OTHER_BOX) for p in patches]
-    rgb = draw_boxes(rgb, boxes) if boxes else rgb
+
+    def paint():
+        rgb = np.repeat(gray[..., None], 3, axis=2) if heat is None else blend(gray, heat, overlay.opacity)
+        if mirrored:
+            rgb = np.ascontiguousarray(rgb[:, ::-1])
+        boxes = [(to_display_box(p["x0"], p["size"], w, mirrored), p["y0"], p["size"], str(p["rank"]),
+                  FIRST_BOX if p["rank"] == 1 else OTHER_BOX) for p in patches]
+        rgb = draw_boxes(rgb, boxes) if boxes else rgb
+        return rgb, jpeg(rgb, TILE_JPEG_QUALITY)
+
+    key = (row["sha256"], model_spacing(ctx), row.get("pixel_spacing_mm"), window.key(), ctx.card_name,
+           ctx.weights_sha, overlay if heat is not None else None,
+           tuple((p["x0"], p["y0"], p["size"], p["probability"]) for p in patches))
+    rgb, encoded = ctx.caches.tiles.get(key, paint)
     return Tile(row["image_id"], lat, view, label, rgb, mirrored, (h, w),
-                (float(win.center), float(win.width), win.name or ""), presets, score, patches)
+                (float(win.center), float(win.width), win.name or ""), presets, score, patches, jpeg=encoded)
 
 
 def _tile_or_error(ctx: AppContext, row: dict | None, window: WindowChoice, overlay: Overlay) -> Tile | None:
@@ -273,7 +291,12 @@ def prepare_labeling(ctx: AppContext, ref: PatchRef) -> bool:
     try:
         started = prefetch_unit_masks(ctx, ref)
         stats = find_stats(ctx)
-        after = (lambda: patch_unit_masks(ctx, ref, stats)) if stats is not None else None
+
+        def after():  # what the reader needs first: the first drawing's unit masks, then Save's retrain inputs
+            if stats is not None:
+                patch_unit_masks(ctx, ref, stats)
+            prepare_drawn_patches(ctx)
+
         return prefetch_evidence(ctx, ref.image_id, after=after) or started
     except Exception:  # noqa: BLE001 - only a head start: the pages compute it otherwise and show why
         return False

@@ -9,7 +9,7 @@ from dashboard.progress import Progress
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import PatchRef
 from dashboard.ui.work.concepts import layer_of
-from dashboard.ui.work.images import patch_gray
+from dashboard.ui.work.images import model_spacing, patch_gray
 
 
 @dataclass
@@ -25,9 +25,29 @@ class ProbeInfo:
     n_live: int = 0               # of its drawings, how many are still live (0: all were removed)
 
 
+def drawn_patch(ctx: AppContext, ref: PatchRef):
+    """``patch_gray`` of a patch readers drew on, cached by image and patch: every retrain reads the
+    patch of every live drawing, on more images than ``model_images`` holds, and would otherwise
+    decode and segment each of those images again on every Save."""
+    row = ctx.store.get_image(ref.image_id)
+    key = (row["sha256"], model_spacing(ctx), row.get("pixel_spacing_mm"), ref.x0, ref.y0, ref.size)
+    return ctx.caches.drawn_patches.get(key, lambda: patch_gray(ctx, ref))
+
+
 def annotation_patch(ctx: AppContext):
     """The ``load_patch`` the engine's probe trainer needs: annotation -> (S, S) grey patch."""
-    return lambda a: patch_gray(ctx, PatchRef(a.image_id, a.patch_x0, a.patch_y0, a.patch_size))
+    return lambda a: drawn_patch(ctx, PatchRef(a.image_id, a.patch_x0, a.patch_y0, a.patch_size))
+
+
+def prepare_drawn_patches(ctx: AppContext) -> int:
+    """Read the patch of every live drawing of this card into ``drawn_patches`` (the next retrain's
+    inputs); the number read. For a background head start: a fresh server's first Save then
+    retrains without decoding every drawn image first."""
+    n = 0
+    for a in ctx.store.list_annotations(model_card=ctx.card_name):
+        annotation_patch(ctx)(a)
+        n += 1
+    return n
 
 
 def probe_versions(ctx: AppContext) -> list[int]:

@@ -20,7 +20,7 @@ from dashboard.engine.tcav import TCAVResult
 from dashboard.ui.context import AppContext
 from dashboard.ui.types import WindowChoice
 from dashboard.ui.work.concepts import layer_of
-from dashboard.ui.work.evidence import image_evidence
+from dashboard.ui.work.evidence import image_decomposition, image_evidence, report_config
 from dashboard.ui.work.images import display_gray, model_image
 from dashboard.ui.work.overlays import blend, composite, jpeg
 from dashboard.ui.work.probe_versions import ProbeInfo, load_probe_version, probe_info, probe_key
@@ -114,10 +114,12 @@ def engine_report(ctx: AppContext, info: ProbeInfo, row: dict):
         probe = load_probe_version(ctx, info)
         tcav = TCAVResult.from_dict(run["results"]) if run else None
         return report.build_image_report(
-            ctx.model, ctx.card, img, probe, config=report.ReportConfig(device=ctx.device),
+            ctx.model, ctx.card, img, probe, config=report_config(ctx),
             inputs=report.ReportInputs(mask=mask, store=ctx.store, unit_labels=labels, tcav=tcav,
                                        image_id=row["image_id"], evidence=image_evidence(ctx, row),
-                                       probs_all=probabilities(ctx, info, row)))
+                                       probs_all=probabilities(ctx, info, row),
+                                       # probe- and label-independent: computed once per image (memory, disk)
+                                       decomposition=image_decomposition(ctx, row) if labels else None))
 
     return ctx.caches.reports.get(key, compute), key, (run["run_id"] if run else None)
 
