@@ -5,16 +5,19 @@ real store in ``tmp_path`` (``build_context``) and call them without Streamlit.
 """
 from __future__ import annotations
 
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import model_zoo
-from dashboard.data.store import Store
+from dashboard.data.store import Store, open_store
 from dashboard.engine.model_state import lock_for
 from dashboard.errors import ConceptLensError
-from dashboard.settings import Settings
+from dashboard.settings import Settings, load_settings, pick_device
 from dashboard.ui.caches import Caches
 
 
@@ -91,3 +94,20 @@ def build_context(settings: Settings, store: Store, loaded: LoadedModel, caches:
     return AppContext(settings=settings, store=store, card=loaded.card, model=loaded.model,
                       device=loaded.device, weights_sha=loaded.weights_sha, lock=loaded.lock,
                       model_error=loaded.error, caches=caches if caches is not None else Caches())
+
+
+@contextmanager
+def command_line_context(prog: str, settings: Settings | None = None) -> Iterator[AppContext | None]:
+    """The context of a command-line tool: the settings' model card loaded on its device and the store
+    opened, then closed on exit. Yields None, after saying why on stderr, when the card is not usable."""
+    settings = settings or load_settings()
+    loaded = load_model(settings.model_card, settings.user_cards_dir, pick_device(settings.device))
+    if loaded.error:
+        print(f"{prog}: model card {settings.model_card!r} not usable ({loaded.error})", file=sys.stderr)
+        yield None
+        return
+    store = open_store(settings)
+    try:
+        yield build_context(settings, store, loaded)
+    finally:
+        store.close()

@@ -16,11 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from dashboard.data.store import open_store
 from dashboard.engine.distributed import RayEngine
 from dashboard.progress import tqdm_progress
-from dashboard.settings import Settings, load_settings, pick_device
-from dashboard.ui.context import build_context, load_model
+from dashboard.settings import Settings
+from dashboard.ui.context import command_line_context
 from dashboard.ui.screens.worklist import score_unscored
 from dashboard.ui.work import batch_reports as br
 from dashboard.ui.work import concepts as cx
@@ -79,20 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-patches", type=int, default=cx.MAX_PATCHES, help="stats: patches of the dissection set")
     ap.add_argument("--worklist", default=None, help="report: a file of image ids, one a line (default: all)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    settings = load_settings()
-    loaded = load_model(settings.model_card, settings.user_cards_dir, pick_device(settings.device))
-    if loaded.error:
-        print(f"scale: model card {settings.model_card!r} not usable ({loaded.error})", file=sys.stderr)
-        return 2
-    store = open_store(settings)
-    try:
-        ctx = build_context(settings, store, loaded)
+    with command_line_context("scale") as ctx:
+        if ctx is None:
+            return 2
+        settings = ctx.settings
         engine = engine_for(args, settings)
         if args.command == "stats":
             return _stats(ctx, args, engine)
         return _report(ctx, args, engine, settings)
-    finally:
-        store.close()
 
 
 if __name__ == "__main__":

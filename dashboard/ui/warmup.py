@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from dashboard.data.demo import DEMO_READER, SOURCE
-from dashboard.data.store import open_store
 from dashboard.engine import report
 from dashboard.engine.dissection import undo_annotation
 from dashboard.engine.model_queue import background_thread, job
@@ -39,8 +38,7 @@ from dashboard.evaluation.reader import ReaderConfig, RunContext, SimulatedReade
 from dashboard.imaging import crop_patch
 from dashboard.progress import Progress, tqdm_progress
 from dashboard.progress import report as report_progress
-from dashboard.settings import load_settings, pick_device
-from dashboard.ui.context import AppContext, build_context, load_model
+from dashboard.ui.context import AppContext, command_line_context
 from dashboard.ui.screens.report import run_tcav
 from dashboard.ui.screens.worklist import score_unscored
 from dashboard.ui.work import concepts as cx
@@ -287,14 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"comma-separated subset of {', '.join(STEPS + OPTIONAL_STEPS)}")
     args = ap.parse_args([] if argv is None else argv)
-    settings = load_settings()
-    loaded = load_model(settings.model_card, settings.user_cards_dir, pick_device(settings.device))
-    if loaded.error:
-        print(f"warmup: model card {settings.model_card!r} not usable ({loaded.error}); skipped", file=sys.stderr)
-        return 0
-    store = open_store(settings)
-    try:
-        ctx = build_context(settings, store, loaded)
+    with command_line_context("warmup") as ctx:
+        if ctx is None:
+            return 0  # nothing to warm up without a model: the app says why
+        settings = ctx.settings
         if args.command == "remove-demo-drawings":
             print(f"warmup: removed {remove_demo_drawings(ctx, 'command line')} demo drawing(s) by '{DEMO_READER}'")
             return 0
@@ -314,8 +308,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warmup: {name}: {s.state} in {s.seconds:.1f} s" + (f" ({s.message})" if s.message else ""))
         if all(s.state == "skipped" for s in warm.snapshot().values()):
             print("warmup: nothing to do")
-    finally:
-        store.close()
     return 0
 
 
