@@ -5,15 +5,18 @@ uploads each produce a report; ``save_last_import`` turns either kind into one p
 imported, what failed and why, and which image fields were inferred rather than read from the file)
 and writes it as JSON in the store's data folder (``last-import.json``), replacing the previous one.
 A JSON file, not a table: it is one overwritten record with no relations, and no database write may
-be needed to look at it. File names in it are the names the report already shows (relative to the
-imported folder, or as uploaded); inferred values name the token they came from, never the path.
+be needed to look at it. It is data at rest, so it holds no file or folder name (they often name the
+patient): a file is "file N (.ext)" in the order of the report, any name inside a reason is replaced by
+that label, and an inferred value names the token it came from, never the path. The command line and the
+page show the real names at the time of the import, from the report itself.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 
 LAST_IMPORT_FILE = "last-import.json"
 #: image meta keys that say a field was inferred, and the keys that say from where
@@ -44,17 +47,45 @@ def inferred_fields(store, results: list[dict]) -> list[dict]:
     return out
 
 
+def _labels(report) -> dict[str, str]:
+    """Each file name of the report -> "file N (.ext)", in the report's order (results, then failures)."""
+    names = [str(r.get("file", "")) for r in report.results] + [str(f) for f, _ in report.failed]
+    out: dict[str, str] = {}
+    for name in names:
+        if name and name not in out:
+            out[name] = f"file {len(out) + 1} ({PurePath(name).suffix.lower() or 'no extension'})"
+    return out
+
+
+def _scrub(text: str, labels: dict[str, str]) -> str:
+    """``text`` with every file name of the report (whole, its base name, its stem and its folders)
+    replaced by the file's label."""
+    parts: dict[str, str] = {}
+    for name, label in labels.items():
+        p = PurePath(name)
+        for piece in (name, str(p), p.name, p.stem, *p.parent.parts):
+            if piece and piece not in (".", "/", "..") and len(piece) > 2:
+                parts.setdefault(piece, label)
+    for piece in sorted(parts, key=len, reverse=True):
+        # a whole name only: a folder "mias" leaves the word "mini-mias" alone
+        text = re.sub(r"(?<![\w.-])" + re.escape(piece) + r"(?![\w-])", parts[piece], text)
+    return text
+
+
 def import_record(store, report, *, kind: str, source: str = "") -> dict:
-    """A plain record of an ImportReport or IngestReport: counts, per-file results, failures with their
-    reasons and the inferred fields of the added images."""
-    results = [dict(file=str(r.get("file", "")), result=str(r.get("result", "")), detail=str(r.get("detail", "")),
-                    image_id=str(r.get("image_id", "")), case=str(r.get("case", ""))) for r in report.results]
+    """A plain record of an ImportReport or IngestReport, with no file or folder names: counts, per-file
+    results, failures with their reasons and the inferred fields of the added images."""
+    labels = _labels(report)
+    results = [dict(file=labels.get(str(r.get("file", "")), ""), result=str(r.get("result", "")),
+                    detail=_scrub(str(r.get("detail", "")), labels), image_id=str(r.get("image_id", "")),
+                    case=str(r.get("case", ""))) for r in report.results]
+    source = str(source or getattr(report, "source", "") or "")
     return {
         "kind": kind,
-        "source": str(source or getattr(report, "source", "") or ""),
+        "source": _scrub(source, labels) if os.sep not in source else "a folder",
         "finished_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "added": int(report.added), "duplicates": int(report.duplicates),
-        "failed": [{"file": str(f), "reason": str(why)} for f, why in report.failed],
+        "failed": [{"file": labels.get(str(f), ""), "reason": _scrub(str(why), labels)} for f, why in report.failed],
         "inferred": inferred_fields(store, results),
         "results": results,
     }

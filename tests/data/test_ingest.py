@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -175,10 +176,16 @@ def test_the_cli_keeps_the_last_import_report_with_failures_and_inferred_fields(
     Image.fromarray((_breast(5) >> 4).astype(np.uint8)).save(root / "case7_L_CC.png")
     (root / "broken.dcm").write_bytes(b"not a dicom")
     assert ingest.main([str(root), "--default-spacing", "0.1"]) == 1
-    rec = json.loads((settings.data_dir / "last-import.json").read_text())
+    text = (settings.data_dir / "last-import.json").read_text()
+    rec = json.loads(text)
     assert rec["kind"] == "folder ingest" and rec["added"] == 1
-    assert [f["file"] for f in rec["failed"]] == ["broken.dcm"] and rec["failed"][0]["reason"]
+    # data at rest: no file or folder name (they often name the patient), a label per file instead
+    for name in ("broken", "case7", "incoming", str(tmp_path)):
+        assert name not in text, name
+    png = next(r["file"] for r in rec["results"] if r["result"] == "added")
+    assert re.fullmatch(r"file \d \(\.png\)", png)
+    assert [f["file"] for f in rec["failed"]] == [f"file {3 - int(png[5])} (.dcm)"] and rec["failed"][0]["reason"]
     inferred = {(r["file"], r["field"]): (r["value"], r["source"]) for r in rec["inferred"]}
-    assert inferred[("case7_L_CC.png", "laterality")] == ("L", "file name (token 'L_CC')")
-    assert inferred[("case7_L_CC.png", "view")] == ("CC", "file name (token 'L_CC')")
-    assert inferred[("case7_L_CC.png", "pixel_spacing_mm")] == ("0.1", "folder default")
+    assert inferred[(png, "laterality")] == ("L", "file name (token 'L_CC')")
+    assert inferred[(png, "view")] == ("CC", "file name (token 'L_CC')")
+    assert inferred[(png, "pixel_spacing_mm")] == ("0.1", "folder default")
