@@ -179,7 +179,14 @@ def drawing_panel(view: lb.PatchView, reader: str, record: lb.SaveRecord) -> Non
             with st.spinner("Matching units…"):
                 match = lb.match(ctx, view, drawings)
         except ConceptLensError as exc:  # ModelUnavailable, EngineNotReady, DrawingError (empty mask)
-            st.error(str(exc))
+            if resources.warming_up("statistics", ctx.card_name):
+                with right:  # no rerun while the reader draws: the reader asks, the outline is kept
+                    st.info("The dataset statistics (each unit's activation threshold) are still being "
+                            "prepared in the background. When the notice above says Ready, press **Match "
+                            "again**: your outline is kept.")
+                    st.button("Match again", key="label.match_again", icon=":material/refresh:")
+            else:
+                st.error(str(exc))
 
     if match is not None:
         show_match(ctx, right, match, concept, (record, keys, view, match, concept, reader))

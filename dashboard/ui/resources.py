@@ -140,6 +140,13 @@ def get_warmup(settings: Settings | None = None) -> WarmUp:
     return warm
 
 
+def warming_up(step: str, card_name: str) -> bool:
+    """True while the warm-up still prepares ``step`` (one of ``WARMUP_STEPS``) for ``card_name``; it
+    prepares the default card only."""
+    settings = get_settings()
+    return card_name == settings.model_card and not get_warmup(settings).snapshot()[step].finished
+
+
 def page_shown(settings: Settings | None = None) -> None:
     """The page of this script run has been sent (``app.py``'s last line): the warm-up may start."""
     settings = settings or get_settings()

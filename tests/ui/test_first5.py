@@ -170,6 +170,19 @@ def test_the_worklist_says_what_it_waits_for_then_updates(tiny, monkeypatch):
     assert at.dataframe[0].value.set_index("case_id").loc["SYN-0001", "scored"] == "2/4"
 
 
+def test_the_label_page_knows_while_the_statistics_are_still_coming(tiny, monkeypatch):
+    # the Label page then asks the reader to press "Match again" instead of sending them to compute them
+    monkeypatch.setenv("CONCEPTLENS_WARMUP", "1")
+    settings = tiny.with_overrides(warmup=True)
+    warm = resources._warmup(str(settings.db_path), str(settings.data_dir), settings.model_card)
+    warm.thread = threading.current_thread()  # held: this test plays the warm-up thread
+    warm.set("statistics", state="running", done=1, total=4)
+    assert resources.warming_up("statistics", settings.model_card)
+    assert not resources.warming_up("statistics", "another-card")  # the warm-up prepares the default card only
+    warm.set("statistics", state="done", done=4, total=4)
+    assert not resources.warming_up("statistics", settings.model_card)
+
+
 def test_a_failed_warm_up_step_says_why(tiny, monkeypatch):
     monkeypatch.setenv("CONCEPTLENS_WARMUP", "1")
     warm = resources._warmup(str(tiny.db_path), str(tiny.data_dir), tiny.model_card)
