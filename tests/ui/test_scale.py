@@ -31,17 +31,6 @@ FIX = Path(__file__).resolve().parents[1] / "fixtures" / "fabric"
 FIELDS = ("thresholds", "mean", "top_values", "top_indices", "top_maps", "unit_xy", "unit_xy_var")
 
 
-@pytest.fixture
-def ctx(settings):
-    store = Store(settings.db_path, settings.journal_dir)
-    app_data.populate(settings, store)
-    app_data.make_tiny_card(settings)
-    loaded = load_model(app_data.TINY_CARD, settings.user_cards_dir, "cpu")
-    assert loaded.error is None
-    yield build_context(settings, store, loaded)
-    store.close()
-
-
 def _with_probe(ctx):
     """Statistics, two 'mass' drawings and probe v1, as the Report page tests make them."""
     cx.compute_stats(ctx, 120)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard.data.store import Store, UnknownConceptError
+from dashboard.data.store import UnknownConceptError
 from dashboard.engine import dissection, report
 from dashboard.engine.dissection import compute_unit_ious, drawing_to_mask, mask_from_png
 from dashboard.testing import app_data
@@ -29,17 +29,6 @@ from dashboard.ui.work import report_parts as parts
 from dashboard.ui.work.evidence import image_evidence
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "fabric"
-
-
-@pytest.fixture
-def ctx(settings):
-    store = Store(settings.db_path, settings.journal_dir)
-    app_data.populate(settings, store)
-    app_data.make_tiny_card(settings)
-    loaded = load_model(app_data.TINY_CARD, settings.user_cards_dir, "cpu")
-    assert loaded.error is None
-    yield build_context(settings, store, loaded)
-    store.close()
 
 
 @pytest.fixture
